@@ -1,0 +1,145 @@
+"""From discovered paths to work: which sessions to archive, finish or clean up, and why
+the others are left alone. Runs in the sweeping process; cheap per path (a few stats).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from .errors import BadRoot, DangerousRoot
+from .names import FINISHED_STATES, FORMATS, RUNNING_STATE, is_session_name, session_of_trash
+
+# Roots a sweep must never be pointed at: system trees and whole home areas.
+_DANGEROUS = {
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt",
+    "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var", "/var/tmp",
+    "/Users", "/private",
+}
+
+ARCHIVE, FINISH, CLEANUP = "archive", "finish", "cleanup"
+
+
+def check_root(root: str | os.PathLike[str]) -> str:
+    """Absolute, resolved root, or BadRoot / DangerousRoot with a one-line reason."""
+    raw = os.fspath(root)
+    if not raw:
+        raise BadRoot(raw, "empty root path")
+    path = os.path.realpath(os.path.expanduser(raw))
+    if path in _DANGEROUS or path == os.path.realpath(os.path.expanduser("~")):
+        raise DangerousRoot(path, "refusing to sweep a system or home root; name a run directory")
+    parts = path.split(os.sep)
+    if ".git" in parts:
+        raise DangerousRoot(path, "refusing to sweep inside a .git directory")
+    if RUNNING_STATE in parts:
+        raise DangerousRoot(path, "refusing to sweep inside RUNNING/ (sessions still running)")
+    if not os.path.exists(path):
+        raise BadRoot(raw, "no such directory")
+    if not os.path.isdir(path):
+        raise BadRoot(raw, "not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BadRoot(raw, "permission denied")
+    return path
+
+
+def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> (k, n), K in 0..N-1, so ``$SLURM_ARRAY_TASK_ID`` of an
+    ``--array=0-<N-1>`` job fits directly."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        try:
+            k_s, n_s = spec.split("/")
+            k, n = int(k_s), int(n_s)
+        except ValueError:
+            raise ValueError(f"shard must look like K/N (e.g. 0/4), got {spec!r}") from None
+    else:
+        k, n = spec
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"shard K/N needs 0 <= K < N, got {k}/{n}")
+    return (k, n)
+
+
+def shard_of(rel: str, n: int) -> int:
+    """Stable across machines, Python versions and runs (unlike hash())."""
+    h = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(h, "big") % n
+
+
+def existing_archive(parent: str, name: str) -> str | None:
+    for fmt in FORMATS:
+        p = os.path.join(parent, f"{name}.{fmt}")
+        if os.path.lexists(p):
+            return p
+    return None
+
+
+@dataclass(slots=True)
+class Task:
+    kind: str  # ARCHIVE, FINISH (archive exists beside the source), CLEANUP (trash dir)
+    path: str
+    archive: str | None = None
+
+
+@dataclass
+class Planner:
+    root: str
+    flat: bool
+    fmt: str
+    pattern: str | None = None
+    older_than_days: float | None = None
+    max_dirs: int | None = None
+    shard: tuple[int, int] | None = None
+    scanned: int = 0
+    candidates: int = 0
+    skipped: int = 0
+    skipped_reasons: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.skipped_reasons = {}
+        self.cutoff = (
+            time.time() - self.older_than_days * 86400 if self.older_than_days is not None else None
+        )
+
+    @property
+    def cutoff_ns(self) -> int | None:
+        return None if self.cutoff is None else int(self.cutoff * 1e9)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + 1
+
+    def tasks(self, paths: Iterable[str]) -> Iterator[Task]:
+        cap = self.max_dirs if self.max_dirs else None
+        for path in paths:
+            parent, name = os.path.split(path)
+            if not self.flat and os.path.basename(parent) not in FINISHED_STATES:
+                continue  # a session-shaped dir outside FINISHED_*: not ours to touch
+            if self.shard is not None:
+                k, n = self.shard
+                if shard_of(os.path.relpath(path, self.root), n) != k:
+                    continue
+            trashed = session_of_trash(name)
+            if trashed is not None:
+                yield Task(CLEANUP, path, existing_archive(parent, trashed))
+                continue
+            if not is_session_name(name):
+                continue
+            self.scanned += 1
+            if self.pattern and self.pattern not in name:
+                continue
+            if cap is not None and self.candidates >= cap:
+                continue  # keep counting what was scanned
+            if self.cutoff is not None:
+                try:
+                    if os.stat(path).st_mtime >= self.cutoff:
+                        self.skip("too recent")
+                        continue
+                except OSError:
+                    continue  # vanished between discovery and now
+            arch = existing_archive(parent, name)
+            self.candidates += 1
+            yield Task(FINISH if arch else ARCHIVE, path, arch)

@@ -1,0 +1,213 @@
+"""Reading archives back: verify against a manifest, full verify, list and cat members.
+
+Every reader here streams (tarfile ``r|``) so a multi-GB archive costs flat memory, and
+drains the decompressor to its end afterwards: tarfile stops at the end-of-archive blocks,
+before gzip's CRC32 trailer, zstd's XXH64 frame checksum or xz's check would be read.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+from .errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
+from .formats import open_decompressed_reader, sniff_format
+from .names import split_archive_name
+
+CHUNK = 1024 * 1024
+_KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}
+
+
+def _drain(reader: IO[bytes]) -> None:
+    while reader.read(CHUNK):
+        pass
+
+
+def _crc(f: IO[bytes]) -> int:
+    crc = 0
+    while True:
+        b = f.read(CHUNK)
+        if not b:
+            return crc
+        crc = zlib.crc32(b, crc)
+
+
+def check_members(
+    f: IO[bytes], fmt: str, expected: list[tuple[str, str, int, str, int]], where: str
+) -> None:
+    """Verify the archive in *f* holds exactly *expected* (name, kind, size, linkname,
+    crc32), in any order (GNU tar orders members differently). Raises VerifyFailed naming
+    the first difference."""
+    want = {e[0]: e[1:] for e in expected}
+    try:
+        reader = open_decompressed_reader(f, fmt)
+        with tarfile.open(fileobj=reader, mode="r|") as tf:
+            for m in tf:
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                exp = want.pop(name, None)
+                if exp is None:
+                    raise VerifyFailed(where, f"unexpected member {m.name!r}")
+                kind, size, linkname, crc = exp
+                got = (_KIND.get(m.type, "?"), m.size if m.isfile() else 0, m.linkname)
+                if got != (kind, size, linkname):
+                    raise VerifyFailed(where, f"member {name!r} read back as {got}")
+                if m.isfile() and _crc(tf.extractfile(m)) != crc:
+                    raise VerifyFailed(where, f"content of {name!r} differs")
+            if want:
+                raise VerifyFailed(where, f"archive is missing {next(iter(want))!r}")
+        _drain(reader)
+    except VerifyFailed:
+        raise
+    except Exception as e:  # decoder/tar errors all mean "not what we wrote"
+        raise VerifyFailed(where, f"read-back failed: {e}") from None
+
+
+def detect_format(path: str) -> str:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    fmt = sniff_format(head)
+    if fmt is None:
+        named = split_archive_name(os.path.basename(path))
+        if named is None:
+            raise CorruptArchive(path, "not a tar archive (unknown format)")
+        fmt = named[1]
+    return fmt
+
+
+@contextmanager
+def open_tar(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarFile, IO[bytes]]]:
+    """Stream-open an archive of any supported format; errors become CorruptArchive."""
+    path = os.fspath(path)
+    try:
+        fmt = detect_format(path)
+        raw = open(path, "rb", buffering=CHUNK)
+    except FileNotFoundError:
+        raise ArchiveError(path, "no such archive") from None
+    except IsADirectoryError:
+        raise ArchiveError(path, "is a directory, not an archive") from None
+    except PermissionError:
+        raise ArchiveError(path, "permission denied") from None
+    with raw:
+        try:
+            reader = open_decompressed_reader(raw, fmt)
+            tf = tarfile.open(fileobj=reader, mode="r|")
+        except Exception as e:
+            raise CorruptArchive(path, f"cannot read archive: {e}") from None
+        with tf:
+            yield tf, reader
+
+
+def unsafe_reason(m: tarfile.TarInfo) -> str | None:
+    """Why a member may not be restored, or None. Stricter than the ``data`` filter, which
+    silently strips a leading "/" instead of refusing."""
+    name = m.name
+    if name.startswith("/") or name.startswith("\\"):
+        return f"absolute path {name!r}"
+    if ".." in name.replace("\\", "/").split("/"):
+        return f"path with '..' {name!r}"
+    if m.ischr() or m.isblk() or m.isfifo():
+        return f"device or FIFO {name!r}"
+    if m.issym() or m.islnk():
+        target = m.linkname
+        if target.startswith("/"):
+            return f"link {name!r} to absolute path {target!r}"
+        base = os.path.dirname(name) if m.issym() else ""
+        norm = os.path.normpath(os.path.join(base, target))
+        if norm == ".." or norm.startswith("../"):
+            return f"link {name!r} escapes to {target!r}"
+    return None
+
+
+@dataclass
+class ArchiveInfo:
+    path: str
+    members: int
+    files: int
+    bytes: int
+    top: str | None
+
+
+def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
+    """Read an archive completely: every header, every byte, the compressor's checksum,
+    and every member's safety for restore. Raises CorruptArchive / UnsafeArchive."""
+    path = os.fspath(path)
+    members = files = total = 0
+    tops: set[str] = set()
+    with open_tar(path) as (tf, reader):
+        try:
+            for m in tf:
+                members += 1
+                why = unsafe_reason(m)
+                if why:
+                    raise UnsafeArchive(path, why)
+                first = m.name.lstrip("./").split("/", 1)[0] if m.name not in (".", "./") else ""
+                if first:
+                    tops.add(first)
+                if m.isfile():
+                    files += 1
+                    total += m.size
+                    _drain(tf.extractfile(m))
+            _drain(reader)
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise CorruptArchive(path, f"corrupt archive: {e}") from None
+    if members == 0:
+        raise CorruptArchive(path, "empty archive")
+    return ArchiveInfo(path, members, files, total, tops.pop() if len(tops) == 1 else None)
+
+
+@dataclass
+class MemberInfo:
+    name: str
+    kind: str  # f, d, l, h (hard link), ? (other)
+    size: int
+    mtime: int
+    linkname: str
+
+
+def list_members(path: str | os.PathLike[str]) -> Iterator[MemberInfo]:
+    path = os.fspath(path)
+    with open_tar(path) as (tf, _reader):
+        try:
+            for m in tf:
+                kind = "h" if m.islnk() else _KIND.get(m.type, "?")
+                yield MemberInfo(m.name, kind, m.size if m.isfile() else 0, int(m.mtime), m.linkname)
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise CorruptArchive(path, f"corrupt archive: {e}") from None
+
+
+def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes]) -> int:
+    """Write the bytes of one file member to *out*. *member* may be the full name or the
+    name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written."""
+    path = os.fspath(path)
+    want = member.strip("/")
+    with open_tar(path) as (tf, _reader):
+        try:
+            for m in tf:
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                below = name.split("/", 1)[1] if "/" in name else None
+                if want not in (name, below):
+                    continue
+                if not m.isfile():
+                    raise ArchiveError(path, f"member {member!r} is not a regular file")
+                src = tf.extractfile(m)
+                n = 0
+                while True:
+                    b = src.read(CHUNK)
+                    if not b:
+                        return n
+                    out.write(b)
+                    n += len(b)
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise CorruptArchive(path, f"corrupt archive: {e}") from None
+    raise ArchiveError(path, f"no member {member!r} in archive")
