@@ -63,7 +63,10 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result]) -> None
             if t.kind == CLEANUP:
                 out.append(_cleanup(t))
             elif t.kind == FINISH:
-                out.append(_finish(t))
+                if opts.get("remove_src", True):
+                    out.append(_finish(t))
+                else:
+                    out.append((t.path, SKIPPED, "already archived", 0, 0, 0, False))
             else:
                 try:
                     prepared.append(single.prepare(t.path, fmt, level, cutoff_ns=cutoff_ns))
@@ -80,13 +83,13 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result]) -> None
                                 for u in tasks[i + 1:]]
                         break
         if prepared:
-            _commit(prepared, out)
+            _commit(prepared, out, opts.get("remove_src", True))
     finally:
         for p in prepared:
             p.tmp.discard()
 
 
-def _commit(prepared: list[single.Prepared], out: list[Result]) -> None:
+def _commit(prepared: list[single.Prepared], out: list[Result], remove_src: bool) -> None:
     try:
         commit.make_durable([p.tmp for p in prepared])
     except DurabilityError as e:
@@ -112,7 +115,8 @@ def _commit(prepared: list[single.Prepared], out: list[Result]) -> None:
         return
     for p in published:
         try:
-            commit.remove_source(p.src, p.entries, p.final)
+            if remove_src:
+                commit.remove_source(p.src, p.entries, p.final)
             out.append((p.src, ARCHIVED, "", p.bytes_in, p.bytes_out, p.inodes, False))
         except SourceChanged as e:
             out.append(_fail(p.src, e))
@@ -255,6 +259,7 @@ def sweep(
     on_result: Callable[[Result], None] | None = None,
     on_candidate: Callable[[str], None] | None = None,
     lock: bool = True,
+    remove_src: bool = True,
 ) -> dict[str, Any]:
     """Archive every finished session under *root* (tree mode) or every session-shaped
     direct child of *root* (``flat=True``). Returns the Summary dict.
@@ -286,8 +291,9 @@ def sweep(
         _dry_run(tasks, planner, summary, track_bytes, on_candidate)
     else:
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():
-            _execute(tasks, planner, acc, fmt, compresslevel, workers, executor,
-                     batch_size, on_candidate)
+            _execute(tasks, planner, acc, workers, executor, batch_size, on_candidate,
+                     {"format": fmt, "compresslevel": compresslevel,
+                      "cutoff_ns": planner.cutoff_ns, "remove_src": remove_src})
     summary["backend"] = disc.backend
     summary["warnings"] += disc.warnings
     summary["scanned"] = planner.scanned
@@ -324,11 +330,10 @@ def _dry_run(tasks: Iterable[Task], planner: Planner, summary: dict[str, Any],
             on_candidate(t.path)
 
 
-def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, fmt: str,
-             compresslevel: int, workers: int | None, executor: Executor | None,
-             batch_size: int, on_candidate: Callable[[str], None] | None) -> None:
+def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: int | None,
+             executor: Executor | None, batch_size: int,
+             on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
     n = workers or default_workers()
-    opts = {"format": fmt, "compresslevel": compresslevel, "cutoff_ns": planner.cutoff_ns}
     own = executor is None
     ex = executor if executor is not None else local_executor(n)
     inflight: set[Future] = set()

@@ -1,0 +1,3 @@
+from archive_tool.cli import main
+
+main()

@@ -1,0 +1,367 @@
+"""``session-archive``: parse -> call one library function -> print -> exit code.
+
+Exit codes (every command): 0 done; 1 some item failed (or the sweep was stopped by a full
+disk); 2 bad usage or input (missing/dangerous root, unknown format, bad numbers);
+75 another sweep holds the lock (``flock -E 75`` convention); 128+N stopped by signal N.
+Expected failures print one ``Error: ...`` line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import (
+    ArchiveError,
+    BadRoot,
+    DangerousRoot,
+    LockBusy,
+    UnsupportedFormat,
+)
+from .names import FORMATS
+
+T = TypeVar("T")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 1, 2, 75
+
+
+class Failed(click.ClickException):
+    exit_code = EXIT_FAILED
+
+
+class BadInput(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+class Locked(click.ClickException):
+    exit_code = EXIT_LOCKED
+
+
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one library call, turning its expected exceptions into one-line CLI errors."""
+    from .executors import DaskUnavailable
+
+    try:
+        return fn(*args, **kwargs)
+    except LockBusy as e:
+        raise Locked(f"another sweep holds {e.path}") from None
+    except (BadRoot, DangerousRoot) as e:
+        raise BadInput(str(e)) from None
+    except (UnsupportedFormat, ValueError, DaskUnavailable) as e:
+        raise BadInput(str(e)) from None
+    except FileExistsError as e:
+        raise Failed(f"{e.filename}: already exists; refusing to overwrite") from None
+    except ArchiveError as e:
+        raise Failed(str(e)) from None
+    except PermissionError as e:
+        raise Failed(f"{e.filename}: permission denied") from None
+    except OSError as e:
+        raise Failed(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+
+
+FORMAT = click.Choice(FORMATS, case_sensitive=False)
+
+
+def _nonneg(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0, got {value}", param=param)
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="session-archive")
+def cli() -> None:
+    """Archive finished experiment-session dirs into single verified, durable files.
+
+    Each finished session dir (<ID>-<name>/ under FINISHED_SUCCESS, FINISHED_ERROR or
+    FINISHED) becomes one <ID>-<name>.tar.zst (or .tar.gz, .tar, .tar.xz) beside it; the
+    source is deleted only after the archive is verified and on stable storage.
+    """
+
+
+# ------------------------------------------------------------------------ one session
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True)
+@click.option("--keep-source", is_flag=True, help="Keep the session dir after archiving.")
+@click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Compression level on gzip's 1..9 scale.")
+def pack(directory: str, fmt: str, keep_source: bool, level: int) -> None:
+    """Archive one session DIRECTORY into DIRECTORY.<format> beside it."""
+    from .single import archive_one
+
+    path = _call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
+    click.echo(str(path))
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dest", "-d", type=click.Path(), default=None,
+              help="Directory to create (default: the archive path without its suffix).")
+@click.option("--remove-archive", is_flag=True,
+              help="Delete the archive once the restored dir is on stable storage.")
+def unpack(archive: str, dest: str | None, remove_archive: bool) -> None:
+    """Restore one ARCHIVE into a session dir (never overwrites)."""
+    from .restore import restore_one
+
+    click.echo(str(_call(restore_one, archive, dest, remove_archive)))
+
+
+@cli.command()
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Print only the bad archives.")
+def verify(archives: tuple[str, ...], quiet: bool) -> None:
+    """Read each ARCHIVE completely: headers, data, checksums, restore safety.
+
+    Prints one line per bad archive; exits 1 if any is bad.
+    """
+    from .read import verify_archive
+
+    bad = 0
+    for a in archives:
+        try:
+            info = verify_archive(a)
+        except ArchiveError as e:
+            bad += 1
+            click.echo(f"BAD {e}", err=False)
+            continue
+        if not quiet:
+            click.echo(f"ok  {a}: {info.members} members, {info.bytes} bytes")
+    if bad:
+        raise Failed(f"{bad} of {len(archives)} archives failed verification")
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.argument("member", required=False)
+def show(archive: str, member: str | None) -> None:
+    """List ARCHIVE's members with sizes, or write MEMBER's bytes to stdout.
+
+    MEMBER may be the full name or the name below the session dir
+    (e.g. CONFIGS/CONFIG.yaml).
+    """
+    from .read import copy_member, list_members
+
+    if member is not None:
+        out = click.get_binary_stream("stdout")
+        _call(copy_member, archive, member, out)
+        out.flush()
+        return
+
+    def listing() -> None:
+        for m in list_members(archive):
+            link = f" -> {m.linkname}" if m.linkname else ""
+            click.echo(f"{m.kind} {m.size:>12} {m.name}{link}")
+
+    _call(listing)
+
+
+# --------------------------------------------------------------------------- many sessions
+
+
+@contextmanager
+def _progress(enabled: bool, desc: str) -> Iterator[Callable[[Any], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=" sessions", file=sys.stderr, dynamic_ncols=True) as bar:
+        def tick(_r: Any) -> None:
+            bar.update(1)
+
+        yield tick
+
+
+def _want_progress(quiet: bool, as_json: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+    elif not quiet or summary["failed"]:
+        click.echo(_human(summary))
+    for f in summary["failures"][: None if verbose else 20]:
+        click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if summary.get("signal"):
+        ctx = click.get_current_context()
+        click.echo(f"Error: {summary['stopped']}; every session left whole", err=True)
+        ctx.exit(128 + summary["signal"])
+    if summary.get("stopped"):
+        raise Failed(summary["stopped"])
+    if summary["failed"]:
+        raise Failed(f"{summary['failed']} failed")
+
+
+def _human(s: dict[str, Any]) -> str:
+    if "restored" in s:
+        verb = "would restore" if s["dry_run"] else "restored"
+        n = s["candidates"] if s["dry_run"] else s["restored"]
+        return (f"{verb} {n} archives under {s['root']} (scanned {s['scanned']}, "
+                f"skipped {s['skipped']}, failed {s['failed']}) in {s['elapsed']:.1f} s")
+    where = f"{s['root']} [{s['mode']}, {s['backend'] or 'no'} discovery"
+    where += f", shard {s['shard']}]" if s.get("shard") else "]"
+    if s["dry_run"]:
+        line = f"dry run: would archive {s['candidates']} of {s['scanned']} sessions under {where}"
+        if s["inodes_in"]:
+            line += f"\n  {s['inodes_in']} inodes"
+            if s["bytes_in"]:
+                line += f", {s['bytes_in']} bytes"
+        if s["cleaned"]:
+            line += f"\n  would clean {s['cleaned']} leftovers of interrupted runs"
+        return line + "\nNothing was changed; add --execute to archive."
+    rate = s["archived"] / s["elapsed"] if s["elapsed"] else 0.0
+    line = (f"archived {s['archived']} of {s['scanned']} sessions under {where} in "
+            f"{s['elapsed']:.1f} s ({rate:.0f}/s): {s['inodes_in']} inodes -> "
+            f"{s['archived'] + s['resumed']} files; skipped {s['skipped']}, failed {s['failed']}")
+    if s["bytes_in"]:
+        line += f"\n  bytes {s['bytes_in']} -> {s['bytes_out']}"
+    if s["resumed"] or s["cleaned"]:
+        line += f"\n  finished {s['resumed']} interrupted, cleaned {s['cleaned']} leftovers"
+    return line
+
+
+def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T], T]:
+    def deco(f: T) -> T:
+        opts = [
+            click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
+                         show_default=True),
+            click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
+                         help="Compression level on gzip's 1..9 scale."),
+            click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
+                         help="Worker processes [default: CPU count]."),
+            click.option("--older-than-days", type=float, default=None, callback=_nonneg,
+                         help="Only sessions whose dir and newest file are older."),
+            click.option("--pattern", default=None, help="Only sessions whose name contains this."),
+            click.option("--max-dirs", type=int, default=default_cap, callback=_nonneg,
+                         show_default=True, help="Archive at most N sessions (0 = no cap)."),
+            click.option("--track-bytes", is_flag=True,
+                         help="Report bytes in/out (free when executing; one stat walk in a dry run)."),
+            click.option("--use-fd/--no-use-fd", default=True, show_default=True,
+                         help="Find sessions with fd when installed."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="Print the Summary as one JSON object on stdout, nothing else."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary unless something failed."),
+            click.option("--verbose", "-v", is_flag=True, help="List every candidate and every failure."),
+        ]
+        for o in reversed(opts):
+            f = o(f)  # type: ignore[assignment]
+        return f
+
+    return deco
+
+
+def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
+               workers: int | None, older_than_days: float | None, pattern: str | None,
+               max_dirs: int | None, track_bytes: bool, use_fd: bool, as_json: bool,
+               quiet: bool, verbose: bool, **extra: Any) -> None:
+    from .sweep import sweep
+
+    on_candidate = (lambda p: click.echo(p, err=as_json)) if verbose and not execute else None
+    with _progress(execute and _want_progress(quiet, as_json), "archiving") as tick:
+        summary = _call(
+            sweep, root, flat=flat, dry_run=not execute, format=fmt, compresslevel=level,
+            workers=workers, older_than_days=older_than_days, pattern=pattern,
+            max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
+            on_result=tick, on_candidate=on_candidate, **extra,
+        )
+    _finish_sweep(summary, as_json, quiet, verbose)
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
+@_sweep_options("tar.zst", None)
+@click.option("--shard", default=None, metavar="K/N",
+              help="Take only shard K of N (0 <= K < N), for SLURM job arrays.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run batches on a Dask distributed scheduler (needs the dask extra).")
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=128, show_default=True,
+              help="Sessions per task (and per durability step).")
+def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
+          batch_size: int, **kw: Any) -> None:
+    """Archive every finished session dir anywhere under ROOT.
+
+    Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
+    FINISHED; never touches RUNNING/. Dry run unless --execute.
+    """
+    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size}
+    if scheduler:
+        from .executors import DaskExecutor
+
+        ex = _call(DaskExecutor, scheduler)
+        click.get_current_context().call_on_close(ex.shutdown)
+        extra["executor"] = ex
+    _run_sweep(root, flat=False, execute=execute, **extra, **kw)
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
+@click.option("--remove-src/--no-remove-src", default=True, show_default=True,
+              help="Delete each session dir once its archive is committed.")
+@_sweep_options("tar.gz", 10000)
+def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: Any) -> None:
+    """Archive the session-shaped direct children of ROOT (flat mode, as the published
+    `python -m scitex_session.archive compress`)."""
+    _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--dest", "-d", type=click.Path(), default=None,
+              help="Restore into DEST/<name>/ (default: beside each archive).")
+@click.option("--pattern", default=None,
+              help="Glob on archive names [default: *.tar.gz, *.tar.zst, *.tar, *.tar.xz].")
+@click.option("--remove-archive", is_flag=True, help="Delete each archive after its restore is durable.")
+@click.option("--max-files", type=int, default=10000, callback=_nonneg, show_default=True,
+              help="Restore at most N archives (0 = no cap).")
+@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
+@click.option("--track-bytes", is_flag=True)
+@click.option("--workers", "-j", type=click.IntRange(1, None), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--verbose", "-v", is_flag=True)
+def extract(root: str, dest: str | None, pattern: str | None, remove_archive: bool,
+            max_files: int, dry_run: bool, execute: bool, track_bytes: bool,
+            workers: int | None, as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Restore the archives directly under ROOT (flat mode)."""
+    from .sweep import restore_many
+
+    summary = _call(
+        restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,
+        dry_run=not (execute or not dry_run), max_files=max_files or None,
+        track_bytes=track_bytes, workers=workers,
+    )
+    _finish_sweep(summary, as_json, quiet, verbose)
+
+
+@cli.command("demo-tree")
+@click.argument("directory", type=click.Path())
+@click.option("--sessions", "-n", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_tree(directory: str, sessions: int, seed: int) -> None:
+    """Create a realistic demo tree of N sessions under DIRECTORY (to try a sweep on)."""
+    from .demo import make_tree
+
+    if os.path.exists(directory) and os.listdir(directory):
+        raise BadInput(f"{directory}: exists and is not empty")
+    counts = _call(make_tree, directory, sessions, seed=seed)
+    click.echo(f"created {sessions} sessions under {directory}: " + ", ".join(
+        f"{k} {v}" for k, v in counts.items()))
+
+
+def main() -> None:
+    cli(prog_name="session-archive")
