@@ -226,8 +226,11 @@ def _human(s: dict[str, Any]) -> str:
             f"{s['archived'] + s['resumed']} files; skipped {s['skipped']}, failed {s['failed']}")
     if s["bytes_in"]:
         line += f"\n  bytes {s['bytes_in']} -> {s['bytes_out']}"
-    if s["resumed"] or s["cleaned"]:
-        line += f"\n  finished {s['resumed']} interrupted, cleaned {s['cleaned']} leftovers"
+    if s["resumed"]:
+        line += (f"\n  removed {s['resumed']} session dirs whose existing archive was "
+                 "verified to hold them")
+    if s["cleaned"]:
+        line += f"\n  cleaned {s['cleaned']} leftovers of interrupted runs"
     return line
 
 
