@@ -1,0 +1,192 @@
+"""close() and running2finished(): record the end, save CONFIG, move the run dir to its
+FINISHED_* state with one rename, optionally collapse it into one archive."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from archive_tool.names import archive_name, normalize_format
+
+from . import _hooks, _plt, _seed
+from ._config import save_config
+from ._manager import get_global_session_manager
+from ._start import get_logger, pop_runtime
+
+
+def finished_state(exit_status: int | None) -> str:
+    """0 -> FINISHED_SUCCESS, None -> FINISHED, any other status -> FINISHED_ERROR.
+
+    (The published package files statuses other than 0 and 1 under FINISHED; a non-zero
+    exit is a failure, so we file it with the errors.)"""
+    if exit_status is None:
+        return "FINISHED"
+    return "FINISHED_SUCCESS" if exit_status == 0 else "FINISHED_ERROR"
+
+
+def _status_word(exit_status: int | None) -> str:
+    return {"FINISHED_SUCCESS": "success", "FINISHED_ERROR": "error"}.get(
+        finished_state(exit_status), "finished")
+
+
+def _fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _configured_format(config: dict[str, Any], archive_format: str | None) -> str | None:
+    if archive_format is None:
+        sess = config.get("SESSION")
+        if isinstance(sess, dict):
+            archive_format = sess.get("ARCHIVE_FORMAT")
+    return normalize_format(archive_format) if archive_format else None
+
+
+def move_dir(src: Path, dst: Path, remove_src: bool = True) -> None:
+    """Rename *src* to *dst* (atomic, O(1)); copy only when they are on different
+    filesystems (EXDEV) or when the source must be kept."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        raise FileExistsError(errno.EEXIST, "destination exists", str(dst))
+    if not remove_src:
+        shutil.copytree(src, dst, symlinks=True)
+        return
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        # Copy beside the destination, then rename it in: a crash mid-copy never leaves a
+        # half-filled dir under a session's name.
+        tmp = dst.parent / f".{dst.name}.copying"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, symlinks=True)
+        os.rename(tmp, dst)
+        shutil.rmtree(src)
+
+
+def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: bool,
+            archive_format: str | None, save: bool, before_move: Any = None) -> dict[str, Any]:
+    src = Path(config["SDIR_RUN"])
+    fmt = _configured_format(config, archive_format)
+    dst = Path(config["SDIR_OUT"]) / finished_state(exit_status) / src.name
+    # The saved config records where the run ends up, not where it ran.
+    config["SDIR_RUN"] = dst
+    if fmt:
+        config["ARCHIVE"] = dst.parent / archive_name(dst.name, fmt)
+    if save:
+        save_config(config, src / "CONFIGS")
+    if before_move is not None:
+        before_move()
+    try:
+        move_dir(src, dst, remove_src=remove_src_dir)
+    except OSError:
+        config["SDIR_RUN"] = src
+        config.pop("ARCHIVE", None)
+        if save:
+            save_config(config, src / "CONFIGS")
+        raise
+    if fmt:
+        from .archive import archive_session_dir  # lazy: the engine is only needed here
+
+        try:
+            config["ARCHIVE"] = archive_session_dir(dst, format=fmt)
+        except Exception:
+            # The finished dir is intact; record the truth in it and report.
+            config.pop("ARCHIVE", None)
+            if save and dst.is_dir():
+                save_config(config, dst / "CONFIGS")
+            print(f"scitex_session: archiving {dst} as {fmt} failed; the dir is kept:\n"
+                  f"{traceback.format_exc()}", file=sys.stderr)
+    return config
+
+
+def running2finished(
+    CONFIG: dict[str, Any],  # noqa: N803 - API.md's parameter name
+    exit_status: int | None = None,
+    remove_src_dir: bool = True,
+    max_wait: int = 60,
+    archive_format: str | None = None,
+) -> dict[str, Any]:
+    """Move the session from RUNNING/ to FINISHED_SUCCESS/, FINISHED_ERROR/ or FINISHED/.
+
+    A rename, so *max_wait* never applies (kept for API compatibility). With
+    *remove_src_dir* False the run dir is copied and the RUNNING one kept. When the run dir
+    holds a saved ``CONFIGS/CONFIG.yaml`` it is rewritten to record the final location.
+    Returns *CONFIG* with ``SDIR_RUN`` pointing at the final location."""
+    src = Path(CONFIG["SDIR_RUN"])
+    if not src.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "run dir not found", str(src))
+    save = (src / "CONFIGS" / "CONFIG.yaml").exists()
+    if exit_status is not None:
+        CONFIG["EXIT_STATUS"] = exit_status
+    return _finish(CONFIG, exit_status, remove_src_dir, archive_format, save)
+
+
+def close(
+    CONFIG: dict[str, Any],  # noqa: N803 - API.md's parameter name
+    message: str = ":)",
+    notify: bool = False,
+    verbose: bool = True,
+    exit_status: int | None = None,
+    archive_format: str | None = None,
+) -> dict[str, Any]:
+    """Close the session: END_DATETIME, RUN_DURATION, EXIT_STATUS; save
+    ``CONFIGS/CONFIG.yaml`` and ``CONFIG.pkl``; stop the tee; move the run dir to its
+    FINISHED_* state; archive it when *archive_format* (or ``CONFIG.SESSION.ARCHIVE_FORMAT``)
+    is set; call the close hooks. Returns CONFIG (which records the final location)."""
+    rt = pop_runtime(CONFIG["ID"]) or {}
+    tee = rt.get("tee")
+    logger = rt.get("logger") or get_logger()
+    end = _dt.datetime.now()
+    CONFIG["EXIT_STATUS"] = exit_status
+    CONFIG["END_DATETIME"] = end
+    if "t0" in rt:
+        seconds = time.monotonic() - rt["t0"]
+    else:
+        seconds = (end - CONFIG["START_DATETIME"]).total_seconds()
+    CONFIG["RUN_DURATION"] = _fmt_duration(seconds)
+
+    if verbose:
+        logger.info(f"START: {CONFIG['START_DATETIME']} | END: {end} | "
+                    f"DURATION: {CONFIG['RUN_DURATION']} | EXIT_STATUS: {exit_status}")
+        if message:
+            logger.info(message)
+    if notify and not _hooks.has_close_hooks():
+        logger.info("notify=True: no close hook registered (register_session_close_hook); "
+                    "nothing sent")
+
+    _plt.cleanup()
+    _seed.unseed()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    state = finished_state(exit_status)
+    try:
+        # The tee stops after CONFIG is saved (its write is logged) and before the move
+        # (no file is open inside the dir when it is renamed).
+        _finish(CONFIG, exit_status, True, archive_format, save=True,
+                before_move=tee.uninstall if tee is not None else None)
+    finally:
+        if tee is not None:
+            tee.uninstall()  # idempotent; covers a failure before the move
+        get_global_session_manager().close_session(
+            CONFIG["ID"], status=_status_word(exit_status),
+            exit_code=exit_status if exit_status is not None else 0)
+        _hooks.fire_close(_status_word(exit_status), exit_status)
+
+    where = CONFIG.get("ARCHIVE") or CONFIG["SDIR_RUN"]
+    word = {"FINISHED_SUCCESS": "Script completed", "FINISHED_ERROR": "Script failed"}.get(
+        state, "Script finished")
+    logger.info(f"{word}: {where}")
+    return CONFIG

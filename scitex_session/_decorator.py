@@ -1,0 +1,204 @@
+"""The ``@session`` decorator and ``run()``: parse the CLI, start, inject, call, close."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._cli import build_parser
+
+
+class _InjectedSentinel:
+    """Default value marking a parameter the session fills in (CONFIG, plt, COLORS, rngg,
+    logger)."""
+
+    _instance: _InjectedSentinel | None = None
+
+    def __new__(cls) -> _InjectedSentinel:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<INJECTED>"
+
+    def __reduce__(self) -> str:
+        return "INJECTED"
+
+
+INJECTED = _InjectedSentinel()
+
+INJECTABLE = ("CONFIG", "plt", "COLORS", "rngg", "logger")
+_CLOSE_KEYS = {"message"}
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from ._start import start
+
+    start_keys = set(inspect.signature(start).parameters) - {"_caller_depth"}
+    start_kw, close_kw = {}, {}
+    for k, v in kwargs.items():
+        if k in _CLOSE_KEYS:
+            close_kw[k] = v
+        elif k in start_keys:
+            start_kw[k] = v
+        else:
+            raise TypeError(f"unexpected session keyword argument {k!r}")
+    return start_kw, close_kw
+
+
+def _exit_status_of(result: Any) -> int:
+    # An int is the status (bool is not a status); anything else means the run succeeded.
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    return 0
+
+
+def _log_traceback(stderr: Any) -> None:
+    """The traceback goes into stderr.log only: the interpreter prints it on the terminal
+    when the exception propagates, and once is enough there."""
+    text = traceback.format_exc()
+    log_only = getattr(stderr, "log_only", None)
+    if log_only is not None:
+        log_only(text)
+    else:
+        stderr.write(text)
+
+
+def _script_file(func: Callable[..., Any]) -> str:
+    f = func.__globals__.get("__file__") if hasattr(func, "__globals__") else None
+    return str(Path(f or sys.argv[0] or "interactive.py").absolute())
+
+
+def _run_session(
+    func: Callable[..., Any],
+    parse_args: Callable[[], Any] | None,
+    *,
+    verbose: bool,
+    agg: bool,
+    notify: bool,
+    sdir_suffix: str | None,
+    archive_format: str | None,
+    session_kwargs: dict[str, Any],
+) -> tuple[Any, int]:
+    from ._close import close
+    from ._start import start
+
+    start_kw, close_kw = _split_kwargs(session_kwargs)
+    sig = inspect.signature(func)
+    params = list(sig.parameters.values())
+    # `def main(args)`: the documented run() style gets the parsed namespace positionally.
+    pass_namespace = parse_args is not None or (
+        len(params) == 1 and params[0].name == "args" and params[0].default is sig.empty)
+    if parse_args is not None:
+        namespace = parse_args()
+    elif pass_namespace:
+        namespace = build_parser(func, INJECTED, skip=("args",)).parse_args()  # for --help
+    else:
+        namespace = build_parser(func, INJECTED).parse_args()
+
+    config, _out, err, plt, colors, rngg = start(
+        sys, None, file=_script_file(func), sdir_suffix=sdir_suffix or func.__name__,
+        args=namespace, agg=agg, verbose=verbose, **start_kw)
+
+    from ._start import get_logger
+
+    injected = {"CONFIG": config, "plt": plt, "COLORS": colors, "rngg": rngg,
+                "logger": get_logger(Path(config["FILE"]).stem)}
+    g = getattr(func, "__globals__", None)
+    if isinstance(g, dict):
+        existing = g.get("plt")
+        if inspect.ismodule(existing):
+            injected["plt"] = existing  # the script's own pyplot, configured by the session
+        g.update(injected)
+
+    if pass_namespace:
+        call = functools.partial(func, namespace)
+    else:
+        kwargs = {k: v for k, v in vars(namespace).items() if k in sig.parameters}
+        for p in params:
+            if p.default is INJECTED:
+                if p.name not in injected:
+                    raise TypeError(f"{func.__name__}(): cannot inject {p.name!r}; "
+                                    f"injectable: {', '.join(INJECTABLE)}")
+                kwargs[p.name] = injected[p.name]
+        call = functools.partial(func, **kwargs)
+
+    status: int = 1
+    try:
+        result = call()
+        status = _exit_status_of(result)
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if status:
+            _log_traceback(err)
+        close(config, verbose=verbose, notify=notify, exit_status=status,
+              archive_format=archive_format, **close_kw)
+        raise
+    except BaseException:  # KeyboardInterrupt too: the run is recorded as failed
+        _log_traceback(err)
+        close(config, verbose=verbose, notify=notify, exit_status=1,
+              archive_format=archive_format, **close_kw)
+        raise
+    close(config, verbose=verbose, notify=notify, exit_status=status,
+          archive_format=archive_format, **close_kw)
+    return result, status
+
+
+def session(
+    func: Callable[..., Any] | None = None,
+    *,
+    verbose: bool = False,
+    agg: bool = True,
+    notify: bool = False,
+    sdir_suffix: str | None = None,
+    archive_format: str | None = None,
+    **session_kwargs: Any,
+) -> Any:
+    """Decorator to wrap a script's entry point in a session.
+
+    Called with no arguments the wrapped function parses the command line built from its
+    signature, starts a session (run dir ``<ID>-<sdir_suffix or function name>``), injects
+    CONFIG, plt, COLORS, rngg and logger into its module globals and into parameters that
+    default to ``INJECTED``, runs, and closes the session by outcome. Called with arguments
+    it just calls the function. Returns the function's result; an exception is recorded as
+    FINISHED_ERROR and re-raised."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if args or kwargs:
+                return f(*args, **kwargs)
+            result, _status = _run_session(
+                f, None, verbose=verbose, agg=agg, notify=notify, sdir_suffix=sdir_suffix,
+                archive_format=archive_format, session_kwargs=session_kwargs)
+            return result
+
+        wrapper._is_session_wrapped = True  # type: ignore[attr-defined]
+        wrapper._func = f  # type: ignore[attr-defined]
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+def run(func: Callable[..., Any], parse_args: Callable[[], Any] | None = None,
+        **session_kwargs: Any) -> int:
+    """Run *func* with session management — the explicit alternative to ``@session``.
+
+    With *parse_args* (a callable returning a namespace), or when *func* takes a single
+    parameter named ``args``, *func* receives the namespace; otherwise the CLI is built from
+    its signature. Returns the exit status (an exception is recorded and re-raised)."""
+    opts = {k: session_kwargs.pop(k) for k in ("verbose", "agg", "notify", "sdir_suffix",
+                                                "archive_format") if k in session_kwargs}
+    _result, status = _run_session(
+        func, parse_args, verbose=opts.get("verbose", False), agg=opts.get("agg", True),
+        notify=opts.get("notify", False), sdir_suffix=opts.get("sdir_suffix"),
+        archive_format=opts.get("archive_format"), session_kwargs=session_kwargs)
+    return status

@@ -1,0 +1,207 @@
+"""start(): make the run dir, tee the streams, seed, configure matplotlib, build CONFIG."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import sys as _sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from archive_tool.names import RUNNING_STATE, new_session_id, session_dir_name
+
+from . import _hooks, _plt, _seed
+from ._config import DotDict, load_yaml_configs
+from ._manager import get_global_session_manager
+from ._tee import TeeSession
+
+OUT_DIR_ENV = "SCITEX_SESSION_OUT_DIR"
+_MAX_ID_TRIES = 1000
+
+# Per-session state close() needs but CONFIG should not show (or save): keyed by ID.
+_runtime: dict[str, dict[str, Any]] = {}
+_runtime_lock = threading.Lock()
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at emit time, so records reach the tee during a
+    session and the terminal after it, without re-pointing the handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = _sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise into the script
+            self.handleError(record)
+
+
+def get_logger(name: str = "scitex_session") -> logging.Logger:
+    """The session logger: ``LEVEL: message`` on stderr (so in logs/stderr.log)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        h = _StderrHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(h)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        # Our handler already prints; propagating would print twice under basicConfig.
+        logger.propagate = False
+    return logger
+
+
+def _caller_file(depth: int) -> Path:
+    frame = _sys._getframe(depth + 1)
+    name = frame.f_code.co_filename
+    if name and not name.startswith("<") and Path(name).exists():
+        return Path(name)
+    main_file = getattr(_sys.modules.get("__main__"), "__file__", None)
+    if main_file:
+        return Path(main_file)
+    return Path.cwd() / "interactive.py"
+
+
+def output_root(script: Path, sdir: str | os.PathLike[str] | None = None) -> Path:
+    """``<script dir>/<stem>_out``, or ``$SCITEX_SESSION_OUT_DIR/<stem>_out``, or *sdir*."""
+    if sdir is not None:
+        return Path(sdir).absolute()
+    base = os.environ.get(OUT_DIR_ENV)
+    parent = Path(base).expanduser().absolute() if base else script.parent
+    return parent / f"{script.stem}_out"
+
+
+def make_run_dir(sdir_out: Path, suffix: str | None) -> tuple[str, Path]:
+    """Create ``sdir_out/RUNNING/<ID>[-suffix]`` exclusively; a new ID on collision.
+
+    Exclusive mkdir, not exist_ok: two SLURM array tasks started in the same second must
+    never share a dir (Hydra #2925)."""
+    running = sdir_out / RUNNING_STATE
+    running.mkdir(parents=True, exist_ok=True)
+    for _ in range(_MAX_ID_TRIES):
+        sid = new_session_id()
+        path = running / session_dir_name(sid, suffix)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return sid, path
+    raise RuntimeError(f"could not create a unique run dir under {running}")
+
+
+def _args_dict(args: Any) -> dict[str, Any]:
+    if args is None:
+        return {}
+    if isinstance(args, dict):
+        return dict(args)
+    if hasattr(args, "__dict__"):
+        return dict(vars(args))
+    return {"args": args}
+
+
+def start(
+    sys: Any = None,  # noqa: A002 - API.md's parameter name
+    plt: Any = None,
+    file: str | None = None,
+    sdir: str | os.PathLike[str] | None = None,
+    sdir_suffix: str | None = None,
+    args: Any = None,
+    os: Any = None,  # noqa: A002
+    random: Any = None,
+    np: Any = None,
+    torch: Any = None,
+    seed: int = 42,
+    agg: bool = False,
+    fig_size_mm: tuple[float, float] = (160, 100),
+    fig_scale: float = 1.0,
+    dpi_display: int = 100,
+    dpi_save: int = 300,
+    fontsize: str | float = "small",
+    autolayout: bool = False,
+    show_execution_flow: bool = False,
+    hide_top_right_spines: bool = True,
+    alpha: float = 0.9,
+    line_width: float = 1.0,
+    clear_logs: bool = False,
+    verbose: bool = True,
+    *,
+    _caller_depth: int = 1,
+) -> tuple[DotDict, Any, Any, Any, DotDict, _seed.RandomStateManager]:
+    """Initialize an experiment session with reproducibility settings.
+
+    Creates ``<stem>_out/RUNNING/<ID>[-<sdir_suffix>]/`` beside the script (or under
+    ``$SCITEX_SESSION_OUT_DIR``; *sdir*, when given, replaces ``<stem>_out``), tees stdout and
+    stderr into its ``logs/``, seeds ``random`` and (when imported, now or later) numpy and
+    torch, and configures matplotlib when the script uses it.
+
+    The *sys*, *os*, *random*, *np*, *torch* modules are accepted for compatibility; the
+    session uses the real ones. *clear_logs* and *show_execution_flow* are accepted and
+    have no effect (every run has fresh logs).
+
+    Returns ``(CONFIG, stdout, stderr, plt, COLORS, rngg)``.
+    """
+    t0 = time.monotonic()
+    start_dt = _dt.datetime.now()
+    script = Path(file).absolute() if file else _caller_file(_caller_depth).absolute()
+    sdir_out = output_root(script, sdir)
+    sid, sdir_run = make_run_dir(sdir_out, sdir_suffix)
+
+    tee = TeeSession(sdir_run / "logs")
+
+    config = DotDict()
+    config["ID"] = sid
+    config["PID"] = _os_getpid()
+    config["START_DATETIME"] = start_dt
+    config["FILE"] = script
+    config["SDIR_OUT"] = sdir_out
+    config["SDIR_RUN"] = sdir_run
+    config["ARGS"] = _args_dict(args)
+    for key, value in load_yaml_configs(Path.cwd() / "config").items():
+        if key not in config:  # the session's own keys are authoritative
+            config[key] = value
+
+    seeded = _seed.seed_all(seed)
+    rngg = _seed.RandomStateManager(seed)
+
+    _plt.configure(
+        agg,
+        _plt.rc_params(fig_size_mm, fig_scale, dpi_display, dpi_save, fontsize, autolayout,
+                       hide_top_right_spines, alpha, line_width),
+    )
+    plt_out = _plt.session_plt(plt)
+    colors = _plt.make_colors()
+    logger = get_logger(script.stem)
+
+    with _runtime_lock:
+        _runtime[sid] = {"tee": tee, "t0": t0, "logger": logger, "verbose": verbose}
+
+    _print_banner(config, verbose, seeded, seed, tee)
+    get_global_session_manager().create_session(sid, config, str(script))
+    _hooks.fire_start(sid, str(script), {"SDIR_RUN": str(sdir_run), "PID": config["PID"]})
+    return config, tee.stdout, tee.stderr, plt_out, colors, rngg
+
+
+def _os_getpid() -> int:
+    import os as real_os  # the parameter named `os` shadows the module inside start()
+
+    return real_os.getpid()
+
+
+def _print_banner(config: DotDict, verbose: bool, seeded: list[str], seed: int,
+                  tee: TeeSession) -> None:
+    line = "=" * 40
+    args = config["ARGS"]
+    arg_lines = "".join(f"\n    {k}: {v}" for k, v in args.items()) if args else " None"
+    print(f"{line}\nscitex-session | {config['ID']} (PID: {config['PID']})\n\n"
+          f"{config['FILE']}\n\nArguments:{arg_lines}\n{line}", file=tee.stdout)
+    if verbose:
+        print(f"INFO: Logs: {tee.stdout.log_path} | {tee.stderr.log_path}\n"
+              f"INFO: Seed {seed} for: {', '.join(seeded)} (numpy/torch when imported)",
+              file=tee.stderr)
+
+
+def pop_runtime(session_id: str) -> dict[str, Any] | None:
+    with _runtime_lock:
+        return _runtime.pop(session_id, None)
