@@ -1,0 +1,1 @@
+"""Helpers and fixture scripts for the session tests."""
