@@ -15,6 +15,7 @@ calls pwd/grp per member, which a profile showed as a large share of per-session
 
 from __future__ import annotations
 
+import functools
 import grp
 import io
 import os
@@ -37,30 +38,20 @@ IN_MEMORY_LIMIT = 32 * 1024 * 1024
 CHUNK = 1024 * 1024
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE}
 
-_unames: dict[int, str] = {}
-_gnames: dict[int, str] = {}
-
-
+@functools.cache
 def _uname(uid: int) -> str:
-    name = _unames.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = ""
-        _unames[uid] = name
-    return name
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
 
 
+@functools.cache
 def _gname(gid: int) -> str:
-    name = _gnames.get(gid)
-    if name is None:
-        try:
-            name = grp.getgrgid(gid).gr_name
-        except KeyError:
-            name = ""
-        _gnames[gid] = name
-    return name
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
 
 
 def _header_tarfile(e: Entry, name: str) -> bytes:
