@@ -351,6 +351,50 @@ def extract(root: str, dest: str | None, pattern: str | None, remove_archive: bo
     _finish_sweep(summary, as_json, quiet, verbose)
 
 
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--older-than-days", type=float, default=None, callback=_nonneg,
+              help="Only sessions whose dir and newest file are older (as sweep).")
+@click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
+              help="Archive format to estimate the size for.")
+@click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Compression level on gzip's 1..9 scale.")
+@click.option("--sample", type=click.IntRange(0, None), default=50, show_default=True,
+              help="Sessions compressed in memory for the size estimate (0 = none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the sample.")
+@click.option("--use-fd/--no-use-fd", default=True, show_default=True,
+              help="Find sessions with fd when installed.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as one JSON object on stdout, nothing else.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Also draw the report into a PNG (needs matplotlib).")
+def report(root: str, older_than_days: float | None, fmt: str, level: int, sample: int,
+           seed: int, use_fd: bool, as_json: bool, plot: str | None) -> None:
+    """Show what a sweep of ROOT would archive, changing nothing.
+
+    Per <script>_out subtree: sessions, inodes and bytes; the age distribution; and the
+    archived size, estimated by compressing a sample of sessions in memory.
+    """
+    from .report import build_report, format_report, plot_report
+
+    rep = _call(build_report, root, older_than_days=older_than_days, format=fmt,
+                compresslevel=level, use_fd=use_fd, sample=sample, seed=seed)
+    if plot is not None:
+        try:
+            _call(plot_report, rep, plot)
+        except ImportError as e:
+            raise Failed(f"--plot needs matplotlib ({e}); "
+                         "pip install 'scitex-session-tools[plot]'") from None
+    if as_json:
+        click.echo(json.dumps(rep, sort_keys=True))
+        return
+    click.echo(format_report(rep))
+    if plot is not None:
+        click.echo(f"plot written to {plot}")
+    for f in rep["failures"][:20]:
+        click.echo(f"unreadable: {f['path']}: {f['reason']}", err=True)
+
+
 @cli.command("demo-tree")
 @click.argument("directory", type=click.Path())
 @click.option("--sessions", "-n", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
