@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .errors import BadRoot, DangerousRoot
@@ -47,9 +47,12 @@ def check_root(root: str | os.PathLike[str]) -> str:
 
 def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``"K/N"`` -> (k, n), K in 0..N-1, so ``$SLURM_ARRAY_TASK_ID`` of an
-    ``--array=0-<N-1>`` job fits directly."""
+    ``--array=0-<N-1>`` job fits directly. ``"auto"`` reads the SLURM array variables
+    (:func:`slurm_shard`)."""
     if spec is None:
         return None
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        return slurm_shard(os.environ)
     if isinstance(spec, str):
         try:
             k_s, n_s = spec.split("/")
@@ -61,6 +64,39 @@ def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= k < n:
         raise ValueError(f"shard K/N needs 0 <= K < N, got {k}/{n}")
     return (k, n)
+
+
+def slurm_shard(env: Mapping[str, str]) -> tuple[int, int]:
+    """This array task's shard: K = TASK_ID - TASK_MIN, N = TASK_COUNT.
+
+    Works for any contiguous array (``--array=0-7``, ``--array=1-8``, with or without a
+    ``%limit``); a stepped or sparse array (``0-15:2``, ``1,4,9``) has no K/N reading
+    and is refused rather than silently leaving shards unswept.
+    """
+    try:
+        tid = int(env["SLURM_ARRAY_TASK_ID"])
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        hi = int(env.get("SLURM_ARRAY_TASK_MAX", str(lo + count - 1)))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+    except KeyError:
+        raise ValueError("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
+                         "(run it inside a SLURM job array, or give --shard K/N)") from None
+    except ValueError:
+        raise ValueError("--shard auto: SLURM_ARRAY_TASK_* variables are not integers") from None
+    if step != 1 or hi - lo + 1 != count:
+        raise ValueError(f"--shard auto needs a contiguous job array (e.g. --array=0-{count - 1}); "
+                         f"got ids {lo}-{hi} step {step} for {count} tasks: use --shard K/N")
+    return parse_shard((tid - lo, count))  # type: ignore[return-value]
+
+
+def shard_key(rel: str) -> str:
+    """What a path is sharded by: a trash dir ``.X.deleting`` belongs to session ``X``.
+    Otherwise the shard that archives X (and renames it to .X.deleting mid-delete) and
+    the shard that finds .X.deleting as a leftover would race on the same dir."""
+    parent, name = os.path.split(rel)
+    trashed = session_of_trash(name)
+    return os.path.join(parent, trashed) if trashed is not None else rel
 
 
 def shard_of(rel: str, n: int) -> int:
@@ -120,7 +156,7 @@ class Planner:
                 continue  # a session-shaped dir outside FINISHED_*: not ours to touch
             if self.shard is not None:
                 k, n = self.shard
-                if shard_of(os.path.relpath(path, self.root), n) != k:
+                if shard_of(shard_key(os.path.relpath(path, self.root)), n) != k:
                     continue
             trashed = session_of_trash(name)
             if trashed is not None:
