@@ -285,26 +285,34 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
 @click.argument("root", type=click.Path())
 @click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
 @_sweep_options("tar.zst", None)
-@click.option("--shard", default=None, metavar="K/N",
-              help="Take only shard K of N (0 <= K < N), for SLURM job arrays.")
+@click.option("--shard", default=None, metavar="K/N|auto",
+              help="Take only shard K of N (0 <= K < N) by a stable hash of each session's "
+                   "path below ROOT, for SLURM job arrays; 'auto' takes K and N from "
+                   "the array task's SLURM variables.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run batches on a Dask distributed scheduler (needs the dask extra).")
-@click.option("--batch-size", type=click.IntRange(1, 10000), default=128, show_default=True,
-              help="Sessions per task (and per durability step).")
+              help="Run batches on a Dask distributed scheduler (tcp://host:8786 or a "
+                   "--scheduler-file path; needs the dask extra). Workers must see ROOT "
+                   "at the same path.")
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=None,
+              help="Sessions per task (and per durability step) [default: 128; 256 with "
+                   "--scheduler].")
 def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
-          batch_size: int, **kw: Any) -> None:
+          batch_size: int | None, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
     FINISHED; never touches RUNNING/. Dry run unless --execute.
     """
-    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size}
+    from .sweep import DEFAULT_BATCH
+
+    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH}
     if scheduler:
         from .executors import DaskExecutor
 
         ex = _call(DaskExecutor, scheduler)
         click.get_current_context().call_on_close(ex.shutdown)
         extra["executor"] = ex
+        extra["batch_size"] = batch_size or ex.default_batch_size
     _run_sweep(root, flat=False, execute=execute, **extra, **kw)
 
 

@@ -333,10 +333,16 @@ def _dry_run(tasks: Iterable[Task], planner: Planner, summary: dict[str, Any],
 def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: int | None,
              executor: Executor | None, batch_size: int,
              on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
-    n = workers or default_workers()
+    # How many batches run at once: the pool's size, or a cluster's worker threads (which
+    # may grow while the sweep runs: dask-jobqueue workers join as their jobs start).
+    slots: Callable[[], int] | None = getattr(executor, "slots", None)
+    n = workers or (max(1, slots()) if slots else default_workers())
     own = executor is None
     ex = executor if executor is not None else local_executor(n)
     inflight: set[Future] = set()
+
+    def window() -> int:
+        return 2 * (max(1, slots()) if slots and not workers else n)
 
     def absorb(done: Iterable[Future]) -> None:
         for f in done:
@@ -359,7 +365,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
                 fut = ex.submit(process_batch, batch, opts)
                 fut._batch = batch  # type: ignore[attr-defined]
                 inflight.add(fut)
-                while len(inflight) >= 2 * n:
+                while len(inflight) >= window():
                     done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                     absorb(done)
                     if caught or acc.fatal:
