@@ -235,6 +235,7 @@ def build_report(
         "cleaned": cleaned,
         "failed": failed,
         "failures": failures,
+        "sessions": total.sessions,  # candidates minus the unreadable ones
         "inodes_in": total.inodes,
         "bytes_in": total.bytes,
         "tar_bytes": total.tar_bytes,
@@ -291,9 +292,9 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
     older = "" if r["older_than_days"] is None else f", older than {r['older_than_days']:g} days"
     lines = [
         f"report for {r['root']} [{r['format']}{older}, {r['backend'] or 'no'} discovery]",
-        f"would archive {r['candidates']} of {r['scanned']} finished sessions "
+        f"would archive {r['sessions']} of {r['scanned']} finished sessions "
         f"(skipped {r['skipped']}, unreadable {r['failed']}, leftovers to clean {r['cleaned']})",
-        f"  inodes {r['inodes_in']} -> {r['candidates']} archives ({r['inodes_freed']} freed)",
+        f"  inodes {r['inodes_in']} -> {r['sessions']} archives ({r['inodes_freed']} freed)",
         f"  bytes  {human_bytes(r['bytes_in'])} content, {human_bytes(r['tar_bytes'])} as tar "
         f"-> ~{human_bytes(r['estimated_bytes_out'])} {r['format']}",
     ]
@@ -302,7 +303,7 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
                      f"sessions compressed in memory")
     else:
         lines.append("  estimate: no sessions sampled")
-    if r["candidates"]:
+    if r["sessions"]:
         lines.append("")
         lines.append("age of newest file   " + "  ".join(
             f"{a['bucket']}: {a['sessions']}" for a in r["ages"]))
@@ -368,7 +369,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int =
                  + (f" (ratio {ratio:.2f}, {report['estimate']['sampled']} sampled)"
                     if ratio is not None else ""))
     older = report["older_than_days"]
-    fig.suptitle(f"{report['root']}: {report['candidates']} sessions, "
+    fig.suptitle(f"{report['root']}: {report['sessions']} sessions, "
                  f"{report['inodes_in']} inodes would be archived"
                  + (f" (older than {older:g} d)" if older is not None else ""))
     fig.savefig(os.fspath(path), format="png", dpi=100)
