@@ -1,0 +1,405 @@
+"""Sweep benchmarks: our sweep against GNU tar baselines and the published scitex-session
+0.3.1, on fresh ``cp -a`` copies of one deterministic corpus; scaling with N; discovery;
+group-commit batch size; bulk restore; a cProfile of one run. Writes one JSON per run to
+``benchmarks/results/`` (``benchmarks/render.py`` turns it into RESULTS.md and PNGs).
+
+    python benchmarks/bench_sweep.py --quick           # < 5 min: small N, one repetition
+    python benchmarks/bench_sweep.py                   # full: N=5000 x3, scaling 1k/10k/100k
+    python benchmarks/bench_sweep.py --sections scaling --sizes 100000
+
+Page cache: every contender runs on a tree copied just before (``cp -a``) and flushed with
+``sync``: warm cache (metadata and data in RAM), no dirty pages. We do not drop caches —
+the machine is shared. Repetitions are interleaved (rep 1 of every contender, then rep 2,
+...) and ratios are taken within a repetition, so load from other processes hits both
+sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import pstats
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import corpus
+from corpus import WORK, fd_args, fresh_copy, log, rm_tree
+
+HERE = corpus.HERE
+RESULTS = os.path.join(HERE, "results")
+RUN_SWEEP = os.path.join(HERE, "run_sweep.py")
+PUBREF = "/opt/pubref/bin/python"
+CORES = len(os.sched_getaffinity(0))
+FD = shutil.which("fdfind") or shutil.which("fd") or "fdfind"
+
+# ---------------------------------------------------------------------- contenders
+
+# Per-session GNU tar via xargs, same set of sessions (fd with our discovery arguments),
+# archive next to the session, then delete it: the job our sweep does, minus verification
+# and durability. ``-n1``: one shell per session, the usual idiom. ``-n64``: a loop inside
+# one shell per 64 sessions — a stronger baseline (no sh start per session).
+_TAR_GZ = 'tar -C "${d%/*}" -cf - "${d##*/}" | gzip -1 > "$d.tar.gz" && rm -rf "$d"'
+_TAR_ZST = 'tar -C "${d%/*}" -cf - "${d##*/}" | zstd -q -3 > "$d.tar.zst" && rm -rf "$d"'
+
+
+def _fd_list(root: str) -> str:
+    return " ".join([shlex.quote(FD), *map(shlex.quote, fd_args()), "--print0", shlex.quote(root)])
+
+
+def xargs_cmd(root: str, per_session: str, n: int) -> str:
+    body = f'for d in "$@"; do {per_session} || exit 255; done'
+    return f"{_fd_list(root)} | xargs -0 -r -P{CORES} -n{n} sh -c {shlex.quote(body)} _"
+
+
+def floor_cmd(root: str, out: str) -> str:
+    # One GNU tar stream over every finished session, deleting as it goes, piped to zstd:
+    # no per-session files, no verification, no fsync — the floor for this job.
+    return (f"{_fd_list(root)} | tar --null -T - --remove-files -cf - 2>/dev/null"
+            f" | zstd -q -3 -T1 > {shlex.quote(out)}")
+
+
+def pub_compress_cmd(flat: str) -> str:
+    return (f"{PUBREF} -m scitex_session.archive compress {shlex.quote(flat)} --no-dry-run"
+            f" --max-dirs 0 --format tar.gz")
+
+
+def ours_compress_cmd(flat: str, fmt: str) -> str:
+    return f"session-archive compress {shlex.quote(flat)} --execute --max-dirs 0 -q -f {fmt}"
+
+
+def contenders(quick: bool) -> list[dict]:
+    """What runs on the main corpus. ``kind``: ours (in a fresh python via run_sweep.py),
+    shell (a command line, the tree corpus) or flat (a command line, the flat corpus)."""
+    c: list[dict] = []
+    for w in range(1, CORES + 1):
+        c.append({"name": f"ours tar.zst w{w}", "kind": "ours",
+                  "kw": {"format": "tar.zst", "workers": w}})
+    c += [
+        {"name": f"ours tar.zst w{CORES} track-bytes", "kind": "ours",
+         "kw": {"format": "tar.zst", "workers": CORES, "track_bytes": True}},
+        {"name": f"ours tar.zst w{CORES} scandir", "kind": "ours",
+         "kw": {"format": "tar.zst", "workers": CORES, "use_fd": False}},
+        {"name": f"ours tar.gz w{CORES}", "kind": "ours",
+         "kw": {"format": "tar.gz", "workers": CORES}},
+        {"name": f"xargs -P{CORES} tar|gzip -1", "kind": "shell",
+         "cmd": lambda r, o: xargs_cmd(r, _TAR_GZ, 1), "format": "tar.gz"},
+        {"name": f"xargs -P{CORES} -n64 tar|gzip -1", "kind": "shell",
+         "cmd": lambda r, o: xargs_cmd(r, _TAR_GZ, 64), "format": "tar.gz"},
+        {"name": f"xargs -P{CORES} tar|zstd", "kind": "shell",
+         "cmd": lambda r, o: xargs_cmd(r, _TAR_ZST, 1), "format": "tar.zst"},
+        {"name": "floor: one tar --remove-files | zstd", "kind": "shell",
+         "cmd": floor_cmd, "format": "one stream"},
+        {"name": "flat: ours compress tar.gz", "kind": "flat",
+         "cmd": lambda r, o: ours_compress_cmd(r, "tar.gz"), "format": "tar.gz"},
+        {"name": "flat: ours compress tar.zst", "kind": "flat",
+         "cmd": lambda r, o: ours_compress_cmd(r, "tar.zst"), "format": "tar.zst"},
+    ]
+    if os.path.exists(PUBREF):
+        c.append({"name": "flat: published 0.3.1 compress tar.gz", "kind": "flat",
+                  "cmd": lambda r, o: pub_compress_cmd(r), "format": "tar.gz"})
+    else:
+        log(f"{PUBREF} not found: the published scitex-session 0.3.1 is skipped")
+    return c
+
+
+# ---------------------------------------------------------------------- running things
+
+
+def run_proc(cmd: list[str] | str, capture: bool = False) -> dict:
+    """Run *cmd*, return wall seconds, exit status and the peak RSS of its process tree
+    (``wait4``'s ru_maxrss: the largest single process among it and its descendants)."""
+    t0 = time.perf_counter()
+    # cwd=WORK: from the repo root, ``python -m scitex_session...`` would import OUR
+    # scitex_session package (cwd first on sys.path) instead of the published one.
+    p = subprocess.Popen(cmd, shell=isinstance(cmd, str), cwd=WORK,
+                         executable="/bin/bash" if isinstance(cmd, str) else None,
+                         stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                         stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
+    out = p.stdout.read() if capture else b""
+    err = p.stderr.read() if capture else b""
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": round(wall, 4), "rc": p.returncode, "maxrss_tree_mb": round(ru.ru_maxrss / 1024, 1),
+            "stdout": out.decode(errors="replace"), "stderr": err.decode(errors="replace")[-2000:]}
+
+
+def left_sessions(root: str, flat: bool = False) -> int:
+    from archive_tool.discover import Discovery
+
+    return sum(1 for _ in Discovery(root, flat, use_fd=True).paths())
+
+
+def run_ours(root: str, kw: dict, extra: list[str] | None = None) -> dict:
+    r = run_proc([sys.executable, RUN_SWEEP, *(extra or []), root, json.dumps(kw)], capture=True)
+    if r["rc"] != 0:
+        raise RuntimeError(f"run_sweep failed: {r['stderr']}")
+    inner = json.loads(r["stdout"].strip().splitlines()[-1])
+    inner.update(wall_s=r["wall_s"], maxrss_tree_mb=r["maxrss_tree_mb"])
+    return inner
+
+
+def run_contender(c: dict, src: str, n_sessions: int, rep: int) -> dict:
+    work = os.path.join(WORK, "run")
+    root = os.path.join(work, "tree")
+    copy_s = fresh_copy(src, root)
+    res: dict = {"name": c["name"], "rep": rep, "copy_s": round(copy_s, 3)}
+    if c["kind"] == "ours":
+        r = run_ours(root, c["kw"])
+        res.update(r)
+        res["sessions"] = r["archived"]
+    else:
+        out = os.path.join(work, "floor.tar.zst")
+        rm_tree(out)
+        r = run_proc(c["cmd"](root, out))
+        res.update({k: r[k] for k in ("wall_s", "rc", "maxrss_tree_mb")})
+        res["sessions"] = n_sessions
+    res["left"] = left_sessions(root, flat=c["kind"] == "flat")
+    res["sessions_per_s"] = round(res["sessions"] / res["wall_s"], 1)
+    ok = res["left"] == 0 and res.get("rc", 0) == 0 and not res.get("failed")
+    res["ok"] = ok
+    log(f"  {c['name']:<44} rep {rep}: {res['wall_s']:7.2f} s  {res['sessions_per_s']:8.1f} sessions/s"
+        f"{'' if ok else '  NOT OK: ' + json.dumps({k: res.get(k) for k in ('rc', 'left', 'failed')})}")
+    rm_tree(root)
+    return res
+
+
+# ---------------------------------------------------------------------- sections
+
+
+def section_contenders(n: int, reps: int, quick: bool) -> dict:
+    tree, meta = corpus.pristine(n)
+    flat, n_flat = corpus.flat_pristine(n)
+    n_tree = corpus.session_count(meta)
+    cs = contenders(quick)
+    runs = []
+    for rep in range(1, reps + 1):
+        log(f"contenders N={n} ({n_tree} finished sessions), repetition {rep}/{reps}")
+        for c in cs:
+            src, k = (flat, n_flat) if c["kind"] == "flat" else (tree, n_tree)
+            r = run_contender(c, src, k, rep)
+            r["kind"], r["format"] = c["kind"], c.get("format") or c["kw"]["format"]
+            runs.append(r)
+    return {"n": n, "finished_sessions": n_tree, "flat_sessions": n_flat, "reps": reps,
+            "runs": runs, "commands": {c["name"]: (json.dumps(c["kw"]) if "kw" in c else
+                                                   c["cmd"]("ROOT", "OUT.tar.zst")) for c in cs}}
+
+
+def section_batch(n: int, reps: int, sizes: list[int]) -> dict:
+    tree, meta = corpus.pristine(n)
+    runs = []
+    for rep in range(1, reps + 1):
+        log(f"batch sizes N={n}, repetition {rep}/{reps}")
+        for b in sizes:
+            c = {"name": f"batch {b}", "kind": "ours",
+                 "kw": {"format": "tar.zst", "workers": CORES, "batch_size": b}}
+            r = run_contender(c, tree, corpus.session_count(meta), rep)
+            r["batch_size"] = b
+            runs.append(r)
+    return {"n": n, "runs": runs}
+
+
+def _time_min(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return round(best, 4)
+
+
+def discovery_times(root: str, repeat: int = 3) -> dict:
+    """Best of *repeat* (warm cache): fd's own run, our fd-backed and scandir discovery
+    (consumed in this process, as the sweep consumes them), and GNU find."""
+    from archive_tool.discover import Discovery
+    from archive_tool.names import DISCOVERY_REGEX, RUNNING_STATE
+
+    body = DISCOVERY_REGEX.lstrip("^").rstrip("$")
+    find = (f"find {shlex.quote(root)} -name {RUNNING_STATE} -prune -o -type d -regextype posix-extended"
+            f" -regex {shlex.quote('.*/' + body)} -print -prune > /dev/null")
+    fd_own = f"{_fd_list(root)} > /dev/null"
+    counts = {b: sum(1 for _ in Discovery(root, False, use_fd=b == "fd").paths()) for b in ("fd", "scandir")}
+    return {
+        "fd_own_s": _time_min(lambda: subprocess.run(fd_own, shell=True, check=True), repeat),
+        "ours_fd_s": _time_min(lambda: sum(1 for _ in Discovery(root, False, use_fd=True).paths()), repeat),
+        "ours_scandir_s": _time_min(lambda: sum(1 for _ in Discovery(root, False, use_fd=False).paths()), repeat),
+        "find_s": _time_min(lambda: subprocess.run(find, shell=True, check=True), repeat),
+        "found": counts, "fd_own_cmd": fd_own, "find_cmd": find,
+    }
+
+
+def section_scaling(sizes: list[int]) -> dict:
+    points = []
+    for n in sizes:
+        n_fit = corpus.fit_to_disk(n)
+        if n_fit < n:
+            log(f"scaling: N={n} does not fit, using N={n_fit}")
+            n = n_fit
+        tree, meta = corpus.pristine(n)
+        log(f"scaling N={n}: discovery")
+        disc = discovery_times(tree)
+        c = {"name": f"scaling N={n}", "kind": "ours", "kw": {"format": "tar.zst", "workers": CORES}}
+        r = run_contender(c, tree, corpus.session_count(meta), 1)
+        r.update(n=n, discovery=disc, generate_s=meta.get("generate_s"),
+                 sec_per_1k=round(1000 * r["wall_s"] / max(1, r["sessions"]), 3))
+        points.append(r)
+    return {"points": points}
+
+
+def section_restore(n: int, reps: int) -> dict:
+    """Bulk restore of the same tar.gz archives (made once by our flat compress): ours
+    ``session-archive extract --execute`` vs the published ``extract``, each on its own
+    copy of the archive dir; archives are kept (neither removes them)."""
+    flat, n_flat = corpus.flat_pristine(n)
+    archives = os.path.join(WORK, "pristine", f"n{n}-s0-flat-archives")
+    if not os.path.isfile(archives + ".json"):
+        fresh_copy(flat, archives)
+        r = run_proc(ours_compress_cmd(archives, "tar.gz"))
+        assert r["rc"] == 0 and left_sessions(archives, flat=True) == 0, r
+        with open(archives + ".json", "w") as f:
+            json.dump({"archives": n_flat}, f)
+    cmds = {"ours extract": lambda d: f"session-archive extract {shlex.quote(d)} --execute --max-files 0 -q"}
+    if os.path.exists(PUBREF):
+        cmds["published 0.3.1 extract"] = lambda d: (
+            f"{PUBREF} -m scitex_session.archive extract {shlex.quote(d)} --no-dry-run"
+            f" --max-files 0 --no-remove-archive")
+    runs = []
+    for rep in range(1, reps + 1):
+        for name, cmd in cmds.items():
+            d = os.path.join(WORK, "run", "restore")
+            fresh_copy(archives, d)
+            r = run_proc(cmd(d))
+            restored = left_sessions(d, flat=True)
+            r = {"name": name, "rep": rep, "wall_s": r["wall_s"], "rc": r["rc"],
+                 "maxrss_tree_mb": r["maxrss_tree_mb"], "restored": restored,
+                 "ok": r["rc"] == 0 and restored == n_flat,
+                 "sessions_per_s": round(restored / r["wall_s"], 1)}
+            log(f"  restore {name:<28} rep {rep}: {r['wall_s']:7.2f} s  {r['sessions_per_s']:8.1f} archives/s")
+            runs.append(r)
+            rm_tree(d)
+    return {"n_archives": n_flat, "format": "tar.gz", "reps": reps, "runs": runs,
+            "commands": {k: v("ROOT") for k, v in cmds.items()}}
+
+
+def section_profile(n: int, top: int = 18) -> dict:
+    tree, meta = corpus.pristine(n)
+    root = os.path.join(WORK, "run", "tree")
+    fresh_copy(tree, root)
+    prof = os.path.join(WORK, "sweep.prof")
+    r = run_ours(root, {"format": "tar.zst", "workers": 1}, extra=["--profile", prof])
+    rm_tree(root)
+    st = pstats.Stats(prof)
+    total = st.total_tt
+    rows = []
+    for (fn, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
+        rows.append({"func": f"{os.path.basename(fn)}:{line}({func})" if line else func,
+                     "ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4)})
+    by_tt = sorted(rows, key=lambda x: -x["tottime"])[:top]
+    return {"n": n, "sessions": r["archived"], "seconds_profiled": round(total, 3),
+            "top_tottime": by_tt, "command": "python benchmarks/run_sweep.py --profile OUT.prof ROOT "
+            "'{\"format\": \"tar.zst\", \"workers\": 1}'"}
+
+
+# ---------------------------------------------------------------------- machine
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd="/")
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "n/a"
+
+
+def machine() -> dict:
+    os.makedirs(WORK, exist_ok=True)
+    df = subprocess.run(["df", "-T", WORK], capture_output=True, text=True).stdout.strip().splitlines()
+    model = "n/a"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "n/a")
+    except OSError:
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    return {
+        "cores": CORES, "cpu": model, "mem_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "df_T": df[-1] if df else "n/a",
+        "filesystem": df[-1].split()[1] if df else "n/a",
+        "work_dir": WORK, "loadavg_start": os.getloadavg(),
+        "tools": {"fd": _first_line([FD, "--version"]), "tar": _first_line(["tar", "--version"]),
+                  "zstd": _first_line(["zstd", "--version"]), "gzip": _first_line(["gzip", "--version"]),
+                  "published": (_first_line([PUBREF, "-c", "import importlib.metadata as m;"
+                                             "print(m.version('scitex-session'))"])
+                                if os.path.exists(PUBREF) else "absent")},
+    }
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small N, one repetition (< 5 min)")
+    ap.add_argument("--n", type=int, default=None, help="sessions for contenders/batch/restore (5000; quick 1000)")
+    ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (3; quick 1)")
+    ap.add_argument("--sizes", default=None, help="scaling N list (1000,10000,100000; quick 500,1000,2000)")
+    ap.add_argument("--batch-sizes", default="16,64,128,512")
+    ap.add_argument("--sections", default="copy,contenders,batch,scaling,discovery,restore,profile",
+                    help="comma list (discovery is measured inside scaling)")
+    ap.add_argument("--out", default=None, help="JSON path (default results/sweep-<date>[-quick].json)")
+    a = ap.parse_args(argv)
+    n = a.n or (1000 if a.quick else 5000)
+    reps = a.reps or (1 if a.quick else 3)
+    sizes = [int(x) for x in (a.sizes or ("500,1000,2000" if a.quick else "1000,10000,100000")).split(",")]
+    sections = set(a.sections.split(","))
+    n = corpus.fit_to_disk(n)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = a.out or os.path.join(RESULTS, f"sweep-{stamp}{'-quick' if a.quick else ''}.json")
+    os.makedirs(RESULTS, exist_ok=True)
+    res: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "quick": a.quick,
+                 "argv": ["python", "benchmarks/bench_sweep.py", *(argv if argv is not None else sys.argv[1:])],
+                 "machine": machine(), "page_cache": "warm: cp -a copy then sync before each run; no drop_caches"}
+
+    def save() -> None:
+        res["machine"]["loadavg_end"] = os.getloadavg()
+        tmp = out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=1)
+        os.replace(tmp, out)
+
+    t0 = time.perf_counter()
+    if "copy" in sections:
+        res["copy_vs_generate"] = corpus.copy_vs_generate(min(n, 2000))
+        log(f"copy vs generate: {res['copy_vs_generate']}")
+        save()
+    if "contenders" in sections:
+        res["contenders"] = section_contenders(n, reps, a.quick)
+        save()
+    if "batch" in sections:
+        res["batch"] = section_batch(n, max(1, reps - 1), [int(x) for x in a.batch_sizes.split(",")])
+        save()
+    if "scaling" in sections:
+        res["scaling"] = section_scaling(sizes)
+        save()
+    if "restore" in sections:
+        res["restore"] = section_restore(n, reps)
+        save()
+    if "profile" in sections:
+        res["profile"] = section_profile(min(n, 2000))
+        save()
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    save()
+    log(f"wrote {out} ({res['total_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

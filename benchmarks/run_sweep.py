@@ -1,0 +1,60 @@
+"""Run one ``archive_tool.sweep.sweep`` in this (fresh) process and print one JSON line:
+the Summary's counts, the wall time of the call, and peak RSS of this process and of its
+worker processes (``ru_maxrss`` of RUSAGE_SELF / RUSAGE_CHILDREN: the children figure is
+the largest single worker, reaped through the forkserver).
+
+    python benchmarks/run_sweep.py ROOT '{"format": "tar.zst", "workers": 2}'
+    python benchmarks/run_sweep.py --restore ROOT '{"workers": 2}'
+    python benchmarks/run_sweep.py --profile OUT.prof ROOT '{"workers": 1}'
+
+Kept separate from the driver so each run starts cold (no imported state, its own RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(argv: list[str]) -> None:
+    restore = profile = None
+    if argv[0] == "--restore":
+        restore, argv = True, argv[1:]
+    if argv[0] == "--profile":
+        profile, argv = argv[1], argv[2:]
+    root, kwargs = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
+    t_import = time.perf_counter()
+    from archive_tool.sweep import restore_many, sweep
+
+    t0 = time.perf_counter()
+    if restore:
+        s = restore_many(root, dry_run=False, max_files=None, **kwargs)
+    elif profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        s = prof.runcall(sweep, root, dry_run=False, **kwargs)
+        prof.dump_stats(profile)
+    else:
+        s = sweep(root, dry_run=False, **kwargs)
+    dt = time.perf_counter() - t0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    keep = ("archived", "restored", "failed", "skipped", "candidates", "scanned", "bytes_in",
+            "bytes_out", "inodes_in", "backend", "stopped")
+    out = {k: s[k] for k in keep if k in s}
+    out.update({
+        "seconds": round(dt, 4), "import_s": round(t0 - t_import, 4),
+        "maxrss_self_mb": round(me.ru_maxrss / 1024, 1),
+        "maxrss_child_mb": round(ch.ru_maxrss / 1024, 1),
+        "cpu_self_s": round(me.ru_utime + me.ru_stime, 3),
+        "cpu_children_s": round(ch.ru_utime + ch.ru_stime, 3),
+        "failures": s.get("failures", [])[:3],
+    })
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
