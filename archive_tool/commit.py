@@ -63,11 +63,22 @@ class TmpArchive:
             self.path = None
 
 
+def remove_stale_tmp(final: str) -> None:
+    """``<final>.tmp`` left by a crash of the named-tmp fallback: garbage by definition.
+    Removed whichever path this run takes (a run with O_TMPFILE would otherwise never
+    notice the named leftover of an earlier run, or of another machine, without it)."""
+    try:
+        os.unlink(final + ".tmp")
+    except FileNotFoundError:
+        pass
+
+
 def open_tmp(final: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> TmpArchive:
     dirpath = os.path.dirname(final) or "."
     st_dev = os.stat(dirpath).st_dev
     fd = -1
     path: str | None = None
+    remove_stale_tmp(final)
     if st_dev not in _no_tmpfile_devs:
         try:
             fd = os.open(dirpath, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
@@ -79,10 +90,6 @@ def open_tmp(final: str, mode: int = 0o644, owner: tuple[int, int] | None = None
             _no_tmpfile_devs.add(st_dev)
     if fd < 0:
         path = final + ".tmp"
-        try:
-            os.unlink(path)  # a stale tmp left by a crash: garbage by definition
-        except FileNotFoundError:
-            pass
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as e:

@@ -135,6 +135,8 @@ def _finish(t: Task) -> Result:
             check_members(f, detect_format(t.archive), expected, t.archive)
             os.fsync(f.fileno())
         commit.fsync_dir(os.path.dirname(t.archive))
+        # A crash of the named-tmp fallback between link and unlink left <final>.tmp.
+        commit.remove_stale_tmp(t.archive)
         commit.remove_source(t.path, entries, t.archive, keep_archive=True)
     except ArchiveError as e:
         return (t.path, FAILED, f"an archive already exists ({os.path.basename(t.archive)}) "
