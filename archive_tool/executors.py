@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
@@ -46,7 +47,28 @@ def local_executor(workers: int) -> Executor:
     # forkserver: workers start from a clean process, not a fork of a parent that may hold
     # threads (tqdm's monitor, a caller's) — fork-with-threads deadlocks are the classic.
     ctx = multiprocessing.get_context("forkserver")
+    _start_forkserver()
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+
+
+def _start_forkserver() -> None:
+    """Start multiprocessing's forkserver with SIGTERM ignored (an ignored disposition
+    survives its exec, and its forked workers inherit it).
+
+    multiprocessing shields the forkserver from SIGINT only. A SIGTERM to the process group
+    (``kill -TERM -PGID``, systemd, SLURM's scancel) killed it, and since each worker's exit
+    status travels through the forkserver, the pool read every worker as dead: the sweep
+    reported the in-flight batches as lost and then hung (tests/test_reliability_crash.py).
+    """
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may touch handlers; started lazily as before
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 DASK_EXTRA_HINT = (
