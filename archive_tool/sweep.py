@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
 from itertools import islice
 from typing import Any
 
@@ -342,6 +342,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
     own = executor is None
     ex = executor if executor is not None else local_executor(n)
     inflight: set[Future] = set()
+    broken = ""
 
     def window() -> int:
         return 2 * (max(1, slots()) if slots and not workers else n)
@@ -364,7 +365,14 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
                 if on_candidate is not None:
                     for t in batch:
                         on_candidate(t.path)
-                fut = ex.submit(process_batch, batch, opts)
+                try:
+                    fut = ex.submit(process_batch, batch, opts)
+                except BrokenExecutor as e:
+                    # A worker died (OOM killer, kill -9): the pool takes no more work. Its
+                    # batch comes back as "worker lost" below; stop instead of a traceback.
+                    broken = f"a worker process died, sweep stopped: {e}"
+                    acc.s["skipped"] += len(batch)
+                    break
                 fut._batch = batch  # type: ignore[attr-defined]
                 inflight.add(fut)
                 while len(inflight) >= window():
@@ -380,6 +388,8 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
                 acc.s["signal"] = caught[0]
             elif acc.fatal:
                 acc.s["stopped"] = f"disk full, sweep stopped: {acc.fatal}"
+            elif broken:
+                acc.s["stopped"] = broken
     finally:
         if own:
             ex.shutdown(wait=True)
