@@ -42,8 +42,14 @@ class RootLock:
             os.close(self.fd)
             self.fd = -1
             raise LockBusy(self.path, "another sweep holds the lock") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            # The pid is informational; the flock is the lock. Raising here leaked the fd
+            # (every later sweep in this process got LockBusy), and on a full disk the
+            # sweep could not even start.
+            pass
         return self
 
     def release(self) -> None:
