@@ -17,7 +17,7 @@ from pathlib import Path
 from . import commit
 from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 from .names import split_archive_name
-from .read import open_tar, unsafe_reason
+from .read import _drain, open_tar, unsafe_reason
 
 # Keep this much of the destination filesystem free when sizing the extraction limit.
 _HEADROOM = 64 * 1024 * 1024
@@ -64,10 +64,17 @@ def extract_into(archive: str, tmp: str, max_bytes: int, max_members: int) -> in
             raise ArchiveTooLarge(archive, f"more than {max_members} members; refused")
         return member
 
-    with open_tar(archive) as (tf, _reader):
+    with open_tar(archive) as (tf, reader):
         tf.errorlevel = 1
         try:
             tf.extractall(tmp, filter=guard)
+            # tarfile stops at the end-of-archive blocks, before the gzip CRC32 / zstd
+            # XXH64 / xz check: without reading on, a damaged .tar.gz restored silently
+            # altered bytes (tests/test_reliability_hostile_archives.py).
+            try:
+                _drain(reader)
+            except Exception as e:
+                raise CorruptArchive(archive, f"corrupt archive: {e}") from None
         except ArchiveError:
             raise
         except OSError as e:
