@@ -123,6 +123,47 @@ def unsafe_reason(m: tarfile.TarInfo) -> str | None:
     return None
 
 
+class _Members:
+    """unsafe_reason plus what one member cannot show alone: a symlink through symlinks
+    seen earlier (``a -> .`` then ``b -> a/../../x`` escapes although ``b``'s target
+    looks inside). Restore refuses such archives (the ``data`` filter resolves links on
+    disk); verify and show must say so too instead of "ok"."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}
+
+    def unsafe(self, m: tarfile.TarInfo) -> str | None:
+        why = unsafe_reason(m)
+        if why or not m.issym():
+            return why
+        name = m.name.strip("/").removeprefix("./")
+        if self._escapes(name, m.linkname):
+            return f"link {m.name!r} escapes to {m.linkname!r} through another link"
+        self.links[name] = m.linkname
+        return None
+
+    def _escapes(self, name: str, target: str) -> bool:
+        parts = [p for p in name.split("/")[:-1] if p not in ("", ".")]
+        todo = [p for p in target.split("/") if p not in ("", ".")]
+        hops = 0
+        while todo:
+            p = todo.pop(0)
+            if p == "..":
+                if not parts:
+                    return True
+                parts.pop()
+                continue
+            parts.append(p)
+            t = self.links.get("/".join(parts))
+            if t is not None:
+                hops += 1
+                if hops > 40 or t.startswith("/"):
+                    return True
+                parts.pop()
+                todo = [q for q in t.split("/") if q not in ("", ".")] + todo
+        return False
+
+
 @dataclass
 class ArchiveInfo:
     path: str
@@ -138,11 +179,12 @@ def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
     path = os.fspath(path)
     members = files = total = 0
     tops: set[str] = set()
+    seen = _Members()
     with open_tar(path) as (tf, reader):
         try:
             for m in tf:
                 members += 1
-                why = unsafe_reason(m)
+                why = seen.unsafe(m)
                 if why:
                     raise UnsafeArchive(path, why)
                 first = m.name.lstrip("./").split("/", 1)[0] if m.name not in (".", "./") else ""
@@ -173,9 +215,13 @@ class MemberInfo:
 
 def list_members(path: str | os.PathLike[str]) -> Iterator[MemberInfo]:
     path = os.fspath(path)
+    seen = _Members()
     with open_tar(path) as (tf, _reader):
         try:
             for m in tf:
+                why = seen.unsafe(m)
+                if why:  # listing it as fine would hide what restore refuses
+                    raise UnsafeArchive(path, f"refused on restore: {why}")
                 kind = "h" if m.islnk() else _KIND.get(m.type, "?")
                 yield MemberInfo(m.name, kind, m.size if m.isfile() else 0, int(m.mtime), m.linkname)
         except ArchiveError:
@@ -189,9 +235,13 @@ def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes]) -> in
     name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written."""
     path = os.fspath(path)
     want = member.strip("/")
+    seen = _Members()
     with open_tar(path) as (tf, _reader):
         try:
             for m in tf:
+                why = seen.unsafe(m)
+                if why:
+                    raise UnsafeArchive(path, f"refused on restore: {why}")
                 name = m.name[2:] if m.name.startswith("./") else m.name
                 below = name.split("/", 1)[1] if "/" in name else None
                 if want not in (name, below):
