@@ -248,7 +248,7 @@ def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T]
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
             click.option("--max-dirs", type=int, default=default_cap, callback=_nonneg,
                          show_default=True, help="Archive at most N sessions (0 = no cap)."),
-            click.option("--track-bytes", is_flag=True,
+            click.option("--track-bytes/--no-track-bytes", default=False,
                          help="Report bytes in/out (free when executing; one stat walk in a dry run)."),
             click.option("--use-fd/--no-use-fd", default=True, show_default=True,
                          help="Find sessions with fd when installed."),
@@ -335,12 +335,14 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
               help="Restore into DEST/<name>/ (default: beside each archive).")
 @click.option("--pattern", default=None,
               help="Glob on archive names [default: *.tar.gz, *.tar.zst, *.tar, *.tar.xz].")
-@click.option("--remove-archive", is_flag=True, help="Delete each archive after its restore is durable.")
+@click.option("--remove-archive/--no-remove-archive", default=False, show_default=True,
+              help="Delete each archive after its restore is durable.")
 @click.option("--max-files", type=int, default=10000, callback=_nonneg, show_default=True,
               help="Restore at most N archives (0 = no cap).")
 @click.option("--dry-run/--no-dry-run", default=True, show_default=True)
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
-@click.option("--track-bytes", is_flag=True)
+@click.option("--track-bytes/--no-track-bytes", default=False,
+              help="Report the archives' bytes.")
 @click.option("--workers", "-j", type=click.IntRange(1, None), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
