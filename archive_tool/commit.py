@@ -20,14 +20,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
-from .names import trash_name
+from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged, SourceUnreadable
+from .names import FORMATS, trash_name
 from .scan import DIR, FILE, Entry
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -237,6 +238,51 @@ def _unchanged(root: str, entries: list[Entry]) -> str | None:
     if seen != len(expected):
         return "an entry disappeared"
     return None
+
+
+def lock_session(src: str, *, archived_ok: bool = False) -> int:
+    """Hold an exclusive flock on the session dir *src* while it is archived and deleted;
+    returns the fd (close it to release).
+
+    Two archivers of one session (a sweep, and the decorator's own close, possibly in
+    another format) otherwise both wrote an archive: the link() EEXIST guard only covers
+    one name. The loser gets FileExistsError: the lock is busy, or, once it is free, the
+    dir is gone or (unless *archived_ok*) an archive of it exists in any format.
+    """
+    parent, name = os.path.split(src)
+
+    def archived() -> bool:
+        return any(os.path.lexists(os.path.join(parent, f"{name}.{f}")) for f in FORMATS)
+
+    def gone() -> Exception:
+        if archived():
+            return FileExistsError(errno.EEXIST, "archived meanwhile by another process", src)
+        return SourceUnreadable(src, os.strerror(errno.ENOENT))
+
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise gone() from None
+    except OSError as e:
+        raise SourceUnreadable(src, e.strerror or str(e)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(errno.EEXIST, "being archived by another process", src) from None
+        held = os.stat(fd)
+        try:
+            now = os.lstat(src)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise gone()
+        if not archived_ok and archived():
+            raise FileExistsError(errno.EEXIST, "archive already exists", src)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def remove_source(src: str, entries: list[Entry], archive: str, *, keep_archive: bool = False) -> None:

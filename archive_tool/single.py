@@ -219,10 +219,16 @@ class Prepared:
     entries: list[Entry] = field(repr=False)
     bytes_in: int
     bytes_out: int
+    lock_fd: int = -1  # commit.lock_session: held until the source is deleted
 
     @property
     def inodes(self) -> int:
         return len(self.entries)
+
+    def unlock(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
 
 class TooRecent(Exception):
@@ -261,20 +267,26 @@ def prepare(
     final = os.path.join(parent, archive_name(top, fmt))
     if os.path.lexists(final):
         raise FileExistsError(17, "archive already exists", final)
-    entries = scan_session(src)
-    if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
-        raise TooRecent(src)
-    mode, owner = _archive_mode(entries)
-    tmp = commit.open_tmp(final, mode, owner)
+    lock_fd = commit.lock_session(src)
+    try:
+        entries = scan_session(src)
+        if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
+            raise TooRecent(src)
+        mode, owner = _archive_mode(entries)
+        tmp = commit.open_tmp(final, mode, owner)
+    except BaseException:
+        os.close(lock_fd)
+        raise
     try:
         size = content_bytes(entries)
         if size <= IN_MEMORY_LIMIT:
             written = _write_in_memory(src, top, entries, fmt, compresslevel, tmp)
         else:
             written = _write_streaming(src, top, entries, fmt, compresslevel, tmp)
-        return Prepared(src, final, tmp, entries, size, written)
+        return Prepared(src, final, tmp, entries, size, written, lock_fd)
     except BaseException:
         tmp.discard()
+        os.close(lock_fd)
         raise
 
 
@@ -344,11 +356,14 @@ def archive_one(
         raise ArchiveError(src, "not a directory")
     p = prepare(src, format, compresslevel)
     try:
-        commit.make_durable([p.tmp])
-        commit.publish(p.tmp)
+        try:
+            commit.make_durable([p.tmp])
+            commit.publish(p.tmp)
+        finally:
+            p.tmp.discard()
+        commit.fsync_dir(os.path.dirname(p.final))
+        if remove_src:
+            commit.remove_source(p.src, p.entries, p.final)
     finally:
-        p.tmp.discard()
-    commit.fsync_dir(os.path.dirname(p.final))
-    if remove_src:
-        commit.remove_source(p.src, p.entries, p.final)
+        p.unlock()
     return Path(p.final)

@@ -87,6 +87,7 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result]) -> None
     finally:
         for p in prepared:
             p.tmp.discard()
+            p.unlock()
 
 
 def _commit(prepared: list[single.Prepared], out: list[Result], remove_src: bool) -> None:
@@ -130,6 +131,12 @@ def _finish(t: Task) -> Result:
     that kept its archive): delete the source only if the archive holds exactly it."""
     assert t.archive is not None
     try:
+        lock_fd = commit.lock_session(t.path, archived_ok=True)
+    except FileExistsError as e:
+        return (t.path, SKIPPED, e.strerror, 0, 0, 0, False)
+    except (ArchiveError, OSError) as e:
+        return _fail(t.path, e)
+    try:
         entries, expected = single.source_members(t.path)
         with open(t.archive, "rb") as f:
             check_members(f, detect_format(t.archive), expected, t.archive)
@@ -143,6 +150,8 @@ def _finish(t: Task) -> Result:
                 f"and does not match the source; both kept: {e.reason}", 0, 0, 0, False)
     except OSError as e:
         return _fail(t.path, e)
+    finally:
+        os.close(lock_fd)
     size = os.path.getsize(t.archive)
     return (t.path, RESUMED, "", content_bytes(entries), size, len(entries), False)
 
@@ -150,6 +159,13 @@ def _finish(t: Task) -> Result:
 def _cleanup(t: Task) -> Result:
     """A ``.<name>.deleting`` dir: a crash interrupted deleting a committed source."""
     parent = os.path.dirname(t.path)
+    try:
+        # The archiver that made this trash may still be deleting it (it holds the lock).
+        lock_fd = commit.lock_session(t.path, archived_ok=True)
+    except FileExistsError as e:
+        return (t.path, SKIPPED, e.strerror, 0, 0, 0, False)
+    except (ArchiveError, OSError) as e:
+        return (t.path, FAILED, f"cannot clean up: {_fail(t.path, e)[2]}", 0, 0, 0, False)
     try:
         if t.archive is not None:
             import shutil
@@ -161,6 +177,8 @@ def _cleanup(t: Task) -> Result:
         return (t.path, CLEANED, "no archive found: restored the session dir", 0, 0, 0, False)
     except OSError as e:
         return (t.path, FAILED, f"cannot clean up: {e.strerror or e}", 0, 0, 0, False)
+    finally:
+        os.close(lock_fd)
 
 
 # ----------------------------------------------------------------------- sweeping process
