@@ -59,9 +59,9 @@ def _wait_for_lock(root: Path, p: subprocess.Popen, timeout: float = 30) -> bool
 
 
 def _work_seconds(tmp: Path, n: int) -> float:
-    """How long a sweep of *n* sessions runs once it holds the lock (median of 3)."""
+    """How long a sweep of *n* sessions runs once it holds the lock (-j1 and -j2, longer)."""
     times = []
-    for k in range(3):
+    for k in range(2):
         root = tmp / f"calibrate{k}"
         make_tree(root, n, seed=99 + k)
         p = _start(root, "tar.zst", 1 + k % 2, False, 4)
@@ -70,7 +70,7 @@ def _work_seconds(tmp: Path, n: int) -> float:
         p.communicate(timeout=120)
         times.append(time.monotonic() - t)
         assert p.returncode == 0
-    return sorted(times)[1]
+    return max(times)
 
 
 def run_kill_trials(tmp: Path, trials: int, sessions: int, seed: int) -> dict[str, int]:
@@ -126,10 +126,10 @@ def _reap_group(pgid: int) -> None:
 
 @pytest.mark.timeout(150)
 def test_sigkill_at_any_moment_loses_no_session(tmp_path: Path) -> None:
-    totals = run_kill_trials(tmp_path, trials=24, sessions=60, seed=6)
+    totals = run_kill_trials(tmp_path, trials=20, sessions=50, seed=6)
     record("crash (CI)", totals)
     assert totals["lost"] == 0
-    assert totals["killed_mid_run"] >= 12, totals  # the kills really landed mid-run
+    assert totals["killed_mid_run"] >= 10, totals  # the kills really landed mid-run
 
 
 @pytest.mark.stress
@@ -158,7 +158,7 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_consistent_tree(
     tmp_path: Path, sig: signal.Signals, workers: int
 ) -> None:
     root = tmp_path / "tree"
-    make_tree(root, 400, seed=int(sig) + workers)
+    make_tree(root, 250, seed=int(sig) + workers)
     before = snapshot_sessions(root)
     p = _start(root, "tar.zst", workers, False, 4)
     _wait_for_first_archive(root, p)
