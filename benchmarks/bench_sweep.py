@@ -205,6 +205,31 @@ def section_batch(n: int, reps: int, sizes: list[int]) -> dict:
     return {"n": n, "runs": runs}
 
 
+def section_ab(specs: list[tuple[str, str, int, int]]) -> dict:
+    """Paired A/B runs for the ratios that matter most on a noisy shared machine: A and B
+    alternate (AB, BA, AB, ...) so drifting load hits both; each pair gives B/A."""
+    byname = {c["name"]: c for c in contenders(False)}
+    out = []
+    for a_name, b_name, n, pairs in specs:
+        tree, meta = corpus.pristine(n)
+        k = corpus.session_count(meta)
+        log(f"A/B N={n}: {a_name}  vs  {b_name}, {pairs} pairs")
+        ratios, walls = [], {a_name: [], b_name: []}
+        for i in range(pairs):
+            order = (a_name, b_name) if i % 2 == 0 else (b_name, a_name)
+            w = {}
+            for name in order:
+                r = run_contender(byname[name], tree, k, i + 1)
+                if not r["ok"]:
+                    raise RuntimeError(f"{name} did not do the job: {r}")
+                w[name] = r["wall_s"]
+                walls[name].append(r["wall_s"])
+            ratios.append(round(w[b_name] / w[a_name], 4))
+        out.append({"a": a_name, "b": b_name, "n": n, "sessions": k, "pairs": pairs,
+                    "ratios_b_over_a": ratios, "walls": walls})
+    return {"pairs": out}
+
+
 def _time_min(fn, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -265,6 +290,9 @@ def section_restore(n: int, reps: int) -> dict:
         with open(archives + ".json", "w") as f:
             json.dump({"archives": n_flat}, f)
     cmds = {"ours extract": lambda d: f"session-archive extract {shlex.quote(d)} --execute --max-files 0 -q"}
+    # The default is one worker per core; one worker tells whether that is a win here.
+    cmds["ours extract -j1"] = lambda d: (f"session-archive extract {shlex.quote(d)} --execute"
+                                          " --max-files 0 -q -j 1")
     if os.path.exists(PUBREF):
         cmds["published 0.3.1 extract"] = lambda d: (
             f"{PUBREF} -m scitex_session.archive extract {shlex.quote(d)} --no-dry-run"
@@ -294,19 +322,26 @@ def section_profile(n: int, top: int = 18) -> dict:
     prof = os.path.join(WORK, "sweep.prof")
     r = run_ours(root, {"format": "tar.zst", "workers": 1}, extra=["--profile", prof])
     rm_tree(root)
+    out = profile_rows(prof, top)
+    out.update({"n": n, "sessions": r["archived"],
+                "command": "python benchmarks/run_sweep.py --profile OUT.prof ROOT "
+                           "'{\"format\": \"tar.zst\", \"workers\": 1}'"})
+    return out
+
+
+def profile_rows(prof: str, top: int = 18) -> dict:
+    """Top functions by own time, and the engine's stages (archive_tool functions) by
+    cumulative time — the second list says which stage of a sweep bounds it."""
     st = pstats.Stats(prof)
-    total = st.total_tt
     rows = []
     for (fn, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
         rows.append({"func": f"{os.path.basename(fn)}:{line}({func})" if line else func,
-                     "ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4)})
+                     "file": fn, "ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4)})
     by_tt = sorted(rows, key=lambda x: -x["tottime"])[:top]
-    return {"n": n, "sessions": r["archived"], "seconds_profiled": round(total, 3),
-            "top_tottime": by_tt, "command": "python benchmarks/run_sweep.py --profile OUT.prof ROOT "
-            "'{\"format\": \"tar.zst\", \"workers\": 1}'"}
-
-
-# ---------------------------------------------------------------------- machine
+    stages = sorted((r for r in rows if "archive_tool" in r["file"]), key=lambda x: -x["cumtime"])[:top + 6]
+    for r in rows:
+        del r["file"]
+    return {"seconds_profiled": round(st.total_tt, 3), "top_tottime": by_tt, "stages_cumtime": stages}
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -352,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (3; quick 1)")
     ap.add_argument("--sizes", default=None, help="scaling N list (1000,10000,100000; quick 500,1000,2000)")
     ap.add_argument("--batch-sizes", default="16,64,128,512")
-    ap.add_argument("--sections", default="copy,contenders,batch,scaling,discovery,restore,profile",
-                    help="comma list (discovery is measured inside scaling)")
+    ap.add_argument("--sections", default="copy,contenders,ab,batch,scaling,restore,profile",
+                    help="comma list; discovery is measured inside scaling")
     ap.add_argument("--out", default=None, help="JSON path (default results/sweep-<date>[-quick].json)")
     a = ap.parse_args(argv)
     n = a.n or (1000 if a.quick else 5000)
@@ -385,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "batch" in sections:
         res["batch"] = section_batch(n, max(1, reps - 1), [int(x) for x in a.batch_sizes.split(",")])
+        save()
+    if "ab" in sections:
+        ref = f"ours tar.zst w{CORES}"
+        res["ab"] = section_ab([
+            (ref, f"{ref} track-bytes", min(n, 2000), 4 if a.quick else 8),
+            (ref, f"xargs -P{CORES} tar|gzip -1", n, 2 if a.quick else 4),
+            (ref, f"{ref} scandir", min(n, 2000), 2 if a.quick else 6),
+        ])
         save()
     if "scaling" in sections:
         res["scaling"] = section_scaling(sizes)

@@ -23,7 +23,7 @@ RESULTS_MD = os.path.join(HERE, "RESULTS.md")
 FIG = os.path.join(HERE, "figures")
 BEGIN = "<!-- BEGIN GENERATED: sweep (python benchmarks/render.py) -->"
 END = "<!-- END GENERATED: sweep -->"
-SECTIONS = ("copy_vs_generate", "contenders", "batch", "scaling", "restore", "profile")
+SECTIONS = ("copy_vs_generate", "contenders", "ab", "batch", "scaling", "restore", "profile")
 
 SKELETON = f"""# Benchmark results
 
@@ -254,6 +254,28 @@ def render(picked: dict[str, tuple[str, dict]], with_plots: bool = True) -> str:
                             xg["ratio"] >= 3))
         targets.append((f"--track-bytes costs <= 3 % — measured {tb * 100:+.1f} %", "", tb <= 0.03))
 
+    if "ab" in picked:
+        prs = picked["ab"][1]["ab"]["pairs"]
+        L.append("### Paired A/B runs (the key ratios, alternating A and B to cancel load drift)\n")
+        rows = []
+        for p in prs:
+            r = p["ratios_b_over_a"]
+            rows.append([f"`{p['a']}`", f"`{p['b']}`", f"{p['n']:,}", p["pairs"],
+                         f"**{med(r):.3f}**", f"{min(r):.3f} – {max(r):.3f}",
+                         f2(med(p["walls"][p["a"]])), f2(med(p["walls"][p["b"]]))])
+        L.append(table(["A", "B", "N", "pairs", "median B/A wall", "range", "A wall s", "B wall s"], rows))
+        L.append("")
+        for p in prs:
+            r = med(p["ratios_b_over_a"])
+            if p["b"].endswith("track-bytes"):
+                targets = [t for t in targets if not t[0].startswith("--track-bytes")]
+                targets.append((f"--track-bytes costs <= 3 % — paired A/B median {100 * (r - 1):+.1f} % "
+                                f"(range {100 * (min(p['ratios_b_over_a']) - 1):+.0f} … "
+                                f"{100 * (max(p['ratios_b_over_a']) - 1):+.0f} %)", "", r - 1 <= 0.03))
+            if "tar|gzip -1" in p["b"] and "-n64" not in p["b"]:
+                targets.append((f">= 3x the xargs tar|gzip -1 baseline — paired A/B at N={p['n']:,}: "
+                                f"median {r:.2f}x", "", r >= 3))
+
     if "batch" in picked:
         sec = picked["batch"][1]["batch"]
         runs = sec["runs"]
@@ -344,6 +366,11 @@ def render(picked: dict[str, tuple[str, dict]], with_plots: bool = True) -> str:
         L.append(table(["function", "calls", "own time s", "% of run", "cumulative s"],
                        [[f"`{r['func']}`", f"{r['ncalls']:,}", f"{r['tottime']:.3f}",
                          f"{100 * r['tottime'] / tot:.1f}", f"{r['cumtime']:.3f}"] for r in sec["top_tottime"]]))
+        if sec.get("stages_cumtime"):
+            L.append("\nThe engine's stages by cumulative time (a stage includes what it calls):\n")
+            L.append(table(["archive_tool function", "calls", "cumulative s", "% of run"],
+                           [[f"`{r['func']}`", f"{r['ncalls']:,}", f"{r['cumtime']:.3f}",
+                             f"{100 * r['cumtime'] / tot:.1f}"] for r in sec["stages_cumtime"]]))
         L.append(f"\nCommand: `{sec['command']}`\n")
 
     if "copy_vs_generate" in picked:
