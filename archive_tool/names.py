@@ -28,7 +28,7 @@ TRASH_SUFFIX = ".deleting"
 _TRASH_NAME = re.compile(rf"^\.({ID_REGEX}(-[^/]+)?)\.deleting$", re.ASCII)
 
 # What discovery asks fd for in one pass: session dirs and trash dirs.
-DISCOVERY_REGEX = rf"^\.?{ID_REGEX}(-[^/]+)?$"
+DISCOVERY_REGEX = rf"^\.?{ID_REGEX}(-[^/]+)?(\.deleting)?$"
 
 FINISHED_STATES = ("FINISHED_SUCCESS", "FINISHED_ERROR", "FINISHED")
 RUNNING_STATE = "RUNNING"

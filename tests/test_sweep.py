@@ -184,17 +184,19 @@ def test_roots_through_git_or_running_are_refused(tmp_path: Path) -> None:
         sweep(tmp_path / "file", dry_run=True)
 
 
-def test_crash_leftovers_are_finished_by_the_next_sweep(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["-main", ""], ids=["suffixed", "bare-id"])
+@pytest.mark.parametrize("use_fd", BACKENDS)
+def test_crash_leftovers_are_finished_by_the_next_sweep(tmp_path: Path, suffix: str, use_fd: bool) -> None:
     fin = tmp_path / "a_out" / S
     # 1. source + committed archive (crash before delete); 2. trash of an interrupted delete
-    both = make_session(fin, f"{SID[:-4]}BOTH-main")
+    both = make_session(fin, f"{SID[:-4]}BOTH{suffix}")
     api.archive_session_dir(both, format="tar.zst", remove_src=False)
-    trashed = make_session(fin, f"{SID[:-4]}TRSH-main")
+    trashed = make_session(fin, f"{SID[:-4]}TRSH{suffix}")
     api.archive_session_dir(trashed, format="tar.zst", remove_src=False)
     os.rename(trashed, fin / f".{trashed.name}.deleting")
-    orphan = make_session(fin, f"{SID[:-4]}ORPH-main")  # trash with no archive: put back
+    orphan = make_session(fin, f"{SID[:-4]}ORPH{suffix}")  # trash with no archive: put back
     os.rename(orphan, fin / f".{orphan.name}.deleting")
-    s = sweep(tmp_path, dry_run=False, workers=1)
+    s = sweep(tmp_path, dry_run=False, workers=1, use_fd=use_fd)
     assert (s["resumed"], s["cleaned"], s["failed"]) == (1, 2, 0), s
     assert sorted(p.name for p in fin.iterdir()) == sorted(
         [f"{both.name}.tar.zst", f"{trashed.name}.tar.zst", orphan.name])
