@@ -228,6 +228,13 @@ def new_summary(root: str, flat: bool, dry_run: bool, fmt: str) -> dict[str, Any
     }
 
 
+def record_failure(summary: dict[str, Any], path: str, reason: str) -> None:
+    # The list is capped so a sweep of millions with a systematic failure stays small.
+    summary["failed"] += 1
+    if len(summary["failures"]) < MAX_FAILURES_LISTED:
+        summary["failures"].append({"path": path, "reason": reason})
+
+
 class _Accounts:
     def __init__(self, summary: dict[str, Any], track_bytes: bool,
                  on_result: Callable[[Result], None] | None) -> None:
@@ -251,9 +258,7 @@ class _Accounts:
         elif status == CLEANED:
             s["cleaned"] += 1
         else:
-            s["failed"] += 1
-            if len(s["failures"]) < MAX_FAILURES_LISTED:
-                s["failures"].append({"path": path, "reason": reason})
+            record_failure(s, path, reason)
             if fatal and self.fatal is None:
                 self.fatal = f"{path}: {reason}"
         if self.on_result is not None:
@@ -336,8 +341,7 @@ def _dry_run(tasks: Iterable[Task], planner: Planner, summary: dict[str, Any],
             try:
                 entries = scan_session(t.path)
             except ArchiveError as e:
-                summary["failed"] += 1
-                summary["failures"].append({"path": t.path, "reason": e.reason})
+                record_failure(summary, t.path, e.reason)
                 continue
             if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
                 planner.candidates -= 1
@@ -485,9 +489,7 @@ def restore_many(
                         elif status == SKIPPED:
                             s["skipped"] += 1
                         else:
-                            s["failed"] += 1
-                            if len(s["failures"]) < MAX_FAILURES_LISTED:
-                                s["failures"].append({"path": path, "reason": reason})
+                            record_failure(s, path, reason)
                 if caught:
                     s["stopped"] = f"interrupted by {signal.Signals(caught[0]).name}"
                     s["signal"] = caught[0]
