@@ -123,6 +123,13 @@ def unsafe_reason(m: tarfile.TarInfo) -> str | None:
     return None
 
 
+def member_path(name: str) -> str:
+    """A member name as a path relative to the archive root ("./a/" -> "a", "." -> "")."""
+    while name.startswith("./"):
+        name = name[2:]
+    return "" if name == "." else name.strip("/")
+
+
 class _Members:
     """unsafe_reason plus what one member cannot show alone: a symlink through symlinks
     seen earlier (``a -> .`` then ``b -> a/../../x`` escapes although ``b``'s target
@@ -134,13 +141,25 @@ class _Members:
 
     def unsafe(self, m: tarfile.TarInfo) -> str | None:
         why = unsafe_reason(m)
-        if why or not m.issym():
+        if why:
             return why
-        name = m.name.strip("/").removeprefix("./")
+        name = member_path(m.name)
+        # Restore refuses these too: a path through a symlink the archive made could
+        # land outside the destination, and a hard link through one could pin a file
+        # outside it.
+        if self._through_link(name.split("/")[:-1]):
+            return f"{m.name!r} runs through a symlink"
+        if m.islnk() and self._through_link(member_path(m.linkname).split("/")):
+            return f"hard link {m.name!r} to {m.linkname!r} runs through a symlink"
+        if not m.issym():
+            return None
         if self._escapes(name, m.linkname):
             return f"link {m.name!r} escapes to {m.linkname!r} through another link"
         self.links[name] = m.linkname
         return None
+
+    def _through_link(self, parts: list[str]) -> bool:
+        return any("/".join(parts[:i]) in self.links for i in range(1, len(parts) + 1))
 
     def _escapes(self, name: str, target: str) -> bool:
         parts = [p for p in name.split("/")[:-1] if p not in ("", ".")]

@@ -1,9 +1,10 @@
 """Restore ONE archive: extract into a fresh temp dir beside the destination, then rename.
 
 Nothing is ever written outside that temp dir: members are checked by our own rules
-(``read.unsafe_reason``) and by tarfile's ``data`` filter (PEP 706), sizes are capped so a
-decompression bomb or an absurd header cannot fill the disk, and on any error the temp dir
-is removed whole — no partial destination is left behind.
+(``read.unsafe_reason`` plus the checks in ``extract_into``, which enforce what tarfile's
+``data`` filter of PEP 706 does), sizes are capped so a decompression bomb or an absurd
+header cannot fill the disk, and on any error the temp dir is removed whole — no partial
+destination is left behind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from . import commit
 from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 from .names import split_archive_name
-from .read import _drain, open_tar, unsafe_reason
+from .read import CHUNK, _drain, member_path, open_tar, unsafe_reason
 
 # Keep this much of the destination filesystem free when sizing the extraction limit.
 _HEADROOM = 64 * 1024 * 1024
@@ -38,45 +39,121 @@ def _limits(parent: str) -> tuple[int, int]:
     return space, inodes
 
 
-def extract_into(archive: str, tmp: str, max_bytes: int, max_members: int) -> int:
-    """Extract every member of *archive* below *tmp*; returns the content bytes written."""
-    if not hasattr(tarfile, "data_filter"):
-        raise ArchiveError(archive, "this Python lacks tarfile's data filter; use >= 3.10.12/3.11.4")
-    total = 0
-    count = 0
+class _MultiTop(Exception):
+    """Internal: the archive has more than one top-level entry; extract unstripped."""
 
-    def guard(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-        nonlocal total, count
-        why = unsafe_reason(member)
-        if why:
-            raise UnsafeArchive(archive, f"refused: {why}")
-        try:
-            member = tarfile.data_filter(member, dest)
-        except tarfile.FilterError as e:
-            raise UnsafeArchive(archive, f"refused: {e}") from None
-        total += member.size
-        count += 1
-        if total > max_bytes:
-            raise ArchiveTooLarge(
-                archive, f"extracting would need more than {max_bytes} bytes; refused"
-            )
-        if count > max_members:
-            raise ArchiveTooLarge(archive, f"more than {max_members} members; refused")
-        return member
 
+def _file_mode(mode: int) -> int:
+    # What tarfile's "data" filter allows: no setuid/setgid/sticky, no group/other write,
+    # owner can read and write, group/other exec only where the owner has it.
+    mode = (mode & 0o755) | 0o600
+    if not mode & 0o100:
+        mode &= ~0o011
+    return mode
+
+
+def extract_into(archive: str, tmp: str, max_bytes: int, max_members: int, strip: bool) -> int:
+    """Extract every member of *archive* below *tmp*; returns the content bytes written.
+
+    With *strip*, the archive's single top-level directory becomes *tmp* itself (its
+    members land directly in it), so the caller renames *tmp* into place — one rename
+    instead of a rename, a listdir and an rmdir per restore. Raises _MultiTop when the
+    archive turns out to have more than one top-level entry.
+
+    Safety without tarfile's extraction machinery, whose ``data`` filter resolves the
+    realpath of every member (~10 lstat calls each: most of a small restore's cost):
+    *tmp* is new and empty, we create every entry ourselves with O_EXCL / O_NOFOLLOW /
+    mkdir, refuse any member whose path runs through a symlink the archive created, refuse
+    names that are absolute or contain ``..``, and check after extraction that every
+    created symlink resolves inside *tmp*.
+    """
+    total = count = 0
+    top: str | None = None
+    root_attrs: tuple[int, int] | None = None
+    links: set[str] = set()
+    dirs: list[tuple[str, int, int]] = []
+    made: set[str] = {""}
     with open_tar(archive) as (tf, reader):
-        tf.errorlevel = 1
         try:
-            tf.extractall(tmp, filter=guard)
+            for m in tf:
+                why = unsafe_reason(m)
+                if why:
+                    raise UnsafeArchive(archive, f"refused: {why}")
+                rel = member_path(m.name)
+                if strip:
+                    first, _, rest = rel.partition("/")
+                    if top is None:
+                        top = first
+                    if first != top or (not rest and not m.isdir()):
+                        raise _MultiTop
+                    if not rest:
+                        root_attrs = (m.mode, int(m.mtime))
+                        continue
+                    rel = rest
+                elif not rel:
+                    continue
+                parts = rel.split("/")
+                for i in range(1, len(parts)):
+                    if "/".join(parts[:i]) in links:
+                        raise UnsafeArchive(archive, f"refused: {m.name!r} runs through a symlink")
+                count += 1
+                total += m.size if m.isreg() else 0
+                if total > max_bytes:
+                    raise ArchiveTooLarge(
+                        archive, f"extracting would need more than {max_bytes} bytes; refused")
+                if count > max_members:
+                    raise ArchiveTooLarge(archive, f"more than {max_members} members; refused")
+                parent = rel.rpartition("/")[0]
+                if parent not in made:
+                    os.makedirs(os.path.join(tmp, parent), exist_ok=True)
+                    made.update("/".join(parts[:i]) for i in range(1, len(parts)))
+                path = os.path.join(tmp, rel)
+                mtime = int(m.mtime)
+                if m.isdir():
+                    if rel not in made:
+                        os.mkdir(path, 0o700)
+                        made.add(rel)
+                    dirs.append((path, (m.mode & 0o755) | 0o700, mtime))
+                elif m.isreg():
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600)
+                    try:
+                        src = tf.extractfile(m)
+                        while chunk := src.read(CHUNK):
+                            view = memoryview(chunk)
+                            while view:
+                                view = view[os.write(fd, view):]
+                        os.fchmod(fd, _file_mode(m.mode))
+                        os.utime(fd, (mtime, mtime))
+                    finally:
+                        os.close(fd)
+                elif m.issym():
+                    os.symlink(m.linkname, path)
+                    links.add(rel)
+                    os.utime(path, (mtime, mtime), follow_symlinks=False)
+                elif m.islnk():
+                    target = member_path(m.linkname)
+                    if strip:
+                        first, _, target = target.partition("/")
+                        if first != top or not target:
+                            raise UnsafeArchive(archive, f"refused: hard link {m.name!r} leaves the archive")
+                    src_path = os.path.join(tmp, target)
+                    tparts = target.split("/")
+                    # A target reached through a symlink could be a file outside tmp.
+                    if (any("/".join(tparts[:i]) in links for i in range(1, len(tparts) + 1))
+                            or not os.path.isfile(src_path)):
+                        raise UnsafeArchive(archive, f"refused: hard link {m.name!r} to {m.linkname!r}")
+                    os.link(src_path, path, follow_symlinks=False)
+                else:
+                    raise UnsafeArchive(archive, f"refused: unsupported member type {m.name!r}")
             # tarfile stops at the end-of-archive blocks, before the gzip CRC32 / zstd
             # XXH64 / xz check: without reading on, a damaged .tar.gz restored silently
             # altered bytes (tests/test_reliability_hostile_archives.py).
-            try:
-                _drain(reader)
-            except Exception as e:
-                raise CorruptArchive(archive, f"corrupt archive: {e}") from None
-        except ArchiveError:
+            _drain(reader)
+        except (ArchiveError, _MultiTop):
             raise
+        except FileExistsError as e:
+            raise UnsafeArchive(archive, f"refused: duplicate member {e.filename!r}") from None
         except OSError as e:
             if e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise commit.disk_error(archive, e, "cannot restore") from None
@@ -85,6 +162,17 @@ def extract_into(archive: str, tmp: str, max_bytes: int, max_members: int) -> in
             raise ArchiveError(archive, f"cannot restore: {e.strerror or e}") from None
         except Exception as e:
             raise CorruptArchive(archive, f"corrupt archive: {e}") from None
+    real_tmp = os.path.realpath(tmp)
+    for rel in links:
+        real = os.path.realpath(os.path.join(tmp, rel))
+        if real != real_tmp and not real.startswith(real_tmp + os.sep):
+            raise UnsafeArchive(archive, f"refused: symlink {rel!r} resolves outside the restore")
+    for path, mode, mtime in reversed(dirs):  # children first: setting mtime is final
+        os.chmod(path, mode)
+        os.utime(path, (mtime, mtime))
+    if root_attrs is not None:
+        os.chmod(tmp, (root_attrs[0] & 0o755) | 0o700)
+        os.utime(tmp, (root_attrs[1], root_attrs[1]))
     return total
 
 
@@ -113,21 +201,20 @@ def restore_one(
     os.makedirs(parent, exist_ok=True)
     space, inodes = _limits(parent)
     limit = space if max_bytes is None else min(max_bytes, space)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.restore-", dir=parent)
-    try:
-        total = extract_into(archive, tmp, limit, inodes)
-        if stats is not None:
-            stats["bytes"] = total
-        children = os.listdir(tmp)
-        only = os.path.join(tmp, children[0]) if len(children) == 1 else None
-        if only and os.path.isdir(only) and not os.path.islink(only):
-            commit.rename_noreplace(only, dest)
-            os.rmdir(tmp)
-        else:
+    total = 0
+    for strip in (True, False):
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.restore-", dir=parent)
+        try:
+            total = extract_into(archive, tmp, limit, inodes, strip)
             commit.rename_noreplace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            break
+        except _MultiTop:
+            shutil.rmtree(tmp, ignore_errors=True)  # rare: not a one-session archive
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if stats is not None:
+        stats["bytes"] = total
     if remove_archive:
         commit.make_tree_durable(dest)
         os.unlink(archive)
