@@ -2,11 +2,12 @@
 (the project's one generator — not a second one), then fresh working copies by ``cp -a``.
 
 Why copies: every contender destroys its input (archive + delete), so each needs its own
-identical tree. Measured on the project's 2-core box: ``make_tree`` costs ~2.5 ms per
-session (Python writes 9 inodes and sets their mtimes), ``cp -a`` of the same tree
-~0.4 ms per session — copying is ~6x faster, so a pristine tree is generated once per
-(N, seed) and cached under ``benchmarks/work/`` (gitignored); :func:`copy_vs_generate`
-re-measures this in every run and the JSON records it.
+identical tree. ``make_tree`` is not reproducible to the byte across calls (mtimes and the
+session IDs derived from them follow the wall clock), a ``cp -a`` copy is. Speed is a wash
+on this machine: ``copy_vs_generate`` measured 0.8x-6x (cp -a vs make_tree, 2,000 sessions)
+depending on the load other processes put on the shared disk, and every run records it in
+its JSON. Generating 100,000 sessions (~1M inodes) took 90 s, once: pristine trees are
+cached per (N, seed) under ``benchmarks/work/`` (gitignored).
 
 A *flat* corpus (every finished session moved to one dir, ``<ID>-main`` renamed ``<ID>``)
 is what the published ``scitex_session.archive compress ROOT`` handles: it only archives
