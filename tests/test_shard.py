@@ -190,6 +190,19 @@ def test_shards_lock_separately(tmp_path: Path) -> None:
         assert other.returncode == 0, other.stderr
 
 
+def test_a_whole_tree_sweep_and_a_shard_of_the_same_root_exclude_each_other(tmp_path: Path) -> None:
+    make_tree(str(tmp_path), 10, seed=1)
+    with RootLock(str(tmp_path)):
+        r = run_cli("sweep", tmp_path, "--shard", "0/2", "--execute", "-q")
+        assert r.returncode == 75, r.stderr
+        assert r.stderr.decode().strip() == f"Error: another sweep holds {tmp_path / '.session-archive.lock'}"
+    with RootLock(str(tmp_path), (1, 2)), RootLock(str(tmp_path), (0, 3)):
+        r = run_cli("sweep", tmp_path, "--execute", "-q")
+        assert r.returncode == 75, r.stderr
+    # Released: the whole-tree sweep runs.
+    assert run_cli("sweep", tmp_path, "--execute", "-q").returncode == 0
+
+
 @pytest.mark.parametrize("spec", ["3", "1/0", "2/2", "-1/4", "a/b", "1/2/3", ""])
 def test_bad_shard_is_one_usage_error(tmp_path: Path, spec: str) -> None:
     with pytest.raises(ValueError):
