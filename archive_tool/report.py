@@ -25,9 +25,10 @@ from .discover import Discovery
 from .errors import ArchiveError
 from .formats import compress_bytes, open_compressed_writer
 from .names import normalize_format
-from .plan import CLEANUP, Planner, check_root
-from .scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
-from .single import IN_MEMORY_LIMIT, _header, write_tar
+from .plan import Planner, check_root
+from .scan import FILE, Entry, content_bytes, newest_mtime_ns
+from .single import IN_MEMORY_LIMIT, tar_header, write_tar
+from .sweep import scan_candidates
 
 DAY = 86400.0
 # (label, lower bound in days); a session falls in the last bucket whose bound it reaches.
@@ -35,7 +36,6 @@ AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("<1d", 0.0), ("1-7d", 1.0), ("7-30d", 7.0), ("30-90d", 30.0), ("90-365d", 90.0),
     (">365d", 365.0),
 )
-MAX_FAILURES_LISTED = 1000
 
 
 def age_bucket(age_days: float) -> str:
@@ -58,7 +58,7 @@ def tar_size(top: str, entries: list[Entry]) -> int:
     take — padding to a full record."""
     n = 2 * tarfile.BLOCKSIZE
     for e in entries:
-        n += len(_header(e, top))
+        n += len(tar_header(e, top))
         if e.kind == FILE:
             n += e.size + (-e.size % tarfile.BLOCKSIZE)
     if content_bytes(entries) <= IN_MEMORY_LIMIT:
@@ -151,31 +151,15 @@ def build_report(
     now = time.time()
     disc = Discovery(root_p, False, use_fd)
     planner = Planner(root_p, False, fmt, None, older_than_days)
-    cutoff_ns = planner.cutoff_ns
 
     ages = {b: 0 for b, _ in AGE_BUCKETS}
     subtrees: dict[str, _Subtree] = {}
-    cleaned = failed = 0
-    failures: list[dict[str, str]] = []
     heap: list[tuple[int, str, list[Entry]]] = []  # max-heap of the k smallest keys (negated)
 
-    for t in planner.tasks(disc.paths()):
-        if t.kind == CLEANUP:
-            cleaned += 1
-            continue
-        # The same per-session steps as sweep's dry run: one manifest, the exact age check.
-        try:
-            entries = scan_session(t.path)
-        except ArchiveError as e:
-            failed += 1
-            if len(failures) < MAX_FAILURES_LISTED:
-                failures.append({"path": t.path, "reason": e.reason})
-            continue
+    counts: dict[str, Any] = {"cleaned": 0, "failed": 0, "failures": []}
+    for t, entries in scan_candidates(planner.tasks(disc.paths()), planner, counts):
+        assert entries is not None
         newest = newest_mtime_ns(entries)
-        if cutoff_ns is not None and newest >= cutoff_ns:
-            planner.candidates -= 1
-            planner.skip("too recent")
-            continue
         if on_candidate is not None:
             on_candidate(t.path)
         n_bytes = sum(e.size for e in entries if e.kind == FILE)
@@ -232,9 +216,9 @@ def build_report(
         "candidates": planner.candidates,
         "skipped": planner.skipped,
         "skipped_reasons": dict(planner.skipped_reasons or {}),
-        "cleaned": cleaned,
-        "failed": failed,
-        "failures": failures,
+        "cleaned": counts["cleaned"],
+        "failed": counts["failed"],
+        "failures": counts["failures"],
         "sessions": total.sessions,  # candidates minus the unreadable ones
         "inodes_in": total.inodes,
         "bytes_in": total.bytes,

@@ -74,7 +74,7 @@ _TYPECHAR = {FILE: b"0", DIR: b"5", LINK: b"2"}
 _MAX8, _MAX12 = 8**7, 8**11
 
 
-def _header(e: Entry, top: str) -> bytes:
+def tar_header(e: Entry, top: str) -> bytes:
     """One 512-byte ustar header, byte-identical to what tarfile's PAX_FORMAT writes for
     members that need no extended header (tests/test_single.py checks this).
 
@@ -175,7 +175,7 @@ def write_tar(src: str, top: str, entries: list[Entry], write, chunk: int = CHUN
     non-files), which the streaming verify checks the read-back against."""
     crcs = []
     for e in entries:
-        write(_header(e, top))
+        write(tar_header(e, top))
         crc = 0
         if e.kind == FILE:
             crc = _copy_file(os.path.join(src, e.rel), e, write, chunk)

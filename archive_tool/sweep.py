@@ -26,7 +26,7 @@ from .lock import RootLock
 from .names import normalize_format, split_archive_name
 from .plan import CLEANUP, FINISH, Planner, Task, check_root, parse_shard
 from .read import check_members, detect_format
-from .scan import FILE, content_bytes, newest_mtime_ns, scan_session
+from .scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
 
 ARCHIVED, SKIPPED, FAILED, RESUMED, CLEANED = "archived", "skipped", "failed", "resumed", "cleaned"
 DEFAULT_BATCH = 128
@@ -330,23 +330,34 @@ def sweep(
     return summary
 
 
-def _dry_run(tasks: Iterable[Task], planner: Planner, summary: dict[str, Any],
-             track_bytes: bool, on_candidate: Callable[[str], None] | None) -> None:
+def scan_candidates(tasks: Iterable[Task], planner: Planner, counts: dict[str, Any],
+                    scan: bool = True) -> Iterator[tuple[Task, list[Entry] | None]]:
+    """What a dry run does per session, shared by sweep and report: trash would be cleaned
+    (counted), each candidate stat-walked once (with *scan*) for the exact age check;
+    an unreadable one is recorded as failed in *counts* (a Summary-like dict)."""
     cutoff_ns = planner.cutoff_ns
     for t in tasks:
         if t.kind == CLEANUP:
-            summary["cleaned"] += 1  # would be cleaned
+            counts["cleaned"] += 1  # would be cleaned
             continue
-        if cutoff_ns is not None or track_bytes:
+        entries = None
+        if scan or cutoff_ns is not None:
             try:
                 entries = scan_session(t.path)
             except ArchiveError as e:
-                record_failure(summary, t.path, e.reason)
+                record_failure(counts, t.path, e.reason)
                 continue
             if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
                 planner.candidates -= 1
                 planner.skip("too recent")
                 continue
+        yield t, entries
+
+
+def _dry_run(tasks: Iterable[Task], planner: Planner, summary: dict[str, Any],
+             track_bytes: bool, on_candidate: Callable[[str], None] | None) -> None:
+    for t, entries in scan_candidates(tasks, planner, summary, scan=track_bytes):
+        if entries is not None:
             summary["inodes_in"] += len(entries)
             if track_bytes:
                 summary["bytes_in"] += sum(e.size for e in entries if e.kind == FILE)

@@ -344,7 +344,7 @@ def test_fast_header_is_byte_identical_to_tarfile(session: Path) -> None:
     top = session.name
     for e in scan_session(str(session)):
         name = f"{top}/{e.rel}" if e.rel else top
-        assert single._header(e, top) == single._header_tarfile(e, name), e.rel
+        assert single.tar_header(e, top) == single._header_tarfile(e, name), e.rel
 
 
 def test_source_unreadable_dir_is_clear(tmp_path: Path) -> None:
