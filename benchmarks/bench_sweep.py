@@ -151,7 +151,7 @@ def run_contender(c: dict, src: str, n_sessions: int, rep: int) -> dict:
     copy_s = fresh_copy(src, root)
     res: dict = {"name": c["name"], "rep": rep, "copy_s": round(copy_s, 3)}
     if c["kind"] == "ours":
-        r = run_ours(root, c["kw"])
+        r = run_ours(root, c["kw"], c.get("extra"))
         res.update(r)
         res["sessions"] = r["archived"]
     else:
@@ -269,7 +269,8 @@ def section_scaling(sizes: list[int]) -> dict:
         tree, meta = corpus.pristine(n)
         log(f"scaling N={n}: discovery")
         disc = discovery_times(tree)
-        c = {"name": f"scaling N={n}", "kind": "ours", "kw": {"format": "tar.zst", "workers": CORES}}
+        c = {"name": f"scaling N={n}", "kind": "ours", "kw": {"format": "tar.zst", "workers": CORES},
+             "extra": ["--marks", str(max(100, n // 20))]}
         r = run_contender(c, tree, corpus.session_count(meta), 1)
         r.update(n=n, discovery=disc, generate_s=meta.get("generate_s"),
                  sec_per_1k=round(1000 * r["wall_s"] / max(1, r["sessions"]), 3))

@@ -6,6 +6,7 @@ the largest single worker, reaped through the forkserver).
     python benchmarks/run_sweep.py ROOT '{"format": "tar.zst", "workers": 2}'
     python benchmarks/run_sweep.py --restore ROOT '{"workers": 2}'
     python benchmarks/run_sweep.py --profile OUT.prof ROOT '{"workers": 1}'
+    python benchmarks/run_sweep.py --marks 5000 ROOT '{"workers": 2}'   # + (results, s) every 5000
 
 Kept separate from the driver so each run starts cold (no imported state, its own RSS).
 """
@@ -20,6 +21,9 @@ import time
 
 def main(argv: list[str]) -> None:
     restore = profile = None
+    every = 0
+    if argv[0] == "--marks":
+        every, argv = int(argv[1]), argv[2:]
     if argv[0] == "--restore":
         restore, argv = True, argv[1:]
     if argv[0] == "--profile":
@@ -29,6 +33,15 @@ def main(argv: list[str]) -> None:
     from archive_tool.sweep import restore_many, sweep
 
     t0 = time.perf_counter()
+    marks: list[tuple[int, float]] = []
+    if every:
+        # Rate within one run: a cost that grows with the tree shows as a falling rate.
+        def on_result(_r: object, n: list[int] = [0]) -> None:  # noqa: B006 - a counter
+            n[0] += 1
+            if n[0] % every == 0:
+                marks.append((n[0], round(time.perf_counter() - t0, 3)))
+
+        kwargs["on_result"] = on_result
     if restore:
         s = restore_many(root, dry_run=False, max_files=None, **kwargs)
     elif profile:
@@ -53,6 +66,8 @@ def main(argv: list[str]) -> None:
         "cpu_children_s": round(ch.ru_utime + ch.ru_stime, 3),
         "failures": s.get("failures", [])[:3],
     })
+    if every:
+        out["marks"] = marks
     print(json.dumps(out))
 
 
