@@ -23,7 +23,7 @@ CHUNK = 1024 * 1024
 _KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}
 
 
-def _drain(reader: IO[bytes]) -> None:
+def drain(reader: IO[bytes]) -> None:
     while reader.read(CHUNK):
         pass
 
@@ -60,7 +60,7 @@ def check_members(
                     raise VerifyFailed(where, f"content of {name!r} differs")
             if want:
                 raise VerifyFailed(where, f"archive is missing {next(iter(want))!r}")
-        _drain(reader)
+        drain(reader)
     except VerifyFailed:
         raise
     except Exception as e:  # decoder/tar errors all mean "not what we wrote"
@@ -130,11 +130,12 @@ def member_path(name: str) -> str:
     return "" if name == "." else name.strip("/")
 
 
-class _Members:
-    """unsafe_reason plus what one member cannot show alone: a symlink through symlinks
-    seen earlier (``a -> .`` then ``b -> a/../../x`` escapes although ``b``'s target
-    looks inside). Restore refuses such archives (the ``data`` filter resolves links on
-    disk); verify and show must say so too instead of "ok"."""
+class MemberRules:
+    """The member rules of restore, verify and show — one rule, so verify never says "ok"
+    for an archive restore refuses. Per member: unsafe_reason, plus what one member cannot
+    show alone: a path or hard-link target running through a symlink seen earlier, and a
+    symlink escaping through earlier symlinks (``a -> .`` then ``b -> a/../../x`` escapes
+    although ``b``'s target looks inside)."""
 
     def __init__(self) -> None:
         self.links: dict[str, str] = {}
@@ -198,7 +199,7 @@ def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
     path = os.fspath(path)
     members = files = total = 0
     tops: set[str] = set()
-    seen = _Members()
+    seen = MemberRules()
     with open_tar(path) as (tf, reader):
         try:
             for m in tf:
@@ -212,8 +213,8 @@ def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
                 if m.isfile():
                     files += 1
                     total += m.size
-                    _drain(tf.extractfile(m))
-            _drain(reader)
+                    drain(tf.extractfile(m))
+            drain(reader)
         except ArchiveError:
             raise
         except Exception as e:
@@ -234,7 +235,7 @@ class MemberInfo:
 
 def list_members(path: str | os.PathLike[str]) -> Iterator[MemberInfo]:
     path = os.fspath(path)
-    seen = _Members()
+    seen = MemberRules()
     with open_tar(path) as (tf, _reader):
         try:
             for m in tf:
@@ -254,7 +255,7 @@ def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes]) -> in
     name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written."""
     path = os.fspath(path)
     want = member.strip("/")
-    seen = _Members()
+    seen = MemberRules()
     with open_tar(path) as (tf, _reader):
         try:
             for m in tf:
