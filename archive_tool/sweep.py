@@ -228,6 +228,13 @@ def new_summary(root: str, flat: bool, dry_run: bool, fmt: str) -> dict[str, Any
     }
 
 
+# The usual causes, named: a user calling sweep() at the top level of a script makes every
+# worker (which imports the script's main module) run it again and fail to start.
+WORKER_DIED = ("a worker process died or could not start, sweep stopped (killed, out of "
+               "memory, or sweep() called at a script's top level: put it under "
+               "if __name__ == '__main__')")
+
+
 def record_failure(summary: dict[str, Any], path: str, reason: str) -> None:
     # The list is capped so a sweep of millions with a systematic failure stays small.
     summary["failed"] += 1
@@ -381,10 +388,13 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
         return 2 * (max(1, slots()) if slots and not workers else n)
 
     def absorb(done: Iterable[Future]) -> None:
+        nonlocal broken
         for f in done:
             try:
                 results = f.result()
             except BaseException as e:  # noqa: BLE001 - a lost worker: its batch is unknown
+                if isinstance(e, BrokenExecutor) and not broken:
+                    broken = f"{WORKER_DIED}: {e}"
                 results = [(t.path, FAILED, f"worker lost: {e!r}", 0, 0, 0, False)
                            for t in getattr(f, "_batch", [])]
             for r in results:
@@ -403,7 +413,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
                 except BrokenExecutor as e:
                     # A worker died (OOM killer, kill -9): the pool takes no more work. Its
                     # batch comes back as "worker lost" below; stop instead of a traceback.
-                    broken = f"a worker process died, sweep stopped: {e}"
+                    broken = broken or f"{WORKER_DIED}: {e}"
                     acc.s["skipped"] += len(batch)
                     break
                 fut._batch = batch  # type: ignore[attr-defined]
@@ -486,13 +496,28 @@ def restore_many(
         try:
             with _stop_on_signals() as caught:
                 size = max(1, min(batch_size, -(-len(jobs) // n)))
-                futs = []
+                futs: list[tuple[Future, list[tuple[str, str]]]] = []
+                broken = ""
                 for i in range(0, len(jobs), size):
                     if caught:
                         break
-                    futs.append(ex.submit(restore_batch, jobs[i:i + size], remove_archive))
-                for f in futs:
-                    for path, status, reason, b_out in f.result():
+                    batch = jobs[i:i + size]
+                    try:
+                        futs.append((ex.submit(restore_batch, batch, remove_archive), batch))
+                    except BrokenExecutor as e:
+                        broken = f"{WORKER_DIED}: {e}"
+                        s["skipped"] += len(jobs) - i
+                        break
+                for f, batch in futs:
+                    try:
+                        results = f.result()
+                    except BaseException as e:  # noqa: BLE001 - a lost worker: its batch is unknown
+                        if isinstance(e, BrokenExecutor) and not broken:
+                            broken = f"{WORKER_DIED}: {e}"
+                        # Each archive is kept (removed only after its restore is durable);
+                        # a restore cut short leaves only a hidden temp dir beside it.
+                        results = [(path, FAILED, f"worker lost: {e!r}", 0) for path, _ in batch]
+                    for path, status, reason, b_out in results:
                         if status == "restored":
                             s["restored"] += 1
                             if track_bytes:
@@ -504,6 +529,8 @@ def restore_many(
                 if caught:
                     s["stopped"] = f"interrupted by {signal.Signals(caught[0]).name}"
                     s["signal"] = caught[0]
+                elif broken:
+                    s["stopped"] = broken
         finally:
             if own:
                 ex.shutdown(wait=True)

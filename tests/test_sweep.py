@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
+import sys
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -272,3 +276,52 @@ def test_bad_numbers_are_value_errors(tmp_path: Path) -> None:
                {"shard": "3/2"}, {"format": "zip"}):
         with pytest.raises(ValueError):
             sweep(tmp_path, dry_run=True, **kw)
+
+
+def test_sweep_at_a_scripts_top_level_stops_with_a_hint_and_loses_nothing(tmp_path: Path) -> None:
+    # No `if __name__ == "__main__":` guard: every pool worker imports the script, runs the
+    # sweep again, finds the root locked and dies while starting.
+    root = tmp_path / "runs"
+    make_tree(str(root), 20, seed=5)
+    before = snapshot(root)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import json\n"
+        "from archive_tool.sweep import sweep\n"
+        f"s = sweep({str(root)!r}, dry_run=False, workers=2)\n"
+        "print(json.dumps({k: s[k] for k in ('archived', 'failed', 'stopped')}))\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    first = json.loads(r.stdout.strip().splitlines()[0])
+    assert first["archived"] == 0 and first["failed"] > 0, first
+    assert "if __name__ == '__main__'" in first["stopped"]
+    after = {k: v for k, v in snapshot(root).items() if k != ".session-archive.lock"}
+    assert after == before
+
+
+class _DyingPool(Executor):
+    """A pool whose worker died: the first batch comes back broken, later submits refuse."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls > 1:
+            raise BrokenProcessPool("pool is broken")
+        f: Future = Future()
+        f.set_exception(BrokenProcessPool("a worker was killed"))
+        return f
+
+
+def test_bulk_restore_with_a_dead_worker_stops_keeps_every_archive_and_reports(tmp_path: Path) -> None:
+    flat = tmp_path / "FINISHED_SUCCESS"
+    for i in range(6):
+        api.archive_session_dir(make_session(flat, f"{SID[:-4]}R{i:03d}-main"), format="tar.zst")
+    before = snapshot(flat)
+    s = sweep_mod.restore_many(flat, dry_run=False, executor=_DyingPool(), batch_size=2)
+    assert s["restored"] == 0 and s["failed"] == 2 and s["skipped"] == 4, s
+    assert all("worker lost" in f["reason"] for f in s["failures"])
+    assert s["stopped"].startswith("a worker process died or could not start")
+    assert snapshot(flat) == before
