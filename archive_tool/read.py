@@ -262,7 +262,7 @@ def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes]) -> in
                 why = seen.unsafe(m)
                 if why:
                     raise UnsafeArchive(path, f"refused on restore: {why}")
-                name = m.name[2:] if m.name.startswith("./") else m.name
+                name = member_path(m.name)
                 below = name.split("/", 1)[1] if "/" in name else None
                 if want not in (name, below):
                     continue
