@@ -144,9 +144,23 @@ def test_sigkill_stress_many_trials_bigger_trees(tmp_path: Path) -> None:
 
 
 def _wait_for_first_archive(root: Path, p: subprocess.Popen, timeout: float = 30) -> None:
+    try:
+        _poll_for_archive(root, p, timeout)
+    except BaseException:
+        # Never leave the sweep running behind a failed test: its Popen's ResourceWarning
+        # would fail whichever later test the garbage collector happens to run in.
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=60)
+        raise
+
+
+def _poll_for_archive(root: Path, p: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if next(root.rglob("*.tar.zst"), None) is not None:
+        # os.walk, not Path.rglob: the sweep deletes dirs while we look, and rglob raises
+        # FileNotFoundError on one that vanished between listing and entering it.
+        if any(f.endswith(".tar.zst") for _, _, files in os.walk(root) for f in files):
             return
         assert p.poll() is None, p.communicate()
         time.sleep(0.005)
