@@ -69,7 +69,15 @@ def check_members(
 
 def detect_format(path: str) -> str:
     with open(path, "rb") as f:
-        head = f.read(512)
+        return _format_of(f.read(512), path)
+
+
+def detect_format_fd(fd: int, where: str) -> str:
+    """Format of the open archive *fd* (by magic, else by *where*'s suffix)."""
+    return _format_of(os.pread(fd, 512, 0), where)
+
+
+def _format_of(head: bytes, path: str) -> str:
     fmt = sniff_format(head)
     if fmt is None:
         named = split_archive_name(os.path.basename(path))
@@ -80,12 +88,14 @@ def detect_format(path: str) -> str:
 
 
 @contextmanager
-def open_tar(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarFile, IO[bytes]]]:
-    """Stream-open an archive of any supported format; errors become CorruptArchive."""
+def open_tar(path: str | os.PathLike[str], fd: int | None = None
+             ) -> Iterator[tuple[tarfile.TarFile, IO[bytes]]]:
+    """Stream-open an archive of any supported format; errors become CorruptArchive.
+    With *fd* (an archive opened by the caller, e.g. O_NOFOLLOW below a dir fd) *path*
+    only names it in messages; the fd is closed on exit."""
     path = os.fspath(path)
     try:
-        fmt = detect_format(path)
-        raw = open(path, "rb", buffering=CHUNK)
+        raw = open(path if fd is None else fd, "rb", buffering=CHUNK)
     except FileNotFoundError:
         raise ArchiveError(path, "no such archive") from None
     except IsADirectoryError:
@@ -93,6 +103,7 @@ def open_tar(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarFile, IO
     except PermissionError:
         raise ArchiveError(path, "permission denied") from None
     with raw:
+        fmt = detect_format_fd(raw.fileno(), path)
         try:
             reader = open_decompressed_reader(raw, fmt)
             tf = tarfile.open(fileobj=reader, mode="r|")
