@@ -146,6 +146,7 @@ def publish(tmp: TmpArchive) -> None:
     """Give the tmp archive its final name; FileExistsError if that name is taken.
     Both names are relative to the dir fd opened when the session was locked: a user who
     swaps the directory for a symlink meanwhile cannot redirect the link elsewhere."""
+    fs.race_point("publish", tmp.final)
     try:
         if tmp.tmp_name is None:
             fs.link_fd(tmp.fd, tmp.dir_fd, tmp.name)
@@ -307,6 +308,7 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
             fs.unlink_at(parent_fd, archive_name)
         fsync_dir(parent_fd, os.path.dirname(where))
         raise SourceChanged(where, f"changed while being archived ({diff}); source kept, archive removed")
+    fs.race_point("delete", where)
     try:
         _delete(top, "", _children(entries))
     finally:

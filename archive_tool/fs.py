@@ -27,8 +27,19 @@ import os
 import shutil
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+# Test hook: called at named points between a look and the act it guards, so the tests of
+# tests/test_security_races.py can play a hostile user at exactly that instant instead of
+# hoping to hit the window. None in production: one global load per call.
+race_hook: Callable[[str, str], None] | None = None
+
+
+def race_point(point: str, where: str) -> None:
+    if race_hook is not None:
+        race_hook(point, where)
+
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC

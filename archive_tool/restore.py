@@ -345,6 +345,7 @@ def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
             if mine.st_uid != euid or mine.st_nlink != 2:
                 raise ArchiveError(dest, "the restore's temp dir was replaced by another "
                                          "process; refused")
+            fs.race_point("restore-extract", os.path.join(os.path.dirname(dest), tname))
             rfd = os.dup(afd)  # extract_into closes what it reads; a dup shares the offset
             os.lseek(rfd, 0, os.SEEK_SET)
             try:
@@ -354,6 +355,10 @@ def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
                     raise ArchiveTooLarge(archive, f"{e.reason} ({free} bytes free, {reserve} "
                                                    "kept in reserve)") from None
                 raise
+            fs.race_point("restore-rename", os.path.join(os.path.dirname(dest), tname))
+            if not fs.same_file(fs.lstat_at(parent_fd, tname), mine):
+                raise ArchiveError(dest, "the restore's temp dir was replaced by another "
+                                         "process; refused")
             fs.rename_noreplace_at(parent_fd, tname, parent_fd, dname)
             if not fs.same_file(fs.lstat_at(parent_fd, dname), mine):
                 raise ArchiveError(dest, "the restored dir was replaced by another process "

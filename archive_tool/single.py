@@ -323,6 +323,7 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
                 cutoff_ns: int | None) -> Prepared:
     if fs.lexists_at(parent_fd, os.path.basename(final)):
         raise FileExistsError(17, "archive already exists", final)
+    fs.race_point("lock", src)
     lock_fd = commit.lock_session(parent_fd, top, src)
     try:
         entries = scan_fd(lock_fd, src)
