@@ -27,7 +27,7 @@ from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 from .executors import default_workers, run_batches
 from .names import split_archive_name
 from .plan import check_root
-from .read import CHUNK, MemberRules, drain, member_path, open_tar
+from .read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
 from .scan import DIR, FILE, LINK, escaping_link
 from .summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
 
@@ -141,7 +141,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
     rules = MemberRules()
     try:
         with open_tar(archive, afd) as (tf, reader):
-            for m in tf:
+            for m in iter_members(tf):
                 why = rules.unsafe(m)
                 if why:
                     raise UnsafeArchive(archive, f"refused: {why}")

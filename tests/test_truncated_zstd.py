@@ -28,3 +28,23 @@ def test_truncated_zstd_archive_fails_verify_and_keeps_the_source(tmp_path: Path
     s = sweep(tmp_path, dry_run=False, workers=1, use_fd=False, format="tar.zst")
     assert s["failed"] == 1 and s["resumed"] == 0, s
     assert snapshot(src) == before and archive.exists()
+
+
+def _huge_pax_header_archive(path: Path, declared: int) -> None:
+    import tarfile
+
+    ti = tarfile.TarInfo("././@PaxHeader")
+    ti.type = tarfile.XHDTYPE
+    ti.size = declared
+    hdr = ti.tobuf(tarfile.USTAR_FORMAT)
+    path.write_bytes(hdr + b"0" * 512 * 4 + b"\0" * 1024)
+
+
+def test_absurd_extended_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.tar"
+    _huge_pax_header_archive(bomb, 2 * 1024**3)
+    for cmd in (["verify", bomb], ["show", bomb], ["unpack", bomb, "--dest", tmp_path / "out"]):
+        r = run_cli(*cmd)
+        assert r.returncode != 0 and b"Traceback" not in r.stderr, (cmd, r.stderr)
+        assert b"extended header" in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
+    assert not (tmp_path / "out").exists()
