@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import commit, fs
-from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
+from .errors import ArchiveError, ArchiveTooLarge, BadArgument, CorruptArchive, UnsafeArchive
 from .executors import default_workers, run_batches
 from .names import split_archive_name
 from .plan import check_root
@@ -449,7 +449,7 @@ def restore_many(
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:
-        raise ValueError(f"max_files must be >= 0 (0 = no cap), got {max_files}")
+        raise BadArgument(f"max_files must be >= 0 (0 = no cap), got {max_files}")
     dest_p = os.path.abspath(os.fspath(dest_root)) if dest_root is not None else None
 
     def matches(name: str) -> bool:
