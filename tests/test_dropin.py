@@ -7,6 +7,8 @@ separate virtualenv; they are outputs, not code.
 
 from __future__ import annotations
 
+import inspect
+import json
 import shutil
 import subprocess
 import sys
@@ -15,8 +17,11 @@ from pathlib import Path
 import pytest
 
 import scitex_session as stx
+from archive_tool.discover import Discovery
 from archive_tool.names import is_session_name
+from archive_tool.sweep import sweep
 from scitex_session import _close, _start
+from tests.conftest import BACKENDS, SID, make_session, run_cli, snapshot
 from tests.session_scripts.helpers import load_config, run_script, states, write_script
 
 # --------------------------------------------------------------------------- 1, 2, 3, 4, 10
@@ -230,3 +235,134 @@ def test_a_scripts_own_sigterm_handler_is_left_in_charge(tmp_path):
     r = run_script(script)
     assert r.returncode == 0, r.stderr
     assert list(states(tmp_path / "exp_out")) == ["FINISHED_SUCCESS"]
+
+
+# --------------------------------------------------------------------------- 5: ID tokens
+
+TOKENS = ["C", "CC", "KYwP", "DDDDDDDD", "a1B2c3D4e5F6"]
+
+
+@pytest.mark.parametrize("use_fd", BACKENDS)
+def test_any_id_token_length_is_a_session_for_discovery_sweep_and_compress(tmp_path, use_fd):
+    fin = tmp_path / "x_out" / "FINISHED_SUCCESS"
+    names = [f"2026Y-11M-23D-18h39m23s_{t}" + ("-main" if i % 2 else "")
+             for i, t in enumerate(TOKENS)]
+    for n in names:
+        make_session(fin, n, extra=False)
+    # not sessions: no token, a token with a character outside [A-Za-z0-9]
+    make_session(fin, "2026Y-11M-23D-18h39m23s_-main", extra=False)
+    make_session(fin, "2026Y-11M-23D-18h39m23s_ab.c", extra=False)
+
+    found = sorted(Path(p).name for p in Discovery(str(tmp_path), flat=False, use_fd=use_fd).paths())
+    assert found == sorted(names)
+    flat = sorted(Path(p).name for p in Discovery(str(fin), flat=True, use_fd=use_fd).paths())
+    assert flat == sorted(names)
+
+    dry = sweep(tmp_path, dry_run=True, use_fd=use_fd)
+    assert dry["candidates"] == len(names)
+    s = stx.archive_existing(fin, dry_run=False, use_fd=use_fd, workers=1)  # compress (flat)
+    assert (s["archived"], s["failed"]) == (len(names), 0), s
+    assert sorted(p.name for p in fin.glob("*.tar.gz")) == sorted(
+        f"{n}.tar.gz" for n in names)
+
+
+def test_any_id_token_length_through_the_cli_compress_and_sweep(tmp_path):
+    fin = tmp_path / "x_out" / "FINISHED_SUCCESS"
+    make_session(fin, "2026Y-11M-23D-18h39m23s_CC-main", extra=False)
+    make_session(fin, "2026Y-11M-23D-18h39m23s_DDDDDDDD", extra=False)
+    r = run_cli("compress", fin, "--execute", "--json", "-j", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["archived"] == 2
+    make_session(fin, "2026Y-11M-23D-18h39m23s_EEEEEEEE-fit", extra=False)
+    r = run_cli("sweep", tmp_path, "--execute", "--json", "-j", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["archived"] == 1
+
+
+# --------------------------------------------------------------------------- 6
+
+
+def test_restore_existing_defaults_to_tar_gz_as_api_md_says():
+    sig = inspect.signature(stx.restore_existing)
+    assert list(sig.parameters)[:7] == ["root", "pattern", "dest_root", "remove_archive",
+                                        "dry_run", "max_files", "track_bytes"]
+    assert sig.parameters["pattern"].default == "*.tar.gz"
+
+
+def test_restore_existing_never_touches_an_archive_that_is_not_session_named(tmp_path):
+    fin = tmp_path / "FINISHED_SUCCESS"
+    gz = stx.archive_session_dir(make_session(fin, f"{SID[:-4]}GZGZ-main", extra=False))
+    zst = stx.archive_session_dir(make_session(fin, f"{SID[:-4]}ZSTD-main", extra=False),
+                                  format="tar.zst")
+    data = stx.archive_session_dir(make_session(fin, "dataset", extra=False))
+    assert data.name == "dataset.tar.gz"
+    before = data.read_bytes()
+
+    s = stx.restore_existing(fin, dry_run=False, remove_archive=True)
+    assert (s["restored"], s["failed"]) == (1, 0), s
+    assert (fin / f"{SID[:-4]}GZGZ-main").is_dir() and not gz.exists()
+    assert zst.exists() and not (fin / f"{SID[:-4]}ZSTD-main").exists()  # not *.tar.gz
+    assert data.read_bytes() == before and not (fin / "dataset").exists()
+
+    s = stx.restore_existing(fin, pattern=None, dry_run=False, remove_archive=True)
+    assert s["restored"] == 1 and (fin / f"{SID[:-4]}ZSTD-main").is_dir()
+    assert data.read_bytes() == before and not (fin / "dataset").exists()
+
+
+# --------------------------------------------------------------------------- 9
+
+UNGUARDED = """
+import json, sys
+import scitex_session as stx
+from archive_tool.api import called_unguarded_from_main
+fin = {fin!r}
+print(json.dumps({{"unguarded": called_unguarded_from_main()}}), flush=True)
+s = stx.archive_existing(fin, dry_run=False, format="tar.zst")
+print(json.dumps({{"archived": s["archived"], "failed": s["failed"], "stopped": s["stopped"]}}), flush=True)
+r = stx.restore_existing(fin, pattern="*.tar.zst", dry_run=False, remove_archive=True)
+print(json.dumps({{"restored": r["restored"], "failed": r["failed"], "stopped": r["stopped"]}}), flush=True)
+"""
+
+
+def _top_level_script(tmp_path: Path, guarded: bool) -> tuple[Path, Path]:
+    fin = tmp_path / "runs" / "FINISHED_SUCCESS"
+    for i in range(6):
+        make_session(fin, f"{SID[:-4]}T{i:03d}-main", extra=False)
+    body = UNGUARDED.format(fin=str(fin))
+    if guarded:
+        body = 'import sys\nif __name__ == "__main__":\n' + "".join(
+            f"    {line}\n" for line in body.strip().splitlines())
+    script = tmp_path / "top.py"
+    script.write_text(body)
+    return script, fin
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["no-main-guard", "main-guard"])
+def test_archive_and_restore_existing_work_at_a_scripts_top_level(tmp_path, guarded):
+    script, fin = _top_level_script(tmp_path, guarded)
+    before = snapshot(fin)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert lines[0] == {"unguarded": not guarded}
+    assert lines[1] == {"archived": 6, "failed": 0, "stopped": None}
+    assert lines[2] == {"restored": 6, "failed": 0, "stopped": None}
+    after = {k: v for k, v in snapshot(fin).items() if k != ".session-archive.lock"}
+    assert after == before
+
+
+def test_guard_detection_reads_the_guard_not_just_the_module_frame(tmp_path):
+    script = tmp_path / "g.py"
+    script.write_text(
+        "from archive_tool.api import called_unguarded_from_main as u\n"
+        "def f():\n    return u()\n"
+        "a = f()\n"
+        "if __name__ == '__main__':\n    b = f()\nelse:\n    b = None\n"
+        "if '__main__' == __name__:\n    c = u()\n"
+        "print(a, b, c)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["True", "False", "False"], r.stderr
+    r = subprocess.run([sys.executable, "-c", "from archive_tool.api import called_unguarded_from_main as u; print(u())"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
