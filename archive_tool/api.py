@@ -65,6 +65,7 @@ def archive_existing(
     scanned, candidates, archived, skipped, failed, bytes_in, bytes_out (0 unless
     *track_bytes*), inodes_in, elapsed, failures, ...
     """
+    check_days(older_than_days)
     _in_process_if_unguarded(kwargs)
     return sweep(
         root, flat=True, dry_run=dry_run, format=format, older_than_days=older_than_days,
@@ -95,6 +96,20 @@ def restore_existing(
         dry_run=dry_run, max_files=max_files, track_bytes=track_bytes,
         accept=_is_session_archive, **kwargs,
     )
+
+
+# About 2,700 years: any age beyond it selects nothing anyway, and 1e300 days overflowed
+# the cutoff in nanoseconds (an OverflowError traceback).
+MAX_DAYS = 1e6
+
+
+def check_days(older_than_days: float | None) -> None:
+    """ValueError unless *older_than_days* is None or a number in [0, MAX_DAYS]."""
+    if older_than_days is None:
+        return
+    days = float(older_than_days)
+    if days != days or not 0 <= days <= MAX_DAYS:
+        raise ValueError(f"older_than_days must be between 0 and {MAX_DAYS:.0f}, got {days:g}")
 
 
 def _is_session_archive(filename: str) -> bool:

@@ -366,3 +366,80 @@ def test_guard_detection_reads_the_guard_not_just_the_module_frame(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from archive_tool.api import called_unguarded_from_main as u; print(u())"],
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
+
+
+# --------------------------------------------------------------------------- CLI: pack, days
+
+
+def _pack(*args) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from archive_tool import cli
+
+    r = CliRunner().invoke(cli.cli, ["pack", *map(str, args)], catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("where", ["running", "not-a-session"])
+def test_pack_refuses_a_live_run_or_a_non_session_dir_unless_forced(tmp_path, where):
+    from tests.test_reliability_bad_input import assert_one_error_line
+
+    if where == "running":
+        d = make_session(tmp_path / "x_out" / "RUNNING", f"{SID}-main", extra=False)
+    else:
+        d = make_session(tmp_path, "results", extra=False)
+    before = snapshot(d)
+    code, _out, err = _pack(d)
+    assert code == 2, err
+    assert_one_error_line(err)
+    assert "--force" in err and snapshot(d) == before
+    code, out, err = _pack(d, "--force", "--keep-source")
+    assert code == 0, err
+    assert Path(out.strip()) == Path(f"{d}.tar.zst") and snapshot(d) == before
+
+
+def test_pack_refuses_home_and_git_paths_even_forced(tmp_path, monkeypatch):
+    from tests.test_reliability_bad_input import assert_one_error_line
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    git = make_session(tmp_path / "repo" / ".git", f"{SID}-main", extra=False)
+    for target in (home, git):
+        code, _out, err = _pack(target, "--force")
+        assert code == 2, err
+        assert_one_error_line(err)
+    assert git.is_dir() and home.is_dir()
+
+
+def test_pack_still_takes_a_finished_session(tmp_path):
+    d = make_session(tmp_path / "x_out" / "FINISHED_SUCCESS", f"{SID[:-4]}DDDDDDDD-main")
+    code, out, err = _pack(d)
+    assert code == 0, err
+    assert Path(out.strip()).is_file() and not d.exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "compress", "report"])
+@pytest.mark.parametrize("days", ["inf", "1e300", "nan", "-inf"])
+def test_older_than_days_out_of_range_is_one_clear_error(tmp_path, command, days):
+    from click.testing import CliRunner
+
+    from archive_tool import cli
+    from tests.test_reliability_bad_input import assert_one_error_line
+
+    r = CliRunner().invoke(cli.cli, [command, str(tmp_path), "--older-than-days", days],
+                           catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert_one_error_line(r.stderr)
+    assert "--older-than-days" in r.stderr and "days" in r.stderr
+
+
+@pytest.mark.parametrize("days", [float("inf"), 1e300, float("nan"), -1.0])
+def test_archive_existing_rejects_unusable_ages_with_value_error(tmp_path, days):
+    with pytest.raises(ValueError, match="older_than_days"):
+        stx.archive_existing(tmp_path, older_than_days=days)
+
+
+def test_a_huge_but_finite_age_selects_nothing(tmp_path):
+    make_session(tmp_path, f"{SID}-main", extra=False)
+    assert stx.archive_existing(tmp_path, older_than_days=1e6)["candidates"] == 0
