@@ -443,3 +443,94 @@ def test_archive_existing_rejects_unusable_ages_with_value_error(tmp_path, days)
 def test_a_huge_but_finite_age_selects_nothing(tmp_path):
     make_session(tmp_path, f"{SID}-main", extra=False)
     assert stx.archive_existing(tmp_path, older_than_days=1e6)["candidates"] == 0
+
+
+# --------------------------------------------------------------------------- decorator CLI
+
+
+def _documented(count: int = 1, cache: bool = False, rate: float = 0.5, hidden: int = 0):
+    """Count things.
+
+    Args:
+        count: how many things to count,
+            across two lines
+        cache (bool): reuse earlier results
+        rate: sampling rate in Hz
+
+    Returns:
+        the exit status
+    """
+
+
+def test_docstring_args_become_per_flag_help(capsys):
+    from scitex_session._cli import build_parser
+
+    build_parser(_documented).print_help()
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps; compare unwrapped
+    assert "--count INT how many things to count, across two lines (default: 1)" in text
+    assert "--cache reuse earlier results (default: False)" in text
+    assert "--rate FLOAT sampling rate in Hz (default: 0.5)" in text
+    assert "Count things." in text and "Returns: the exit status" in text
+    assert "Args:" not in text  # the section moved into the options
+
+
+def test_numpy_style_parameters_become_per_flag_help(capsys):
+    from scitex_session._cli import build_parser
+
+    def f(alpha: int = 1):
+        """Fit.
+
+        Parameters
+        ----------
+        alpha : int
+            Regularisation strength.
+        """
+
+    build_parser(f).print_help()
+    assert "Regularisation strength. (default: 1)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_short_flags_only_for_unambiguous_single_letters():
+    from scitex_session._cli import build_parser
+
+    p = build_parser(_documented)
+    opts = {s for a in p._actions for s in a.option_strings}
+    assert {"-r", "--rate", "--count", "--cache", "--hidden"} <= opts
+    assert not {"-c", "-ca", "-co"} & opts  # count and cache share "c": neither gets it
+    assert vars(p.parse_args(["-r", "2"]))["rate"] == 2.0
+    # 'hidden' starts with h, which is --help's
+    assert "-h" in opts and all(a.dest != "hidden" or "-h" not in a.option_strings
+                                for a in p._actions)
+
+
+@pytest.mark.parametrize("argv", [["--coun", "3"], ["--cach"], ["--rat", "1"]])
+def test_abbreviated_options_are_refused(argv, capsys):
+    from scitex_session._cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser(_documented).parse_args(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_decorated_script_refuses_an_abbreviated_option_without_a_run_dir(tmp_path):
+    script = write_script(tmp_path, """
+        import scitex_session as stx
+
+        @stx.session
+        def main(count: int = 1):
+            '''Count.
+
+            Args:
+                count: how many
+            '''
+            return 0
+
+        if __name__ == "__main__":
+            main()
+    """)
+    r = run_script(script, "--coun", "3")
+    assert r.returncode == 2 and "--coun" in r.stderr
+    assert not (tmp_path / "exp_out").exists()
+    r = run_script(script, "--help")
+    assert r.returncode == 0 and "how many" in r.stdout
