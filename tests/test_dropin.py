@@ -534,3 +534,38 @@ def test_decorated_script_refuses_an_abbreviated_option_without_a_run_dir(tmp_pa
     assert not (tmp_path / "exp_out").exists()
     r = run_script(script, "--help")
     assert r.returncode == 0 and "how many" in r.stdout
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def test_numpy_and_matplotlib_are_core_dependencies():
+    import re
+
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    core = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower()
+            for d in meta["project"]["dependencies"]}
+    assert {"numpy", "matplotlib"} <= core
+
+
+def test_rngg_and_plt_injection_work_in_a_decorated_script_yet_load_lazily(tmp_path):
+    script = write_script(tmp_path, """
+        import sys
+        import scitex_session as stx
+
+        @stx.session
+        def main():
+            before = {m for m in ("numpy", "matplotlib") if m in sys.modules}
+            x = rngg("x").random()
+            plt.plot([0, 1], [0, 1], color=COLORS["blue"] if "blue" in COLORS else None)
+            print("LOADED_AT_START", sorted(before), "X", x)
+            return 0
+
+        if __name__ == "__main__":
+            main()
+    """)
+    r = run_script(script)
+    assert r.returncode == 0, r.stderr
+    assert f"LOADED_AT_START [] X {RECORDED[42]['x'][0]}" in r.stdout
