@@ -3,10 +3,14 @@ scitex_session). Flat mode and defaults as documented; extras are keyword-only."
 
 from __future__ import annotations
 
+import ast
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from .names import is_session_name, split_archive_name
+from .plan import MAX_DAYS, check_days  # noqa: F401 - part of this module's API
 from .restore import restore_many, restore_one
 from .single import archive_one
 from .sweep import sweep
@@ -62,6 +66,8 @@ def archive_existing(
     scanned, candidates, archived, skipped, failed, bytes_in, bytes_out (0 unless
     *track_bytes*), inodes_in, elapsed, failures, ...
     """
+    check_days(older_than_days)
+    _in_process_if_unguarded(kwargs)
     return sweep(
         root, flat=True, dry_run=dry_run, format=format, older_than_days=older_than_days,
         pattern=pattern, max_dirs=max_dirs, track_bytes=track_bytes, use_fd=use_fd, **kwargs,
@@ -70,7 +76,7 @@ def archive_existing(
 
 def restore_existing(
     root: str | os.PathLike[str],
-    pattern: str | None = None,
+    pattern: str | None = "*.tar.gz",
     dest_root: str | os.PathLike[str] | None = None,
     remove_archive: bool = False,
     dry_run: bool = True,
@@ -78,13 +84,79 @@ def restore_existing(
     track_bytes: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Bulk restore every archive directly under *root* whose name matches the glob
-    *pattern* — by default any ``.tar.gz``, ``.tar.zst``, ``.tar`` or ``.tar.xz`` (the
-    published default ``"*.tar.gz"`` missed the other formats). Each restores to
-    ``dest_root/<name>/`` (default: beside the archive). Returns scanned, candidates,
-    restored, skipped, failed, ...
+    """Bulk restore every session archive directly under *root* whose name matches the
+    glob *pattern* (API.md's default ``"*.tar.gz"``; ``None`` takes every format: .tar.gz,
+    .tar.zst, .tar, .tar.xz). Only session-named archives (``<ID>[-<suffix>].<format>``)
+    are considered: a ``dataset.tar.gz`` beside them is never restored, nor deleted by
+    *remove_archive*. Each restores to ``dest_root/<name>/`` (default: beside the
+    archive). Returns scanned, candidates, restored, skipped, failed, ...
     """
+    _in_process_if_unguarded(kwargs)
     return restore_many(
         root, pattern=pattern, dest_root=dest_root, remove_archive=remove_archive,
-        dry_run=dry_run, max_files=max_files, track_bytes=track_bytes, **kwargs,
+        dry_run=dry_run, max_files=max_files, track_bytes=track_bytes,
+        accept=_is_session_archive, **kwargs,
     )
+
+
+def _is_session_archive(filename: str) -> bool:
+    named = split_archive_name(filename)
+    return named is not None and is_session_name(named[0])
+
+
+def _in_process_if_unguarded(kwargs: dict[str, Any]) -> None:
+    """Run in this process (workers=1) when called from a script's top level outside an
+    ``if __name__ == "__main__":`` block, unless the caller chose workers or an executor.
+
+    Pool workers start by importing the main script (multiprocessing's forkserver and
+    spawn do); unguarded, that import calls us again in every worker, which found the
+    root locked and died, so nothing was archived. The published package's users write
+    such scripts; in-process they work, at the price of one core."""
+    if kwargs.get("executor") is not None or kwargs.get("workers") is not None:
+        return
+    if called_unguarded_from_main():
+        kwargs["workers"] = 1
+
+
+def called_unguarded_from_main() -> bool:
+    """True when the caller runs inside the main script's top-level code, at a statement
+    not guarded by ``if __name__ == "__main__":`` (so a re-import would run it again)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return False  # -c, stdin, a REPL: there is no script for a worker to re-import
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
+            break
+        frame = frame.f_back
+    if frame is None:
+        return False  # not under the script's import (a thread, an atexit hook)
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    line = frame.f_lineno
+    for node in tree.body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            return not (_is_main_guard(node) and _in_body(node, line))
+    return False
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    t = node.test
+    if len(t.ops) != 1 or not isinstance(t.ops[0], ast.Eq):
+        return False
+    sides = [t.left, t.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    consts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
+
+
+def _in_body(node: ast.If, line: int) -> bool:
+    # The else branch of the guard is exactly what runs on re-import.
+    last = node.body[-1]
+    return node.body[0].lineno <= line <= (last.end_lineno or last.lineno)

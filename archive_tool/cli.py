@@ -73,6 +73,41 @@ def _nonneg(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _days(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # float() accepts inf and nan, and 1e300 days overflows the cutoff in nanoseconds:
+    # all three were tracebacks or a message about integers.
+    from .api import MAX_DAYS
+
+    if value is None:
+        return None
+    if value != value:  # NaN
+        raise click.BadParameter("must be a number of days, got nan", param=param)
+    if not 0 <= value <= MAX_DAYS:
+        raise click.BadParameter(f"must be between 0 and {MAX_DAYS:.0f} days, got {value:g}",
+                                 param=param)
+    return value
+
+
+def _check_pack_target(directory: str, force: bool) -> None:
+    """pack deletes its source: refuse a live run, a dir that is not a session and a
+    system root unless --force (system and home roots and .git stay refused)."""
+    from .names import RUNNING_STATE, is_session_name
+    from .plan import _DANGEROUS
+
+    path = os.path.realpath(directory)
+    parts = path.split(os.sep)
+    if path in _DANGEROUS or path == os.path.realpath(os.path.expanduser("~")) or ".git" in parts:
+        raise BadInput(f"{path}: refusing to pack a system or home root or a .git path")
+    if force:
+        return
+    if RUNNING_STATE in parts:
+        raise BadInput(f"{path}: inside {RUNNING_STATE}/ (the run may still be live); "
+                       "--force to pack it anyway")
+    if not is_session_name(os.path.basename(path)):
+        raise BadInput(f"{path}: not a session dir (name is not <ID>[-<suffix>]); "
+                       "--force to pack it anyway")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="session-archive")
 def cli() -> None:
@@ -93,10 +128,13 @@ def cli() -> None:
 @click.option("--keep-source", is_flag=True, help="Keep the session dir after archiving.")
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Compression level on gzip's 1..9 scale.")
-def pack(directory: str, fmt: str, keep_source: bool, level: int) -> None:
+@click.option("--force", is_flag=True,
+              help="Pack a dir under RUNNING/ or one not named like a session.")
+def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -> None:
     """Archive one session DIRECTORY into DIRECTORY.<format> beside it."""
     from .single import archive_one
 
+    _check_pack_target(directory, force)
     path = _call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
     click.echo(str(path))
 
@@ -241,7 +279,7 @@ def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T]
                          help="Compression level on gzip's 1..9 scale."),
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
                          help="Worker processes [default: CPU count]."),
-            click.option("--older-than-days", type=float, default=None, callback=_nonneg,
+            click.option("--older-than-days", type=float, default=None, callback=_days,
                          help="Only sessions whose dir and newest file are older."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
             click.option("--max-dirs", type=int, default=default_cap, callback=_nonneg,
@@ -361,7 +399,7 @@ def extract(root: str, dest: str | None, pattern: str | None, remove_archive: bo
 
 @cli.command()
 @click.argument("root", type=click.Path())
-@click.option("--older-than-days", type=float, default=None, callback=_nonneg,
+@click.option("--older-than-days", type=float, default=None, callback=_days,
               help="Only sessions whose dir and newest file are older (as sweep).")
 @click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
               help="Archive format to estimate the size for.")

@@ -1,6 +1,7 @@
 """The one definition of a session directory's name, and of archive names.
 
-A session ID looks like ``2026Y-11M-23D-18h39m23s_KYwP``; a session directory is named
+A session ID looks like ``2026Y-11M-23D-18h39m23s_KYwP`` (the random token may have any
+length >= 1: the published generator makes 8, we make 4); a session directory is named
 ``<ID>`` or ``<ID>-<suffix>`` (the decorator uses the function name as suffix). Both packages
 and both discovery backends use the patterns below, so "what is a session" is decided here
 and nowhere else.
@@ -17,7 +18,8 @@ from .errors import UnsupportedFormat  # noqa: F401 - raised here, defined with 
 
 # [0-9] rather than \d: fd's Rust regex treats \d as any Unicode digit, Python's re (with
 # re.ASCII) does not. Spelling the class out keeps the two backends identical.
-ID_REGEX = r"[0-9]{4}Y-[0-9]{2}M-[0-9]{2}D-[0-9]{2}h[0-9]{2}m[0-9]{2}s_[A-Za-z0-9]{4}"
+ID_REGEX = r"[0-9]{4}Y-[0-9]{2}M-[0-9]{2}D-[0-9]{2}h[0-9]{2}m[0-9]{2}s_[A-Za-z0-9]+"
+# The token's class excludes "-", so "+" never eats into the "-<suffix>" that follows.
 # The suffix may not contain a slash (it is one path component) and must be non-empty.
 SESSION_NAME_REGEX = rf"^{ID_REGEX}(-[^/]+)?$"
 _SESSION_NAME = re.compile(SESSION_NAME_REGEX, re.ASCII)

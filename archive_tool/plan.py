@@ -22,6 +22,19 @@ _DANGEROUS = {
 
 ARCHIVE, FINISH, CLEANUP = "archive", "finish", "cleanup"
 
+# About 2,700 years: any age beyond it selects nothing anyway, and 1e300 days overflowed
+# the cutoff in nanoseconds (an OverflowError traceback).
+MAX_DAYS = 1e6
+
+
+def check_days(older_than_days: float | None) -> None:
+    """BadArgument unless *older_than_days* is None or a number in [0, MAX_DAYS]."""
+    if older_than_days is None:
+        return
+    days = float(older_than_days)
+    if days != days or not 0 <= days <= MAX_DAYS:
+        raise BadArgument(f"older_than_days must be between 0 and {MAX_DAYS:.0f}, got {days:g}")
+
 
 def check_root(root: str | os.PathLike[str]) -> str:
     """Absolute, resolved root, or BadRoot / DangerousRoot with a one-line reason."""

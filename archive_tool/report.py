@@ -26,7 +26,7 @@ from .discover import Discovery
 from .errors import ArchiveError, BadArgument, SourceUnreadable
 from .formats import compress_bytes, open_compressed_writer
 from .names import normalize_format
-from .plan import Planner, check_root
+from .plan import Planner, check_days, check_root
 from .scan import FILE, Entry, content_bytes, newest_mtime_ns
 from .single import IN_MEMORY_LIMIT, tar_header, write_tar
 from .sweep import scan_candidates
@@ -154,8 +154,7 @@ def build_report(
     ``estimated_bytes_out`` from compressing up to *sample* sessions picked by *seed*."""
     t0 = time.monotonic()
     fmt = normalize_format(format)
-    if older_than_days is not None and older_than_days < 0:
-        raise BadArgument(f"older_than_days must be >= 0, got {older_than_days}")
+    check_days(older_than_days)
     if sample < 0:
         raise BadArgument(f"sample must be >= 0, got {sample}")
     compress_bytes(b"", fmt, compresslevel)  # a bad level fails now, not after the walk

@@ -440,10 +440,12 @@ def restore_many(
     executor: Executor | None = None,
     batch_size: int = 32,
     on_result: Callable[[Result], None] | None = None,
+    accept: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """Bulk restore: archives directly under *root* -> ``dest_root/<name>/`` (default:
     beside the archive), on the same pool loop as the sweep, each through a temp dir and a
-    rename. Returns the Summary (kind "restore")."""
+    rename. *accept(name)*, when given, must also be true for an archive to be considered.
+    Returns the Summary (kind "restore")."""
     from .discover import iter_archives
 
     t0 = time.monotonic()
@@ -453,6 +455,8 @@ def restore_many(
     dest_p = os.path.abspath(os.fspath(dest_root)) if dest_root is not None else None
 
     def matches(name: str) -> bool:
+        if accept is not None and not accept(name):
+            return False
         if pattern:
             return fnmatch.fnmatch(name, pattern)
         return split_archive_name(name) is not None

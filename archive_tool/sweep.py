@@ -22,7 +22,7 @@ from .errors import ArchiveError, BadArgument, DiskFull, DurabilityError, Source
 from .executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
 from .lock import RootLock
 from .names import FORMATS, normalize_format, session_of_trash
-from .plan import CLEANUP, FINISH, Planner, Task, check_root, parse_shard
+from .plan import CLEANUP, FINISH, Planner, Task, check_days, check_root, parse_shard
 from .read import check_members, detect_format_fd
 from .scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
 from .summary import (  # noqa: F401 - re-exported: callers of 0.1 import them from here
@@ -272,8 +272,7 @@ def sweep(
         raise BadArgument(f"workers must be >= 1, got {workers}")
     if max_dirs is not None and max_dirs < 0:
         raise BadArgument(f"max_dirs must be >= 0 (0 = no cap), got {max_dirs}")
-    if older_than_days is not None and older_than_days < 0:
-        raise BadArgument(f"older_than_days must be >= 0, got {older_than_days}")
+    check_days(older_than_days)
     if batch_size < 1:
         raise BadArgument(f"batch_size must be >= 1, got {batch_size}")
     root_p = check_root(root)

@@ -20,8 +20,6 @@ from ._hooks import (
 from ._manager import SessionManager
 from ._start import start
 
-__version__ = "0.1.0"
-
 __all__ = [
     "INJECTED",
     "DotDict",
@@ -46,6 +44,17 @@ _ARCHIVE_NAMES = ("archive_session_dir", "restore_session_archive", "archive_exi
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # The installed distribution's version (one source: pyproject.toml), looked up on
+        # first use so importing the package stays cheap.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("scitex-session-tools")
+        except PackageNotFoundError:  # a bare checkout on sys.path
+            from archive_tool import __version__ as value
+        globals()["__version__"] = value
+        return value
     # The archive API pulls in the engine (tar, zstandard); a script that only runs a
     # session should not pay for it at import.
     if name in _ARCHIVE_NAMES:

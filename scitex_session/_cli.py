@@ -1,14 +1,16 @@
 """A command line built from a function's signature.
 
 ``def main(data_path: Path, threshold: float = 0.5, mode: Literal["a", "b"] = "a",
-verbose: bool = False)`` becomes ``--data-path PATH (required) -t/--threshold FLOAT
--m/--mode {a,b} -v/--verbose``; the docstring is the description and defaults show in help.
+verbose: bool = False)`` becomes ``-d/--data-path PATH (required) -t/--threshold FLOAT
+-m/--mode {a,b} -v/--verbose``; the docstring is the description, its ``Args:`` entries
+are the options' help, and defaults show in help. Abbreviated options are refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -42,17 +44,74 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _short_flag(name: str, taken: set[str]) -> str | None:
-    parts = [p for p in name.split("_") if p]
-    candidates = [name[0]]
-    if len(parts) > 1:
-        candidates.append("".join(p[0] for p in parts))
-    candidates += [name[:n] for n in range(2, min(len(name), 4) + 1)]
-    for c in candidates:
-        if c and c not in taken and c.isidentifier():
-            taken.add(c)
-            return f"-{c}"
-    return None
+def short_flags(names: list[str]) -> dict[str, str]:
+    """``-x`` for each name whose first letter starts no other name (and is not ``h``).
+
+    Only unambiguous single letters: the published package also made ``-ca``-style
+    multi-letter short options and gave ``-c`` to whichever of count/cache came first, so
+    ``-c`` meant different things as a signature grew."""
+    firsts: dict[str, list[str]] = {}
+    for n in names:
+        if n and n[0].isalpha():
+            firsts.setdefault(n[0], []).append(n)
+    return {group[0]: f"-{letter}" for letter, group in firsts.items()
+            if len(group) == 1 and letter != "h"}
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments)\s*:?\s*$")
+_NUMPY_RULE = re.compile(r"^-{3,}\s*$")
+# "name: text", "name (type): text", numpy's "name : type"
+_ITEM = re.compile(r"^\*{0,2}(\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$")
+
+
+def split_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """(description without the Args section, {parameter: help}) from a Google-style
+    (``Args:``) or numpy-style (``Parameters`` + dashes) docstring."""
+    if not doc:
+        return "", {}
+    lines = doc.splitlines()
+    out: list[str] = []
+    helps: dict[str, str] = {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        numpy = (i + 1 < len(lines) and _NUMPY_RULE.match(lines[i + 1].strip())
+                 and line.strip() in ("Parameters", "Arguments", "Args"))
+        if not (_SECTION.match(line.strip()) or numpy):
+            out.append(line)
+            i += 1
+            continue
+        base = len(line) - len(line.lstrip())
+        i += 2 if numpy else 1
+        current: str | None = None
+        item_indent = None
+        while i < len(lines):
+            raw = lines[i]
+            if not raw.strip():
+                i += 1
+                # a blank line ends the section unless the next line is still indented in it
+                if i < len(lines) and lines[i].strip() and \
+                        len(lines[i]) - len(lines[i].lstrip()) > base:
+                    continue
+                break
+            indent = len(raw) - len(raw.lstrip())
+            if indent <= base and not numpy:
+                break
+            if numpy and indent <= base and not _ITEM.match(raw.strip()):
+                break
+            m = _ITEM.match(raw.strip())
+            if m and (item_indent is None or indent <= item_indent):
+                item_indent = indent
+                current = m.group(1)
+                text = m.group(3).strip()
+                # numpy puts the type after the colon and the text below it
+                helps[current] = "" if numpy else text
+            elif current is not None:
+                helps[current] = (helps[current] + " " + raw.strip()).strip()
+            i += 1
+    while out and not out[-1].strip():
+        out.pop()
+    return "\n".join(out), helps
 
 
 def injectable_names(func: Callable[..., Any], sentinel: object) -> list[str]:
@@ -72,7 +131,7 @@ def _scalar_type(tp: Any, default: Any) -> Any:
 
 
 def add_parameter(parser: argparse.ArgumentParser, param: inspect.Parameter, tp: Any,
-                  taken: set[str]) -> None:
+                  short: str | None = None, doc: str = "") -> None:
     name = param.name
     long_flag = "--" + name.replace("_", "-")
     has_default = param.default is not inspect.Parameter.empty
@@ -80,7 +139,7 @@ def add_parameter(parser: argparse.ArgumentParser, param: inspect.Parameter, tp:
     if isinstance(tp, str):  # an annotation get_type_hints could not resolve
         tp = _NAMED.get(tp, inspect.Parameter.empty)
     tp = _unwrap_optional(tp)
-    flags = [f for f in (_short_flag(name, taken), long_flag) if f]
+    flags = [f for f in (short, long_flag) if f]
     kw: dict[str, Any] = {"dest": name}
     help_bits: list[str] = []
 
@@ -112,7 +171,7 @@ def add_parameter(parser: argparse.ArgumentParser, param: inspect.Parameter, tp:
         help_bits.append("(required)")
     if kw.get("type") is not None and "metavar" not in kw:
         kw["metavar"] = getattr(kw["type"], "__name__", "VALUE").upper()
-    kw["help"] = " ".join(help_bits)
+    kw["help"] = " ".join([doc, *help_bits] if doc else help_bits)
     parser.add_argument(*flags, **kw)
 
 
@@ -121,15 +180,19 @@ def build_parser(func: Callable[..., Any], sentinel: object = None,
                  skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """An ArgumentParser for *func*: one option per parameter except those defaulting to
     *sentinel* (injected) and ``*args``/``**kwargs``."""
+    description, helps = split_docstring(inspect.getdoc(func))
+    # allow_abbrev=False: "--coun" must not silently mean "--count" (and stop working the
+    # day a "--country" parameter is added).
     parser = argparse.ArgumentParser(
-        prog=prog, description=inspect.getdoc(func), epilog=epilog, formatter_class=_Formatter
+        prog=prog, description=description or None, epilog=epilog,
+        formatter_class=_Formatter, allow_abbrev=False,
     )
     hints = _hints(func)
-    taken = {"h"}
-    for param in inspect.signature(func).parameters.values():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if (sentinel is not None and param.default is sentinel) or param.name in skip:
-            continue
-        add_parameter(parser, param, hints.get(param.name, param.annotation), taken)
+    params = [p for p in inspect.signature(func).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+              and not (sentinel is not None and p.default is sentinel) and p.name not in skip]
+    shorts = short_flags([p.name for p in params])
+    for param in params:
+        add_parameter(parser, param, hints.get(param.name, param.annotation),
+                      shorts.get(param.name), helps.get(param.name, ""))
     return parser

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from archive_tool.names import archive_name, normalize_format
+from archive_tool.names import RUNNING_STATE, archive_name, normalize_format
 
 from . import _hooks, _plt, _seed
 from ._config import save_config
@@ -72,11 +72,36 @@ def move_dir(src: Path, dst: Path, remove_src: bool = True) -> None:
         shutil.rmtree(src)
 
 
+def _sdir_out(config: dict[str, Any], src: Path) -> Path:
+    """SDIR_OUT, or (a CONFIG built by hand with only SDIR_RUN) the dir above RUNNING/."""
+    out = config.get("SDIR_OUT")
+    if out:
+        return Path(out)
+    if src.parent.name == RUNNING_STATE:
+        return src.parent.parent
+    raise ValueError(f"CONFIG has no SDIR_OUT and SDIR_RUN {src} is not inside a "
+                     f"{RUNNING_STATE}/ dir: cannot tell where the run finishes")
+
+
+def _drop_empty_running(src: Path) -> None:
+    # The last run to finish leaves no empty <stem>_out/RUNNING/ behind. rmdir is atomic
+    # and fails on a non-empty dir, so a run that started meanwhile keeps its parent
+    # (and one that races to mkdir inside it after the rmdir gets ENOENT from the mkdir
+    # and retries: make_run_dir creates RUNNING/ again).
+    running = src.parent
+    if running.name != RUNNING_STATE:
+        return
+    try:
+        os.rmdir(running)
+    except OSError:
+        pass
+
+
 def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: bool,
             archive_format: str | None, save: bool, before_move: Any = None) -> dict[str, Any]:
     src = Path(config["SDIR_RUN"])
     fmt = _configured_format(config, archive_format)
-    dst = Path(config["SDIR_OUT"]) / finished_state(exit_status) / src.name
+    dst = _sdir_out(config, src) / finished_state(exit_status) / src.name
     # The saved config records where the run ends up, not where it ran.
     config["SDIR_RUN"] = dst
     if fmt:
@@ -93,11 +118,16 @@ def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: boo
         if save:
             save_config(config, src / "CONFIGS")
         raise
+    if remove_src_dir:
+        _drop_empty_running(src)
     if fmt:
         from .archive import archive_session_dir  # lazy: the engine is only needed here
 
         try:
             config["ARCHIVE"] = archive_session_dir(dst, format=fmt)
+            # The dir is gone; SDIR_RUN names what exists (the published package left
+            # it naming the deleted dir). ARCHIVE stays for callers that read it.
+            config["SDIR_RUN"] = config["ARCHIVE"]
         except Exception:
             # The finished dir is intact; record the truth in it and report.
             config.pop("ARCHIVE", None)

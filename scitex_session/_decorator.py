@@ -130,24 +130,67 @@ def _run_session(
         call = functools.partial(func, **kwargs)
 
     status: int = 1
+    term = _TermToExit()
     try:
-        result = call()
-        status = _exit_status_of(result)
-    except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if status:
+        try:
+            result = call()
+            status = _exit_status_of(result)
+            term.shield()  # inside the try: a TERM before this line is handled above
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            term.shield()
+            if status:
+                _log_traceback(err)
+            close(config, verbose=verbose, notify=notify, exit_status=status,
+                  archive_format=archive_format, **close_kw)
+            raise
+        except BaseException:  # KeyboardInterrupt too: the run is recorded as failed
+            term.shield()
             _log_traceback(err)
+            close(config, verbose=verbose, notify=notify, exit_status=1,
+                  archive_format=archive_format, **close_kw)
+            raise
         close(config, verbose=verbose, notify=notify, exit_status=status,
               archive_format=archive_format, **close_kw)
-        raise
-    except BaseException:  # KeyboardInterrupt too: the run is recorded as failed
-        _log_traceback(err)
-        close(config, verbose=verbose, notify=notify, exit_status=1,
-              archive_format=archive_format, **close_kw)
-        raise
-    close(config, verbose=verbose, notify=notify, exit_status=status,
-          archive_format=archive_format, **close_kw)
+    finally:
+        term.restore()
     return result, status
+
+
+SIGTERM_EXIT = 128 + 15
+
+
+class _TermToExit:
+    """Make SIGTERM end the run like Ctrl-C does: recorded as FINISHED_ERROR, exit 143.
+
+    SLURM sends SIGTERM at the time limit and on scancel; by default it killed the process
+    before close() and the run stayed in RUNNING/ forever. Installed only from the main
+    thread and only over the default disposition (a script's own handler wins)."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self._signal = signal
+        self.active = (threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        if self.active:
+            signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, _signum: int, _frame: Any) -> None:
+        self.shield()
+        raise SystemExit(SIGTERM_EXIT)
+
+    def shield(self) -> None:
+        # While close() moves the run dir a TERM (SLURM repeats it) must not cut it
+        # short; SIGKILL still can, and leaves a RUNNING/ dir the stale-run tools find.
+        if self.active:
+            self._signal.signal(self._signal.SIGTERM, self._signal.SIG_IGN)
+
+    def restore(self) -> None:
+        if self.active:
+            self._signal.signal(self._signal.SIGTERM, self._signal.SIG_DFL)
+            self.active = False
 
 
 def session(

@@ -35,12 +35,15 @@ class SessionManager:
             self._all[session_id] = info
 
     def close_session(self, session_id: str, status: str = "success", exit_code: int = 0) -> None:
-        """Mark a session as closed (unknown IDs are ignored)."""
+        """Mark a session as closed (unknown IDs are ignored): ``status`` becomes
+        ``"closed"`` as API.md documents; the outcome given as *status* is kept under
+        ``final_status`` (the published package drops it)."""
         with self._lock:
             info = self._all.get(session_id)
             if info is None:
                 return
-            info["status"] = status
+            info["status"] = "closed"
+            info["final_status"] = status
             info["exit_code"] = exit_code
             info["end_time"] = _dt.datetime.now()
             self._active.pop(session_id, None)

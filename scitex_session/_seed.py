@@ -16,8 +16,16 @@ _state: dict[str, Any] = {}
 
 
 def _name_key(name: str) -> int:
-    # hash() is salted per process; a digest is the same in every run.
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+    # hash() is salted per process; a digest is the same in every run. The first 32 bits
+    # of the name's MD5 (big-endian) are what the published package adds to the seed, so
+    # the same (seed, name) gives the same stream there and here.
+    return int.from_bytes(hashlib.md5(name.encode("utf-8"), usedforsecurity=False).digest()[:4],
+                          "big")
+
+
+def name_seed(seed: int, name: str) -> int:
+    """The 32-bit seed of ``rngg(name)``: ``(seed + md5(name)[:32 bits]) mod 2**32``."""
+    return (int(seed) + _name_key(name)) % 2**32
 
 
 def _seed_numpy(np: ModuleType, seed: int) -> None:
@@ -71,7 +79,8 @@ def unseed() -> None:
 
 
 class RandomStateManager:
-    """``rngg("name")`` -> a numpy Generator that depends only on (seed, name).
+    """``rngg("name")`` -> a numpy Generator that depends only on (seed, name), and is the
+    same stream the published scitex-session gives for that seed and name.
 
     The same name returns the same Generator object within a run (so a stream continues
     where it left off) and the same draws in every run with the same seed; different names
@@ -91,8 +100,8 @@ class RandomStateManager:
             if gen is None:
                 import numpy as np
 
-                ss = np.random.SeedSequence([self.seed & 0xFFFFFFFFFFFFFFFF, _name_key(name)])
-                gen = self._gens[name] = np.random.Generator(np.random.PCG64(ss))
+                # default_rng(int) is PCG64 over SeedSequence(int): matches published runs.
+                gen = self._gens[name] = np.random.default_rng(name_seed(self.seed, name))
             return gen
 
     get_generator = get_np_generator
@@ -101,7 +110,7 @@ class RandomStateManager:
         import torch
 
         g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + _name_key(name)) % (2**63))
+        g.manual_seed(name_seed(self.seed, name))
         return g
 
     def clear_cache(self) -> None:

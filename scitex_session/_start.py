@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import sys as _sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from archive_tool.names import RUNNING_STATE, new_session_id, session_dir_name
+from archive_tool.names import ID_REGEX, RUNNING_STATE, new_session_id, session_dir_name
 
 from . import _hooks, _plt, _seed
 from ._config import DotDict, load_yaml_configs
@@ -20,6 +21,7 @@ from ._tee import TeeSession
 
 OUT_DIR_ENV = "SCITEX_SESSION_OUT_DIR"
 _MAX_ID_TRIES = 1000
+_ID_PREFIX = re.compile(ID_REGEX, re.ASCII)
 
 # Per-session state close() needs but CONFIG should not show (or save): keyed by ID.
 _runtime: dict[str, dict[str, Any]] = {}
@@ -79,16 +81,39 @@ def make_run_dir(sdir_out: Path, suffix: str | None) -> tuple[str, Path]:
     Exclusive mkdir, not exist_ok: two SLURM array tasks started in the same second must
     never share a dir (Hydra #2925)."""
     running = sdir_out / RUNNING_STATE
-    running.mkdir(parents=True, exist_ok=True)
     for _ in range(_MAX_ID_TRIES):
+        running.mkdir(parents=True, exist_ok=True)
         sid = new_session_id()
         path = running / session_dir_name(sid, suffix)
         try:
             os.mkdir(path)
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):
+            # FileNotFoundError: the last other run just finished and removed the empty
+            # RUNNING/ between our two mkdirs; make it again.
             continue
         return sid, path
     raise RuntimeError(f"could not create a unique run dir under {running}")
+
+
+def given_run_dir(sdir: str | os.PathLike[str] | None) -> Path | None:
+    """*sdir* itself when it names a run dir (``.../RUNNING/<name>``), else None.
+
+    The published package treats such an sdir as the run dir; making it an output root
+    instead would nest RUNNING/ inside RUNNING/ and the run would finish where no sweep
+    looks."""
+    if sdir is None:
+        return None
+    p = Path(sdir).absolute()
+    return p if p.parent.name == RUNNING_STATE and p.name != RUNNING_STATE else None
+
+
+def _claim_run_dir(path: Path) -> str:
+    """Create the given run dir (exclusively: two runs must not share it) and return the
+    session ID: the session-ID part of its name when it has one, else a fresh one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(path)
+    m = _ID_PREFIX.match(path.name)
+    return m.group(0) if m else new_session_id()
 
 
 def _args_dict(args: Any) -> dict[str, Any]:
@@ -145,10 +170,17 @@ def start(
     t0 = time.monotonic()
     start_dt = _dt.datetime.now()
     script = Path(file).absolute() if file else _caller_file(_caller_depth).absolute()
-    sdir_out = output_root(script, sdir)
-    sid, sdir_run = make_run_dir(sdir_out, sdir_suffix)
+    run_dir = given_run_dir(sdir)
+    if run_dir is not None:
+        sdir_out = run_dir.parent.parent
+        sid, sdir_run = _claim_run_dir(run_dir), run_dir
+    else:
+        sdir_out = output_root(script, sdir)
+        sid, sdir_run = make_run_dir(sdir_out, sdir_suffix)
 
-    tee = TeeSession(sdir_run / "logs")
+    # sys=None (API.md's default): the caller did not hand over its streams, so they are
+    # left alone and no logs are teed (as the published package does).
+    tee = TeeSession(sdir_run / "logs") if sys is not None else None
 
     config = DotDict()
     config["ID"] = sid
@@ -180,6 +212,8 @@ def start(
     _print_banner(config, verbose, seeded, seed, tee)
     get_global_session_manager().create_session(sid, config, str(script))
     _hooks.fire_start(sid, str(script), {"SDIR_RUN": str(sdir_run), "PID": config["PID"]})
+    if tee is None:
+        return config, None, None, plt_out, colors, rngg
     return config, tee.stdout, tee.stderr, plt_out, colors, rngg
 
 
@@ -190,16 +224,18 @@ def _os_getpid() -> int:
 
 
 def _print_banner(config: DotDict, verbose: bool, seeded: list[str], seed: int,
-                  tee: TeeSession) -> None:
+                  tee: TeeSession | None) -> None:
     line = "=" * 40
     args = config["ARGS"]
     arg_lines = "".join(f"\n    {k}: {v}" for k, v in args.items()) if args else " None"
     print(f"{line}\nscitex-session | {config['ID']} (PID: {config['PID']})\n\n"
-          f"{config['FILE']}\n\nArguments:{arg_lines}\n{line}", file=tee.stdout)
+          f"{config['FILE']}\n\nArguments:{arg_lines}\n{line}",
+          file=tee.stdout if tee is not None else _sys.stdout)
     if verbose:
-        print(f"INFO: Logs: {tee.stdout.log_path} | {tee.stderr.log_path}\n"
+        logs = f"{tee.stdout.log_path} | {tee.stderr.log_path}" if tee is not None else "none"
+        print(f"INFO: Logs: {logs}\n"
               f"INFO: Seed {seed} for: {', '.join(seeded)} (numpy/torch when imported)",
-              file=tee.stderr)
+              file=tee.stderr if tee is not None else _sys.stderr)
 
 
 def pop_runtime(session_id: str) -> dict[str, Any] | None:

@@ -46,7 +46,7 @@ def test_required_parameters_and_defaults():
 
 
 def test_types_follow_hints():
-    ns = parse("-c", "3", "--data-path", "x", "--rate", "1e-3", "--name", "n", "--out", "o",
+    ns = parse("--count", "3", "--data-path", "x", "--rate", "1e-3", "--name", "n", "--out", "o",
                "--dry-run", "--no-cache", "--mode", "slow", "--level", "3", "--limit", "7",
                "--size", "9", "--ids", "4", "5", "6", "--tags", "a", "b")
     assert ns["count"] == 3 and isinstance(ns["count"], int)
@@ -82,7 +82,7 @@ def test_help_shows_docstring_kebab_options_short_forms_and_defaults(capsys):
     text = capsys.readouterr().out
     assert "Process things.\n\n    Second paragraph" not in text  # dedented by getdoc
     assert "Process things." in text and "Second paragraph kept as written." in text
-    for opt in ("--data-path", "--dry-run", "--no-cache", "-c INT, --count INT", "-r FLOAT, --rate FLOAT"):
+    for opt in ("--data-path", "--dry-run", "--no-cache", "--count INT", "-r FLOAT, --rate FLOAT"):
         assert opt in text, opt
     assert "(default: 0.5)" in text and "(required)" in text
     assert "{fast,slow}" in text

@@ -135,7 +135,8 @@ def test_session_manager_is_thread_safe():
     for t in threads:
         t.join()
     assert len(m.list_sessions()) == n and m.get_active_sessions() == {}
-    assert m.get_session("s3")["status"] == "success"
+    assert m.get_session("s3")["status"] == "closed"
+    assert m.get_session("s3")["final_status"] == "success"
     assert m.get_session("unknown") == {}
 
 

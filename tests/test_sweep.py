@@ -249,9 +249,11 @@ def test_restore_existing_restores_every_format_including_gnu_tar(tmp_path: Path
     subprocess.run(["tar", "-czf", f"{g}.tar.gz", "-C", str(fin), g.name], check=True)
     import shutil
     shutil.rmtree(g)
-    dry = public.restore_existing(fin)
+    # pattern=None: every format (API.md's default "*.tar.gz" takes only two of these)
+    dry = public.restore_existing(fin, pattern=None)
     assert dry["candidates"] == 5 and dry["restored"] == 0
-    s = public.restore_existing(fin, dry_run=False, dest_root=tmp_path / "back", remove_archive=True)
+    s = public.restore_existing(fin, pattern=None, dry_run=False, dest_root=tmp_path / "back",
+                                remove_archive=True)
     assert (s["restored"], s["failed"]) == (5, 0), s
     for name, snap in want.items():
         assert snapshot(tmp_path / "back" / name) == snap
