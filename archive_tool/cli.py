@@ -98,7 +98,11 @@ def cli() -> None:
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Compression level on gzip's 1..9 scale.")
 def pack(directory: str, fmt: str, keep_source: bool, level: int) -> None:
-    """Archive one session DIRECTORY into DIRECTORY.<format> beside it."""
+    """Archive one session DIRECTORY into DIRECTORY.<format> beside it.
+
+    \b
+    Example: session-archive pack main_out/FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main
+    """
     from .single import archive_one
 
     path = _call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
@@ -112,7 +116,11 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int) -> None:
 @click.option("--remove-archive", is_flag=True,
               help="Delete the archive once the restored dir is on stable storage.")
 def unpack(archive: str, dest: str | None, remove_archive: bool) -> None:
-    """Restore one ARCHIVE into a session dir (never overwrites)."""
+    """Restore one ARCHIVE into a session dir (never overwrites).
+
+    \b
+    Example: session-archive unpack FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main.tar.zst
+    """
     from .restore import restore_one
 
     click.echo(str(_call(restore_one, archive, dest, remove_archive)))
@@ -125,6 +133,9 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
     """Read each ARCHIVE completely: headers, data, checksums, restore safety.
 
     Prints one line per bad archive; exits 1 if any is bad.
+
+    \b
+    Example: session-archive verify -q main_out/FINISHED_SUCCESS/*.tar.zst
     """
     from .read import verify_archive
 
@@ -150,6 +161,9 @@ def show(archive: str, member: str | None) -> None:
 
     MEMBER may be the full name or the name below the session dir
     (e.g. CONFIGS/CONFIG.yaml).
+
+    \b
+    Example: session-archive show RUN.tar.zst CONFIGS/CONFIG.yaml
     """
     from .read import copy_member, list_members
 
@@ -339,7 +353,11 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
-    FINISHED; never touches RUNNING/. Dry run unless --execute.
+    FINISHED; never touches RUNNING/. Dry run unless --execute. An executed sweep writes
+    a manifest to ROOT/.session-archive/runs/<UTC time>.jsonl that `extract --undo` reads.
+
+    \b
+    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
     """
     from .sweep import DEFAULT_BATCH
 
@@ -363,7 +381,11 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
 @_sweep_options("tar.gz")
 def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: Any) -> None:
     """Archive the session-shaped direct children of ROOT (flat mode, as the published
-    `python -m scitex_session.archive compress`)."""
+    `python -m scitex_session.archive compress`).
+
+    \b
+    Example: session-archive compress main_out/FINISHED_SUCCESS --no-dry-run
+    """
     _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
 
 
@@ -403,6 +425,7 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
     """Restore archives to session dirs: those directly under ROOT (flat mode), every one
     under ROOT (--tree), or exactly one sweep run's (--undo RUN). Dry run unless --execute.
 
+    \b
     Example: session-archive extract /data/runs --undo last --execute
     """
     run = execute or not dry_run
@@ -464,6 +487,7 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
     (unless --include-latest) are kept; of the rest, an archive goes when it matches every
     filter given. Deletions are fsynced and logged in ROOT/.session-archive/prune/.
 
+    \b
     Example: session-archive prune /data/runs --older-than 180d --keep-last 5 --execute
     """
     from .prune import parse_age
@@ -526,6 +550,9 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
 
     Per <script>_out subtree: sessions, inodes and bytes; the age distribution; and the
     archived size, estimated by compressing a sample of sessions in memory.
+
+    \b
+    Example: session-archive report /data/runs --older-than-days 7 --plot runs.png
     """
     from .report import build_report, format_report, plot_report
 
@@ -552,7 +579,11 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
 @click.option("--sessions", "-n", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_tree(directory: str, sessions: int, seed: int) -> None:
-    """Create a realistic demo tree of N sessions under DIRECTORY (to try a sweep on)."""
+    """Create a realistic demo tree of N sessions under DIRECTORY (to try a sweep on).
+
+    \b
+    Example: session-archive demo-tree /tmp/demo -n 5000
+    """
     from .demo import make_tree
 
     if os.path.exists(directory) and os.listdir(directory):

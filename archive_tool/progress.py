@@ -62,6 +62,7 @@ def progress_bar(enabled: bool, desc: str, total: int | None = None,
         return
     bar = Bar(desc, total)
     stop = threading.Event()
+    counter = None
     if count is not None and total is None:
         def run() -> None:
             try:
@@ -71,9 +72,12 @@ def progress_bar(enabled: bool, desc: str, total: int | None = None,
             if not stop.is_set():
                 bar.set_total(n)
 
-        threading.Thread(target=run, name="progress-count", daemon=True).start()
+        counter = threading.Thread(target=run, name="progress-count", daemon=True)
+        counter.start()
     try:
         yield bar
     finally:
+        if counter is not None:
+            counter.join(timeout=5)  # a small job can finish before its count: let it land
         stop.set()
         bar.close()

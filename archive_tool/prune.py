@@ -52,7 +52,7 @@ def parse_age(text: str) -> float:
 def started_at(session_name: str) -> float | None:
     """Epoch seconds of the ID's timestamp (local time, as ``names.new_session_id``)."""
     try:
-        return time.mktime(time.strptime(session_name[:21], "%YY-%mM-%dD-%Hh%Mm%Ss"))
+        return time.mktime(time.strptime(session_name[:23], "%YY-%mM-%dD-%Hh%Mm%Ss"))
     except (ValueError, OverflowError):
         return None
 
@@ -112,11 +112,11 @@ def select(items: Iterable[Archived], *, older_than_days: float | None = None,
         latest_ok = next((a for a in group if a.state == "FINISHED_SUCCESS"), None)
         for i, a in enumerate(group):
             if keep_last is not None and i < keep_last:
-                a.keep = f"one of the {keep_last} newest"
+                a.keep = "within --keep-last"
             elif a is latest_ok and not include_latest:
-                a.keep = "newest successful run"
+                a.keep = "newest success per script"
             elif states_set and a.state not in states_set:
-                a.keep = "state"
+                a.keep = "other state"
             elif older_than_days is not None and a.age_days < older_than_days:
                 a.keep = "too recent"
             else:
