@@ -309,27 +309,16 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
 
     show = execute and want_progress(quiet, progress)
     with progress_bar(show, "archiving", count=count) as bar:
-        on_result: Callable[[Any], None] | None = bar.tick if bar else None
-        manifest = None
+        args: dict[str, Any] = dict(
+            format=fmt, compresslevel=level, workers=workers, older_than_days=older_than_days,
+            pattern=pattern, max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
+            on_result=bar.tick if bar else None, on_candidate=on_candidate, **extra)
         if execute and not flat and extra.get("remove_src", True):
-            from .plan import check_root
-            from .runlog import RunLog
+            from .runlog import sweep_logged
 
-            root_p = _call(check_root, root)
-            manifest = _call(RunLog, root_p, on_result)
-            on_result = manifest
-        try:
-            summary = _call(
-                sweep, root, flat=flat, dry_run=not execute, format=fmt, compresslevel=level,
-                workers=workers, older_than_days=older_than_days, pattern=pattern,
-                max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
-                on_result=on_result, on_candidate=on_candidate, **extra,
-            )
-        finally:
-            if manifest is not None:
-                _call(manifest.close)
-    if manifest is not None and manifest.count:
-        summary["manifest"], summary["run"] = manifest.path, manifest.name
+            summary = _call(sweep_logged, root, **args)
+        else:
+            summary = _call(sweep, root, flat=flat, dry_run=not execute, **args)
     _finish_sweep(summary, as_json, quiet, verbose)
 
 
@@ -477,7 +466,7 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
 @click.option("--execute", is_flag=True, help="Really delete (default: dry run, nothing changes).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
-@click.option("--quiet", "-q", is_flag=True, help="Print only failures and the totals.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
 def prune(root: str, older_than: str | None, keep_last: int | None, states: tuple[str, ...],
           include_latest: bool, execute: bool, as_json: bool, quiet: bool) -> None:
     """Delete old session archives under ROOT (retention). Dry run unless --execute.
@@ -503,7 +492,7 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
               include_latest=include_latest, dry_run=not execute, on_deleted=deleted)
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
-    else:
+    elif not quiet or s["failed"]:
         if not execute and not quiet:
             for a in s["archives"]:
                 click.echo(f"would delete  {human_bytes(a['bytes']):>10}  "

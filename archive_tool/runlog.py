@@ -101,6 +101,21 @@ class RunLog:
         self.close()
 
 
+def sweep_logged(root: str | os.PathLike[str], *,
+                 on_result: Callable[[Any], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``sweep(root, dry_run=False, ...)`` that records its manifest; the Summary gains
+    ``manifest`` (path) and ``run`` (the name ``undo_run`` takes) when anything was archived."""
+    from .plan import check_root
+    from .sweep import sweep
+
+    root_p = check_root(root)
+    with RunLog(root_p, on_result) as log:
+        summary = sweep(root_p, dry_run=False, on_result=log, **kwargs)
+    if log.count:
+        summary["manifest"], summary["run"] = log.path, log.name
+    return summary
+
+
 def list_runs(root: str) -> list[str]:
     """Run names, oldest first (the UTC stamp sorts as text)."""
     try:
