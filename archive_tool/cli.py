@@ -148,7 +148,7 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
             click.echo(f"BAD {e}", err=False)
             continue
         if not quiet:
-            click.echo(f"ok  {a}: {info.members} members, {info.bytes} bytes")
+            click.echo(f"ok  {a}: {human_count(info.members)} members, {human_bytes(info.bytes)}")
     if bad:
         raise Failed(f"{bad} of {len(archives)} archives failed verification")
 
@@ -578,8 +578,8 @@ def demo_tree(directory: str, sessions: int, seed: int) -> None:
     if os.path.exists(directory) and os.listdir(directory):
         raise BadInput(f"{directory}: exists and is not empty")
     counts = _call(make_tree, directory, sessions, seed=seed)
-    click.echo(f"created {sessions} sessions under {directory}: " + ", ".join(
-        f"{k} {v}" for k, v in counts.items()))
+    click.echo(f"created {human_count(sessions)} sessions under {directory}: " + ", ".join(
+        f"{k} {human_bytes(v) if k == 'bytes' else human_count(v)}" for k, v in counts.items()))
 
 
 def main() -> None:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from typing import Any
 
 from .executors import default_workers, local_executor
 from .lock import RootLock
 from .names import FINISHED_STATES, RUNNING_STATE, is_session_name, split_archive_name
 from .plan import check_root
-from .sweep import record_failure, restore_batch
+from .sweep import WORKER_DIED, record_failure, restore_batch
 
 STATE_DIR = ".session-archive"
 
@@ -60,6 +62,22 @@ def new_restore_summary(root: str, dry_run: bool, mode: str) -> dict[str, Any]:
             "capped": 0, "elapsed": 0.0, "failures": [], "stopped": None}
 
 
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM stop feeding the pool; restores in flight finish whole (workers
+    ignore both signals) and the caller reports the signal. Main thread only."""
+    caught: list[int] = []
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda signum, _f: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: bool,
              workers: int | None, batch_size: int = 32,
              on_result: Callable[[tuple[str, str, str, int]], None] | None = None) -> None:
@@ -68,28 +86,54 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
         return
     n = workers or default_workers()
     size = max(1, min(batch_size, -(-len(jobs) // n)))
+    batches = iter([jobs[i:i + size] for i in range(0, len(jobs), size)])
+    fed = 0
     ex = local_executor(n)
+    inflight: dict[Future, list[tuple[str, str]]] = {}
+
+    def absorb(f: Future, batch: list[tuple[str, str]]) -> None:
+        try:
+            results = f.result()
+        except BaseException as e:  # noqa: BLE001 - a lost worker: its archives are kept
+            if isinstance(e, BrokenExecutor) and not s["stopped"]:
+                s["stopped"] = f"{WORKER_DIED}: {e}"
+            results = [(a, "failed", f"worker lost: {e!r}", 0) for a, _ in batch]
+        for r in results:
+            archive, status, reason, b_out = r
+            if status == "restored":
+                s["restored"] += 1
+                s["bytes_out"] += b_out
+            elif status == "skipped":
+                s["skipped"] += 1
+            else:
+                record_failure(s, archive, reason)
+            if on_result is not None:
+                on_result(r)
+
     try:
-        futs: dict[Future, list[tuple[str, str]]] = {}
-        for i in range(0, len(jobs), size):
-            batch = jobs[i:i + size]
-            futs[ex.submit(restore_batch, batch, remove_archive)] = batch
-        for f in as_completed(futs):
-            try:
-                results = f.result()
-            except BaseException as e:  # noqa: BLE001 - a lost worker: archives are kept
-                results = [(a, "failed", f"worker lost: {e!r}", 0) for a, _ in futs[f]]
-            for r in results:
-                archive, status, reason, b_out = r
-                if status == "restored":
-                    s["restored"] += 1
-                    s["bytes_out"] += b_out
-                elif status == "skipped":
-                    s["skipped"] += 1
-                else:
-                    record_failure(s, archive, reason)
-                if on_result is not None:
-                    on_result(r)
+        with _stop_on_signals() as caught:
+            while True:
+                # A window of 2 batches per worker: Ctrl-C leaves little in flight.
+                while len(inflight) < 2 * n and not caught and not s["stopped"]:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    try:
+                        inflight[ex.submit(restore_batch, batch, remove_archive)] = batch
+                    except BrokenExecutor as e:
+                        s["stopped"] = f"{WORKER_DIED}: {e}"
+                        break
+                    fed += len(batch)
+                if not inflight:
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for f in done:
+                    absorb(f, inflight.pop(f))
+            if fed < len(jobs):
+                s["skipped"] += len(jobs) - fed  # not attempted: archives untouched
+            if caught:
+                s["stopped"] = f"interrupted by {signal.Signals(caught[0]).name}"
+                s["signal"] = caught[0]
     finally:
         ex.shutdown(wait=True)
 

@@ -263,3 +263,30 @@ def test_extract_tree_and_undo_exit_75_while_a_sweep_holds_the_lock(tmp_path: Pa
         assert invoke("extract", tmp_path, "--undo", "last", "--execute").exit_code == 75
     finally:
         os.close(fd)
+
+
+def test_sigterm_during_tree_restore_leaves_every_session_whole_and_a_rerun_finishes(
+        tmp_path: Path) -> None:
+    make_tree(str(tmp_path), 400, seed=13)
+    before = tree_state(tmp_path)
+    assert invoke("sweep", tmp_path, "--execute", "-q", "-j", "2").exit_code == 0
+    archives = list(tmp_path.rglob("*.tar.zst"))
+    proc = subprocess.Popen([sys.executable, "-m", "archive_tool", "extract", str(tmp_path),
+                             "--tree", "--execute", "--remove-archive", "-j", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(1 for a in archives if not a.exists()) >= 20:
+            proc.terminate()
+            break
+        time.sleep(0.002)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 143), err
+    if proc.returncode == 143:
+        assert "interrupted by SIGTERM" in err and "Traceback" not in err
+        assert any(a.exists() for a in archives)  # it stopped before the end
+    for a in archives:  # each session: its archive, or its dir, never neither
+        assert a.exists() or a.with_name(a.name[:-len(".tar.zst")]).is_dir()
+    r = invoke("extract", tmp_path, "--tree", "--execute", "--remove-archive", "-j", "2")
+    assert r.exit_code == 0
+    assert tree_state(tmp_path) == before
