@@ -21,11 +21,26 @@ from typing import Any
 
 from .executors import default_workers, local_executor
 from .lock import RootLock
-from .names import FINISHED_STATES, RUNNING_STATE, is_session_name, split_archive_name
+from .names import (
+    FINISHED_STATES,
+    RUNNING_STATE,
+    is_session_name,
+    session_of_trash,
+    split_archive_name,
+)
 from .plan import check_root
 from .sweep import WORKER_DIED, record_failure, restore_batch
 
 STATE_DIR = ".session-archive"
+
+
+def _walk_into(name: str) -> bool:
+    # Hidden project dirs are walked (a sweep archives there too); session dirs, a crash's
+    # trash (.X.deleting) and restore temp dirs (.X.restore-*) hold session content, not
+    # archives of ours.
+    if name in (RUNNING_STATE, STATE_DIR) or is_session_name(name):
+        return False
+    return session_of_trash(name) is None and ".restore-" not in name
 
 
 def iter_session_archives(root: str) -> Iterator[os.DirEntry[str]]:
@@ -43,8 +58,7 @@ def iter_session_archives(root: str) -> Iterator[os.DirEntry[str]]:
             for e in it:
                 try:
                     if e.is_dir(follow_symlinks=False):
-                        if e.name not in (RUNNING_STATE, STATE_DIR) and not is_session_name(e.name) \
-                                and not e.name.startswith("."):
+                        if _walk_into(e.name):
                             stack.append(e.path)
                         continue
                     if not in_finished or not e.is_file(follow_symlinks=False):
@@ -203,6 +217,7 @@ def undo_run(
     s["run"] = os.path.basename(path)[:-len(".jsonl")]
     with RootLock(root_p) if not dry_run else contextlib.nullcontext():
         jobs: list[tuple[str, str]] = []
+        kept: list[tuple[str, str]] = []
         for rec in read_run(path):
             s["scanned"] += 1
             archive, session = rec["archive"], rec["session"]
@@ -219,10 +234,16 @@ def undo_run(
                 continue
             s["candidates"] += 1
             s["bytes_in"] += os.path.getsize(archive)
-            jobs.append((archive, session))
+            # "resumed": the archive existed before this run (which only deleted the
+            # verified source), so putting the run back keeps it.
+            (kept if rec.get("status") == "resumed" else jobs).append((archive, session))
         if not dry_run:
             if on_jobs is not None:
-                on_jobs(len(jobs))
+                on_jobs(len(jobs) + len(kept))
             run_jobs(jobs, s, remove_archive=True, workers=workers, on_result=on_result)
+            if not s["stopped"]:
+                run_jobs(kept, s, remove_archive=False, workers=workers, on_result=on_result)
+            else:
+                s["skipped"] += len(kept)  # not attempted
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s

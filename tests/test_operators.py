@@ -290,3 +290,31 @@ def test_sigterm_during_tree_restore_leaves_every_session_whole_and_a_rerun_fini
     r = invoke("extract", tmp_path, "--tree", "--execute", "--remove-archive", "-j", "2")
     assert r.exit_code == 0
     assert tree_state(tmp_path) == before
+
+
+def test_undo_keeps_an_archive_that_existed_before_the_run(tmp_path: Path) -> None:
+    out = tmp_path / ".hidden_project" / "a_out" / "FINISHED_SUCCESS"
+    [kept_src, fresh] = flat_sessions(out, 2)
+    assert invoke("pack", kept_src, "--keep-source").exit_code == 0  # source + archive
+    r = invoke("sweep", tmp_path, "--execute", "--json", "-j", "1")
+    s = json.loads(r.stdout)
+    assert s["resumed"] == 1 and s["archived"] == 1
+    r = invoke("extract", tmp_path, "--undo", "last", "--execute", "-j", "1")
+    assert r.exit_code == 0, r.output
+    assert kept_src.is_dir() and Path(f"{kept_src}.tar.zst").is_file()  # as before the run
+    assert fresh.is_dir() and not Path(f"{fresh}.tar.zst").exists()
+
+
+def test_extract_tree_and_prune_find_archives_in_hidden_dirs_but_not_in_trash(
+        tmp_path: Path) -> None:
+    out = tmp_path / ".hidden_project" / "a_out" / "FINISHED_SUCCESS"
+    [d] = flat_sessions(out, 1)
+    assert invoke("sweep", tmp_path, "--execute", "-q", "-j", "1").exit_code == 0
+    # An archive-named file inside a crash's trash dir is session content, not ours.
+    trash = out / f".{d.name}x.deleting"
+    trash.mkdir()
+    (trash / f"{d.name}.tar.zst").write_bytes(b"not ours")
+    r = invoke("extract", tmp_path, "--tree", "--json")
+    assert json.loads(r.stdout)["candidates"] == 1
+    r = invoke("prune", tmp_path, "--older-than", "1d", "--include-latest", "--json")
+    assert [a["path"] for a in json.loads(r.stdout)["archives"]] == [f"{d}.tar.zst"]
