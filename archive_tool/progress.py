@@ -15,14 +15,15 @@ from typing import Any
 
 
 def want_progress(quiet: bool, progress: bool | None,
-                  isatty: Callable[[], bool] = sys.stderr.isatty) -> bool:
-    """--quiet silences; an explicit --progress/--no-progress decides; else only on a TTY."""
+                  isatty: Callable[[], bool] | None = None) -> bool:
+    """--quiet silences; an explicit --progress/--no-progress decides; else only when
+    *isatty* (default: the current ``sys.stderr.isatty``, looked up at call time) says so."""
     if quiet:
         return False
     if progress is not None:
         return progress
     try:
-        return bool(isatty())
+        return bool((isatty or sys.stderr.isatty)())
     except (ValueError, OSError):  # a closed stderr
         return False
 
