@@ -192,6 +192,9 @@ def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: 
         click.echo(_human(summary))
     for f in summary["failures"][: None if verbose else 20]:
         click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if summary.get("manifest_error"):
+        click.echo(f"warning: {summary['manifest_error']}; `extract --undo` cannot put this "
+                   "run back completely (`extract --tree` still finds every archive)", err=True)
     if summary.get("signal"):
         ctx = click.get_current_context()
         click.echo(f"Error: {summary['stopped']}; every session left whole", err=True)

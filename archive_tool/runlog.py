@@ -48,9 +48,14 @@ def open_stamped(d: str, now: float | None = None) -> tuple[str, str, Any]:
 def close_durably(f: Any) -> None:
     if f.closed:
         return
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
+    try:
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+        try:
+            f.close()  # closes the fd even when its flush fails again
+        except OSError:
+            pass  # the first error is the one raised
 
 
 def fsync_dir(d: str) -> None:
@@ -73,24 +78,33 @@ class RunLog:
         self.root = root
         self.inner = inner
         self.count = 0
+        self.error: str | None = None  # why the manifest is incomplete, if it is
         self.name, self.path, self._f = open_stamped(runs_dir(root), now)
 
     def __call__(self, r: Any) -> None:
         path, status = r[0], r[1]
-        if status in _UNDOABLE:
+        if status in _UNDOABLE and self.error is None:
             parent, name = os.path.split(path)
             archive = existing_archive(parent, name)
-            if archive is not None:
-                self._f.write(json.dumps({"session": path, "archive": archive,
-                                          "bytes": r[4], "status": status}) + "\n")
-                self._f.flush()
-                self.count += 1
+            try:
+                if archive is not None:
+                    self._f.write(json.dumps({"session": path, "archive": archive,
+                                              "bytes": r[4], "status": status}) + "\n")
+                    self._f.flush()
+                    self.count += 1
+            except OSError as e:
+                # A full disk must not stop the sweep (this runs inside its accounting);
+                # the run is then only partly undoable, which the summary says.
+                self.error = f"cannot write {self.path}: {e.strerror or e}"
         if self.inner is not None:
             self.inner(r)
 
     def close(self) -> None:
-        close_durably(self._f)
-        if self.count == 0:
+        try:
+            close_durably(self._f)
+        except OSError as e:
+            self.error = self.error or f"cannot write {self.path}: {e.strerror or e}"
+        if self.count == 0 and self.error is None:
             # Nothing to undo (a cron night with no new sessions): no empty manifest.
             os.unlink(self.path)
 
@@ -109,10 +123,21 @@ def sweep_logged(root: str | os.PathLike[str], *,
     from .sweep import sweep
 
     root_p = check_root(root)
-    with RunLog(root_p, on_result) as log:
+    try:
+        log = RunLog(root_p, on_result)
+    except OSError as e:
+        # E.g. ROOT/.session-archive made by root's cron and this is the tree's owner:
+        # archiving still goes ahead; only --undo of this run is lost, and said so.
+        summary = sweep(root_p, dry_run=False, on_result=on_result, **kwargs)
+        summary["manifest_error"] = f"cannot create a run manifest in {runs_dir(root_p)}: " \
+                                    f"{e.strerror or e}"
+        return summary
+    with log:
         summary = sweep(root_p, dry_run=False, on_result=log, **kwargs)
     if log.count:
         summary["manifest"], summary["run"] = log.path, log.name
+    if log.error:
+        summary["manifest_error"] = log.error
     return summary
 
 

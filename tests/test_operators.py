@@ -318,3 +318,28 @@ def test_extract_tree_and_prune_find_archives_in_hidden_dirs_but_not_in_trash(
     assert json.loads(r.stdout)["candidates"] == 1
     r = invoke("prune", tmp_path, "--older-than", "1d", "--include-latest", "--json")
     assert [a["path"] for a in json.loads(r.stdout)["archives"]] == [f"{d}.tar.zst"]
+
+
+def test_a_sweep_that_cannot_write_its_manifest_still_archives_and_says_so(
+        tmp_path: Path) -> None:
+    [d] = flat_sessions(tmp_path / "a_out" / "FINISHED_SUCCESS", 1)
+    (tmp_path / ".session-archive").write_text("in the way")  # e.g. made unusable for us
+    r = invoke("sweep", tmp_path, "--execute", "-q", "-j", "1")
+    assert r.exit_code == 0 and not d.exists() and Path(f"{d}.tar.zst").is_file()
+    assert r.stderr.startswith("warning: cannot create a run manifest")
+    assert "extract --tree" in r.stderr
+
+
+def test_a_full_disk_under_the_manifest_never_raises_into_the_sweep(tmp_path: Path) -> None:
+    from archive_tool.runlog import RunLog
+
+    [d] = flat_sessions(tmp_path / "a_out" / "FINISHED_SUCCESS", 1)
+    Path(f"{d}.tar.zst").write_bytes(b"x")
+    seen = []
+    log = RunLog(str(tmp_path), seen.append)
+    log._f.close()
+    log._f = open("/dev/full", "w", encoding="utf-8")  # every flush: ENOSPC
+    log((str(d), "archived", "", 1, 1, 1, False))
+    log((str(d), "archived", "", 1, 1, 1, False))
+    log.close()
+    assert len(seen) == 2 and log.count == 0 and "No space left" in (log.error or "")
