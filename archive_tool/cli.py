@@ -85,6 +85,9 @@ def cli() -> None:
     Each finished session dir (<ID>-<name>/ under FINISHED_SUCCESS, FINISHED_ERROR or
     FINISHED) becomes one <ID>-<name>.tar.zst (or .tar.gz, .tar, .tar.xz) beside it; the
     source is deleted only after the archive is verified and on stable storage.
+
+    \b
+    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
     """
 
 

@@ -343,3 +343,15 @@ def test_a_full_disk_under_the_manifest_never_raises_into_the_sweep(tmp_path: Pa
     log((str(d), "archived", "", 1, 1, 1, False))
     log.close()
     assert len(seen) == 2 and log.count == 0 and "No space left" in (log.error or "")
+
+
+def test_readme_documents_every_operator_option_and_exit_code_3() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in ("prune", "extract", "sweep", "compress"):
+        for p in cli.commands[name].params:
+            for opt in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]:
+                if opt in ("--tree", "--undo", "--max-files", "--max-dirs", "--progress",
+                           "--no-progress") or name == "prune" and opt.startswith("--"):
+                    assert opt in readme or opt == "--help", (name, opt)
+    assert "| 3 |" in readme and "stopped at N of M" in readme
+    assert "Cron recipe" in readme
