@@ -83,8 +83,11 @@ def scan(root: str, now: float | None = None) -> list[Archived]:
         t = started_at(session)
         if t is None:
             t = st.st_mtime
+        script = os.path.relpath(os.path.dirname(finished), root)
+        if script == ".." or script.startswith(".." + os.sep):
+            script = os.path.dirname(finished)  # ROOT is itself a FINISHED_* dir
         out.append(Archived(
-            path=e.path, script=os.path.relpath(os.path.dirname(finished), root),
+            path=e.path, script=script,
             state=os.path.basename(finished), started=t, age_days=(now - t) / 86400,
             bytes=st.st_size, dev=st.st_dev, ino=st.st_ino))
     return out

@@ -171,3 +171,12 @@ def test_parse_age_and_id_timestamps() -> None:
     t = time.mktime((2026, 11, 23, 18, 39, 23, 0, 0, -1))
     assert started_at("2026Y-11M-23D-18h39m23s_KYwP-main") == t
     assert started_at("2026Y-13M-23D-18h39m23s_KYwP") is None  # falls back to mtime
+
+
+def test_prune_of_a_finished_dir_itself_still_keeps_its_newest_success(
+        tmp_path: Path, archived: dict) -> None:
+    fin = tmp_path / "proj" / "a_out" / "FINISHED_SUCCESS"
+    r = invoke("prune", fin, "--older-than", "180d", "--json")
+    s = json.loads(r.stdout)
+    assert r.exit_code == 0 and s["selected"] == 3
+    assert {a["script"] for a in s["archives"]} == {str(fin.parent)}
