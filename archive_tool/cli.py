@@ -221,8 +221,8 @@ def _human(s: dict[str, Any]) -> str:
     if "restored" in s:
         verb = "would restore" if s["dry_run"] else "restored"
         n = s["candidates"] if s["dry_run"] else s["restored"]
-        what = f"run {s['run']} of " if s.get("run") else ""
-        line = (f"{verb} {c(n)} archives of {what}{s['root']} (scanned {c(s['scanned'])}, "
+        what = f" of run {s['run']}" if s.get("run") else ""
+        line = (f"{verb} {c(n)} archives{what} under {s['root']} (scanned {c(s['scanned'])}, "
                 f"skipped {c(s['skipped'])}, failed {c(s['failed'])}) in {s['elapsed']:.1f} s")
         if s["bytes_in"]:
             line += f"\n  archives {b(s['bytes_in'])}"

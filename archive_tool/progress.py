@@ -79,6 +79,6 @@ def progress_bar(enabled: bool, desc: str, total: int | None = None,
         yield bar
     finally:
         if counter is not None:
-            counter.join(timeout=5)  # a small job can finish before its count: let it land
+            counter.join(timeout=2)  # a small job can finish before its count: let it land
         stop.set()
         bar.close()
