@@ -355,3 +355,33 @@ def test_readme_documents_every_operator_option_and_exit_code_3() -> None:
                     assert opt in readme or opt == "--help", (name, opt)
     assert "| 3 |" in readme and "stopped at N of M" in readme
     assert "Cron recipe" in readme
+
+
+def test_two_runs_in_one_second_get_separate_manifests(tmp_path: Path) -> None:
+    from archive_tool.runlog import RunLog, read_run, run_path
+
+    out = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    a, b = flat_sessions(out, 2)
+    for d in (a, b):
+        Path(f"{d}.tar.zst").write_bytes(b"x")
+    logs = [RunLog(str(tmp_path), now=1_800_000_000) for _ in range(2)]
+    for log, d in zip(logs, (a, b), strict=True):
+        log((str(d), "archived", "", 10, 1, 3, False))
+        log((str(d) + "x", "failed", "boom", 0, 0, 0, False))  # not undoable: not listed
+        log.close()
+    assert [log.name for log in logs] == ["20270115T080000Z", "20270115T080000Z-1"]
+    assert list_runs(str(tmp_path)) == [log.name for log in logs]
+    assert [r["session"] for r in read_run(run_path(str(tmp_path), "last"))] == [str(b)]
+
+
+def test_a_torn_last_manifest_line_is_ignored_but_a_torn_middle_line_is_an_error(
+        tmp_path: Path) -> None:
+    from archive_tool.runlog import read_run
+
+    good = json.dumps({"session": "/r/s", "archive": "/r/s.tar.zst", "bytes": 1})
+    p = tmp_path / "run.jsonl"
+    p.write_text(f"{good}\n{good[:17]}")  # a crash mid-write: no newline, half a line
+    assert len(read_run(str(p))) == 1
+    p.write_text(f"{good[:17]}\n{good}\n")
+    with pytest.raises(ValueError, match="run.jsonl:1"):
+        read_run(str(p))
