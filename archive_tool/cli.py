@@ -2,7 +2,9 @@
 
 Exit codes (every command): 0 done; 1 some item failed (or the sweep was stopped by a full
 disk); 2 bad usage or input (missing/dangerous root, unknown format, bad numbers);
-75 another sweep holds the lock (``flock -E 75`` convention); 128+N stopped by signal N.
+3 an explicit cap (--max-dirs / --max-files) left work undone ("stopped at N of M" on
+stderr); 75 another sweep holds the lock (``flock -E 75`` convention); 128+N stopped by
+signal N.
 Expected failures print one ``Error: ...`` line on stderr, never a traceback.
 """
 
@@ -10,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from . import __version__
 from .errors import (
+    EXIT_CAPPED,
     EXIT_FAILED,
     EXIT_USAGE,
     ArchiveError,
@@ -26,7 +27,9 @@ from .errors import (
     DaskUnavailable,
     LockBusy,
 )
-from .names import FORMATS
+from .names import FINISHED_STATES, FORMATS
+from .progress import progress_bar, want_progress
+from .units import human_bytes, human_count
 
 T = TypeVar("T")
 
@@ -116,6 +119,9 @@ def cli() -> None:
     Each finished session dir (<ID>-<name>/ under FINISHED_SUCCESS, FINISHED_ERROR or
     FINISHED) becomes one <ID>-<name>.tar.zst (or .tar.gz, .tar, .tar.xz) beside it; the
     source is deleted only after the archive is verified and on stable storage.
+
+    \b
+    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
     """
 
 
@@ -131,7 +137,11 @@ def cli() -> None:
 @click.option("--force", is_flag=True,
               help="Pack a dir under RUNNING/ or one not named like a session.")
 def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -> None:
-    """Archive one session DIRECTORY into DIRECTORY.<format> beside it."""
+    """Archive one session DIRECTORY into DIRECTORY.<format> beside it.
+
+    \b
+    Example: session-archive pack main_out/FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main
+    """
     from .single import archive_one
 
     _check_pack_target(directory, force)
@@ -146,7 +156,11 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
 @click.option("--remove-archive", is_flag=True,
               help="Delete the archive once the restored dir is on stable storage.")
 def unpack(archive: str, dest: str | None, remove_archive: bool) -> None:
-    """Restore one ARCHIVE into a session dir (never overwrites)."""
+    """Restore one ARCHIVE into a session dir (never overwrites).
+
+    \b
+    Example: session-archive unpack FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main.tar.zst
+    """
     from .restore import restore_one
 
     click.echo(str(_call(restore_one, archive, dest, remove_archive)))
@@ -159,6 +173,9 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
     """Read each ARCHIVE completely: headers, data, checksums, restore safety.
 
     Prints one line per bad archive; exits 1 if any is bad.
+
+    \b
+    Example: session-archive verify -q main_out/FINISHED_SUCCESS/*.tar.zst
     """
     from .read import verify_archive
 
@@ -171,7 +188,7 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
             click.echo(f"BAD {e}", err=False)
             continue
         if not quiet:
-            click.echo(f"ok  {a}: {info.members} members, {info.bytes} bytes")
+            click.echo(f"ok  {a}: {human_count(info.members)} members, {human_bytes(info.bytes)}")
     if bad:
         raise Failed(f"{bad} of {len(archives)} archives failed verification")
 
@@ -184,6 +201,9 @@ def show(archive: str, member: str | None) -> None:
 
     MEMBER may be the full name or the name below the session dir
     (e.g. CONFIGS/CONFIG.yaml).
+
+    \b
+    Example: session-archive show RUN.tar.zst CONFIGS/CONFIG.yaml
     """
     from .read import copy_member, list_members
 
@@ -204,73 +224,81 @@ def show(archive: str, member: str | None) -> None:
 # --------------------------------------------------------------------------- many sessions
 
 
-@contextmanager
-def _progress(enabled: bool, desc: str) -> Iterator[Callable[[Any], None] | None]:
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(desc=desc, unit=" sessions", file=sys.stderr, dynamic_ncols=True) as bar:
-        def tick(_r: Any) -> None:
-            bar.update(1)
-
-        yield tick
-
-
-def _want_progress(quiet: bool, as_json: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
-
-
-def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: bool = False) -> None:
+def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: bool = False,
+                  cap_flag: str = "--max-dirs") -> None:
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     elif not quiet or summary["failed"]:
         click.echo(_human(summary))
     for f in summary["failures"][: None if verbose else 20]:
         click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if summary.get("manifest_error"):
+        click.echo(f"warning: {summary['manifest_error']}; `extract --undo` cannot put this "
+                   "run back completely (`extract --tree` still finds every archive)", err=True)
     if summary.get("signal"):
         ctx = click.get_current_context()
         click.echo(f"Error: {summary['stopped']}; every session left whole", err=True)
         ctx.exit(128 + summary["signal"])
+    capped = summary.get("capped") or 0
+    if capped:
+        # Never a silent cap (issue 16): cron sees rc 3 and the log says how much is left.
+        n = summary["candidates"]
+        click.echo(f"stopped at {n} of {n + capped}; rerun or pass {cap_flag} {n + capped}",
+                   err=True)
     if summary.get("stopped"):
         raise Failed(summary["stopped"])
     if summary["failed"]:
         raise Failed(f"{summary['failed']} failed")
+    if capped:
+        click.get_current_context().exit(EXIT_CAPPED)
 
 
 def _human(s: dict[str, Any]) -> str:
+    c, b = human_count, human_bytes
     if s.get("kind") == "restore":
         verb = "would restore" if s["dry_run"] else "restored"
         n = s["candidates"] if s["dry_run"] else s["restored"]
-        return (f"{verb} {n} archives under {s['root']} (scanned {s['scanned']}, "
-                f"skipped {s['skipped']}, failed {s['failed']}) in {s['elapsed']:.1f} s")
+        what = f" of run {s['run']}" if s.get("run") else ""
+        line = (f"{verb} {c(n)} archives{what} under {s['root']} (scanned {c(s['scanned'])}, "
+                f"skipped {c(s['skipped'])}, failed {c(s['failed'])}) in {s['elapsed']:.1f} s")
+        if s["bytes_in"]:
+            line += f"\n  archives {b(s['bytes_in'])}"
+            if s["bytes_out"]:
+                line += f" -> {b(s['bytes_out'])} restored"
+        if s["dry_run"]:
+            line += "\nNothing was changed; add --execute to restore."
+        return line
     where = f"{s['root']} [{s['mode']}, {s['backend'] or 'no'} discovery"
     where += f", shard {s['shard']}]" if s.get("shard") else "]"
     if s["dry_run"]:
-        line = f"dry run: would archive {s['candidates']} of {s['scanned']} sessions under {where}"
+        line = (f"dry run: would archive {c(s['candidates'])} of {c(s['scanned'])} sessions "
+                f"under {where}")
         if s["inodes_in"]:
-            line += f"\n  {s['inodes_in']} inodes"
+            line += f"\n  {c(s['inodes_in'])} inodes"
             if s["bytes_in"]:
-                line += f", {s['bytes_in']} bytes"
+                line += f", {b(s['bytes_in'])}"
         if s["cleaned"]:
-            line += f"\n  would clean {s['cleaned']} leftovers of interrupted runs"
+            line += f"\n  would clean {c(s['cleaned'])} leftovers of interrupted runs"
         return line + "\nNothing was changed; add --execute to archive."
     rate = s["archived"] / s["elapsed"] if s["elapsed"] else 0.0
-    line = (f"archived {s['archived']} of {s['scanned']} sessions under {where} in "
-            f"{s['elapsed']:.1f} s ({rate:.0f}/s): {s['inodes_in']} inodes -> "
-            f"{s['archived'] + s['resumed']} files; skipped {s['skipped']}, failed {s['failed']}")
+    line = (f"archived {c(s['archived'])} of {c(s['scanned'])} sessions under {where} in "
+            f"{s['elapsed']:.1f} s ({rate:,.0f}/s): {c(s['inodes_in'])} inodes -> "
+            f"{c(s['archived'] + s['resumed'])} files; skipped {c(s['skipped'])}, "
+            f"failed {c(s['failed'])}")
     if s["bytes_in"]:
-        line += f"\n  bytes {s['bytes_in']} -> {s['bytes_out']}"
+        line += f"\n  bytes {b(s['bytes_in'])} -> {b(s['bytes_out'])}"
     if s["resumed"]:
-        line += (f"\n  removed {s['resumed']} session dirs whose existing archive was "
+        line += (f"\n  removed {c(s['resumed'])} session dirs whose existing archive was "
                  "verified to hold them")
     if s["cleaned"]:
-        line += f"\n  cleaned {s['cleaned']} leftovers of interrupted runs"
+        line += f"\n  cleaned {c(s['cleaned'])} leftovers of interrupted runs"
+    if s.get("manifest"):
+        line += (f"\n  manifest {s['manifest']}\n  undo with: session-archive extract "
+                 f"{s['root']} --undo {s['run']} --execute")
     return line
 
 
-def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T], T]:
+def _sweep_options(default_format: str) -> Callable[[T], T]:
     def deco(f: T) -> T:
         opts = [
             click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
@@ -282,8 +310,9 @@ def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T]
             click.option("--older-than-days", type=float, default=None, callback=_days,
                          help="Only sessions whose dir and newest file are older."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
-            click.option("--max-dirs", type=int, default=default_cap, callback=_nonneg,
-                         show_default=True, help="Archive at most N sessions (0 = no cap)."),
+            click.option("--max-dirs", type=int, default=None, callback=_nonneg,
+                         help="Archive at most N sessions; when more remain, say so on "
+                              "stderr and exit 3 [default: no cap]."),
             click.option("--track-bytes/--no-track-bytes", default=False,
                          help="Report bytes in/out (free when executing; one stat walk in a dry run)."),
             click.option("--use-fd/--no-use-fd", default=True, show_default=True,
@@ -291,6 +320,8 @@ def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T]
             click.option("--json", "as_json", is_flag=True,
                          help="Print the Summary as one JSON object on stdout, nothing else."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary unless something failed."),
+            click.option("--progress/--no-progress", default=None,
+                         help="Progress bar on stderr [default: only when stderr is a TTY]."),
             click.option("--verbose", "-v", is_flag=True, help="List every candidate and every failure."),
         ]
         for o in reversed(opts):
@@ -303,24 +334,41 @@ def _sweep_options(default_format: str, default_cap: int | None) -> Callable[[T]
 def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
                workers: int | None, older_than_days: float | None, pattern: str | None,
                max_dirs: int | None, track_bytes: bool, use_fd: bool, as_json: bool,
-               quiet: bool, verbose: bool, **extra: Any) -> None:
+               quiet: bool, verbose: bool, progress: bool | None, **extra: Any) -> None:
     from .sweep import sweep
 
     on_candidate = (lambda p: click.echo(p, err=as_json)) if verbose and not execute else None
-    with _progress(execute and _want_progress(quiet, as_json), "archiving") as tick:
-        summary = _call(
-            sweep, root, flat=flat, dry_run=not execute, format=fmt, compresslevel=level,
-            workers=workers, older_than_days=older_than_days, pattern=pattern,
-            max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
-            on_result=tick, on_candidate=on_candidate, **extra,
-        )
+
+    def count() -> int:
+        # A second, cheap walk (discovery + name/age filters, no reads) so the bar gets a
+        # total and an ETA; the sweep itself streams discovery and never knows it upfront.
+        from .discover import Discovery
+        from .plan import Planner, check_root, parse_shard
+
+        root_p = check_root(root)
+        planner = Planner(root_p, flat, fmt, pattern, older_than_days, max_dirs or None,
+                          parse_shard(extra.get("shard")))
+        return sum(1 for _ in planner.tasks(Discovery(root_p, flat, use_fd).paths()))
+
+    show = execute and want_progress(quiet, progress)
+    with progress_bar(show, "archiving", count=count) as bar:
+        args: dict[str, Any] = dict(
+            format=fmt, compresslevel=level, workers=workers, older_than_days=older_than_days,
+            pattern=pattern, max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
+            on_result=bar.tick if bar else None, on_candidate=on_candidate, **extra)
+        if execute and not flat and extra.get("remove_src", True):
+            from .runlog import sweep_logged
+
+            summary = _call(sweep_logged, root, **args)
+        else:
+            summary = _call(sweep, root, flat=flat, dry_run=not execute, **args)
     _finish_sweep(summary, as_json, quiet, verbose)
 
 
 @cli.command()
 @click.argument("root", type=click.Path())
 @click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
-@_sweep_options("tar.zst", None)
+@_sweep_options("tar.zst")
 @click.option("--shard", default=None, metavar="K/N|auto",
               help="Take only shard K of N (0 <= K < N) by a stable hash of each session's "
                    "path below ROOT, for SLURM job arrays; 'auto' takes K and N from "
@@ -337,7 +385,11 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
-    FINISHED; never touches RUNNING/. Dry run unless --execute.
+    FINISHED; never touches RUNNING/. Dry run unless --execute. An executed sweep writes
+    a manifest to ROOT/.session-archive/runs/<UTC time>.jsonl that `extract --undo` reads.
+
+    \b
+    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
     """
     from .sweep import DEFAULT_BATCH
 
@@ -358,23 +410,36 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
 @click.option("--remove-src/--no-remove-src", default=True, show_default=True,
               help="Delete each session dir once its archive is committed.")
-@_sweep_options("tar.gz", 10000)
+@_sweep_options("tar.gz")
 def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: Any) -> None:
     """Archive the session-shaped direct children of ROOT (flat mode, as the published
-    `python -m scitex_session.archive compress`)."""
+    `python -m scitex_session.archive compress`).
+
+    \b
+    Example: session-archive compress main_out/FINISHED_SUCCESS --no-dry-run
+    """
     _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
 
 
 @cli.command()
 @click.argument("root", type=click.Path())
+@click.option("--tree", is_flag=True,
+              help="Restore every session archive anywhere under ROOT (those in FINISHED_* "
+                   "dirs) back into its dir, instead of only the archives directly in ROOT.")
+@click.option("--undo", "undo", default=None, metavar="RUN|last",
+              help="Undo one `sweep --execute` of ROOT: restore exactly the archives it wrote "
+                   "(RUN as printed by that sweep, from ROOT/.session-archive/runs/), "
+                   "removing each archive once its restore is durable.")
 @click.option("--dest", "-d", type=click.Path(), default=None,
-              help="Restore into DEST/<name>/ (default: beside each archive).")
+              help="Restore into DEST/<name>/ (default: beside each archive; flat mode only).")
 @click.option("--pattern", default=None,
-              help="Glob on archive names [default: *.tar.gz, *.tar.zst, *.tar, *.tar.xz].")
+              help="Glob on archive names [default: *.tar.gz, *.tar.zst, *.tar, *.tar.xz; "
+                   "flat mode only].")
 @click.option("--remove-archive/--no-remove-archive", default=False, show_default=True,
-              help="Delete each archive after its restore is durable.")
-@click.option("--max-files", type=int, default=10000, callback=_nonneg, show_default=True,
-              help="Restore at most N archives (0 = no cap).")
+              help="Delete each archive after its restore is durable (always on with --undo).")
+@click.option("--max-files", type=int, default=None, callback=_nonneg,
+              help="Restore at most N archives; when more remain, say so on stderr and "
+                   "exit 3 [default: no cap].")
 @click.option("--dry-run/--no-dry-run", default=True, show_default=True)
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
 @click.option("--track-bytes/--no-track-bytes", default=False,
@@ -383,18 +448,115 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--verbose", "-v", is_flag=True)
-def extract(root: str, dest: str | None, pattern: str | None, remove_archive: bool,
-            max_files: int, dry_run: bool, execute: bool, track_bytes: bool,
-            workers: int | None, as_json: bool, quiet: bool, verbose: bool) -> None:
-    """Restore the archives directly under ROOT (flat mode)."""
-    from .restore import restore_many
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: only when stderr is a TTY].")
+def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: str | None,
+            remove_archive: bool, max_files: int | None, dry_run: bool, execute: bool,
+            track_bytes: bool, workers: int | None, as_json: bool, quiet: bool,
+            verbose: bool, progress: bool | None) -> None:
+    """Restore archives to session dirs: those directly under ROOT (flat mode), every one
+    under ROOT (--tree), or exactly one sweep run's (--undo RUN). Dry run unless --execute.
 
-    summary = _call(
-        restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,
-        dry_run=not (execute or not dry_run), max_files=max_files or None,
-        track_bytes=track_bytes, workers=workers,
-    )
-    _finish_sweep(summary, as_json, quiet, verbose)
+    \b
+    Example: session-archive extract /data/runs --undo last --execute
+    """
+    run = execute or not dry_run
+    if tree and undo:
+        raise BadInput("--tree and --undo are exclusive")
+    if (tree or undo) and (dest or pattern):
+        raise BadInput("--dest and --pattern apply to flat mode only (not --tree/--undo)")
+    if undo and max_files:
+        raise BadInput("--undo restores a whole run; --max-files does not apply")
+    if tree or undo:
+        from .tree_restore import restore_tree, undo_run
+
+        with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
+            hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}
+            if undo:
+                summary = _call(undo_run, root, undo, dry_run=not run, workers=workers, **hooks)
+            else:
+                summary = _call(restore_tree, root, dry_run=not run, workers=workers,
+                                remove_archive=remove_archive, max_files=max_files or None,
+                                **hooks)
+        if not track_bytes:
+            summary["bytes_in"] = summary["bytes_out"] = 0
+    else:
+        from .restore import restore_many
+
+        summary = _call(
+            restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,
+            dry_run=not run, max_files=max_files or None,
+            track_bytes=track_bytes, workers=workers,
+        )
+        if max_files:
+            # restore_many stops counting candidates at the cap; what it scanned beyond
+            # them (minus those skipped as already restored) is what the cap left out.
+            summary["capped"] = summary["scanned"] - summary["candidates"] - summary["skipped"]
+    _finish_sweep(summary, as_json, quiet, verbose, cap_flag="--max-files")
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="Only archives of runs started more than AGE ago (180d, 26w, 36h, 1y; "
+                   "from the session ID's timestamp).")
+@click.option("--keep-last", type=click.IntRange(0, None), default=None, metavar="K",
+              help="Always keep the K newest archives of each script (<script>_out dir).")
+@click.option("--state", "states", type=click.Choice(FINISHED_STATES), multiple=True,
+              help="Only archives in this FINISHED_* dir (repeatable).")
+@click.option("--include-latest", is_flag=True,
+              help="Allow deleting a script's newest FINISHED_SUCCESS archive (kept by default).")
+@click.option("--execute", is_flag=True, help="Really delete (default: dry run, nothing changes).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as one JSON object on stdout, nothing else.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
+def prune(root: str, older_than: str | None, keep_last: int | None, states: tuple[str, ...],
+          include_latest: bool, execute: bool, as_json: bool, quiet: bool) -> None:
+    """Delete old session archives under ROOT (retention). Dry run unless --execute.
+
+    Only <ID>[-<name>].<format> files in FINISHED_* dirs are considered; session dirs are
+    never touched. Per script, the K newest (--keep-last) and the newest successful run
+    (unless --include-latest) are kept; of the rest, an archive goes when it matches every
+    filter given. Deletions are fsynced and logged in ROOT/.session-archive/prune/.
+
+    \b
+    Example: session-archive prune /data/runs --older-than 180d --keep-last 5 --execute
+    """
+    from .prune import parse_age
+    from .prune import prune as do_prune
+
+    days = _call(parse_age, older_than) if older_than is not None else None
+
+    def deleted(a: Any) -> None:
+        if not quiet and not as_json:
+            click.echo(f"deleted  {human_bytes(a.bytes):>10}  {a.age_days:6.0f} d  {a.path}")
+
+    s = _call(do_prune, root, older_than_days=days, keep_last=keep_last, states=states,
+              include_latest=include_latest, dry_run=not execute, on_deleted=deleted)
+    if as_json:
+        click.echo(json.dumps(s, sort_keys=True))
+    elif not quiet or s["failed"]:
+        if not execute and not quiet:
+            for a in s["archives"]:
+                click.echo(f"would delete  {human_bytes(a['bytes']):>10}  "
+                           f"{a['age_days']:6.0f} d  {a['path']}")
+        kept = ", ".join(f"{human_count(v)} {k}" for k, v in sorted(s["kept"].items()))
+        if execute:
+            line = (f"deleted {human_count(s['deleted'])} of {human_count(s['scanned'])} "
+                    f"archives under {s['root']}, freed {human_bytes(s['bytes_freed'])}")
+        else:
+            line = (f"dry run: would delete {human_count(s['selected'])} of "
+                    f"{human_count(s['scanned'])} archives under {s['root']}, freeing "
+                    f"{human_bytes(s['bytes'])}")
+        click.echo(line + (f"\n  kept: {kept}" if kept else ""))
+        if s["log"]:
+            click.echo(f"  log {s['log']}")
+        if not execute:
+            click.echo("Nothing was changed; add --execute to delete.")
+    for f in s["failures"][:20]:
+        click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if s["failed"]:
+        raise Failed(f"{s['failed']} failed")
 
 
 @cli.command()
@@ -420,6 +582,9 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
 
     Per <script>_out subtree: sessions, inodes and bytes; the age distribution; and the
     archived size, estimated by compressing a sample of sessions in memory.
+
+    \b
+    Example: session-archive report /data/runs --older-than-days 7 --plot runs.png
     """
     from .report import build_report, format_report, plot_report
 
@@ -446,14 +611,18 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
 @click.option("--sessions", "-n", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_tree(directory: str, sessions: int, seed: int) -> None:
-    """Create a realistic demo tree of N sessions under DIRECTORY (to try a sweep on)."""
+    """Create a realistic demo tree of N sessions under DIRECTORY (to try a sweep on).
+
+    \b
+    Example: session-archive demo-tree /tmp/demo -n 5000
+    """
     from .demo import make_tree
 
     if os.path.exists(directory) and os.listdir(directory):
         raise BadInput(f"{directory}: exists and is not empty")
     counts = _call(make_tree, directory, sessions, seed=seed)
-    click.echo(f"created {sessions} sessions under {directory}: " + ", ".join(
-        f"{k} {v}" for k, v in counts.items()))
+    click.echo(f"created {human_count(sessions)} sessions under {directory}: " + ", ".join(
+        f"{k} {human_bytes(v) if k == 'bytes' else human_count(v)}" for k, v in counts.items()))
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
-EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 1, 2, 75
+EXIT_FAILED, EXIT_USAGE, EXIT_CAPPED, EXIT_LOCKED = 1, 2, 3, 75
+# 3: a --max-dirs/--max-files cap stopped the run with work left (cron notices).
 # GNU tar / BSD sysexits convention: 75 (EX_TEMPFAIL) is "try again later", what `flock -E 75`
 # cron wrappers expect for "another run holds the lock".
 

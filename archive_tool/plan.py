@@ -146,6 +146,7 @@ class Planner:
     candidates: int = 0
     skipped: int = 0
     skipped_reasons: dict[str, int] | None = None
+    capped: int = 0  # candidates left out by max_dirs
 
     def __post_init__(self) -> None:
         self.skipped_reasons = {}
@@ -180,8 +181,6 @@ class Planner:
             self.scanned += 1
             if self.pattern and self.pattern not in name:
                 continue
-            if cap is not None and self.candidates >= cap:
-                continue  # keep counting what was scanned
             if self.cutoff is not None:
                 try:
                     if os.stat(path).st_mtime >= self.cutoff:
@@ -189,6 +188,11 @@ class Planner:
                         continue
                 except OSError:
                     continue  # vanished between discovery and now
+            if cap is not None and self.candidates >= cap:
+                # Counted after the age filter, so "stopped at N of M" names the sessions
+                # a rerun would really take (issue 16: no silent cap).
+                self.capped += 1
+                continue
             arch = existing_archive(parent, name)
             self.candidates += 1
             yield Task(FINISH if arch else ARCHIVE, path, arch)

@@ -30,6 +30,7 @@ from .plan import Planner, check_days, check_root
 from .scan import FILE, Entry, content_bytes, newest_mtime_ns
 from .single import IN_MEMORY_LIMIT, tar_header, write_tar
 from .sweep import scan_candidates
+from .units import human_bytes, human_count
 
 DAY = 86400.0
 # (label, lower bound in days); a session falls in the last bucket whose bound it reaches.
@@ -271,25 +272,17 @@ def _estimate(heap: list[tuple[int, str, list[Entry]]], fmt: str, compresslevel:
 # --------------------------------------------------------------------------------- output
 
 
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
     """The report as a readable text table."""
     est = r["estimate"]
     older = "" if r["older_than_days"] is None else f", older than {r['older_than_days']:g} days"
     lines = [
         f"report for {r['root']} [{r['format']}{older}, {r['backend'] or 'no'} discovery]",
-        f"would archive {r['sessions']} of {r['scanned']} finished sessions "
-        f"(skipped {r['skipped']}, unreadable {r['failed']}, leftovers to clean {r['cleaned']})",
-        f"  inodes {r['inodes_in']} -> {r['sessions']} archives ({r['inodes_freed']} freed)",
+        f"would archive {human_count(r['sessions'])} of {human_count(r['scanned'])} finished "
+        f"sessions (skipped {human_count(r['skipped'])}, unreadable {human_count(r['failed'])}, "
+        f"leftovers to clean {human_count(r['cleaned'])})",
+        f"  inodes {human_count(r['inodes_in'])} -> {human_count(r['sessions'])} archives "
+        f"({human_count(r['inodes_freed'])} freed)",
         f"  bytes  {human_bytes(r['bytes_in'])} content, {human_bytes(r['tar_bytes'])} as tar "
         f"-> ~{human_bytes(r['estimated_bytes_out'])} {r['format']}",
     ]
@@ -301,7 +294,7 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
     if r["sessions"]:
         lines.append("")
         lines.append("age of newest file   " + "  ".join(
-            f"{a['bucket']}: {a['sessions']}" for a in r["ages"]))
+            f"{a['bucket']}: {human_count(a['sessions'])}" for a in r["ages"]))
     rows = r["subtrees"]
     if rows:
         width = min(60, max(len("subtree"), *(len(s["subtree"]) for s in rows[:max_rows])))
@@ -311,7 +304,7 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
         for s in rows[:max_rows]:
             name = s["subtree"] if len(s["subtree"]) <= width else "…" + s["subtree"][-width + 1:]
             span = f"{s['newest_days']:.0f}-{s['oldest_days']:.0f}"
-            lines.append(f"{name:<{width}}  {s['sessions']:>8}  {s['inodes']:>8}  "
+            lines.append(f"{name:<{width}}  {s['sessions']:>8,}  {s['inodes']:>8,}  "
                          f"{human_bytes(s['bytes']):>10}  "
                          f"{human_bytes(s['estimated_bytes_out']):>10}  {span:>13}")
         if len(rows) > max_rows:

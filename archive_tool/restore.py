@@ -17,8 +17,9 @@ import stat
 import tarfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,7 @@ def restore_one(
     max_bytes: int | None = None,
     stats: dict[str, int] | None = None,
     follow: bool = True,
+    root: str | None = None,
 ) -> Path:
     """Extract *archive_path* to *dest_dir* (default: the archive path minus its suffix).
 
@@ -278,11 +280,13 @@ def restore_one(
     members below *dest_dir*. Never overwrites (FileExistsError). With *remove_archive*,
     the restored tree is made durable before the archive is unlinked. With
     ``follow=False`` (bulk restore of archives found in a tree) an archive name that is a
-    symlink is refused: it could point at another user's archive.
+    symlink is refused: it could point at another user's archive. With *root* (a tree
+    restore as root), the archive's and the destination's directories below *root* are
+    reached one component at a time without following symlinks (fs.open_beneath).
     """
     archive = os.path.abspath(os.fspath(archive_path))
     dest = os.path.abspath(os.fspath(dest_dir)) if dest_dir is not None else default_dest(archive)
-    with fs.parent_of(archive) if os.path.isdir(os.path.dirname(archive)) else _no_dir(archive) \
+    with _parent(archive, root, missing=ArchiveError(archive, "no such archive")) \
             as (adir_fd, aname):
         afd = -1
         try:
@@ -299,8 +303,10 @@ def restore_one(
             if not stat.S_ISREG(ast.st_mode):
                 raise ArchiveError(archive, "not a file")
             parent = os.path.dirname(dest)
-            os.makedirs(parent, exist_ok=True)
-            with fs.parent_of(dest) as (parent_fd, dname):
+            if root is None:
+                os.makedirs(parent, exist_ok=True)
+            with _parent(dest, root, missing=ArchiveError(dest, "no such directory: "
+                                                                 + parent)) as (parent_fd, dname):
                 try:
                     total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast,
                                                  max_bytes)
@@ -352,17 +358,24 @@ def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: 
     return sum(e.size for e in entries), tree_fd
 
 
-class _no_dir:
-    """The archive's directory does not exist: the same error as a missing archive."""
-
-    def __init__(self, archive: str) -> None:
-        self.archive = archive
-
-    def __enter__(self) -> tuple[int, str]:
-        raise ArchiveError(self.archive, "no such archive")
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+@contextmanager
+def _parent(path: str, root: str | None, missing: Exception) -> Iterator[tuple[int, str]]:
+    """(fd of *path*'s directory, basename): below *root* walked by fds, else as given."""
+    parent, name = os.path.split(path)
+    try:
+        if root is None:
+            fd = fs.open_trusted_dir(parent)
+        else:
+            with fs.DirCache(root, limit=1) as dc:
+                fd = os.dup(dc.parent(path)[0])
+    except FileNotFoundError:
+        raise missing from None
+    except OSError as e:
+        raise ArchiveError(parent, f"cannot open: {e.strerror or e}") from None
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
 
 
 def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
@@ -519,12 +532,15 @@ def restore_many(
     return s
 
 
-def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool) -> list[Result]:
+def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
+                  root: str | None = None) -> list[Result]:
+    """Restore (archive, dest) pairs; with *root*, both are reached below it by dir fds."""
     out = []
     for archive, dest in jobs:
         try:
             stats: dict[str, int] = {}
-            restore_one(archive, dest, remove_archive=remove_archive, stats=stats, follow=False)
+            restore_one(archive, dest, remove_archive=remove_archive, stats=stats, follow=False,
+                        root=root)
             out.append(Result(archive, RESTORED, "", 0, stats.get("bytes", 0)))
         except FileExistsError:
             out.append(Result(archive, SKIPPED, "destination exists"))

@@ -296,6 +296,7 @@ def sweep(
     summary["warnings"] += disc.warnings
     summary["scanned"] = planner.scanned
     summary["candidates"] = planner.candidates
+    summary["capped"] = planner.capped  # left out by max_dirs: the CLI exits 3 (issue 16)
     summary["skipped"] += planner.skipped
     for k, v in planner.skipped_reasons.items():
         summary["skipped_reasons"][k] = summary["skipped_reasons"].get(k, 0) + v

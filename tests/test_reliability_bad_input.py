@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from archive_tool import cli
 from tests.conftest import SID, as_nobody, make_session, snapshot
 
-COMMANDS = ["pack", "unpack", "verify", "show", "sweep", "compress", "extract", "demo-tree", "report"]
+COMMANDS = ["pack", "unpack", "verify", "show", "sweep", "compress", "extract", "demo-tree", "report",
+            "prune"]
 
 # (command line, what is wrong). ROOT: a tree with one session; FILE: a regular file;
 # DIR: a plain directory; ARCH: a valid archive; MISSING: a path that does not exist.
@@ -65,6 +66,16 @@ CASES = [
     (["report", "ROOT", "-f", "zip"], "unknown format"),
     (["report", "ROOT", "--older-than-days", "-1"], "negative age"),
     (["report", "ROOT", "--sample", "-1"], "negative sample"),
+    (["extract", "MISSING", "--tree"], "missing root, tree"),
+    (["extract", "/", "--tree", "--execute"], "dangerous root, tree"),
+    (["extract", "ROOT", "--undo", "nosuchrun", "--execute"], "unknown run"),
+    (["extract", "ROOT", "--tree", "--undo", "last"], "tree and undo"),
+    (["prune", "MISSING", "--older-than", "1d"], "missing root"),
+    (["prune", "/", "--older-than", "1d", "--execute"], "dangerous root"),
+    (["prune", "ROOT", "--execute"], "no criteria"),
+    (["prune", "ROOT", "--older-than", "yesterday"], "garbage age"),
+    (["prune", "ROOT", "--keep-last", "-1"], "negative keep-last"),
+    (["prune", "ROOT", "--state", "RUNNING", "--execute"], "RUNNING is never pruned"),
 ]
 
 

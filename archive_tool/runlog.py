@@ -1,0 +1,183 @@
+"""The manifest of one ``sweep --execute``: which session became which archive.
+
+``<root>/.session-archive/runs/<UTC time>.jsonl``, one JSON object a line::
+
+    {"session": "/abs/.../FINISHED_SUCCESS/<ID>-main", "archive": ".../<ID>-main.tar.zst",
+     "bytes": 12345, "status": "archived"}
+
+``bytes`` is the archive's size. A line is written (and flushed) as each result comes
+back from a worker, i.e. after that batch's sources were deleted; the file is fsynced
+when the run ends. A crash between a batch's delete and its line loses only that line:
+the archive is still there, only ``extract --undo`` will not know it came from this run.
+``extract --undo <time>`` (tree_restore.undo_run) reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import BadArgument
+from .plan import existing_archive
+
+RUNS_DIR = os.path.join(".session-archive", "runs")
+# Results whose source this run deleted: undo puts exactly these back.
+_UNDOABLE = ("archived", "resumed")
+
+
+def open_stamped(d: str, now: float | None = None) -> tuple[str, str, Any]:
+    """A new ``<d>/<UTC time>.jsonl`` opened for writing (the dir made and fsynced)."""
+    os.makedirs(d, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    # Two runs in one second (shards of one root): the second gets a suffix, never the
+    # first's file (O_EXCL).
+    for i in range(1000):
+        name = stamp if i == 0 else f"{stamp}-{i}"
+        path = os.path.join(d, name + ".jsonl")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            continue
+        fsync_dir(d)
+        return name, path, os.fdopen(fd, "w", encoding="utf-8")
+    raise FileExistsError(17, "too many runs in one second", os.path.join(d, stamp))
+
+
+def close_durably(f: Any) -> None:
+    if f.closed:
+        return
+    try:
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+        try:
+            f.close()  # closes the fd even when its flush fails again
+        except OSError:
+            pass  # the first error is the one raised
+
+
+def fsync_dir(d: str) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def runs_dir(root: str) -> str:
+    return os.path.join(root, RUNS_DIR)
+
+
+class RunLog:
+    """Wraps a sweep's ``on_result`` callback: records each session the run archived."""
+
+    def __init__(self, root: str, inner: Callable[[Any], None] | None = None,
+                 now: float | None = None) -> None:
+        self.root = root
+        self.inner = inner
+        self.count = 0
+        self.error: str | None = None  # why the manifest is incomplete, if it is
+        self.name, self.path, self._f = open_stamped(runs_dir(root), now)
+
+    def __call__(self, r: Any) -> None:
+        path, status = r[0], r[1]
+        if status in _UNDOABLE and self.error is None:
+            parent, name = os.path.split(path)
+            archive = existing_archive(parent, name)
+            try:
+                if archive is not None:
+                    self._f.write(json.dumps({"session": path, "archive": archive,
+                                              "bytes": r[4], "status": status}) + "\n")
+                    self._f.flush()
+                    self.count += 1
+            except OSError as e:
+                # A full disk must not stop the sweep (this runs inside its accounting);
+                # the run is then only partly undoable, which the summary says.
+                self.error = f"cannot write {self.path}: {e.strerror or e}"
+        if self.inner is not None:
+            self.inner(r)
+
+    def close(self) -> None:
+        try:
+            close_durably(self._f)
+        except OSError as e:
+            self.error = self.error or f"cannot write {self.path}: {e.strerror or e}"
+        if self.count == 0 and self.error is None:
+            # Nothing to undo (a cron night with no new sessions): no empty manifest.
+            os.unlink(self.path)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sweep_logged(root: str | os.PathLike[str], *,
+                 on_result: Callable[[Any], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``sweep(root, dry_run=False, ...)`` that records its manifest; the Summary gains
+    ``manifest`` (path) and ``run`` (the name ``undo_run`` takes) when anything was archived."""
+    from .plan import check_root
+    from .sweep import sweep
+
+    root_p = check_root(root)
+    try:
+        log = RunLog(root_p, on_result)
+    except OSError as e:
+        # E.g. ROOT/.session-archive made by root's cron and this is the tree's owner:
+        # archiving still goes ahead; only --undo of this run is lost, and said so.
+        summary = sweep(root_p, dry_run=False, on_result=on_result, **kwargs)
+        summary["manifest_error"] = f"cannot create a run manifest in {runs_dir(root_p)}: " \
+                                    f"{e.strerror or e}"
+        return summary
+    with log:
+        summary = sweep(root_p, dry_run=False, on_result=log, **kwargs)
+    if log.count:
+        summary["manifest"], summary["run"] = log.path, log.name
+    if log.error:
+        summary["manifest_error"] = log.error
+    return summary
+
+
+def list_runs(root: str) -> list[str]:
+    """Run names, oldest first (the UTC stamp sorts as text)."""
+    try:
+        names = os.listdir(runs_dir(root))
+    except FileNotFoundError:
+        return []
+    return sorted(n[:-len(".jsonl")] for n in names if n.endswith(".jsonl"))
+
+
+def run_path(root: str, run: str) -> str:
+    """The manifest for *run*: a name from list_runs (with or without .jsonl), or
+    ``last``. ValueError with the known names otherwise."""
+    runs = list_runs(root)
+    name = run[:-len(".jsonl")] if run.endswith(".jsonl") else run
+    if name == "last" and runs:
+        name = runs[-1]
+    if name not in runs:
+        known = ", ".join(runs[-5:]) or "none"
+        raise BadArgument(f"no sweep run {run!r} under {runs_dir(root)} (latest: {known})")
+    return os.path.join(runs_dir(root), name + ".jsonl")
+
+
+def read_run(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec.get("session"), str) or not isinstance(rec.get("archive"), str):
+                raise ValueError
+        except (ValueError, AttributeError):
+            if i == len(lines):
+                continue  # a crash mid-write tears at most the last line (no newline yet)
+            raise BadArgument(f"{path}:{i}: not a manifest line") from None
+        out.append(rec)
+    return out

@@ -1,0 +1,221 @@
+"""Put archives back as session dirs across a whole tree: ``extract ROOT --tree`` (every
+archive in a FINISHED_* dir) and ``extract ROOT --undo RUN`` (exactly the archives one
+``sweep --execute`` wrote, from its manifest, see runlog.py).
+
+Each archive is restored by ``restore_one`` on the sweep's process pool: into a temp dir
+beside the destination, renamed into place, never over an existing dir; with
+``remove_archive`` the restored tree is made durable before the archive is unlinked. Both
+hold the root's lock, so a sweep cannot archive a session while it is being put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import BadArgument
+from .executors import default_workers, run_batches
+from .lock import RootLock
+from .names import (
+    FINISHED_STATES,
+    RUNNING_STATE,
+    is_session_name,
+    session_of_trash,
+    split_archive_name,
+)
+from .plan import check_root
+from .restore import restore_batch
+from .summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
+
+STATE_DIR = ".session-archive"
+
+
+def _walk_into(name: str) -> bool:
+    # Hidden project dirs are walked (a sweep archives there too); session dirs, a crash's
+    # trash (.X.deleting) and restore temp dirs (.X.restore-*) hold session content, not
+    # archives of ours.
+    if name in (RUNNING_STATE, STATE_DIR) or is_session_name(name):
+        return False
+    return session_of_trash(name) is None and ".restore-" not in name
+
+
+def iter_session_archives(root: str) -> Iterator[os.DirEntry[str]]:
+    """Regular files ``<ID>[-<name>].<format>`` whose parent is a FINISHED_* dir, anywhere
+    under *root*; symlinks never followed, RUNNING/ and session dirs never entered."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue  # unreadable: skipped, as discovery skips it
+        in_finished = os.path.basename(d) in FINISHED_STATES
+        with it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        if _walk_into(e.name):
+                            stack.append(e.path)
+                        continue
+                    if not in_finished or not e.is_file(follow_symlinks=False):
+                        continue
+                except OSError:
+                    continue
+                named = split_archive_name(e.name)
+                if named is not None and is_session_name(named[0]):
+                    yield e
+
+
+def new_restore_summary(root: str, dry_run: bool, mode: str) -> dict[str, Any]:
+    return new_summary("restore", root, dry_run, mode=mode, restored=0, capped=0)
+
+
+def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: bool,
+             workers: int | None, root: str, batch_size: int = 32,
+             on_result: Callable[[Result], None] | None = None) -> None:
+    """Restore (archive, dest) pairs below *root* on the pool loop (executors.run_batches),
+    accounting into summary *s*."""
+    if not jobs:
+        return
+    n = workers or default_workers()
+    size = max(1, min(batch_size, -(-len(jobs) // n)))
+    batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    sent = 0
+
+    def absorb(results: list[Result]) -> None:
+        for r in results:
+            if r.status == RESTORED:
+                s["restored"] += 1
+                s["bytes_out"] += r.bytes_out
+            elif r.status == SKIPPED:
+                s["skipped"] += 1
+            else:
+                record_failure(s, r.path, r.reason)
+            if on_result is not None:
+                on_result(r)
+
+    def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
+        return [Result(a, FAILED, f"worker lost: {e!r}") for a, _ in batch]  # archives kept
+
+    def count(batch: list[tuple[str, str]], k: int = 1) -> None:
+        nonlocal sent
+        sent += k * len(batch)
+
+    out = run_batches(batches, restore_batch, (remove_archive, root), absorb=absorb, lost=lost,
+                      workers=n, before_submit=count, unsent=lambda b: count(b, -1))
+    if sent < len(jobs):
+        s["skipped"] += len(jobs) - sent  # not attempted: archives untouched
+    if out.stopped:
+        s["stopped"] = out.stopped
+    if out.signal is not None:
+        s["signal"] = out.signal
+
+
+def restore_tree(
+    root: str | os.PathLike[str],
+    *,
+    dry_run: bool = True,
+    remove_archive: bool = False,
+    max_files: int | None = None,
+    workers: int | None = None,
+    on_jobs: Callable[[int], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> dict[str, Any]:
+    """Restore every session archive under *root* into its FINISHED_* dir (beside it).
+    An archive whose session dir already exists is skipped. *on_jobs* is told how many
+    restores will run, before they start (a progress bar's total)."""
+    t0 = time.monotonic()
+    root_p = check_root(root)
+    if max_files is not None and max_files < 0:
+        raise BadArgument(f"max_files must be >= 0 (0 = no cap), got {max_files}")
+    s = new_restore_summary(root_p, dry_run, "tree")
+    with RootLock(root_p) if not dry_run else contextlib.nullcontext():
+        jobs: list[tuple[str, str]] = []
+        for e in iter_session_archives(root_p):
+            s["scanned"] += 1
+            dest = os.path.join(os.path.dirname(e.path), split_archive_name(e.name)[0])  # type: ignore[index]
+            if os.path.lexists(dest):
+                s["skipped"] += 1
+                continue
+            if max_files and s["candidates"] >= max_files:
+                s["capped"] += 1
+                continue
+            s["candidates"] += 1
+            try:
+                s["bytes_in"] += e.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+            jobs.append((e.path, dest))
+        if not dry_run:
+            if on_jobs is not None:
+                on_jobs(len(jobs))
+            run_jobs(jobs, s, remove_archive=remove_archive, workers=workers, root=root_p,
+                     on_result=on_result)
+    s["elapsed"] = round(time.monotonic() - t0, 3)
+    return s
+
+
+def undo_run(
+    root: str | os.PathLike[str],
+    run: str,
+    *,
+    dry_run: bool = True,
+    workers: int | None = None,
+    on_jobs: Callable[[int], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> dict[str, Any]:
+    """Undo one ``sweep --execute`` of *root*: restore exactly the archives its manifest
+    lists (run name from ``.session-archive/runs/``, or ``last``) to the session dirs they
+    came from, removing each archive once its restore is durable. A session dir that exists
+    again is skipped (never overwritten); an archive that is gone is a failure."""
+    from .runlog import read_run, run_path
+
+    t0 = time.monotonic()
+    root_p = check_root(root)
+    s = new_restore_summary(root_p, dry_run, "undo")
+    path = run_path(root_p, run)
+    s["run"] = os.path.basename(path)[:-len(".jsonl")]
+    with RootLock(root_p) if not dry_run else contextlib.nullcontext():
+        jobs: list[tuple[str, str]] = []
+        kept: list[tuple[str, str]] = []
+        for rec in read_run(path):
+            s["scanned"] += 1
+            archive, session = rec["archive"], rec["session"]
+            inside = root_p + os.sep
+            if not (archive.startswith(inside) and session.startswith(inside)):
+                # The manifest is a plain file in the tree; never restore outside it.
+                record_failure(s, archive, f"not under {root_p}; refused")
+                continue
+            named = split_archive_name(os.path.basename(archive))
+            if named is None or session != os.path.join(os.path.dirname(archive), named[0]):
+                # A forged line could otherwise make root restore another user's archive
+                # into this user's dir (and, with the undo's unlink, delete it).
+                record_failure(s, archive, f"manifest pairs it with {session}, not the "
+                                           "session dir beside it; refused")
+                continue
+            if os.path.lexists(session):
+                s["skipped"] += 1
+                continue
+            if not os.path.isfile(archive):
+                record_failure(s, archive, "archive is gone; cannot restore " + session)
+                continue
+            s["candidates"] += 1
+            s["bytes_in"] += os.path.getsize(archive)
+            # "resumed": the archive existed before this run (which only deleted the
+            # verified source), so putting the run back keeps it.
+            (kept if rec.get("status") == "resumed" else jobs).append((archive, session))
+        if not dry_run:
+            if on_jobs is not None:
+                on_jobs(len(jobs) + len(kept))
+            run_jobs(jobs, s, remove_archive=True, workers=workers, root=root_p,
+                     on_result=on_result)
+            if not s["stopped"]:
+                run_jobs(kept, s, remove_archive=False, workers=workers, root=root_p,
+                         on_result=on_result)
+            else:
+                s["skipped"] += len(kept)  # not attempted
+    s["elapsed"] = round(time.monotonic() - t0, 3)
+    return s
