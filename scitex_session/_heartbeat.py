@@ -22,32 +22,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-HEARTBEAT_NAME = ".heartbeat"  # archive_tool.stale reads this name; keep them equal
+from archive_tool.stale import HEARTBEAT_NAME, MARKER_NAME, boot_id, proc_stat
+
 INTERVAL_ENV = "SCITEX_SESSION_HEARTBEAT"
 DEFAULT_INTERVAL = 60.0
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 
 _beats: dict[str, _Heartbeat] = {}
 _beats_lock = threading.Lock()
-
-
-def proc_start_ticks(pid: int | str = "self") -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks after boot), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        # The command name (field 2) may hold spaces and ')': split after the last ')'.
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
 
 
 def _interval(value: float | None) -> float:
@@ -73,7 +55,7 @@ def identity(interval: float) -> dict[str, Any]:
     ident: dict[str, Any] = {
         "HOST": socket.gethostname(),
         "PID": os.getpid(),
-        "PROC_START_TICKS": proc_start_ticks(),
+        "PROC_START_TICKS": (proc_stat() or (None, None))[1],
         "BOOT_ID": boot_id(),
         "HEARTBEAT_INTERVAL": interval or None,
         "HEARTBEAT_FILE": HEARTBEAT_NAME if interval else None,
@@ -192,8 +174,6 @@ def claim_run_dir(src: Path, sdir_out: Path) -> RunDirClaim:
 
 
 def _unmark(fd: int, where: Path) -> None:
-    from archive_tool.stale import MARKER_NAME  # lazy: only a finalized run needs it
-
     try:
         os.unlink(MARKER_NAME, dir_fd=fd)
     except OSError:
