@@ -28,12 +28,10 @@ import fcntl
 import json
 import os
 import re
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .names import FINISHED_STATES, RUNNING_STATE, is_session_name
 
@@ -72,6 +70,12 @@ def proc_stat(pid: int | str = "self") -> tuple[str, int] | None:
         return rest[0].decode("ascii", "replace"), int(rest[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def hostname() -> str:
+    # uname's nodename is what gethostname() returns on Linux, without importing socket
+    # into every session's start-up.
+    return os.uname().nodename
 
 
 def boot_id() -> str | None:
@@ -114,8 +118,7 @@ def process_gone(ident: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------- classifying
 
 
-@dataclass
-class Verdict:
+class Verdict(NamedTuple):
     path: str
     state: str            # LIVE, STALE or UNKNOWN (no heartbeat and no stale_after)
     reason: str
@@ -212,7 +215,7 @@ def classify(path: str | os.PathLike[str], stale_after: float | None = None,
     dfd = os.open(p, _DIR_FLAGS)
     try:
         return _classify_fd(dfd, p, stale_after, time.time() if now is None else now,
-                            socket.gethostname())
+                            hostname())
     finally:
         os.close(dfd)
 
@@ -307,7 +310,7 @@ def _marker(v: Verdict, now: float) -> bytes:
         "heartbeat_mtime" if v.heartbeat else "newest_mtime": iso(v.mark_ns / 1e9),
         "identity": v.identity,
         "moved": f"{RUNNING_STATE}/ -> {ERROR_STATE}/",
-        "finalized_by": {"host": socket.gethostname(), "pid": os.getpid(),
+        "finalized_by": {"host": hostname(), "pid": os.getpid(),
                          "uid": os.geteuid()},
     }
     return (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode()
@@ -351,7 +354,7 @@ def finalize_one(v: Verdict, stale_after: float | None = None) -> str:
             if _hook is not None:
                 _hook("locked", v.path)
             now = time.time()
-            again = _classify_fd(rfd, v.path, stale_after, now, socket.gethostname())
+            again = _classify_fd(rfd, v.path, stale_after, now, hostname())
             if again.mark_ns != v.mark_ns:
                 raise Skipped("heartbeat moved during the check" if v.heartbeat
                               else "written to during the check")
@@ -381,7 +384,8 @@ def _move(rfd: int, pfd: int, out: str, name: str, v: Verdict, now: float) -> st
             os.fsync(mfd)
         finally:
             os.close(mfd)
-    ofd = os.open(out, _DIR_FLAGS)
+    # The FINISHED_ERROR/ beside the RUNNING/ dir we hold, whatever the path now names.
+    ofd = os.open("..", _DIR_FLAGS, dir_fd=pfd)
     try:
         dfd = _open_error_dir(ofd)
         try:

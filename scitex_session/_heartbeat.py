@@ -16,13 +16,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from archive_tool.stale import HEARTBEAT_NAME, MARKER_NAME, boot_id, proc_stat
+from archive_tool.stale import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
 
 INTERVAL_ENV = "SCITEX_SESSION_HEARTBEAT"
 DEFAULT_INTERVAL = 60.0
@@ -53,7 +52,7 @@ def _interval(value: float | None) -> float:
 def identity(interval: float) -> dict[str, Any]:
     """What CONFIG["LIVENESS"] and ``.heartbeat`` record about this process."""
     ident: dict[str, Any] = {
-        "HOST": socket.gethostname(),
+        "HOST": hostname(),
         "PID": os.getpid(),
         "PROC_START_TICKS": (proc_stat() or (None, None))[1],
         "BOOT_ID": boot_id(),
