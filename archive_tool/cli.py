@@ -190,7 +190,7 @@ def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: 
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     elif not quiet or summary["failed"]:
-        click.echo(_human(summary) + _stale_text(summary.get("stale"), verbose))
+        click.echo(_stale_text(summary.get("stale"), verbose) + _human(summary))
     for f in summary["failures"][: None if verbose else 20]:
         click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
     if summary.get("signal"):
@@ -237,14 +237,15 @@ def _human(s: dict[str, Any]) -> str:
 def _stale_text(st: dict[str, Any] | None, verbose: bool) -> str:
     if st is None:
         return ""
-    text = (f"\nRUNNING runs: {st['running']} ({st['live']} live, {st['stale']} stale, "
+    text = (f"RUNNING runs: {st['running']} ({st['live']} live, {st['stale']} stale, "
             f"{st['no_heartbeat']} without heartbeat)")
     if st["finalized"] or st["skipped"] or st["failed"]:
         text += (f"; finalized {st['finalized']} into FINISHED_ERROR/, skipped "
                  f"{st['skipped']}, failed {st['failed']}")
     for r in st["runs"][: None if verbose else 50]:
-        text += f"\n  {r['action']}: {r['path']} ({r['reason']})"
-    return text
+        to = f" -> {r['moved_to']}" if r.get("moved_to") else ""
+        text += f"\n  {r['action']}: {r['path']}{to} ({r['reason']})"
+    return text + "\n"
 
 
 def _stale_after(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:

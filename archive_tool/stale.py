@@ -178,11 +178,13 @@ def _classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
                  host: str) -> Verdict:
     ident, hb_ns = _read_heartbeat(dfd)
     if hb_ns is None:
+        if stale_after is None:
+            # Not walked: it could not be finalized anyway, and a nightly sweep should not
+            # stat every file of every heartbeat-less run.
+            return Verdict(path, UNKNOWN, "no heartbeat (published package?); only "
+                           "--stale-after finalizes it", os.fstat(dfd).st_mtime_ns, False, None)
         mark = _newest_mtime_ns(dfd)
         age = now - mark / 1e9
-        if stale_after is None:
-            return Verdict(path, UNKNOWN, f"no heartbeat (published package?); last write "
-                           f"{_ago(age)} ago; only --stale-after finalizes it", mark, False, None)
         if age < stale_after:
             return Verdict(path, LIVE, f"no heartbeat; last write {_ago(age)} ago", mark,
                            False, None)
@@ -458,7 +460,8 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
             _note(counts, "failures", {"path": path, "reason": why})
         else:
             counts["finalized"] += 1
-            _note(counts, "runs", {"path": path, "reason": v.reason, "action": f"finalized: {dest}"})
+            _note(counts, "runs", {"path": path, "reason": v.reason, "action": "finalized",
+                                   "moved_to": dest})
     return counts
 
 
