@@ -168,6 +168,9 @@ def claim_run_dir(src: Path, sdir_out: Path) -> RunDirClaim:
                 return RunDirClaim(where, fd)
     except OSError:
         pass
+    except BaseException:  # Ctrl-C while waiting for the lock: do not leak the fd
+        os.close(fd)
+        raise
     os.close(fd)
     return RunDirClaim(src, None)
 
