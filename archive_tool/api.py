@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .restore import restore_one
+from .restore import restore_many, restore_one
 from .single import archive_one
-from .sweep import restore_many, sweep
+from .sweep import sweep
 
 
 def archive_session_dir(

@@ -204,7 +204,7 @@ def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: 
 
 
 def _human(s: dict[str, Any]) -> str:
-    if "restored" in s:
+    if s.get("kind") == "restore":
         verb = "would restore" if s["dry_run"] else "restored"
         n = s["candidates"] if s["dry_run"] else s["restored"]
         return (f"{verb} {n} archives under {s['root']} (scanned {s['scanned']}, "
@@ -390,7 +390,7 @@ def extract(root: str, dest: str | None, pattern: str | None, remove_archive: bo
             max_files: int, dry_run: bool, execute: bool, track_bytes: bool,
             workers: int | None, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Restore the archives directly under ROOT (flat mode)."""
-    from .sweep import restore_many
+    from .restore import restore_many
 
     summary = _call(
         restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,

@@ -17,16 +17,14 @@ Order for one archive (and, batched, for many):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
-import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import fs
 from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged, SourceUnreadable
 from .names import FORMATS, trash_name
 from .scan import DIR, FILE, Entry
@@ -47,84 +45,77 @@ def disk_error(path: str, e: OSError, what: str) -> ArchiveError:
 @dataclass(slots=True)
 class TmpArchive:
     fd: int
-    final: str
-    path: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
+    final: str  # full path: for messages and results only, never opened by path
+    dir_fd: int  # the archive's directory; owned by this object (a dup)
+    name: str  # final name in dir_fd
+    tmp_name: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
     dev: int
+
+    @property
+    def path(self) -> str | None:
+        return None if self.tmp_name is None else os.path.join(os.path.dirname(self.final),
+                                                               self.tmp_name)
 
     def discard(self) -> None:
         """Forget the tmp: an unnamed one vanishes with its fd; a named one is unlinked."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if self.path is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self.path = None
+        if self.tmp_name is not None:
+            fs.unlink_at(self.dir_fd, self.tmp_name)
+            self.tmp_name = None
+
+    def close(self) -> None:
+        self.discard()
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
-def remove_stale_tmp(final: str) -> None:
+def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
     """``<final>.tmp`` left by a crash of the named-tmp fallback: garbage by definition.
     Removed whichever path this run takes (a run with O_TMPFILE would otherwise never
     notice the named leftover of an earlier run, or of another machine, without it)."""
-    try:
-        os.unlink(final + ".tmp")
-    except FileNotFoundError:
-        pass
+    fs.unlink_at(dir_fd, final_name + ".tmp")
 
 
-def open_tmp(final: str, mode: int = 0o644, owner: tuple[int, int] | None = None) -> TmpArchive:
-    dirpath = os.path.dirname(final) or "."
-    st_dev = os.stat(dirpath).st_dev
+def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
+             owner: tuple[int, int] | None = None) -> TmpArchive:
+    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*."""
+    name = os.path.basename(final)
+    st_dev = os.fstat(dir_fd).st_dev
     fd = -1
-    path: str | None = None
-    remove_stale_tmp(final)
+    tmp_name: str | None = None
+    remove_stale_tmp(dir_fd, name)
     if st_dev not in _no_tmpfile_devs:
         try:
-            fd = os.open(dirpath, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fd = fs.open_tmpfile(dir_fd)
         except OSError as e:
-            if e.errno in _DISK_FULL:
-                raise disk_error(final, e, "cannot create archive") from None
-            if e.errno not in _NO_TMPFILE:
+            if e.errno in _DISK_FULL or e.errno not in _NO_TMPFILE:
                 raise disk_error(final, e, "cannot create archive") from None
             _no_tmpfile_devs.add(st_dev)
     if fd < 0:
-        path = final + ".tmp"
+        tmp_name = name + ".tmp"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = fs.create_file(tmp_name, dir_fd)
         except OSError as e:
             raise disk_error(final, e, "cannot create archive") from None
     try:
         if owner is not None:
             os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
-        if path:
-            os.unlink(path)
+        if tmp_name:
+            fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, path, st_dev)
-
-
-_libc = None
+    return TmpArchive(fd, final, own_dir, name, tmp_name, st_dev)
 
 
 def _syncfs(fd: int) -> bool:
-    """syncfs(2) through libc; False where it is not available (non-Linux)."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-            _libc.syncfs  # noqa: B018 - probe the symbol
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc is False:
-        return False
-    if _libc.syncfs(fd) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return True
+    return fs.syncfs(fd)
 
 
 def make_durable(tmps: list[TmpArchive]) -> None:
@@ -151,62 +142,52 @@ def make_durable(tmps: list[TmpArchive]) -> None:
         raise DurabilityError(tmps[0].final, f"fsync failed: {e.strerror or e}") from None
 
 
-_proc_fd: int | None = None
-
-
-def _proc_self_fd() -> int:
-    global _proc_fd
-    if _proc_fd is None:
-        _proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return _proc_fd
-
-
 def publish(tmp: TmpArchive) -> None:
-    """Give the tmp archive its final name; FileExistsError if that name is taken."""
+    """Give the tmp archive its final name; FileExistsError if that name is taken.
+    Both names are relative to the dir fd opened when the session was locked: a user who
+    swaps the directory for a symlink meanwhile cannot redirect the link elsewhere."""
+    fs.race_point("publish", tmp.final)
     try:
-        if tmp.path is None:
-            # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names an O_TMPFILE file
-            # without CAP_DAC_READ_SEARCH (which AT_EMPTY_PATH would need).
-            os.link(str(tmp.fd), tmp.final, src_dir_fd=_proc_self_fd(), follow_symlinks=True)
+        if tmp.tmp_name is None:
+            fs.link_fd(tmp.fd, tmp.dir_fd, tmp.name)
         else:
             try:
-                os.link(tmp.path, tmp.final)
+                fs.link_at(tmp.dir_fd, tmp.tmp_name, tmp.name)
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                     raise
-                # No hard links here (some FUSE/SMB mounts): rename, after checking the
-                # name is free. The check-then-rename window is the price of such mounts.
-                if os.path.lexists(tmp.final):
-                    raise FileExistsError(errno.EEXIST, "File exists", tmp.final) from None
-                os.rename(tmp.path, tmp.final)
+                # No hard links here (some FUSE/SMB mounts): rename without replacing.
+                fs.rename_noreplace_at(tmp.dir_fd, tmp.tmp_name, tmp.dir_fd, tmp.name)
             else:
-                os.unlink(tmp.path)
-            tmp.path = None
+                fs.unlink_at(tmp.dir_fd, tmp.tmp_name)
+            tmp.tmp_name = None
     except FileExistsError:
         raise
     except OSError as e:
         raise disk_error(tmp.final, e, "cannot name archive") from None
 
 
-def fsync_dir(path: str) -> None:
+def fsync_dir(fd: int, where: str) -> None:
+    """Make the entries of the open directory *fd* durable (*where* names it in errors)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(fd)
     except OSError as e:
-        raise DurabilityError(path, f"directory fsync failed: {e.strerror or e}") from None
+        raise DurabilityError(where, f"directory fsync failed: {e.strerror or e}") from None
 
 
-def fsync_dirs(paths: Iterable[str]) -> None:
-    for p in sorted(set(paths)):
-        fsync_dir(p)
+def fsync_dirs(tmps: Iterable[TmpArchive]) -> None:
+    """One fsync per distinct archive directory of a batch."""
+    seen: set[str] = set()
+    for t in sorted(tmps, key=lambda t: t.final):
+        d = os.path.dirname(t.final)
+        if d not in seen:
+            seen.add(d)
+            fsync_dir(t.dir_fd, d)
 
 
 def _same(entry: Entry, st: os.stat_result) -> bool:
     if entry.kind == DIR:
-        return stat.S_ISDIR(st.st_mode)
+        return stat.S_ISDIR(st.st_mode) and st.st_ino == entry.ino
     kind_ok = stat.S_ISREG(st.st_mode) if entry.kind == FILE else stat.S_ISLNK(st.st_mode)
     return kind_ok and entry.fingerprint() == (
         st.st_ino,
@@ -216,156 +197,163 @@ def _same(entry: Entry, st: os.stat_result) -> bool:
     )
 
 
-def _unchanged(root: str, entries: list[Entry]) -> str | None:
-    """None if the tree at *root* is exactly *entries*; else the first difference."""
+def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
+    """None if the tree at *top_fd* is exactly *entries*; else the first difference.
+    Walked by fds: a subdir swapped for a symlink shows as changed, never followed."""
     expected = {e.rel: e for e in entries if e.rel}
     seen = 0
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        path = os.path.join(root, rel) if rel else root
-        with os.scandir(path) as it:
-            for item in it:
-                r = f"{rel}/{item.name}" if rel else item.name
-                e = expected.get(r)
-                if e is None:
-                    return f"{r} appeared"
-                if not _same(e, item.stat(follow_symlinks=False)):
-                    return f"{r} changed"
-                seen += 1
-                if e.kind == DIR:
-                    stack.append(r)
+    stack: list[tuple[str, int]] = [("", os.dup(top_fd))]
+    try:
+        while stack:
+            rel, fd = stack.pop()
+            try:
+                for item in fs.scandir_sorted(fd):
+                    r = f"{rel}/{item.name}" if rel else item.name
+                    e = expected.get(r)
+                    if e is None:
+                        return f"{r} appeared"
+                    st = item.stat(follow_symlinks=False)
+                    if not _same(e, st):
+                        return f"{r} changed"
+                    seen += 1
+                    if e.kind == DIR:
+                        stack.append((r, fs.open_dir(item.name, fd, expect=st)))
+            finally:
+                os.close(fd)
+    finally:
+        for _, fd in stack:
+            os.close(fd)
     if seen != len(expected):
         return "an entry disappeared"
     return None
 
 
-def lock_session(src: str, *, archived_ok: bool = False) -> int:
-    """Hold an exclusive flock on the session dir *src* while it is archived and deleted;
-    returns the fd (close it to release).
+def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = False) -> int:
+    """Open the session dir *name* in *parent_fd* (never through a symlink) and hold an
+    exclusive flock on it while it is archived and deleted; returns the fd (close it to
+    release). *where* is its path, for messages.
 
     Two archivers of one session (a sweep, and the decorator's own close, possibly in
     another format) otherwise both wrote an archive: the link() EEXIST guard only covers
     one name. The loser gets FileExistsError: the lock is busy, or, once it is free, the
     dir is gone or (unless *archived_ok*) an archive of it exists in any format.
     """
-    parent, name = os.path.split(src)
-
     def archived() -> bool:
-        return any(os.path.lexists(os.path.join(parent, f"{name}.{f}")) for f in FORMATS)
+        return any(fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS)
 
     def gone() -> Exception:
         if archived():
-            return FileExistsError(errno.EEXIST, "archived meanwhile by another process", src)
-        return SourceUnreadable(src, os.strerror(errno.ENOENT))
+            return FileExistsError(errno.EEXIST, "archived meanwhile by another process", where)
+        return SourceUnreadable(where, os.strerror(errno.ENOENT))
 
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = fs.open_dir(name, parent_fd)
     except FileNotFoundError:
         raise gone() from None
     except OSError as e:
-        raise SourceUnreadable(src, e.strerror or str(e)) from None
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SourceUnreadable(where, "not a directory (a symlink or file); refused") from None
+        raise SourceUnreadable(where, e.strerror or str(e)) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FileExistsError(errno.EEXIST, "being archived by another process", src) from None
-        held = os.stat(fd)
+            raise FileExistsError(errno.EEXIST, "being archived by another process", where) from None
+        held = os.fstat(fd)
         try:
-            now = os.lstat(src)
+            now = fs.lstat_at(parent_fd, name)
         except FileNotFoundError:
             now = None
-        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        if now is None or not fs.same_file(now, held):
             raise gone()
         if not archived_ok and archived():
-            raise FileExistsError(errno.EEXIST, "archive already exists", src)
+            raise FileExistsError(errno.EEXIST, "archive already exists", where)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def remove_source(src: str, entries: list[Entry], archive: str, *, keep_archive: bool = False) -> None:
+def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
+                  where: str, *, keep_archive: bool = False) -> None:
     """Delete a source whose archive is committed — unless it changed since it was read.
 
-    On a change: the source goes back under its name, the (now stale) archive we just made
-    is removed (kept with *keep_archive*: one we did not make is never deleted), and
-    SourceChanged is raised. A later run archives the new content.
+    Every step is relative to *parent_fd*. On a change: the source goes back under its
+    name, the (now stale) archive we just made is removed (kept with *keep_archive*: one we
+    did not make is never deleted), and SourceChanged is raised. A later run archives the
+    new content.
     """
-    parent, name = os.path.split(src)
-    trash = os.path.join(parent, trash_name(name))
-    if os.path.lexists(trash):
-        shutil.rmtree(trash)  # a crash mid-delete earlier; the archive exists, so garbage
-    os.rename(src, trash)
+    trash = trash_name(name)
+    if fs.lexists_at(parent_fd, trash):
+        fs.rmtree_at(parent_fd, trash)  # a crash mid-delete earlier; the archive exists
+    fs.rename_at(parent_fd, name, trash)
     try:
-        diff = _unchanged(trash, entries)
+        top = fs.open_dir(trash, parent_fd)
     except OSError as e:
-        diff = f"re-check failed: {e.strerror or e}"
+        top = -1
+        diff: str | None = f"re-check failed: {e.strerror or e}"
+    else:
+        try:
+            st = os.fstat(top)
+            diff = None if st.st_ino == entries[0].ino else "the session dir was replaced"
+            if diff is None:
+                diff = _unchanged(top, entries)
+        except OSError as e:
+            diff = f"re-check failed: {e.strerror or e}"
     if diff is not None:
-        os.rename(trash, src)
+        if top >= 0:
+            os.close(top)
+        fs.rename_noreplace_at(parent_fd, trash, parent_fd, name)
         if not keep_archive:
-            try:
-                os.unlink(archive)
-            except FileNotFoundError:
-                pass
-        fsync_dir(parent)
-        raise SourceChanged(src, f"changed while being archived ({diff}); source kept, archive removed")
-    for e in reversed(entries):
-        p = os.path.join(trash, e.rel) if e.rel else trash
+            fs.unlink_at(parent_fd, archive_name)
+        fsync_dir(parent_fd, os.path.dirname(where))
+        raise SourceChanged(where, f"changed while being archived ({diff}); source kept, archive removed")
+    fs.race_point("delete", where)
+    try:
+        _delete(top, "", _children(entries))
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(trash, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _children(entries: list[Entry]) -> dict[str, list[Entry]]:
+    kids: dict[str, list[Entry]] = {}
+    for e in entries[1:]:
+        kids.setdefault(e.rel.rpartition("/")[0], []).append(e)
+    return kids
+
+
+def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]]) -> None:
+    """Delete exactly the manifest's entries below *dir_fd* by unlinkat/rmdir on fds we
+    opened without following links (a file added after the re-check survives, and its
+    dir's rmdir fails: the source is not silently emptied)."""
+    for e in kids.get(rel, ()):
+        name = e.rel.rpartition("/")[2]
         try:
             if e.kind == DIR:
-                os.rmdir(p)
+                sub = fs.open_dir(name, dir_fd)
+                try:
+                    if os.fstat(sub).st_ino != e.ino:
+                        raise OSError(errno.ESTALE, "replaced during the delete", e.rel)
+                    _delete(sub, e.rel, kids)
+                finally:
+                    os.close(sub)
+                os.rmdir(name, dir_fd=dir_fd)
             else:
-                os.unlink(p)
+                os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
 
 
-
-_RENAME_NOREPLACE = 1
-_AT_FDCWD = -100
-
-
-def rename_noreplace(src: str, dst: str) -> None:
-    """rename() that fails with FileExistsError instead of replacing *dst*.
-
-    Plain rename() silently replaces an empty directory at *dst*; renameat2's
-    RENAME_NOREPLACE makes the check and the rename one atomic step.
-    """
-    global _libc
-    if _libc is None:
-        _syncfs_probe()
-    fn = getattr(_libc, "renameat2", None) if _libc else None
-    if fn is not None:
-        rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        e = ctypes.get_errno()
-        if e == errno.EEXIST or e == errno.ENOTEMPTY:
-            raise FileExistsError(errno.EEXIST, "destination already exists", dst)
-        if e not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(e, os.strerror(e), src)
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "destination already exists", dst)
-    os.rename(src, dst)
-
-
-def _syncfs_probe() -> None:
-    try:
-        _syncfs(-1)
-    except OSError:
-        pass
-
-
-def make_tree_durable(path: str) -> None:
+def make_tree_durable(tree_fd: int, parent_fd: int, where: str) -> None:
     """Data and names of a freshly written tree on stable storage (before deleting the
     only other copy of it): one syncfs of its filesystem plus the parent's entry."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if not _syncfs(fd):
+        if not _syncfs(tree_fd):
             os.sync()
     except OSError as e:
-        raise DurabilityError(path, f"syncfs failed: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
-    fsync_dir(os.path.dirname(path))
+        raise DurabilityError(where, f"syncfs failed: {e.strerror or e}") from None
+    fsync_dir(parent_fd, os.path.dirname(where))

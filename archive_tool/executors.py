@@ -6,13 +6,26 @@ on futures, so it does not know which one it has.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    BrokenExecutor,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+B = TypeVar("B")
+R = TypeVar("R")
 
 
 def default_workers() -> int:
@@ -141,3 +154,117 @@ class DaskExecutor(Executor):
         self._ex.shutdown(wait=wait and not cancel_futures)
         if self._own:
             self.client.close()
+
+
+# The usual causes, named: a user calling sweep() at the top level of a script makes every
+# worker (which imports the script's main module) run it again and fail to start.
+WORKER_DIED = ("a worker process died or could not start, stopped (killed, out of "
+               "memory, or sweep()/restore called at a script's top level: put it under "
+               "if __name__ == '__main__')")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM set a flag instead of killing: stop feeding, settle what is in
+    flight, leave every session whole. Only the main thread may install handlers."""
+    caught: list[int] = []
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum: int, _frame: Any) -> None:
+            caught.append(signum)
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, handler)
+    try:
+        yield caught
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Outcome:
+    """How a run of batches ended: ``stopped`` says why it ended early (None: it did not)."""
+
+    stopped: str | None = None
+    signal: int | None = None
+
+
+def run_batches(
+    batches: Iterable[B],
+    fn: Callable[..., list[R]],
+    args: tuple[Any, ...],
+    *,
+    absorb: Callable[[list[R]], None],
+    lost: Callable[[B, BaseException], list[R]],
+    executor: Executor | None = None,
+    workers: int | None = None,
+    unsent: Callable[[B], None] = lambda _b: None,
+    halt: Callable[[], str | None] = lambda: None,
+    before_submit: Callable[[B], None] = lambda _b: None,
+) -> Outcome:
+    """The one pool loop (sweep, bulk restore, packs): submit ``fn(batch, *args)`` per
+    batch with about two batches in flight per slot, hand each batch's results to
+    *absorb* as they finish, and stop feeding on SIGINT/SIGTERM, a broken pool or when
+    *halt* gives a reason; batches in flight are always settled. A lost batch (its worker
+    died) is reported through *lost*; a batch that could not be sent through *unsent*.
+    """
+    # How many batches run at once: the pool's size, or a cluster's worker threads (which
+    # may grow while the run goes on: dask-jobqueue workers join as their jobs start).
+    slots: Callable[[], int] | None = getattr(executor, "slots", None)
+    n = workers or (max(1, slots()) if slots else default_workers())
+    own = executor is None
+    ex = executor if executor is not None else local_executor(n)
+    inflight: dict[Future, B] = {}
+    broken = ""
+    out = Outcome()
+
+    def window() -> int:
+        return 2 * (max(1, slots()) if slots and not workers else n)
+
+    def settle(done: Iterable[Future]) -> None:
+        nonlocal broken
+        for f in done:
+            batch = inflight.pop(f)
+            try:
+                results = f.result()
+            except BaseException as e:  # noqa: BLE001 - a lost worker: its batch is unknown
+                if isinstance(e, BrokenExecutor) and not broken:
+                    broken = f"{WORKER_DIED}: {e}"
+                results = lost(batch, e)
+            absorb(results)
+
+    try:
+        with stop_on_signals() as caught:
+            for batch in batches:
+                if caught or halt():
+                    break
+                before_submit(batch)
+                try:
+                    fut = ex.submit(fn, batch, *args)
+                except BrokenExecutor as e:
+                    # A worker died (OOM killer, kill -9): the pool takes no more work.
+                    broken = broken or f"{WORKER_DIED}: {e}"
+                    unsent(batch)
+                    break
+                inflight[fut] = batch
+                while len(inflight) >= window():
+                    done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                    settle(done)
+                    if caught or halt():
+                        break
+            while inflight:
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                settle(done)
+            reason = halt()
+            if caught:
+                out.stopped = f"interrupted by {signal.Signals(caught[0]).name}"
+                out.signal = caught[0]
+            elif reason:
+                out.stopped = reason
+            elif broken:
+                out.stopped = broken
+    finally:
+        if own:
+            ex.shutdown(wait=True)
+    return out

@@ -9,10 +9,13 @@ emulated with POSIX locks by the client and only as reliable as the server's loc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from types import TracebackType
 
+from . import fs
 from .errors import BadRoot, LockBusy
 
 LOCK_NAME = ".session-archive.lock"
@@ -25,12 +28,53 @@ def lock_path(root: str, shard: tuple[int, int] | None = None) -> str:
     return os.path.join(root, f".session-archive.shard-{k}-of-{n}.lock")
 
 
+def open_lock_file(dir_fd: int, name: str, where: str) -> int:
+    """Open (creating if needed) the lock file *name* in *dir_fd* safely when acting as
+    root in a directory a user owns.
+
+    A planted symlink is not followed (O_NOFOLLOW: ELOOP), a FIFO does not block
+    (O_NONBLOCK), and the file must be a regular file with one link owned by us or by the
+    directory's owner: a hard link to /etc/shadow (possible where protected_hardlinks is
+    off) has two links and is refused before anything is written to it. One file serves
+    root's cron sweep and the tree's owner alike: root hands a lock file it creates to the
+    directory's owner, and flock needs only a read-only fd, so neither locks the other
+    out of their own tree (the pid written into it is informational).
+    """
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(name, os.O_RDWR | flags, 0o644, dir_fd=dir_fd)
+        except PermissionError:
+            fd = os.open(name, os.O_RDONLY | flags, 0o644, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BadRoot(where, "lock file is a symlink; refused (remove it)") from None
+        raise BadRoot(where, f"cannot create lock file: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        dst = os.fstat(dir_fd)
+        euid = os.geteuid()
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise BadRoot(where, "lock file is not a plain file (a link or special file); "
+                                 "refused (remove it)")
+        if st.st_uid not in (euid, dst.st_uid):
+            raise BadRoot(where, f"lock file belongs to uid {st.st_uid}, neither us nor the "
+                                 "directory's owner; refused (remove it)")
+        if euid == 0 and st.st_uid == 0 and dst.st_uid != 0 and st.st_size == 0:
+            os.fchown(fd, dst.st_uid, dst.st_gid)  # fresh: the tree's owner may use it too
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class RootLock:
     """The root's lock, exclusive for a whole-tree sweep. A shard ``(k, n)`` holds the
     root lock *shared* plus its own shard lock exclusively: shards of one root run side
     by side, but never beside a whole-tree sweep of that root, and one shard never twice."""
 
     def __init__(self, root: str, shard: tuple[int, int] | None = None) -> None:
+        self.root = root
         self.path = lock_path(root, shard)
         self.root_path = lock_path(root)
         self.shard = shard
@@ -38,11 +82,18 @@ class RootLock:
 
     def _take(self, path: str, how: int, busy: str) -> int:
         try:
-            # No O_TRUNC: a contender that loses must not truncate the holder's file.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            dir_fd = fs.open_trusted_dir(self.root)
         except OSError as e:
             self.release()
-            raise BadRoot(path, f"cannot create lock file: {e.strerror}") from None
+            raise BadRoot(self.root, f"cannot open: {e.strerror}") from None
+        try:
+            # No O_TRUNC: a contender that loses must not truncate the holder's file.
+            fd = open_lock_file(dir_fd, os.path.basename(path), path)
+        except BaseException:
+            self.release()
+            raise
+        finally:
+            os.close(dir_fd)
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -58,11 +109,11 @@ class RootLock:
         fd = self._take(self.path, fcntl.LOCK_EX, "another sweep holds the lock")
         try:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
-            # The pid is informational; the flock is the lock. Raising here leaked the fd
-            # (every later sweep in this process got LockBusy), and on a full disk the
-            # sweep could not even start.
+            # The pid is informational; the flock is the lock (a read-only fd when the file
+            # is another's). Raising here leaked the fd, and on a full disk the sweep could
+            # not even start.
             pass
         return self
 

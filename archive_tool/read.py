@@ -23,6 +23,32 @@ CHUNK = 1024 * 1024
 _KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}
 
 
+# An extended header (PAX x/g, GNU long name/link) is read into memory whole by tarfile,
+# whatever size it declares: a 32 KB archive claiming a 2 GB header cost 2.1 GB of RSS.
+# Real ones hold a long path or a few attributes.
+MAX_EXTENDED_HEADER = 1024 * 1024
+_EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+
+
+class SafeTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses an absurd extended header before tarfile reads it."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"extended header of {self.size} bytes "
+                                      f"(more than {MAX_EXTENDED_HEADER}); refused")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def iter_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Members one at a time without keeping them: TarFile appends every TarInfo to
+    ``members`` (10 million empty members cost 4.9 GB of RSS in verify)."""
+    while (m := tf.next()) is not None:
+        tf.members.clear()
+        yield m
+
+
 def drain(reader: IO[bytes]) -> None:
     while reader.read(CHUNK):
         pass
@@ -46,8 +72,8 @@ def check_members(
     want = {e[0]: e[1:] for e in expected}
     try:
         reader = open_decompressed_reader(f, fmt)
-        with tarfile.open(fileobj=reader, mode="r|") as tf:
-            for m in tf:
+        with tarfile.open(fileobj=reader, mode="r|", tarinfo=SafeTarInfo) as tf:
+            for m in iter_members(tf):
                 name = m.name[2:] if m.name.startswith("./") else m.name
                 exp = want.pop(name, None)
                 if exp is None:
@@ -69,7 +95,15 @@ def check_members(
 
 def detect_format(path: str) -> str:
     with open(path, "rb") as f:
-        head = f.read(512)
+        return _format_of(f.read(512), path)
+
+
+def detect_format_fd(fd: int, where: str) -> str:
+    """Format of the open archive *fd* (by magic, else by *where*'s suffix)."""
+    return _format_of(os.pread(fd, 512, 0), where)
+
+
+def _format_of(head: bytes, path: str) -> str:
     fmt = sniff_format(head)
     if fmt is None:
         named = split_archive_name(os.path.basename(path))
@@ -80,12 +114,14 @@ def detect_format(path: str) -> str:
 
 
 @contextmanager
-def open_tar(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarFile, IO[bytes]]]:
-    """Stream-open an archive of any supported format; errors become CorruptArchive."""
+def open_tar(path: str | os.PathLike[str], fd: int | None = None
+             ) -> Iterator[tuple[tarfile.TarFile, IO[bytes]]]:
+    """Stream-open an archive of any supported format; errors become CorruptArchive.
+    With *fd* (an archive opened by the caller, e.g. O_NOFOLLOW below a dir fd) *path*
+    only names it in messages; the fd is closed on exit."""
     path = os.fspath(path)
     try:
-        fmt = detect_format(path)
-        raw = open(path, "rb", buffering=CHUNK)
+        raw = open(path if fd is None else fd, "rb", buffering=CHUNK)
     except FileNotFoundError:
         raise ArchiveError(path, "no such archive") from None
     except IsADirectoryError:
@@ -93,9 +129,10 @@ def open_tar(path: str | os.PathLike[str]) -> Iterator[tuple[tarfile.TarFile, IO
     except PermissionError:
         raise ArchiveError(path, "permission denied") from None
     with raw:
+        fmt = detect_format_fd(raw.fileno(), path)
         try:
             reader = open_decompressed_reader(raw, fmt)
-            tf = tarfile.open(fileobj=reader, mode="r|")
+            tf = tarfile.open(fileobj=reader, mode="r|", tarinfo=SafeTarInfo)
         except Exception as e:
             raise CorruptArchive(path, f"cannot read archive: {e}") from None
         with tf:
@@ -202,7 +239,7 @@ def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
     seen = MemberRules()
     with open_tar(path) as (tf, reader):
         try:
-            for m in tf:
+            for m in iter_members(tf):
                 members += 1
                 why = seen.unsafe(m)
                 if why:
@@ -238,7 +275,7 @@ def list_members(path: str | os.PathLike[str]) -> Iterator[MemberInfo]:
     seen = MemberRules()
     with open_tar(path) as (tf, _reader):
         try:
-            for m in tf:
+            for m in iter_members(tf):
                 why = seen.unsafe(m)
                 if why:  # listing it as fine would hide what restore refuses
                     raise UnsafeArchive(path, f"refused on restore: {why}")
@@ -258,7 +295,7 @@ def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes]) -> in
     seen = MemberRules()
     with open_tar(path) as (tf, _reader):
         try:
-            for m in tf:
+            for m in iter_members(tf):
                 why = seen.unsafe(m)
                 if why:
                     raise UnsafeArchive(path, f"refused on restore: {why}")

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import stale
+from . import fs, stale
 from .discover import Discovery
-from .errors import ArchiveError
+from .errors import ArchiveError, SourceUnreadable
 from .formats import compress_bytes, open_compressed_writer
 from .names import normalize_format
 from .plan import Planner, check_root
@@ -81,17 +81,28 @@ def compressed_size(src: str, entries: list[Entry], fmt: str, compresslevel: int
     stream through the compressor into a byte counter). Raises ArchiveError if the session
     changes or cannot be read meanwhile."""
     top = os.path.basename(src)
-    if content_bytes(entries) <= IN_MEMORY_LIMIT:
-        parts: list[bytes] = []
-        write_tar(src, top, entries, parts.append)
-        tar = b"".join(parts)
-        tar += tarfile.NUL * (-len(tar) % tarfile.RECORDSIZE)
-        return len(compress_bytes(tar, fmt, compresslevel))
-    sink = _Counter()
-    comp = open_compressed_writer(sink, fmt, compresslevel)  # type: ignore[arg-type]
-    write_tar(src, top, entries, comp.write)
-    comp.close()
-    return sink.count
+    try:
+        with fs.parent_of(src) as (parent_fd, name):
+            top_fd = fs.open_dir(name, parent_fd)
+    except OSError as e:
+        raise SourceUnreadable(src, e.strerror or str(e)) from None
+    if os.fstat(top_fd).st_ino != entries[0].ino:
+        os.close(top_fd)
+        raise SourceUnreadable(src, "replaced since it was scanned")
+    try:
+        if content_bytes(entries) <= IN_MEMORY_LIMIT:
+            parts: list[bytes] = []
+            write_tar(top_fd, src, top, entries, parts.append)
+            tar = b"".join(parts)
+            tar += tarfile.NUL * (-len(tar) % tarfile.RECORDSIZE)
+            return len(compress_bytes(tar, fmt, compresslevel))
+        sink = _Counter()
+        comp = open_compressed_writer(sink, fmt, compresslevel)  # type: ignore[arg-type]
+        write_tar(top_fd, src, top, entries, comp.write)
+        comp.close()
+        return sink.count
+    finally:
+        os.close(top_fd)
 
 
 class _Counter:

@@ -9,18 +9,31 @@ destination is left behind.
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import os
-import shutil
+import secrets
+import stat
 import tarfile
-import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
-from . import commit
+from . import commit, fs
 from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
+from .executors import default_workers, run_batches
 from .names import split_archive_name
-from .read import CHUNK, MemberRules, drain, member_path, open_tar
+from .plan import check_root
+from .read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
+from .scan import DIR, FILE, LINK, escaping_link
+from .summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
 
-# Keep this much of the destination filesystem free when sizing the extraction limit.
+# Keep this much of the destination filesystem free when sizing the extraction limit —
+# at most 64 MiB and at most 1 % of the filesystem, so a small or nearly full test
+# filesystem can still take a small session.
 _HEADROOM = 64 * 1024 * 1024
 
 
@@ -31,12 +44,14 @@ def default_dest(archive: str) -> str:
     return os.path.join(os.path.dirname(archive), stem)
 
 
-def _limits(parent: str) -> tuple[int, int]:
-    st = os.statvfs(parent)
-    space = max(0, st.f_bavail * st.f_frsize - _HEADROOM)
+def _limits(parent_fd: int) -> tuple[int, int, int, int]:
+    """(bytes we may write, inodes we may create, bytes free, reserve kept)."""
+    st = os.fstatvfs(parent_fd)
+    free = st.f_bavail * st.f_frsize
+    reserve = min(_HEADROOM, st.f_blocks * st.f_frsize // 100)
     # Some filesystems (btrfs) report no inode limit: f_files == 0.
     inodes = st.f_favail if st.f_files else 1 << 62
-    return space, inodes
+    return max(0, free - reserve), inodes, free, reserve
 
 
 class _MultiTop(Exception):
@@ -52,34 +67,81 @@ def _file_mode(mode: int) -> int:
     return mode
 
 
-def extract_into(archive: str, tmp: str, max_bytes: int, max_members: int, strip: bool) -> int:
-    """Extract every member of *archive* below *tmp*; returns the content bytes written.
+class _Dirs:
+    """fds of directories created below the restore's temp dir, by relative path.
 
-    With *strip*, the archive's single top-level directory becomes *tmp* itself (its
-    members land directly in it), so the caller renames *tmp* into place — one rename
+    Everything is created relative to these fds, never by path: a user who can write the
+    destination's parent may rename the temp dir away and put a symlink in its place, but
+    our fds still point into the dir we made (mode 0700, ours), so nothing lands elsewhere.
+    """
+
+    def __init__(self, top_fd: int, limit: int = 32) -> None:
+        self.top_fd = top_fd
+        self.limit = limit
+        self.fds: OrderedDict[str, int] = OrderedDict()
+        self.made: set[str] = {""}
+
+    def get(self, rel: str) -> int:
+        if rel == "":
+            return self.top_fd
+        fd = self.fds.get(rel)
+        if fd is None:
+            if rel not in self.made:
+                self.makedirs(rel)
+            fd = fs.open_beneath(self.top_fd, rel)
+            self.fds[rel] = fd
+            while len(self.fds) > self.limit:
+                os.close(self.fds.popitem(last=False)[1])
+        else:
+            self.fds.move_to_end(rel)
+        return fd
+
+    def makedirs(self, rel: str) -> None:
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub not in self.made:
+                parent, _, name = sub.rpartition("/")
+                os.mkdir(name, 0o700, dir_fd=self.get(parent))
+                self.made.add(sub)
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
+
+
+def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_members: int,
+                 strip: bool, owner: tuple[int, int] | None = None) -> int:
+    """Extract every member of the open archive *afd* below the open dir *tmp_fd*;
+    returns the content bytes written. *archive* names it in messages; *afd* is closed.
+
+    With *strip*, the archive's single top-level directory becomes the temp dir itself
+    (its members land directly in it), so the caller renames it into place — one rename
     instead of a rename, a listdir and an rmdir per restore. Raises _MultiTop when the
     archive turns out to have more than one top-level entry.
 
     Safety without tarfile's extraction machinery, whose ``data`` filter resolves the
     realpath of every member (~10 lstat calls each: most of a small restore's cost):
-    *tmp* is new and empty, every member passes ``read.MemberRules``, we create every
-    entry ourselves with O_EXCL / O_NOFOLLOW / mkdir, hard links only to regular files
-    already extracted, and after extraction every created symlink must resolve inside
-    *tmp*.
+    the temp dir is new and empty, every member passes ``read.MemberRules``, every entry
+    is created by us relative to a dir fd (O_EXCL / O_NOFOLLOW / mkdirat / symlinkat),
+    hard links only to regular files this restore extracted, and every created symlink
+    must resolve inside the tree (resolved over what was extracted, not the live fs).
+    With *owner* (root restoring a user's archive) every entry is given to that owner.
     """
     total = count = 0
     top: str | None = None
     root_attrs: tuple[int, int] | None = None
-    links: set[str] = set()
-    dirs: list[tuple[str, int, int]] = []
-    made: set[str] = {""}
+    kinds: dict[str, str] = {}
+    links: dict[str, str] = {}
+    dir_attrs: list[tuple[str, int, int]] = []
+    dirs = _Dirs(tmp_fd)
     # The member rules verify and show apply too: no absolute names or "..", no devices,
     # no path or hard-link target through a symlink the archive made, no link escaping
-    # through earlier links. Entries are then created only below *tmp*.
+    # through earlier links.
     rules = MemberRules()
-    with open_tar(archive) as (tf, reader):
-        try:
-            for m in tf:
+    try:
+        with open_tar(archive, afd) as (tf, reader):
+            for m in iter_members(tf):
                 why = rules.unsafe(m)
                 if why:
                     raise UnsafeArchive(archive, f"refused: {why}")
@@ -96,82 +158,99 @@ def extract_into(archive: str, tmp: str, max_bytes: int, max_members: int, strip
                     rel = rest
                 elif not rel:
                     continue
-                parts = rel.split("/")
                 count += 1
                 total += m.size if m.isreg() else 0
                 if total > max_bytes:
-                    raise ArchiveTooLarge(
-                        archive, f"extracting would need more than {max_bytes} bytes; refused")
+                    raise ArchiveTooLarge(archive, f"extracting would need more than "
+                                                   f"{max_bytes} bytes; refused")
                 if count > max_members:
                     raise ArchiveTooLarge(archive, f"more than {max_members} members; refused")
-                parent = rel.rpartition("/")[0]
-                if parent not in made:
-                    os.makedirs(os.path.join(tmp, parent), exist_ok=True)
-                    made.update("/".join(parts[:i]) for i in range(1, len(parts)))
-                path = os.path.join(tmp, rel)
+                parent, _, name = rel.rpartition("/")
+                pfd = dirs.get(parent)
                 mtime = int(m.mtime)
                 if m.isdir():
-                    if rel not in made:
-                        os.mkdir(path, 0o700)
-                        made.add(rel)
-                    dirs.append((path, (m.mode & 0o755) | 0o700, mtime))
+                    if rel not in dirs.made:
+                        os.mkdir(name, 0o700, dir_fd=pfd)
+                        dirs.made.add(rel)
+                    elif kinds.get(rel) == DIR:
+                        raise FileExistsError(errno.EEXIST, "exists", m.name)
+                    kinds[rel] = DIR
+                    dir_attrs.append((rel, (m.mode & 0o755) | 0o700, mtime))
                 elif m.isreg():
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                 | os.O_CLOEXEC, 0o600)
-                    try:
-                        src = tf.extractfile(m)
-                        while chunk := src.read(CHUNK):
-                            view = memoryview(chunk)
-                            while view:
-                                view = view[os.write(fd, view):]
-                        os.fchmod(fd, _file_mode(m.mode))
-                        os.utime(fd, (mtime, mtime))
-                    finally:
-                        os.close(fd)
+                    _write_member(tf, m, name, pfd, mtime, owner)
+                    kinds[rel] = FILE
                 elif m.issym():
-                    os.symlink(m.linkname, path)
-                    links.add(rel)
-                    os.utime(path, (mtime, mtime), follow_symlinks=False)
+                    os.symlink(m.linkname, name, dir_fd=pfd)
+                    kinds[rel] = LINK
+                    links[rel] = m.linkname
+                    os.utime(name, (mtime, mtime), dir_fd=pfd, follow_symlinks=False)
+                    if owner is not None:
+                        os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
                 elif m.islnk():
                     target = member_path(m.linkname)
                     if strip:
                         first, _, target = target.partition("/")
                         if first != top or not target:
                             raise UnsafeArchive(archive, f"refused: hard link {m.name!r} leaves the archive")
-                    src_path = os.path.join(tmp, target)
-                    if not os.path.isfile(src_path):
+                    if kinds.get(target) != FILE:
                         raise UnsafeArchive(archive, f"refused: hard link {m.name!r} to {m.linkname!r}")
-                    os.link(src_path, path, follow_symlinks=False)
+                    tparent, _, tname = target.rpartition("/")
+                    os.link(tname, name, src_dir_fd=dirs.get(tparent), dst_dir_fd=dirs.get(parent),
+                            follow_symlinks=False)
+                    kinds[rel] = FILE
                 else:
                     raise UnsafeArchive(archive, f"refused: unsupported member type {m.name!r}")
             # tarfile stops at the end-of-archive blocks, before the gzip CRC32 / zstd
             # XXH64 / xz check: without reading on, a damaged .tar.gz restored silently
             # altered bytes (tests/test_reliability_hostile_archives.py).
             drain(reader)
-        except (ArchiveError, _MultiTop):
-            raise
-        except FileExistsError as e:
-            raise UnsafeArchive(archive, f"refused: duplicate member {e.filename!r}") from None
-        except OSError as e:
-            if e.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise commit.disk_error(archive, e, "cannot restore") from None
-            if isinstance(e, tarfile.TarError) or "unexpected end" in str(e):
-                raise CorruptArchive(archive, f"corrupt archive: {e}") from None
-            raise ArchiveError(archive, f"cannot restore: {e.strerror or e}") from None
-        except Exception as e:
+        bad = escaping_link(kinds, links)
+        if bad is not None:
+            raise UnsafeArchive(archive, f"refused: symlink {bad[0]!r} resolves outside the restore")
+        for rel, mode, mtime in reversed(dir_attrs):  # children first: setting mtime is final
+            fd = dirs.get(rel)
+            os.fchmod(fd, mode)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.utime(fd, (mtime, mtime))
+    except (ArchiveError, _MultiTop):
+        raise
+    except FileExistsError as e:
+        raise UnsafeArchive(archive, f"refused: duplicate member {e.filename!r}") from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise commit.disk_error(archive, e, "cannot restore") from None
+        if isinstance(e, tarfile.TarError) or "unexpected end" in str(e):
             raise CorruptArchive(archive, f"corrupt archive: {e}") from None
-    real_tmp = os.path.realpath(tmp)
-    for rel in links:
-        real = os.path.realpath(os.path.join(tmp, rel))
-        if real != real_tmp and not real.startswith(real_tmp + os.sep):
-            raise UnsafeArchive(archive, f"refused: symlink {rel!r} resolves outside the restore")
-    for path, mode, mtime in reversed(dirs):  # children first: setting mtime is final
-        os.chmod(path, mode)
-        os.utime(path, (mtime, mtime))
+        raise ArchiveError(archive, f"cannot restore: {e.strerror or e}") from None
+    except Exception as e:
+        raise CorruptArchive(archive, f"corrupt archive: {e}") from None
+    finally:
+        dirs.close()
+    if owner is not None:
+        os.fchown(tmp_fd, *owner)
     if root_attrs is not None:
-        os.chmod(tmp, (root_attrs[0] & 0o755) | 0o700)
-        os.utime(tmp, (root_attrs[1], root_attrs[1]))
+        os.fchmod(tmp_fd, (root_attrs[0] & 0o755) | 0o700)
+        os.utime(tmp_fd, (root_attrs[1], root_attrs[1]))
     return total
+
+
+def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, mtime: int,
+                  owner: tuple[int, int] | None) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=pfd)
+    try:
+        src = tf.extractfile(m)
+        while chunk := src.read(CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, _file_mode(m.mode))
+        os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
 
 
 def restore_one(
@@ -181,40 +260,231 @@ def restore_one(
     *,
     max_bytes: int | None = None,
     stats: dict[str, int] | None = None,
+    follow: bool = True,
 ) -> Path:
     """Extract *archive_path* to *dest_dir* (default: the archive path minus its suffix).
 
     An archive with one top-level directory (what we and GNU tar write for a session)
     restores that directory's contents as *dest_dir*; any other layout restores all its
     members below *dest_dir*. Never overwrites (FileExistsError). With *remove_archive*,
-    the restored tree is made durable before the archive is unlinked.
+    the restored tree is made durable before the archive is unlinked. With
+    ``follow=False`` (bulk restore of archives found in a tree) an archive name that is a
+    symlink is refused: it could point at another user's archive.
     """
     archive = os.path.abspath(os.fspath(archive_path))
-    if not os.path.isfile(archive):
-        raise ArchiveError(archive, "no such archive" if not os.path.exists(archive) else "not a file")
     dest = os.path.abspath(os.fspath(dest_dir)) if dest_dir is not None else default_dest(archive)
-    if os.path.lexists(dest):
-        raise FileExistsError(17, "destination already exists; refusing to overwrite", dest)
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    space, inodes = _limits(parent)
-    limit = space if max_bytes is None else min(max_bytes, space)
-    total = 0
-    for strip in (True, False):
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.restore-", dir=parent)
+    with fs.parent_of(archive) if os.path.isdir(os.path.dirname(archive)) else _no_dir(archive) \
+            as (adir_fd, aname):
+        afd = -1
         try:
-            total = extract_into(archive, tmp, limit, inodes, strip)
-            commit.rename_noreplace(tmp, dest)
-            break
-        except _MultiTop:
-            shutil.rmtree(tmp, ignore_errors=True)  # rare: not a one-session archive
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            afd = os.open(aname, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+                          | (0 if follow else os.O_NOFOLLOW), dir_fd=adir_fd)
+        except FileNotFoundError:
+            raise ArchiveError(archive, "no such archive") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ArchiveError(archive, "is a symlink; refused") from None
+            raise ArchiveError(archive, f"cannot open: {e.strerror or e}") from None
+        try:
+            ast = os.fstat(afd)
+            if not stat.S_ISREG(ast.st_mode):
+                raise ArchiveError(archive, "not a file")
+            parent = os.path.dirname(dest)
+            os.makedirs(parent, exist_ok=True)
+            with fs.parent_of(dest) as (parent_fd, dname):
+                total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast, max_bytes)
+                try:
+                    if remove_archive:
+                        commit.make_tree_durable(tree_fd, parent_fd, dest)
+                        if not fs.same_file(fs.lstat_at(adir_fd, aname), ast):
+                            raise ArchiveError(archive, "restored, but the archive was replaced "
+                                                        "meanwhile; not removed")
+                        fs.unlink_at(adir_fd, aname, missing_ok=False)
+                        commit.fsync_dir(adir_fd, os.path.dirname(archive))
+                finally:
+                    os.close(tree_fd)
+        finally:
+            if afd >= 0:
+                os.close(afd)
     if stats is not None:
         stats["bytes"] = total
-    if remove_archive:
-        commit.make_tree_durable(dest)
-        os.unlink(archive)
-        commit.fsync_dir(os.path.dirname(archive))
     return Path(dest)
+
+
+class _no_dir:
+    """The archive's directory does not exist: the same error as a missing archive."""
+
+    def __init__(self, archive: str) -> None:
+        self.archive = archive
+
+    def __enter__(self) -> tuple[int, str]:
+        raise ArchiveError(self.archive, "no such archive")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
+                ast: os.stat_result, max_bytes: int | None) -> tuple[int, int]:
+    """Extract into a fresh temp dir in *parent_fd*, rename it to *dname*; returns
+    (content bytes, fd of the restored dir)."""
+    if fs.lexists_at(parent_fd, dname):
+        raise FileExistsError(17, "destination already exists; refusing to overwrite", dest)
+    space, inodes, free, reserve = _limits(parent_fd)
+    limit = space if max_bytes is None else min(max_bytes, space)
+    euid = os.geteuid()
+    # Root restoring a user's archive gives the tree to the archive's owner (who could
+    # not otherwise remove or use it); never the owners named inside the archive.
+    owner = (ast.st_uid, ast.st_gid) if euid == 0 and ast.st_uid != 0 else None
+    for strip in (True, False):
+        tname = f".{dname}.restore-{secrets.token_hex(4)}"
+        os.mkdir(tname, 0o700, dir_fd=parent_fd)
+        tmp_fd = fs.open_dir(tname, parent_fd)
+        mine = os.fstat(tmp_fd)
+        try:
+            if mine.st_uid != euid or mine.st_nlink != 2:
+                raise ArchiveError(dest, "the restore's temp dir was replaced by another "
+                                         "process; refused")
+            fs.race_point("restore-extract", os.path.join(os.path.dirname(dest), tname))
+            rfd = os.dup(afd)  # extract_into closes what it reads; a dup shares the offset
+            os.lseek(rfd, 0, os.SEEK_SET)
+            try:
+                total = extract_into(archive, rfd, tmp_fd, limit, inodes, strip, owner)
+            except ArchiveTooLarge as e:
+                if limit == space and "bytes" in e.reason:
+                    raise ArchiveTooLarge(archive, f"{e.reason} ({free} bytes free, {reserve} "
+                                                   "kept in reserve)") from None
+                raise
+            fs.race_point("restore-rename", os.path.join(os.path.dirname(dest), tname))
+            if not fs.same_file(fs.lstat_at(parent_fd, tname), mine):
+                raise ArchiveError(dest, "the restore's temp dir was replaced by another "
+                                         "process; refused")
+            fs.rename_noreplace_at(parent_fd, tname, parent_fd, dname)
+            if not fs.same_file(fs.lstat_at(parent_fd, dname), mine):
+                raise ArchiveError(dest, "the restored dir was replaced by another process "
+                                         "during the rename; refused")
+            return total, tmp_fd
+        except _MultiTop:
+            _remove_tmp(parent_fd, tname, mine)  # rare: not a one-session archive
+            os.close(tmp_fd)
+        except BaseException:
+            _remove_tmp(parent_fd, tname, mine)
+            os.close(tmp_fd)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _remove_tmp(parent_fd: int, tname: str, mine: os.stat_result) -> None:
+    """Remove our temp dir — only if the name still is the dir we made."""
+    try:
+        if fs.same_file(fs.lstat_at(parent_fd, tname), mine):
+            fs.rmtree_at(parent_fd, tname)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------ bulk restore
+
+
+def restore_many(
+    root: str | os.PathLike[str],
+    *,
+    pattern: str | None = None,
+    dest_root: str | os.PathLike[str] | None = None,
+    remove_archive: bool = False,
+    dry_run: bool = True,
+    max_files: int | None = None,
+    track_bytes: bool = False,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    batch_size: int = 32,
+    on_result: Callable[[Result], None] | None = None,
+) -> dict[str, Any]:
+    """Bulk restore: archives directly under *root* -> ``dest_root/<name>/`` (default:
+    beside the archive), on the same pool loop as the sweep, each through a temp dir and a
+    rename. Returns the Summary (kind "restore")."""
+    from .discover import iter_archives
+
+    t0 = time.monotonic()
+    root_p = check_root(root)
+    if max_files is not None and max_files < 0:
+        raise ValueError(f"max_files must be >= 0 (0 = no cap), got {max_files}")
+    dest_p = os.path.abspath(os.fspath(dest_root)) if dest_root is not None else None
+
+    def matches(name: str) -> bool:
+        if pattern:
+            return fnmatch.fnmatch(name, pattern)
+        return split_archive_name(name) is not None
+
+    s = new_summary("restore", root_p, dry_run, restored=0)
+    jobs: list[tuple[str, str]] = []
+    for path in iter_archives(root_p, matches):
+        s["scanned"] += 1
+        if max_files and s["candidates"] >= max_files:
+            continue
+        named = split_archive_name(os.path.basename(path))
+        stem = named[0] if named else os.path.basename(path) + ".restored"
+        dest = os.path.join(dest_p or os.path.dirname(path), stem)
+        if os.path.lexists(dest):
+            s["skipped"] += 1
+            continue
+        s["candidates"] += 1
+        if track_bytes:
+            s["bytes_in"] += os.path.getsize(path)
+        jobs.append((path, dest))
+    if not dry_run and jobs:
+        if dest_p:
+            os.makedirs(dest_p, exist_ok=True)
+        n = workers or default_workers()
+        size = max(1, min(batch_size, -(-len(jobs) // n)))
+        batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        sent = 0
+
+        def absorb(results: list[Result]) -> None:
+            for r in results:
+                if r.status == RESTORED:
+                    s["restored"] += 1
+                    if track_bytes:
+                        s["bytes_out"] += r.bytes_out
+                elif r.status == SKIPPED:
+                    s["skipped"] += 1
+                else:
+                    record_failure(s, r.path, r.reason)
+                if on_result is not None:
+                    on_result(r)
+
+        def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
+            # Each archive is kept (removed only after its restore is durable); a restore
+            # cut short leaves only a hidden temp dir beside it.
+            return [Result(path, FAILED, f"worker lost: {e!r}") for path, _ in batch]
+
+        def count(batch: list[tuple[str, str]], k: int = 1) -> None:
+            nonlocal sent
+            sent += k * len(batch)
+
+        out = run_batches(batches, restore_batch, (remove_archive,), absorb=absorb, lost=lost,
+                          executor=executor, workers=n, before_submit=count,
+                          unsent=lambda b: count(b, -1))
+        if out.stopped:
+            s["stopped"] = out.stopped
+            s["skipped"] += len(jobs) - sent  # never sent: left as they are
+        if out.signal is not None:
+            s["signal"] = out.signal
+    s["elapsed"] = round(time.monotonic() - t0, 3)
+    return s
+
+
+def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool) -> list[Result]:
+    out = []
+    for archive, dest in jobs:
+        try:
+            stats: dict[str, int] = {}
+            restore_one(archive, dest, remove_archive=remove_archive, stats=stats, follow=False)
+            out.append(Result(archive, RESTORED, "", 0, stats.get("bytes", 0)))
+        except FileExistsError:
+            out.append(Result(archive, SKIPPED, "destination exists"))
+        except ArchiveError as e:
+            out.append(Result(archive, FAILED, e.reason))
+        except Exception as e:  # noqa: BLE001 - plain data back, never raise
+            out.append(Result(archive, FAILED, f"{type(e).__name__}: {e}"))
+    return out

@@ -6,10 +6,12 @@ still be true of the source just before it is deleted.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
 
+from . import fs
 from .errors import SourceUnreadable, UnsafeSource
 
 FILE, DIR, LINK = "f", "d", "l"
@@ -47,48 +49,86 @@ def _entry(rel: str, st: os.stat_result, kind: str, linkname: str = "") -> Entry
     )
 
 
-def scan_session(src: str) -> list[Entry]:
-    """Manifest of *src*, parents before children, names sorted (deterministic archives).
+def scan_session(src: str, dirs: fs.DirCache | None = None) -> list[Entry]:
+    """Manifest of the session dir *src* (see :func:`scan_fd`), opened without following a
+    symlink at its last component (and, with *dirs*, at any component below the root)."""
+    try:
+        if dirs is not None:
+            parent_fd, name = dirs.parent(src)
+            fd = fs.open_dir(name, parent_fd)
+        else:
+            with fs.parent_of(src) as (parent_fd, name):
+                fd = fs.open_dir(name, parent_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeSource(src, "not a directory") from None
+        raise SourceUnreadable(src, e.strerror or str(e)) from None
+    try:
+        return scan_fd(fd, src)
+    finally:
+        os.close(fd)
+
+
+def scan_fd(top_fd: int, where: str) -> list[Entry]:
+    """Manifest of the open session dir *top_fd*, parents before children, names sorted
+    (deterministic archives). *where* names it in errors.
+
+    Walks by fds (fs.py): every subdir is opened O_NOFOLLOW relative to its parent and
+    must be the inode its lstat showed, so a dir swapped for a symlink mid-walk is refused,
+    never followed out of the session.
 
     Refuses (UnsafeSource) FIFOs, sockets and device files, and symlinks whose target is
     absolute or resolves outside the session: tarfile silently drops sockets, and the
     ``data`` extraction filter refuses the rest, so archiving them would produce an archive
     that cannot be restored safely — the one thing we must never delete a source for.
     """
-    try:
-        st = os.lstat(src)
-    except OSError as e:
-        raise SourceUnreadable(src, e.strerror or str(e)) from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeSource(src, "not a directory")
+    st = os.fstat(top_fd)
     entries = [_entry("", st, DIR)]
-    real_root = os.path.realpath(src)
-    _walk(src, "", entries, real_root)
+    links: dict[str, str] = {}
+    _walk(top_fd, "", entries, links, where)
+    if links:
+        bad = escaping_link({e.rel: e.kind for e in entries}, links)
+        if bad is not None:
+            rel, target = bad
+            raise UnsafeSource(os.path.join(where, rel),
+                               f"symlink {target!r} points outside the session; session kept")
     return entries
 
 
-def _walk(top: str, rel: str, out: list[Entry], real_root: str) -> None:
-    path = os.path.join(top, rel) if rel else top
+def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where: str) -> None:
+    here = os.path.join(where, rel) if rel else where
     try:
-        with os.scandir(path) as it:
-            items = sorted(it, key=lambda e: e.name)
+        items = fs.scandir_sorted(dir_fd)
     except OSError as e:
-        raise SourceUnreadable(path, e.strerror or str(e)) from None
+        raise SourceUnreadable(here, e.strerror or str(e)) from None
     for item in items:
         r = f"{rel}/{item.name}" if rel else item.name
+        path = os.path.join(where, r)
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as e:
-            raise SourceUnreadable(item.path, e.strerror or str(e)) from None
+            raise SourceUnreadable(path, e.strerror or str(e)) from None
         mode = st.st_mode
         if stat.S_ISREG(mode):
             out.append(_entry(r, st, FILE))
         elif stat.S_ISDIR(mode):
             out.append(_entry(r, st, DIR))
-            _walk(top, r, out, real_root)
+            try:
+                sub = fs.open_dir(item.name, dir_fd, expect=st)
+            except OSError as e:
+                raise SourceUnreadable(path, e.strerror or str(e)) from None
+            try:
+                _walk(sub, r, out, links, where)
+            finally:
+                os.close(sub)
         elif stat.S_ISLNK(mode):
-            target = os.readlink(item.path)
-            _check_link(item.path, r, target, real_root)
+            try:
+                target = os.readlink(item.name, dir_fd=dir_fd)
+            except OSError as e:
+                raise SourceUnreadable(path, e.strerror or str(e)) from None
+            if os.path.isabs(target):
+                raise UnsafeSource(path, f"symlink to absolute path {target!r}; session kept")
+            links[r] = target
             out.append(_entry(r, st, LINK, target))
         else:
             what = (
@@ -96,19 +136,47 @@ def _walk(top: str, rel: str, out: list[Entry], real_root: str) -> None:
                 else "socket" if stat.S_ISSOCK(mode)
                 else "device file"
             )
-            raise UnsafeSource(item.path, f"{what} cannot be archived safely; session kept")
+            raise UnsafeSource(path, f"{what} cannot be archived safely; session kept")
 
 
-def _check_link(path: str, rel: str, target: str, real_root: str) -> None:
-    if os.path.isabs(target):
-        raise UnsafeSource(path, f"symlink to absolute path {target!r}; session kept")
-    lexical = os.path.normpath(os.path.join(os.path.dirname(rel), target))
-    # Lexically inside is not enough: "a -> ." then "b -> a/../x" resolves outside.
-    # realpath follows the links that exist now, which is what a restore will see.
-    real = os.path.realpath(os.path.join(os.path.dirname(path), target))
-    inside = real == real_root or real.startswith(real_root + os.sep)
-    if lexical == ".." or lexical.startswith("../") or not inside:
-        raise UnsafeSource(path, f"symlink {target!r} points outside the session; session kept")
+def escaping_link(kinds: dict[str, str], links: dict[str, str]) -> tuple[str, str] | None:
+    """The first symlink (rel, target) that resolves outside the tree, or None.
+
+    Resolved against the manifest itself, not the live filesystem: "a -> ." then
+    "b -> a/../x" leaves the tree though it looks inside lexically, and a realpath() of
+    the live tree would follow whatever a user swapped in meanwhile. Dangling targets
+    inside the tree are allowed (they restore as the same dangling link).
+    """
+    for rel, target in links.items():
+        if _resolve(rel.rpartition("/")[0], target, kinds, links, 0) is None:
+            return rel, target
+    return None
+
+
+def _resolve(base: str, target: str, kinds: dict[str, str], links: dict[str, str],
+             depth: int) -> str | None:
+    if depth > 40:  # ELOOP, as the kernel would say: refuse rather than guess
+        return None
+    parts = base.split("/") if base else []
+    pending = target.split("/")
+    while pending:
+        c = pending.pop(0)
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        parts.append(c)
+        cur = "/".join(parts)
+        if kinds.get(cur) == LINK:
+            parts.pop()
+            resolved = _resolve("/".join(parts), links[cur], kinds, links, depth + 1)
+            if resolved is None:
+                return None
+            parts = resolved.split("/") if resolved else []
+    return "/".join(parts)
 
 
 def newest_mtime_ns(entries: list[Entry]) -> int:

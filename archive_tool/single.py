@@ -15,6 +15,7 @@ calls pwd/grp per member, which a profile showed as a large share of per-session
 
 from __future__ import annotations
 
+import errno
 import functools
 import grp
 import io
@@ -26,15 +27,17 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import commit
-from .errors import ArchiveError, SourceChanged, SourceUnreadable, VerifyFailed
+from . import commit, fs
+from .errors import SourceChanged, SourceUnreadable, UnsafeSource, VerifyFailed
 from .formats import compress_bytes, decompress_bytes, open_compressed_writer
 from .names import archive_name, normalize_format
 from .read import check_members
-from .scan import DIR, FILE, LINK, Entry, content_bytes, newest_mtime_ns, scan_session
+from .scan import DIR, FILE, LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 
 # Above this many content bytes a session streams instead of being built in memory.
 IN_MEMORY_LIMIT = 32 * 1024 * 1024
+# ... and above this many entries (a 100k-file session cost 382 MB RSS in memory).
+IN_MEMORY_MAX_ENTRIES = 4096
 CHUNK = 1024 * 1024
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE}
 
@@ -121,21 +124,26 @@ def tar_header(e: Entry, top: str) -> bytes:
     return buf[:148] + b"%06o\0 " % chksum + buf[156:]
 
 
-def _copy_file(path: str, e: Entry, write, chunk: int) -> int:
-    """Write exactly e.size bytes of *path* through *write*; return their CRC32.
+def _copy_file(dir_fd: int, name: str, path: str, e: Entry, write, chunk: int) -> int:
+    """Write exactly e.size bytes of *name* in *dir_fd* through *write*; return their CRC32.
+    *path* names it in errors.
 
     tarfile copies st_size bytes and silently truncates a file that grows (gh-89062);
     we detect growth, shrinkage and any rewrite (size/mtime/ctime/inode of the fd after
     reading differ from the manifest's lstat) and refuse. Empty files are opened too: one
-    that gains data while the session is archived must not be stored empty.
+    that gains data while the session is archived must not be stored empty. Opened
+    O_NOFOLLOW|O_NONBLOCK relative to its dir's fd: a file swapped for a symlink is not
+    followed, one swapped for a FIFO does not block, and the inode check catches both.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(name, fs.O_FILE | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as err:
         if isinstance(err, PermissionError):
             raise SourceUnreadable(path, "permission denied") from None
         if isinstance(err, FileNotFoundError):
             raise SourceChanged(path, "disappeared while being archived") from None
+        if err.errno == errno.ELOOP:
+            raise SourceChanged(path, "replaced by a symlink while being archived") from None
         raise SourceUnreadable(path, err.strerror or str(err)) from None
     try:
         crc = 0
@@ -170,19 +178,31 @@ def _copy_file(path: str, e: Entry, write, chunk: int) -> int:
         os.close(fd)
 
 
-def write_tar(src: str, top: str, entries: list[Entry], write, chunk: int = CHUNK) -> list[int]:
-    """Emit the tar stream of *entries* through *write*; return per-entry CRC32 (0 for
-    non-files), which the streaming verify checks the read-back against."""
+def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
+              chunk: int = CHUNK) -> list[int]:
+    """Emit the tar stream of *entries* (read below the open session dir *top_fd*; *src*
+    is its path, for messages) through *write*; return per-entry CRC32 (0 for non-files),
+    which the streaming verify checks the read-back against."""
     crcs = []
-    for e in entries:
-        write(tar_header(e, top))
-        crc = 0
-        if e.kind == FILE:
-            crc = _copy_file(os.path.join(src, e.rel), e, write, chunk)
-            pad = -e.size % tarfile.BLOCKSIZE
-            if pad:
-                write(tarfile.NUL * pad)
-        crcs.append(crc)
+    dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR})
+    try:
+        for e in entries:
+            write(tar_header(e, top))
+            crc = 0
+            if e.kind == FILE:
+                path = os.path.join(src, e.rel)
+                try:
+                    dir_fd, name = dirs.dir_for(e.rel)
+                except OSError as err:
+                    raise SourceChanged(path, f"a directory changed while being archived: "
+                                              f"{err.strerror or err}") from None
+                crc = _copy_file(dir_fd, name, path, e, write, chunk)
+                pad = -e.size % tarfile.BLOCKSIZE
+                if pad:
+                    write(tarfile.NUL * pad)
+            crcs.append(crc)
+    finally:
+        dirs.close()
     # End-of-archive: two zero blocks, padded to a full record as tar(1) and tarfile do.
     write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
     return crcs
@@ -198,11 +218,12 @@ def expected_members(
     ]
 
 
-def source_members(src: str) -> tuple[list[Entry], list[tuple[str, str, int, str, int]]]:
-    """Manifest of *src* and what an archive of it must hold, by reading it (no writes)."""
-    entries = scan_session(src)
+def source_members(top_fd: int, src: str) -> tuple[list[Entry], list[tuple[str, str, int, str, int]]]:
+    """Manifest of the open session dir *top_fd* and what an archive of it must hold, by
+    reading it (no writes)."""
+    entries = scan_fd(top_fd, src)
     top = os.path.basename(src)
-    return entries, expected_members(top, entries, write_tar(src, top, entries, _discard))
+    return entries, expected_members(top, entries, write_tar(top_fd, src, top, entries, _discard))
 
 
 def _discard(_b: bytes) -> None:
@@ -215,7 +236,7 @@ class Prepared:
 
     src: str
     final: str
-    tmp: commit.TmpArchive
+    tmp: commit.TmpArchive  # holds the parent dir's fd: every later step is relative to it
     entries: list[Entry] = field(repr=False)
     bytes_in: int
     bytes_out: int
@@ -225,27 +246,45 @@ class Prepared:
     def inodes(self) -> int:
         return len(self.entries)
 
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.src)
+
     def unlock(self) -> None:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+        self.tmp.close()
 
 
 class TooRecent(Exception):
     """Internal: the session has a file newer than the age cutoff (not an error)."""
 
 
-def _archive_mode(entries: list[Entry]) -> tuple[int, tuple[int, int] | None]:
-    # The archive must not be more readable than the least readable thing in it: a 0600
-    # secret inside a 0755 session stays private once archived.
+def archive_mode(entries: list[Entry], gid: int, where: str, as_root: bool) -> int:
+    """Mode of an archive of *entries* that will belong to the session dir's owner and
+    group *gid*: never more readable than what is in it.
+
+    A 0600 file stays private once archived; a 0640 file of another group gives the
+    archive no group read (its group's members are not the archive group's); and as root,
+    a file of another user that is not world-readable refuses the session (UnsafeSource):
+    handing its bytes to the dir's owner would let one user read another's file.
+    """
+    uid = entries[0].uid
     read_bits = 0o444
     for e in entries:
-        if e.kind != LINK:
-            read_bits &= e.mode
-    owner = (entries[0].uid, entries[0].gid) if os.geteuid() == 0 else None
-    # Running as root from cron: hand the archive to the session's owner, who could
-    # otherwise not delete or restore it.
-    return (read_bits & 0o444) | 0o200, owner
+        if e.kind == LINK:
+            continue
+        bits = e.mode & 0o444
+        if e.gid != gid and not e.mode & 0o004:
+            bits &= ~0o040
+        if as_root and e.uid != uid and not e.mode & 0o004:
+            raise UnsafeSource(os.path.join(where, e.rel),
+                               f"owned by uid {e.uid}, not the session owner's uid {uid}, and "
+                               f"not world-readable: archiving it would hand it to uid {uid}; "
+                               "session kept")
+        read_bits &= bits
+    return (read_bits & 0o444) | 0o600
 
 
 def prepare(
@@ -254,9 +293,12 @@ def prepare(
     compresslevel: int = 1,
     *,
     cutoff_ns: int | None = None,
+    dirs: fs.DirCache | None = None,
 ) -> Prepared:
     """Write and verify the archive of *src* into an unnamed tmp beside it.
 
+    The session's parent is opened once (below the sweep root by fds when *dirs* is given)
+    and every later step — lock, scan, read, tmp, link, delete — is relative to it.
     Raises FileExistsError if the final archive name is taken, TooRecent if *cutoff_ns* is
     given and some entry is newer, and ArchiveError subclasses on any problem. On every
     error the tmp is gone and the source untouched.
@@ -265,27 +307,48 @@ def prepare(
     src = os.path.abspath(os.fspath(src))
     parent, top = os.path.split(src)
     final = os.path.join(parent, archive_name(top, fmt))
-    if os.path.lexists(final):
-        raise FileExistsError(17, "archive already exists", final)
-    lock_fd = commit.lock_session(src)
     try:
-        entries = scan_session(src)
+        parent_fd = dirs.parent(src)[0] if dirs is not None else fs.open_trusted_dir(parent)
+    except OSError as e:
+        raise SourceUnreadable(parent, f"cannot open the session's directory: "
+                                       f"{e.strerror or e}") from None
+    try:
+        return _prepare_at(parent_fd, src, top, final, fmt, compresslevel, cutoff_ns)
+    finally:
+        if dirs is None:
+            os.close(parent_fd)
+
+
+def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level: int,
+                cutoff_ns: int | None) -> Prepared:
+    if fs.lexists_at(parent_fd, os.path.basename(final)):
+        raise FileExistsError(17, "archive already exists", final)
+    fs.race_point("lock", src)
+    lock_fd = commit.lock_session(parent_fd, top, src)
+    try:
+        entries = scan_fd(lock_fd, src)
         if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
             raise TooRecent(src)
-        mode, owner = _archive_mode(entries)
-        tmp = commit.open_tmp(final, mode, owner)
+        as_root = os.geteuid() == 0
+        # Running as root from cron: hand the archive to the session's owner, who could
+        # otherwise not delete or restore it.
+        owner = (entries[0].uid, entries[0].gid) if as_root else None
+        tmp = commit.open_tmp(parent_fd, final, None, owner)
     except BaseException:
         os.close(lock_fd)
         raise
     try:
+        os.fchmod(tmp.fd, archive_mode(entries, os.fstat(tmp.fd).st_gid, src, as_root))
         size = content_bytes(entries)
-        if size <= IN_MEMORY_LIMIT:
-            written = _write_in_memory(src, top, entries, fmt, compresslevel, tmp)
+        # Many small files cost memory per member in the in-memory path (a list of parts):
+        # stream a session of very many entries even when its bytes are few.
+        if size <= IN_MEMORY_LIMIT and len(entries) <= IN_MEMORY_MAX_ENTRIES:
+            written = _write_in_memory(lock_fd, src, top, entries, fmt, level, tmp)
         else:
-            written = _write_streaming(src, top, entries, fmt, compresslevel, tmp)
+            written = _write_streaming(lock_fd, src, top, entries, fmt, level, tmp)
         return Prepared(src, final, tmp, entries, size, written, lock_fd)
     except BaseException:
-        tmp.discard()
+        tmp.close()
         os.close(lock_fd)
         raise
 
@@ -300,9 +363,9 @@ def _write_all(fd: int, data: bytes, final: str) -> None:
         raise commit.disk_error(final, e, "cannot write archive") from None
 
 
-def _write_in_memory(src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
+def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
     parts: list[bytes] = []
-    write_tar(src, top, entries, parts.append, chunk=max(CHUNK, content_bytes(entries) + 1))
+    write_tar(top_fd, src, top, entries, parts.append, chunk=max(CHUNK, content_bytes(entries) + 1))
     tar = b"".join(parts)
     tar += tarfile.NUL * (-len(tar) % tarfile.RECORDSIZE)
     packed = compress_bytes(tar, fmt, level)
@@ -330,10 +393,10 @@ class _FdWriter(io.RawIOBase):
         return len(b)
 
 
-def _write_streaming(src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
+def _write_streaming(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
     raw = io.BufferedWriter(_FdWriter(tmp.fd, tmp.final), buffer_size=CHUNK)
     comp = open_compressed_writer(raw, fmt, level)
-    crcs = write_tar(src, top, entries, comp.write)
+    crcs = write_tar(top_fd, src, top, entries, comp.write)
     comp.close()
     raw.flush()
     size = os.fstat(tmp.fd).st_size
@@ -352,8 +415,6 @@ def archive_one(
 ) -> Path:
     """The single-session path: prepare -> fsync -> link -> fsync dir -> delete source."""
     src = os.path.abspath(os.fspath(src_dir))
-    if not os.path.isdir(src) or os.path.islink(src):
-        raise ArchiveError(src, "not a directory")
     p = prepare(src, format, compresslevel)
     try:
         try:
@@ -361,9 +422,9 @@ def archive_one(
             commit.publish(p.tmp)
         finally:
             p.tmp.discard()
-        commit.fsync_dir(os.path.dirname(p.final))
+        commit.fsync_dir(p.tmp.dir_fd, os.path.dirname(p.final))
         if remove_src:
-            commit.remove_source(p.src, p.entries, p.final)
+            commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src)
     finally:
         p.unlock()
     return Path(p.final)

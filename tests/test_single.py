@@ -191,12 +191,13 @@ def test_unreadable_file_gives_clear_error_and_keeps_source(world_dir: Path) -> 
 def test_file_growing_while_archived_is_detected_and_source_kept(session: Path, monkeypatch) -> None:
     victim = session / "logs" / "stdout.log"
     real_fstat = os.fstat
+    victim_ino = victim.stat().st_ino
     calls = {"n": 0}
 
-    def fstat_then_append(fd):  # the second fstat of a file is taken after reading it
+    def fstat_then_append(fd):  # a file's fstat is taken after reading it
         st = real_fstat(fd)
-        calls["n"] += 1
-        if calls["n"] == 1:
+        if st.st_ino == victim_ino and not calls["n"]:
+            calls["n"] += 1
             with open(victim, "a") as f:
                 f.write("one more line\n")
         return st
@@ -227,8 +228,8 @@ def test_file_shrinking_while_archived_is_detected(session: Path, monkeypatch) -
 def test_file_added_after_archiving_stops_the_delete(session: Path, monkeypatch) -> None:
     real = commit.fsync_dir
 
-    def fsync_then_write(path):
-        real(path)
+    def fsync_then_write(fd, where):
+        real(fd, where)
         (session / "logs" / "late.log").write_text("written after the archive was made\n")
 
     monkeypatch.setattr(commit, "fsync_dir", fsync_then_write)
@@ -256,7 +257,7 @@ def test_failure_at_any_step_leaves_the_source_intact(session: Path, monkeypatch
         monkeypatch.setattr(commit.os, "link", boom)
         expected = ArchiveError
     elif step == "dir_fsync":
-        monkeypatch.setattr(commit, "fsync_dir", lambda p: (_ for _ in ()).throw(DurabilityError(p, "x")))
+        monkeypatch.setattr(commit, "fsync_dir", lambda fd, p: (_ for _ in ()).throw(DurabilityError(p, "x")))
         expected = DurabilityError
     else:
         monkeypatch.setattr(commit.os, "rename", boom)

@@ -1,0 +1,50 @@
+"""A .tar.zst cut by 1-4 bytes (its XXH64 frame checksum) or more used to read as whole:
+python-zstandard's stream reader returns a quiet EOF mid-frame. It must fail verify and
+never let a sweep delete the source beside it (issue 11)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from archive_tool.single import archive_one
+from archive_tool.sweep import sweep
+from tests.conftest import make_session, run_cli, snapshot
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 9, 600])
+def test_truncated_zstd_archive_fails_verify_and_keeps_the_source(tmp_path: Path, cut: int) -> None:
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    src = make_session(fin)
+    before = snapshot(src)
+    archive = archive_one(src, "tar.zst", remove_src=False)
+    with open(archive, "r+b") as f:
+        f.truncate(os.path.getsize(archive) - cut)
+    r = run_cli("verify", archive)
+    assert r.returncode == 1 and b"BAD" in r.stdout, (r.stdout, r.stderr)
+    # Source + (damaged) archive: the sweep's resume path must keep both.
+    s = sweep(tmp_path, dry_run=False, workers=1, use_fd=False, format="tar.zst")
+    assert s["failed"] == 1 and s["resumed"] == 0, s
+    assert snapshot(src) == before and archive.exists()
+
+
+def _huge_pax_header_archive(path: Path, declared: int) -> None:
+    import tarfile
+
+    ti = tarfile.TarInfo("././@PaxHeader")
+    ti.type = tarfile.XHDTYPE
+    ti.size = declared
+    hdr = ti.tobuf(tarfile.USTAR_FORMAT)
+    path.write_bytes(hdr + b"0" * 512 * 4 + b"\0" * 1024)
+
+
+def test_absurd_extended_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.tar"
+    _huge_pax_header_archive(bomb, 2 * 1024**3)
+    for cmd in (["verify", bomb], ["show", bomb], ["unpack", bomb, "--dest", tmp_path / "out"]):
+        r = run_cli(*cmd)
+        assert r.returncode != 0 and b"Traceback" not in r.stderr, (cmd, r.stderr)
+        assert b"extended header" in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
+    assert not (tmp_path / "out").exists()
