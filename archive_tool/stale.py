@@ -16,14 +16,13 @@ sibling ``FINISHED_ERROR/`` relative to directory fds opened ``O_NOFOLLOW``, nev
 existing entry. A close that was waiting for the lock finds its dir there, takes it back
 and finishes normally (``scitex_session._heartbeat.claim_run_dir``): one session either way.
 
-The engine never imports ``scitex_session``; this module is the shared definition of the
-heartbeat file, and ``scitex_session`` imports it.
+The engine never imports ``scitex_session``; the heartbeat file is defined in
+:mod:`liveness`, which ``scitex_session`` imports (small, so a run starts fast).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import fcntl
 import json
 import os
@@ -33,10 +32,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+from . import fs
+from .liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
 from .names import FINISHED_STATES, RUNNING_STATE, is_session_name
 
-HEARTBEAT_NAME = ".heartbeat"
-MARKER_NAME = "STALE_FINALIZED.json"
 ERROR_STATE = "FINISHED_ERROR"
 DEFAULT_INTERVAL = 60.0
 STALE_FACTOR = 10
@@ -44,7 +43,7 @@ LIVE, STALE, UNKNOWN = "live", "stale", "no heartbeat"
 MAX_LISTED = 1000
 _MAX_IDENTITY = 64 * 1024
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = fs.O_DIR
 
 # Tests make races deterministic through this: called as hook(stage, run_path) with stage
 # "classified" (judged stale, not yet locked) and "locked" (lock held, before the re-check).
@@ -54,36 +53,6 @@ _hook: Callable[[str, str], None] | None = None
 class Skipped(Exception):
     """This run is not finalized now, for a benign reason (finished meanwhile, locked,
     heartbeat moved); the next sweep looks again."""
-
-
-# ------------------------------------------------------------------------ process identity
-
-
-def proc_stat(pid: int | str = "self") -> tuple[str, int] | None:
-    """(state, start time) of a process from /proc/<pid>/stat: field 3, and field 22 in
-    clock ticks after boot (a reused PID has another start time). None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        # The command name (field 2) may hold spaces and ')': split after the last ')'.
-        rest = data[data.rindex(b")") + 2:].split()
-        return rest[0].decode("ascii", "replace"), int(rest[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def hostname() -> str:
-    # uname's nodename is what gethostname() returns on Linux, without importing socket
-    # into every session's start-up.
-    return os.uname().nodename
-
-
-def boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
 
 
 def process_gone(ident: dict[str, Any]) -> str | None:
@@ -125,6 +94,7 @@ class Verdict(NamedTuple):
     mark_ns: int          # heartbeat mtime, or the newest mtime without heartbeat
     heartbeat: bool
     identity: dict[str, Any] | None
+    dev_ino: tuple[int, int] | None = None  # the run dir judged (set by the tree walk)
 
 
 def _ago(seconds: float) -> str:
@@ -222,42 +192,74 @@ def classify(path: str | os.PathLike[str], stale_after: float | None = None,
         os.close(dfd)
 
 
-def running_runs(root: str) -> Iterator[str]:
-    """Session dirs directly under every ``RUNNING/`` below *root*. FINISHED_* dirs and
-    session dirs are not entered (a RUNNING dir is their sibling), so this stays cheap on
-    a tree of finished sessions; symlinks are not followed."""
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    if not e.is_dir(follow_symlinks=False):
-                        continue
-                except OSError:
-                    continue
-                if e.name == RUNNING_STATE:
-                    yield from _runs_in(e.path)
-                elif e.name not in FINISHED_STATES and not is_session_name(e.name):
-                    stack.append(e.path)
-
-
-def _runs_in(running: str) -> Iterator[str]:
+def _judged(root: str, stale_after: float | None,
+            now: float | None) -> Iterator[tuple[int, Verdict]]:
+    """(fd of its RUNNING dir, verdict) for every session dir directly under a ``RUNNING/``
+    below *root*. Walked by directory fds, never through a symlink (:mod:`fs`: a cron
+    sweep as root over users' trees). FINISHED_* and session dirs are not entered (a
+    RUNNING dir is their sibling), so this stays cheap on a tree of finished sessions.
+    The RUNNING fd stays open until the consumer asks for the next run."""
+    fd = fs.open_trusted_dir(root)
     try:
-        with os.scandir(running) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        yield from _walk(fd, root, stale_after, now, hostname())
+    finally:
+        os.close(fd)
+
+
+def _walk(fd: int, path: str, stale_after: float | None, now: float | None,
+          host: str) -> Iterator[tuple[int, Verdict]]:
+    try:
+        entries = fs.scandir_sorted(fd)
     except OSError:
-        return
+        return  # unreadable: skipped, as discovery skips it
     for e in entries:
         try:
-            if e.is_dir(follow_symlinks=False) and is_session_name(e.name):
-                yield e.path
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            st = e.stat(follow_symlinks=False)
         except OSError:
             continue
+        sub = os.path.join(path, e.name)
+        if e.name == RUNNING_STATE:
+            yield from _runs_in(fd, sub, st, stale_after, now, host)
+        elif e.name not in FINISHED_STATES and not is_session_name(e.name):
+            try:
+                child = fs.open_dir(e.name, fd, st)
+            except OSError:
+                continue
+            try:
+                yield from _walk(child, sub, stale_after, now, host)
+            finally:
+                os.close(child)
+
+
+def _runs_in(parent_fd: int, running: str, expect: os.stat_result, stale_after: float | None,
+             now: float | None, host: str) -> Iterator[tuple[int, Verdict]]:
+    try:
+        rfd = fs.open_dir(RUNNING_STATE, parent_fd, expect)
+    except OSError:
+        return
+    try:
+        for e in fs.scandir_sorted(rfd):
+            try:
+                if not (e.is_dir(follow_symlinks=False) and is_session_name(e.name)):
+                    continue
+                dfd = fs.open_dir(e.name, rfd, e.stat(follow_symlinks=False))
+            except OSError:
+                continue  # finished (moved away) since it was listed, or unreadable
+            try:
+                st = os.fstat(dfd)
+                v = _classify_fd(dfd, os.path.join(running, e.name), stale_after,
+                                 time.time() if now is None else now, host)
+            except OSError:
+                continue
+            finally:
+                os.close(dfd)
+            yield rfd, v._replace(dev_ino=(st.st_dev, st.st_ino))
+    except OSError:
+        return
+    finally:
+        os.close(rfd)
 
 
 def parse_duration(text: str) -> float:
@@ -271,35 +273,6 @@ def parse_duration(text: str) -> float:
 
 
 # ----------------------------------------------------------------------------- finalizing
-
-
-def _rename_noreplace(src_fd: int, name: str, dst_fd: int) -> None:
-    """renameat2(RENAME_NOREPLACE) between two dir fds; where the kernel or filesystem
-    lacks it, a check then renameat (we hold the run's lock, so no other finalizer can
-    race us; only a foreign process creating the exact name could)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = getattr(libc, "renameat2", None)
-    except OSError:
-        fn = None
-    if fn is not None:
-        b = os.fsencode(name)
-        if fn(src_fd, b, dst_fd, b, 1) == 0:  # 1 = RENAME_NOREPLACE
-            return
-        e = ctypes.get_errno()
-        if e in (errno.EEXIST, errno.ENOTEMPTY):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
-        if e not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(e, os.strerror(e), name)
-    try:
-        os.stat(name, dir_fd=dst_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-        return
-    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
 
 
 def _marker(v: Verdict, now: float) -> bytes:
@@ -330,43 +303,42 @@ def _open_error_dir(out_fd: int) -> int:
     return os.open(ERROR_STATE, _DIR_FLAGS, dir_fd=out_fd)
 
 
-def finalize_one(v: Verdict, stale_after: float | None = None) -> str:
-    """Move the stale run *v* to ``FINISHED_ERROR/`` with its marker; returns the new path.
-    Raises Skipped (benign: look again next time) or OSError."""
-    running, name = os.path.split(v.path)
-    out = os.path.dirname(running)
-    pfd = os.open(running, _DIR_FLAGS)
+def finalize_one(running_fd: int, v: Verdict, stale_after: float | None = None) -> str:
+    """Move the stale run *v* (a child of *running_fd*) to the sibling ``FINISHED_ERROR/``
+    with its marker; returns the new path. Raises Skipped (benign: look again next time)
+    or OSError."""
+    name = os.path.basename(v.path)
     try:
+        rfd = fs.open_dir(name, running_fd)
+    except FileNotFoundError:
+        raise Skipped("finished meanwhile") from None
+    try:
+        held = os.fstat(rfd)
+        if v.dev_ino is not None and (held.st_dev, held.st_ino) != v.dev_ino:
+            raise Skipped("another dir took its name meanwhile")
         try:
-            rfd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            fcntl.flock(rfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Skipped("locked by another process (finishing, or being finalized)") from None
+        try:
+            now_st = fs.lstat_at(running_fd, name)
         except FileNotFoundError:
-            raise Skipped("finished meanwhile") from None
-        try:
-            try:
-                fcntl.flock(rfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Skipped("locked by another process (finishing, or being finalized)") from None
-            held = os.fstat(rfd)
-            try:
-                now_st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            except FileNotFoundError:
-                now_st = None
-            if now_st is None or (now_st.st_dev, now_st.st_ino) != (held.st_dev, held.st_ino):
-                raise Skipped("finished meanwhile")
-            if _hook is not None:
-                _hook("locked", v.path)
-            now = time.time()
-            again = _classify_fd(rfd, v.path, stale_after, now, hostname())
-            if again.mark_ns != v.mark_ns:
-                raise Skipped("heartbeat moved during the check" if v.heartbeat
-                              else "written to during the check")
-            if again.state != STALE:
-                raise Skipped(f"no longer stale: {again.reason}")
-            return _move(rfd, pfd, out, name, again, now)
-        finally:
-            os.close(rfd)
+            now_st = None
+        if now_st is None or not fs.same_file(now_st, held):
+            raise Skipped("finished meanwhile")
+        if _hook is not None:
+            _hook("locked", v.path)
+        now = time.time()
+        again = _classify_fd(rfd, v.path, stale_after, now, hostname())
+        if again.mark_ns != v.mark_ns:
+            raise Skipped("heartbeat moved during the check" if v.heartbeat
+                          else "written to during the check")
+        if again.state != STALE:
+            raise Skipped(f"no longer stale: {again.reason}")
+        return _move(rfd, running_fd, os.path.dirname(os.path.dirname(v.path)), name,
+                     again, now)
     finally:
-        os.close(pfd)
+        os.close(rfd)
 
 
 def _move(rfd: int, pfd: int, out: str, name: str, v: Verdict, now: float) -> str:
@@ -392,7 +364,7 @@ def _move(rfd: int, pfd: int, out: str, name: str, v: Verdict, now: float) -> st
         dfd = _open_error_dir(ofd)
         try:
             try:
-                _rename_noreplace(pfd, name, dfd)
+                fs.rename_noreplace_at(pfd, name, dfd, name)
             except OSError:
                 if wrote:
                     os.unlink(MARKER_NAME, dir_fd=rfd)
@@ -430,11 +402,8 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
     if stale_after is not None and stale_after < 0:
         raise ValueError(f"stale_after must be >= 0, got {stale_after}")
     counts = new_counts()
-    for path in running_runs(root):
-        try:
-            v = classify(path, stale_after, now)
-        except OSError:
-            continue  # gone (finished) or unreadable since it was listed: nothing to do
+    for running_fd, v in _judged(root, stale_after, now):
+        path = v.path
         counts["running"] += 1
         if v.state == LIVE:
             counts["live"] += 1
@@ -449,7 +418,7 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
         if _hook is not None:
             _hook("classified", path)
         try:
-            dest = finalize_one(v, stale_after)
+            dest = finalize_one(running_fd, v, stale_after)
         except Skipped as e:
             counts["skipped"] += 1
             _note(counts, "runs", {"path": path, "reason": v.reason, "action": f"skipped: {e}"})
@@ -471,11 +440,8 @@ def survey(root: str, stale_after: float | None = None, now: float | None = None
     ones with their reasons, for ``report``."""
     rows: dict[str, dict[str, int]] = {}
     stale: list[dict[str, str]] = []
-    for path in running_runs(root):
-        try:
-            v = classify(path, stale_after, now)
-        except OSError:
-            continue
+    for _fd, v in _judged(root, stale_after, now):
+        path = v.path
         key = subtree(path) if subtree else os.path.dirname(os.path.dirname(path))
         row = rows.setdefault(key, {"live": 0, "stale": 0, "no_heartbeat": 0})
         row[{LIVE: "live", STALE: "stale", UNKNOWN: "no_heartbeat"}[v.state]] += 1

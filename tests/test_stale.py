@@ -4,6 +4,7 @@ deterministic with ``archive_tool.stale._hook`` and /proc/locks, not with sleeps
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -418,3 +419,44 @@ def test_report_lists_live_and_stale_running_runs_per_subtree(
     assert "RUNNING runs: 1 live, 1 stale, 0 without heartbeat" in text
     assert f"stale: {dead.dir}" in text
     assert dead.dir.is_dir() and live.dir.is_dir()  # report changes nothing
+
+
+def _dead_run(out: Path) -> Path:
+    """A RUNNING dir as a SIGKILLed run leaves it: identity of a process that is gone."""
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                       capture_output=True, text=True, check=True)
+    run = out / "RUNNING" / "2026Y-11M-20D-10h00m00s_dead-main"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "stdout.log").write_text("partial\n")
+    ident = {"HOST": os.uname().nodename, "PID": int(p.stdout), "PROC_START_TICKS": 1,
+             "BOOT_ID": stale.boot_id(), "HEARTBEAT_INTERVAL": 60}
+    (run / ".heartbeat").write_text(json.dumps(ident))
+    age(run, 2 * HOUR)
+    return run
+
+
+def test_finalize_follows_no_symlink_to_a_running_dir_or_run(tmp_path: Path) -> None:
+    elsewhere = _dead_run(tmp_path / "other" / "exp_out")
+    root = tmp_path / "root"
+    (root / "a_out").mkdir(parents=True)
+    os.symlink(elsewhere.parent, root / "a_out" / "RUNNING")  # RUNNING itself a link
+    (root / "b_out" / "RUNNING").mkdir(parents=True)
+    os.symlink(elsewhere, root / "b_out" / "RUNNING" / elsewhere.name)  # a run a link
+    os.symlink(tmp_path / "other", root / "c_link")  # a link to a whole tree
+    c = stale.finalize_stale(str(root), dry_run=False)
+    assert (c["running"], c["finalized"]) == (0, 0)
+    assert elsewhere.is_dir() and not (elsewhere / stale.MARKER_NAME).exists()
+    assert stale.finalize_stale(str(tmp_path / "other"), dry_run=False)["finalized"] == 1
+
+
+def test_a_run_whose_dir_is_locked_is_skipped_not_moved(tmp_path: Path) -> None:
+    run = _dead_run(tmp_path / "exp_out")
+    fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a finishing close holds
+        c = stale.finalize_stale(str(tmp_path), dry_run=False)
+    finally:
+        os.close(fd)
+    assert (c["stale"], c["skipped"], c["finalized"]) == (1, 1, 0)
+    assert "locked by another process" in c["runs"][0]["action"]
+    assert run.is_dir()
