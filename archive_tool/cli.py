@@ -19,17 +19,17 @@ import click
 
 from . import __version__
 from .errors import (
+    EXIT_FAILED,
+    EXIT_USAGE,
     ArchiveError,
-    BadRoot,
-    DangerousRoot,
+    BadArgument,
+    DaskUnavailable,
     LockBusy,
-    UnsupportedFormat,
 )
 from .names import FORMATS
 
 T = TypeVar("T")
 
-EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 1, 2, 75
 
 
 class Failed(click.ClickException):
@@ -40,30 +40,28 @@ class BadInput(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-class Locked(click.ClickException):
-    exit_code = EXIT_LOCKED
-
-
 def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one library call, turning its expected exceptions into one-line CLI errors."""
-    from .executors import DaskUnavailable
-
+    """Run one library call, turning its expected exceptions into one-line CLI errors with
+    the exit code each carries (errors.py). Anything else is a bug: it keeps its
+    traceback instead of passing for "bad usage"."""
     try:
         return fn(*args, **kwargs)
     except LockBusy as e:
-        raise Locked(f"another sweep holds {e.path}") from None
-    except (BadRoot, DangerousRoot) as e:
-        raise BadInput(str(e)) from None
-    except (UnsupportedFormat, ValueError, DaskUnavailable) as e:
-        raise BadInput(str(e)) from None
+        raise _exit(f"another sweep holds {e.path}", e.exit_code) from None
+    except (ArchiveError, BadArgument, DaskUnavailable) as e:
+        raise _exit(str(e), e.exit_code) from None
     except FileExistsError as e:
         raise Failed(f"{e.filename}: already exists; refusing to overwrite") from None
-    except ArchiveError as e:
-        raise Failed(str(e)) from None
     except PermissionError as e:
         raise Failed(f"{e.filename}: permission denied") from None
     except OSError as e:
         raise Failed(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+
+
+def _exit(message: str, code: int) -> click.ClickException:
+    e = click.ClickException(message)
+    e.exit_code = code
+    return e
 
 
 FORMAT = click.Choice(FORMATS, case_sensitive=False)

@@ -17,7 +17,9 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import fs
 from .names import DISCOVERY_REGEX, RUNNING_STATE
 
 _DISCOVERY = re.compile(DISCOVERY_REGEX, re.ASCII)
@@ -126,25 +128,46 @@ def _iter_fd(fd: str, root: str, flat: bool, warnings: list[str]) -> Iterator[st
 
 
 def _iter_scandir(root: str, flat: bool) -> Iterator[str]:
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue  # unreadable dir: skipped, as fd skips it
-        with it:
-            for e in it:
+    """Walk by directory fds (fs.py): each subdir is opened O_NOFOLLOW relative to its
+    parent, so a dir a user swaps for a symlink mid-walk is skipped, never followed out of
+    the tree. Holds one fd per level of depth, not one per pending dir."""
+    try:
+        top = fs.open_trusted_dir(root)
+    except OSError:
+        return
+    frames: list[list[Any]] = [[top, root, None]]
+    try:
+        while frames:
+            frame = frames[-1]
+            fd, path, pending = frame
+            if pending is None:
+                pending = frame[2] = []
                 try:
-                    if not e.is_dir(follow_symlinks=False):
-                        continue
+                    with os.scandir(fd) as it:
+                        for e in it:
+                            try:
+                                if not e.is_dir(follow_symlinks=False):
+                                    continue
+                            except OSError:
+                                continue
+                            if _DISCOVERY.match(e.name):
+                                yield os.path.join(path, e.name)
+                            elif not flat and e.name != RUNNING_STATE:
+                                pending.append(e.name)
                 except OSError:
-                    continue
-                name = e.name
-                if _DISCOVERY.match(name):
-                    yield e.path
-                elif not flat and name != RUNNING_STATE:
-                    stack.append(e.path)
+                    pass  # unreadable dir: skipped, as fd skips it
+            if not pending:
+                os.close(frames.pop()[0])
+                continue
+            name = pending.pop()
+            try:
+                sub = fs.open_dir(name, fd)
+            except OSError:
+                continue
+            frames.append([sub, os.path.join(path, name), None])
+    finally:
+        for frame in frames:
+            os.close(frame[0])
 
 
 def iter_archives(root: str, matches) -> Iterator[str]:

@@ -6,8 +6,6 @@ other processes send them back as plain data, but a caller of the library may pi
 
 from __future__ import annotations
 
-from .names import UnsupportedFormat
-
 __all__ = [
     "ArchiveError",
     "SourceChanged",
@@ -23,11 +21,43 @@ __all__ = [
     "DurabilityError",
     "DiskFull",
     "UnsupportedFormat",
+    "BadArgument",
+    "DaskUnavailable",
 ]
+
+# Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
+EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 1, 2, 75
+# GNU tar / BSD sysexits convention: 75 (EX_TEMPFAIL) is "try again later", what `flock -E 75`
+# cron wrappers expect for "another run holds the lock".
+
+
+class BadArgument(ValueError):
+    """A caller's argument is out of range or malformed (a usage error: exit 2). A
+    ValueError, so API users who caught ValueError keep working."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsupportedFormat(BadArgument):
+    """An archive format this tool does not write or read."""
+
+    def __init__(self, fmt: object, valid: tuple[str, ...] = ()) -> None:
+        self.format = fmt
+        super().__init__(
+            f"unknown archive format {fmt!r}; valid formats: {', '.join(valid)}"
+        )
+
+
+class DaskUnavailable(RuntimeError):
+    """The ``dask`` extra is missing, or the scheduler cannot be reached."""
+
+    exit_code = EXIT_USAGE
 
 
 class ArchiveError(Exception):
     """Base class: something about one session or archive went wrong; nothing was lost."""
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, path: object, reason: str) -> None:
         self.path = str(path)
@@ -71,13 +101,19 @@ class ArchiveTooLarge(CorruptArchive):
 class DangerousRoot(ArchiveError):
     """A sweep root that must never be swept (``/``, ``/home``, ``/etc``, a ``.git`` path)."""
 
+    exit_code = EXIT_USAGE
+
 
 class BadRoot(ArchiveError):
     """The root does not exist, is not a directory, or cannot be read."""
 
+    exit_code = EXIT_USAGE
+
 
 class LockBusy(ArchiveError):
     """Another sweep holds the lock for this root."""
+
+    exit_code = EXIT_LOCKED
 
 
 class DurabilityError(ArchiveError):

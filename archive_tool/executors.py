@@ -24,6 +24,8 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .errors import DaskUnavailable  # noqa: F401 - raised here
+
 B = TypeVar("B")
 R = TypeVar("R")
 
@@ -88,10 +90,6 @@ DASK_EXTRA_HINT = (
     "the optional 'dask' extra is not installed: "
     "pip install 'scitex-session-tools[dask]' (from a checkout: pip install '.[dask]')"
 )
-
-
-class DaskUnavailable(RuntimeError):
-    """The ``dask`` extra is missing, or the scheduler cannot be reached."""
 
 
 class DaskExecutor(Executor):

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import zstandard
 
+from .errors import BadArgument
 from .names import normalize_format
 
 _ZSTD_LEVELS = {1: 3, 2: 4, 3: 5, 4: 6, 5: 7, 6: 9, 7: 12, 8: 15, 9: 19}
@@ -26,9 +27,9 @@ def zstd_level(compresslevel: int) -> int:
 
 def _clamp(level: int) -> int:
     if not isinstance(level, int) or isinstance(level, bool):
-        raise ValueError(f"compresslevel must be an integer 1..9, got {level!r}")
+        raise BadArgument(f"compresslevel must be an integer 1..9, got {level!r}")
     if not 1 <= level <= 9:
-        raise ValueError(f"compresslevel must be 1..9, got {level}")
+        raise BadArgument(f"compresslevel must be 1..9, got {level}")
     return level
 
 
@@ -69,12 +70,16 @@ def decompress_bytes(data: bytes, fmt: str, max_size: int | None = None) -> byte
         return _read_limited(x, max_size)
 
 
+class _TooBig(ValueError):
+    """Internal: more bytes than the archive should hold."""
+
+
 def _read_limited(f: IO[bytes], max_size: int | None) -> bytes:
     if max_size is None:
         return f.read()
     out = f.read(max_size + 1)
     if len(out) > max_size:
-        raise ValueError("decompressed data exceeds the expected size")
+        raise _TooBig("decompressed data exceeds the expected size")
     return out
 
 

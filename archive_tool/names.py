@@ -13,6 +13,8 @@ import secrets
 import string
 import time
 
+from .errors import UnsupportedFormat  # noqa: F401 - raised here, defined with the rest
+
 # [0-9] rather than \d: fd's Rust regex treats \d as any Unicode digit, Python's re (with
 # re.ASCII) does not. Spelling the class out keeps the two backends identical.
 ID_REGEX = r"[0-9]{4}Y-[0-9]{2}M-[0-9]{2}D-[0-9]{2}h[0-9]{2}m[0-9]{2}s_[A-Za-z0-9]{4}"
@@ -40,24 +42,14 @@ _ALIASES = {"tgz": "tar.gz", "tar.zstd": "tar.zst", "tzst": "tar.zst", "txz": "t
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
-class UnsupportedFormat(ValueError):
-    """An archive format this tool does not write or read."""
-
-    def __init__(self, fmt: object) -> None:
-        self.format = fmt
-        super().__init__(
-            f"unknown archive format {fmt!r}; valid formats: {', '.join(FORMATS)}"
-        )
-
-
 def normalize_format(fmt: str) -> str:
     """Return the canonical name of *fmt* (``"tgz"`` -> ``"tar.gz"``) or raise."""
     if not isinstance(fmt, str):
-        raise UnsupportedFormat(fmt)
+        raise UnsupportedFormat(fmt, FORMATS)
     key = fmt.strip().lower().lstrip(".")
     key = _ALIASES.get(key, key)
     if key not in FORMATS:
-        raise UnsupportedFormat(fmt)
+        raise UnsupportedFormat(fmt, FORMATS)
     return key
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .errors import BadRoot, DangerousRoot
+from .errors import BadArgument, BadRoot, DangerousRoot
 from .names import FINISHED_STATES, FORMATS, RUNNING_STATE, is_session_name, session_of_trash
 
 # Roots a sweep must never be pointed at: system trees and whole home areas.
@@ -58,11 +58,11 @@ def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int] | None:
             k_s, n_s = spec.split("/")
             k, n = int(k_s), int(n_s)
         except ValueError:
-            raise ValueError(f"shard must look like K/N (e.g. 0/4), got {spec!r}") from None
+            raise BadArgument(f"shard must look like K/N (e.g. 0/4), got {spec!r}") from None
     else:
         k, n = spec
     if n < 1 or not 0 <= k < n:
-        raise ValueError(f"shard K/N needs 0 <= K < N, got {k}/{n}")
+        raise BadArgument(f"shard K/N needs 0 <= K < N, got {k}/{n}")
     return (k, n)
 
 
@@ -80,12 +80,12 @@ def slurm_shard(env: Mapping[str, str]) -> tuple[int, int]:
         hi = int(env.get("SLURM_ARRAY_TASK_MAX", str(lo + count - 1)))
         step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
     except KeyError:
-        raise ValueError("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
+        raise BadArgument("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
                          "(run it inside a SLURM job array, or give --shard K/N)") from None
     except ValueError:
-        raise ValueError("--shard auto: SLURM_ARRAY_TASK_* variables are not integers") from None
+        raise BadArgument("--shard auto: SLURM_ARRAY_TASK_* variables are not integers") from None
     if step != 1 or hi - lo + 1 != count:
-        raise ValueError(f"--shard auto needs a contiguous job array (e.g. --array=0-{count - 1}); "
+        raise BadArgument(f"--shard auto needs a contiguous job array (e.g. --array=0-{count - 1}); "
                          f"got ids {lo}-{hi} step {step} for {count} tasks: use --shard K/N")
     return parse_shard((tid - lo, count))  # type: ignore[return-value]
 

@@ -176,12 +176,27 @@ class MemberRules:
 
     def __init__(self) -> None:
         self.links: dict[str, str] = {}
+        # Hashes, not names: a hostile archive of millions of members must not cost a
+        # string per member (a collision only refuses an archive, never accepts one).
+        self.seen: set[int] = set()
+        self.nondirs: set[int] = set()
 
     def unsafe(self, m: tarfile.TarInfo) -> str | None:
         why = unsafe_reason(m)
         if why:
             return why
+        if "\0" in m.name or "\0" in m.linkname:
+            return f"NUL byte in member name {m.name!r}"
         name = member_path(m.name)
+        key = hash(name)
+        if key in self.seen:
+            return f"duplicate member {m.name!r}"
+        parts = name.split("/")
+        if any(hash("/".join(parts[:i])) in self.nondirs for i in range(1, len(parts))):
+            return f"{m.name!r} is below a member that is not a directory"
+        self.seen.add(key)
+        if not m.isdir():
+            self.nondirs.add(key)
         # Restore refuses these too: a path through a symlink the archive made could
         # land outside the destination, and a hard link through one could pin a file
         # outside it.
@@ -245,7 +260,7 @@ def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
                 if why:
                     raise UnsafeArchive(path, why)
                 first = m.name.lstrip("./").split("/", 1)[0] if m.name not in (".", "./") else ""
-                if first:
+                if first and len(tops) < 2:  # only "one top or several" matters
                     tops.add(first)
                 if m.isfile():
                     files += 1

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import fs, stale
 from .discover import Discovery
-from .errors import ArchiveError, SourceUnreadable
+from .errors import ArchiveError, BadArgument, SourceUnreadable
 from .formats import compress_bytes, open_compressed_writer
 from .names import normalize_format
 from .plan import Planner, check_root
@@ -158,9 +158,9 @@ def build_report(
     t0 = time.monotonic()
     fmt = normalize_format(format)
     if older_than_days is not None and older_than_days < 0:
-        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+        raise BadArgument(f"older_than_days must be >= 0, got {older_than_days}")
     if sample < 0:
-        raise ValueError(f"sample must be >= 0, got {sample}")
+        raise BadArgument(f"sample must be >= 0, got {sample}")
     compress_bytes(b"", fmt, compresslevel)  # a bad level fails now, not after the walk
     root_p = check_root(root)
     now = time.time()

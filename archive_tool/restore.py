@@ -23,11 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from . import commit, fs
-from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
+from .errors import ArchiveError, ArchiveTooLarge, BadArgument, CorruptArchive, UnsafeArchive
 from .executors import default_workers, run_batches
 from .names import split_archive_name
 from .plan import check_root
-from .read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
+from .read import (
+    CHUNK,
+    MemberRules,
+    check_members,
+    detect_format_fd,
+    drain,
+    iter_members,
+    member_path,
+    open_tar,
+)
 from .scan import DIR, FILE, LINK, escaping_link
 from .summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
 
@@ -292,7 +301,15 @@ def restore_one(
             parent = os.path.dirname(dest)
             os.makedirs(parent, exist_ok=True)
             with fs.parent_of(dest) as (parent_fd, dname):
-                total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast, max_bytes)
+                try:
+                    total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast,
+                                                 max_bytes)
+                except FileExistsError:
+                    if not remove_archive:
+                        raise
+                    # A restore with --remove-archive cut short between its rename and the
+                    # unlink: the tree is there. Finish only if it holds exactly the archive.
+                    total, tree_fd = _already_restored(archive, afd, parent_fd, dname, dest)
                 try:
                     if remove_archive:
                         commit.make_tree_durable(tree_fd, parent_fd, dest)
@@ -309,6 +326,30 @@ def restore_one(
     if stats is not None:
         stats["bytes"] = total
     return Path(dest)
+
+
+def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: str
+                      ) -> tuple[int, int]:
+    """(content bytes, fd) of an existing *dest* that holds exactly the archive's members
+    and bytes; FileExistsError when it differs (then nothing is removed)."""
+    from .single import source_members
+
+    try:
+        tree_fd = fs.open_dir(dname, parent_fd)
+    except OSError:
+        raise FileExistsError(17, "destination already exists; refusing to overwrite",
+                              dest) from None
+    try:
+        entries, expected = source_members(tree_fd, dest)
+        rfd = os.dup(afd)
+        os.lseek(rfd, 0, os.SEEK_SET)
+        with open(rfd, "rb") as f:
+            check_members(f, detect_format_fd(rfd, archive), expected, archive)
+    except (ArchiveError, OSError):
+        os.close(tree_fd)
+        raise FileExistsError(17, "destination already exists and differs from the archive; "
+                                  "refusing to overwrite", dest) from None
+    return sum(e.size for e in entries), tree_fd
 
 
 class _no_dir:
@@ -408,7 +449,7 @@ def restore_many(
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:
-        raise ValueError(f"max_files must be >= 0 (0 = no cap), got {max_files}")
+        raise BadArgument(f"max_files must be >= 0 (0 = no cap), got {max_files}")
     dest_p = os.path.abspath(os.fspath(dest_root)) if dest_root is not None else None
 
     def matches(name: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import commit, fs, single, stale
 from .discover import Discovery
-from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
+from .errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
 from .executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
 from .lock import RootLock
 from .names import FORMATS, normalize_format, session_of_trash
@@ -274,13 +274,13 @@ def sweep(
     fmt = normalize_format(format)
     shard_t = parse_shard(shard)
     if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise BadArgument(f"workers must be >= 1, got {workers}")
     if max_dirs is not None and max_dirs < 0:
-        raise ValueError(f"max_dirs must be >= 0 (0 = no cap), got {max_dirs}")
+        raise BadArgument(f"max_dirs must be >= 0 (0 = no cap), got {max_dirs}")
     if older_than_days is not None and older_than_days < 0:
-        raise ValueError(f"older_than_days must be >= 0, got {older_than_days}")
+        raise BadArgument(f"older_than_days must be >= 0, got {older_than_days}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise BadArgument(f"batch_size must be >= 1, got {batch_size}")
     root_p = check_root(root)
     summary = new_summary("sweep", root_p, dry_run, mode="flat" if flat else "tree",
                           format=fmt, backend="", archived=0, inodes_in=0, resumed=0,
