@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from . import fs
+from .errors import BadArgument
 from .liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
 from .names import FINISHED_STATES, RUNNING_STATE, is_session_name
 
@@ -264,10 +265,10 @@ def _runs_in(parent_fd: int, running: str, expect: os.stat_result, stale_after: 
 
 def parse_duration(text: str) -> float:
     """``"2d"``, ``"6h"``, ``"30m"``, ``"90s"`` -> seconds; a bare number is days (as
-    ``--older-than-days``). ValueError on anything else or a negative value."""
+    ``--older-than-days``). BadArgument on anything else or a negative value."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([smhd]?)\s*", str(text))
     if not m:
-        raise ValueError(f"stale-after must be a duration like 2d, 6h, 30m, 90s or a "
+        raise BadArgument(f"stale-after must be a duration like 2d, 6h, 30m, 90s or a "
                          f"number of days, got {text!r}")
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 86400}[m.group(2)]
 
@@ -400,7 +401,7 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
     ones. Returns counts: running, live, stale, no_heartbeat, finalized, skipped, failed,
     ``runs`` (each stale run: path, reason, action) and ``failures`` (path, reason)."""
     if stale_after is not None and stale_after < 0:
-        raise ValueError(f"stale_after must be >= 0, got {stale_after}")
+        raise BadArgument(f"stale_after must be >= 0, got {stale_after}")
     counts = new_counts()
     for running_fd, v in _judged(root, stale_after, now):
         path = v.path

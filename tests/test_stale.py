@@ -20,6 +20,7 @@ import yaml
 import zstandard
 
 from archive_tool import stale
+from archive_tool.errors import BadArgument
 from tests.conftest import run_cli
 from tests.session_scripts.helpers import load_config, run_script, write_script
 
@@ -395,6 +396,8 @@ def test_stale_after_needs_finalize_stale_and_a_duration(tmp_path: Path) -> None
     r = run_cli("sweep", tmp_path, "--finalize-stale", "--stale-after", "soon")
     assert r.returncode == 2 and b"duration" in r.stderr and b"Traceback" not in r.stderr
     assert stale.parse_duration("2") == 2 * 86400 and stale.parse_duration("90s") == 90
+    with pytest.raises(BadArgument):
+        stale.finalize_stale(str(tmp_path), stale_after=-1)
 
 
 # --------------------------------------------------------------------------- report
