@@ -229,7 +229,7 @@ def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: 
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     elif not quiet or summary["failed"]:
-        click.echo(_human(summary))
+        click.echo(_stale_text(summary.get("stale"), verbose) + _human(summary))
     for f in summary["failures"][: None if verbose else 20]:
         click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
     if summary.get("manifest_error"):
@@ -296,6 +296,35 @@ def _human(s: dict[str, Any]) -> str:
         line += (f"\n  manifest {s['manifest']}\n  undo with: session-archive extract "
                  f"{s['root']} --undo {s['run']} --execute")
     return line
+
+
+def _stale_text(st: dict[str, Any] | None, verbose: bool) -> str:
+    if st is None:
+        return ""
+    text = (f"RUNNING runs: {st['running']} ({st['live']} live, {st['stale']} stale, "
+            f"{st['no_heartbeat']} without heartbeat)")
+    if st["finalized"] or st["skipped"] or st["failed"]:
+        text += (f"; finalized {st['finalized']} into FINISHED_ERROR/, skipped "
+                 f"{st['skipped']}, failed {st['failed']}")
+    for r in st["runs"][: None if verbose else 50]:
+        to = f" -> {r['moved_to']}" if r.get("moved_to") else ""
+        text += f"\n  {r['action']}: {r['path']}{to} ({r['reason']})"
+    return text + "\n"
+
+
+def _stale_after(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from .stale import parse_duration
+
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param=param) from None
+
+
+STALE_AFTER_HELP = ("Threshold for RUNNING runs: heartbeat (or, without one, the newest "
+                    "write) older than D: 2d, 6h, 30m, 90s; a bare number is days. "
+                    "[default: 10 x the run's heartbeat interval; runs without "
+                    "heartbeat never]")
 
 
 def _sweep_options(default_format: str) -> Callable[[T], T]:
@@ -380,12 +409,19 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
 @click.option("--batch-size", type=click.IntRange(1, 10000), default=None,
               help="Sessions per task (and per durability step) [default: 128; 256 with "
                    "--scheduler].")
+@click.option("--finalize-stale", is_flag=True,
+              help="First move dead RUNNING runs (stale heartbeat and, on this host, process "
+                   "gone) to FINISHED_ERROR/ with a marker, so they are archived too.")
+@click.option("--stale-after", default=None, metavar="D", callback=_stale_after,
+              help=STALE_AFTER_HELP)
 def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
-          batch_size: int | None, **kw: Any) -> None:
+          batch_size: int | None, finalize_stale: bool, stale_after: float | None,
+          **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
-    FINISHED; never touches RUNNING/. Dry run unless --execute. An executed sweep writes
+    FINISHED; never touches RUNNING/ unless --finalize-stale. Dry run unless
+    --execute. An executed sweep writes
     a manifest to ROOT/.session-archive/runs/<UTC time>.jsonl that `extract --undo` reads.
 
     \b
@@ -393,7 +429,11 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     """
     from .sweep import DEFAULT_BATCH
 
+    if stale_after is not None and not finalize_stale:
+        raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH}
+    if finalize_stale:
+        extra.update(finalize_stale=True, stale_after=stale_after)
     if scheduler:
         from .executors import DaskExecutor
 
@@ -576,12 +616,17 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
               help="Print the report as one JSON object on stdout, nothing else.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Also draw the report into a PNG (needs matplotlib).")
+@click.option("--stale-after", default=None, metavar="D", callback=_stale_after,
+              help=STALE_AFTER_HELP)
 def report(root: str, older_than_days: float | None, fmt: str, level: int, sample: int,
-           seed: int, use_fd: bool, as_json: bool, plot: str | None) -> None:
+           seed: int, use_fd: bool, as_json: bool, plot: str | None,
+           stale_after: float | None) -> None:
     """Show what a sweep of ROOT would archive, changing nothing.
 
     Per <script>_out subtree: sessions, inodes and bytes; the age distribution; and the
-    archived size, estimated by compressing a sample of sessions in memory.
+    archived size, estimated by compressing a sample of sessions in memory. Also the
+    RUNNING runs per subtree: live, stale (what sweep --finalize-stale would move), and
+    without heartbeat.
 
     \b
     Example: session-archive report /data/runs --older-than-days 7 --plot runs.png
@@ -589,7 +634,8 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
     from .report import build_report, format_report, plot_report
 
     rep = _call(build_report, root, older_than_days=older_than_days, format=fmt,
-                compresslevel=level, use_fd=use_fd, sample=sample, seed=seed)
+                compresslevel=level, use_fd=use_fd, sample=sample, seed=seed,
+                stale_after=stale_after)
     if plot is not None:
         try:
             _call(plot_report, rep, plot)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fs
+from . import fs, stale
 from .discover import Discovery
 from .errors import ArchiveError, BadArgument, SourceUnreadable
 from .formats import compress_bytes, open_compressed_writer
@@ -149,10 +149,13 @@ def build_report(
     sample: int = 50,
     seed: int = 0,
     on_candidate: Callable[[str], None] | None = None,
+    stale_after: float | None = None,
 ) -> dict[str, Any]:
     """What ``sweep(root, older_than_days=..., format=...)`` would archive, as a dict (plain
     JSON types): the dry-run totals, per-subtree counts, the age distribution, and
-    ``estimated_bytes_out`` from compressing up to *sample* sessions picked by *seed*."""
+    ``estimated_bytes_out`` from compressing up to *sample* sessions picked by *seed*;
+    ``running``: RUNNING runs per subtree, live / stale / without heartbeat
+    (:func:`stale.survey`, *stale_after* in seconds)."""
     t0 = time.monotonic()
     fmt = normalize_format(format)
     check_days(older_than_days)
@@ -240,6 +243,7 @@ def build_report(
         "estimate": {k: v for k, v in est.items() if k != "estimated_bytes_out"},
         "ages": [{"bucket": b, "min_days": lo, "sessions": ages[b]} for b, lo in AGE_BUCKETS],
         "subtrees": rows,
+        "running": stale.survey(root_p, stale_after, now, lambda p: subtree_of(root_p, p)),
         "generated_at": now,
         "elapsed": round(time.monotonic() - t0, 3),
     }
@@ -311,10 +315,32 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
             rest = rows[max_rows:]
             lines.append(f"... {len(rest)} more subtrees with {sum(s['sessions'] for s in rest)} "
                          f"sessions (--json lists all)")
+    lines += _running_lines(r.get("running"), max_rows)
     for w in r["warnings"]:
         lines.append(f"warning: {w}")
     lines.append("Nothing was changed; `session-archive sweep ROOT --execute` archives.")
     return "\n".join(lines)
+
+
+def _running_lines(run: dict[str, Any] | None, max_rows: int) -> list[str]:
+    if not run or not run["subtrees"]:
+        return []
+    lines = ["", f"RUNNING runs: {run['live']} live, {run['stale']} stale, "
+             f"{run['no_heartbeat']} without heartbeat"
+             + ("" if run["stale_after"] is None else f" (stale after {run['stale_after']:g} s)")]
+    width = min(60, max(len("subtree"), *(len(s["subtree"]) for s in run["subtrees"])))
+    lines.append(f"{'subtree':<{width}}  {'live':>6}  {'stale':>6}  {'no heartbeat':>12}")
+    for s in run["subtrees"][:max_rows]:
+        name = s["subtree"] if len(s["subtree"]) <= width else "…" + s["subtree"][-width + 1:]
+        lines.append(f"{name:<{width}}  {s['live']:>6}  {s['stale']:>6}  {s['no_heartbeat']:>12}")
+    if len(run["subtrees"]) > max_rows:
+        lines.append(f"... {len(run['subtrees']) - max_rows} more subtrees (--json lists all)")
+    for st in run["stale_runs"][:max_rows]:
+        lines.append(f"stale: {st['path']} ({st['reason']})")
+    if run["stale"]:
+        lines.append("`session-archive sweep ROOT --finalize-stale --execute` moves stale runs "
+                     "to FINISHED_ERROR/ and archives them.")
+    return lines
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int = 15) -> None:

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from itertools import islice
 from typing import Any
 
-from . import commit, fs, single
+from . import commit, fs, single, stale
 from .discover import Discovery
 from .errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
 from .executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
@@ -257,9 +257,14 @@ def sweep(
     on_candidate: Callable[[str], None] | None = None,
     lock: bool = True,
     remove_src: bool = True,
+    finalize_stale: bool = False,
+    stale_after: float | None = None,
 ) -> dict[str, Any]:
     """Archive every finished session under *root* (tree mode) or every session-shaped
     direct child of *root* (``flat=True``). Returns the Summary dict.
+
+    With *finalize_stale*, RUNNING runs judged dead (:mod:`stale`; *stale_after* seconds)
+    are first moved to FINISHED_ERROR/ (listed only, in a dry run): ``summary["stale"]``.
 
     With ``dry_run`` nothing on disk changes: the Summary says what would be archived
     (``candidates``; with ``track_bytes`` or ``older_than_days`` one stat walk per session
@@ -281,6 +286,11 @@ def sweep(
                           cleaned=0, shard=None)
     if shard_t:
         summary["shard"] = f"{shard_t[0]}/{shard_t[1]}"
+    if finalize_stale and not flat:
+        # Dead RUNNING runs move to FINISHED_ERROR/ first, so this sweep archives them.
+        summary["stale"] = stale.finalize_stale(root_p, dry_run=dry_run, stale_after=stale_after)
+        for f in summary["stale"]["failures"]:
+            record_failure(summary, f["path"], f["reason"])
     disc = Discovery(root_p, flat, use_fd)
     planner = Planner(root_p, flat, fmt, pattern, older_than_days, max_dirs, shard_t)
     tasks = planner.tasks(disc.paths())

@@ -15,7 +15,7 @@ from typing import Any
 
 from archive_tool.names import RUNNING_STATE, archive_name, normalize_format
 
-from . import _hooks, _plt, _seed
+from . import _heartbeat, _hooks, _plt, _seed
 from ._config import save_config
 from ._manager import get_global_session_manager
 from ._start import get_logger, pop_runtime
@@ -99,7 +99,24 @@ def _drop_empty_running(src: Path) -> None:
 
 def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: bool,
             archive_format: str | None, save: bool, before_move: Any = None) -> dict[str, Any]:
-    src = Path(config["SDIR_RUN"])
+    # Locked against a stale-run finalizer (archive_tool.stale), following the dir if one
+    # moved it first; released before archiving, which takes the same lock itself.
+    run_dir = Path(config["SDIR_RUN"])
+    claim = _heartbeat.claim_run_dir(run_dir, _sdir_out(config, run_dir))
+    if claim.fd is None and not claim.path.is_dir():
+        # Saving CONFIG would recreate an empty run dir beside the real one's archive.
+        raise FileNotFoundError(errno.ENOENT, "run dir not found (finalized as stale and "
+                                "archived meanwhile?)", str(claim.path))
+    try:
+        return _finish_claimed(claim.path, config, exit_status, remove_src_dir,
+                               archive_format, save, before_move, claim.release)
+    finally:
+        claim.release()
+
+
+def _finish_claimed(src: Path, config: dict[str, Any], exit_status: int | None,
+                    remove_src_dir: bool, archive_format: str | None, save: bool,
+                    before_move: Any, release: Any) -> dict[str, Any]:
     fmt = _configured_format(config, archive_format)
     dst = _sdir_out(config, src) / finished_state(exit_status) / src.name
     # The saved config records where the run ends up, not where it ran.
@@ -118,6 +135,7 @@ def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: boo
         if save:
             save_config(config, src / "CONFIGS")
         raise
+    release()
     if remove_src_dir:
         _drop_empty_running(src)
     if fmt:
@@ -172,6 +190,7 @@ def close(
     ``CONFIGS/CONFIG.yaml`` and ``CONFIG.pkl``; stop the tee; move the run dir to its
     FINISHED_* state; archive it when *archive_format* (or ``CONFIG.SESSION.ARCHIVE_FORMAT``)
     is set; call the close hooks. Returns CONFIG (which records the final location)."""
+    _heartbeat.end(CONFIG["ID"])
     rt = pop_runtime(CONFIG["ID"]) or {}
     tee = rt.get("tee")
     logger = rt.get("logger") or get_logger()

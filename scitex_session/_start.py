@@ -14,7 +14,7 @@ from typing import Any
 
 from archive_tool.names import ID_REGEX, RUNNING_STATE, new_session_id, session_dir_name
 
-from . import _hooks, _plt, _seed
+from . import _heartbeat, _hooks, _plt, _seed
 from ._config import DotDict, load_yaml_configs
 from ._manager import get_global_session_manager
 from ._tee import TeeSession
@@ -152,6 +152,7 @@ def start(
     clear_logs: bool = False,
     verbose: bool = True,
     *,
+    heartbeat_interval: float | None = None,
     _caller_depth: int = 1,
 ) -> tuple[DotDict, Any, Any, Any, DotDict, _seed.RandomStateManager]:
     """Initialize an experiment session with reproducibility settings.
@@ -164,6 +165,10 @@ def start(
     The *sys*, *os*, *random*, *np*, *torch* modules are accepted for compatibility; the
     session uses the real ones. *clear_logs* and *show_execution_flow* are accepted and
     have no effect (every run has fresh logs).
+
+    ``CONFIG["LIVENESS"]`` records host, PID, process start time and SLURM job; a daemon
+    thread touches ``<run>/.heartbeat`` every *heartbeat_interval* seconds (default
+    ``$SCITEX_SESSION_HEARTBEAT`` or 60; 0 disables) so a sweep can finalize dead runs.
 
     Returns ``(CONFIG, stdout, stderr, plt, COLORS, rngg)``.
     """
@@ -190,6 +195,7 @@ def start(
     config["SDIR_OUT"] = sdir_out
     config["SDIR_RUN"] = sdir_run
     config["ARGS"] = _args_dict(args)
+    config["LIVENESS"] = _heartbeat.begin(sid, sdir_run, heartbeat_interval)
     for key, value in load_yaml_configs(Path.cwd() / "config").items():
         if key not in config:  # the session's own keys are authoritative
             config[key] = value

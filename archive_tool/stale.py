@@ -1,0 +1,458 @@
+"""RUNNING runs that died (SIGKILL, OOM killer, node crash, SLURM time limit): tell them
+from live ones, and finalize the dead ones into FINISHED_ERROR/ so a sweep archives them.
+
+The rule (RELIABILITY.md): a run is **stale** when its heartbeat (the mtime of
+``<run>/.heartbeat``, touched every ``HEARTBEAT_INTERVAL`` seconds by ``scitex_session``)
+is older than the threshold (``--stale-after``, default 10 x the run's interval) **and**,
+when the run's host is this host, its PID is gone, a zombie, or belongs to a process with
+another start time (or the machine rebooted since). A run with a heartbeat on another host
+is judged by the heartbeat alone. A run without heartbeat (the published package, older
+versions) is stale only with an explicit ``stale_after``, by the newest mtime in its dir.
+
+Finalizing one run: lock the run dir (the flock ``scitex_session``'s close and the
+archiver take), re-check under the lock that the heartbeat did not move and the run is
+still stale, write ``STALE_FINALIZED.json`` into it (why and when), and rename it to the
+sibling ``FINISHED_ERROR/`` relative to directory fds opened ``O_NOFOLLOW``, never over an
+existing entry. A close that was waiting for the lock finds its dir there, takes it back
+and finishes normally (``scitex_session._heartbeat.claim_run_dir``): one session either way.
+
+The engine never imports ``scitex_session``; the heartbeat file is defined in
+:mod:`liveness`, which ``scitex_session`` imports (small, so a run starts fast).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from . import fs
+from .errors import BadArgument
+from .liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
+from .names import FINISHED_STATES, RUNNING_STATE, is_session_name
+
+ERROR_STATE = "FINISHED_ERROR"
+DEFAULT_INTERVAL = 60.0
+STALE_FACTOR = 10
+LIVE, STALE, UNKNOWN = "live", "stale", "no heartbeat"
+MAX_LISTED = 1000
+_MAX_IDENTITY = 64 * 1024
+
+_DIR_FLAGS = fs.O_DIR
+
+# Tests make races deterministic through this: called as hook(stage, run_path) with stage
+# "classified" (judged stale, not yet locked) and "locked" (lock held, before the re-check).
+_hook: Callable[[str, str], None] | None = None
+
+
+class Skipped(Exception):
+    """This run is not finalized now, for a benign reason (finished meanwhile, locked,
+    heartbeat moved); the next sweep looks again."""
+
+
+def process_gone(ident: dict[str, Any]) -> str | None:
+    """Why the process *ident* describes (a run on this host) no longer runs, or None if
+    it may still run."""
+    pid = ident.get("PID")
+    if not isinstance(pid, int) or pid <= 0:
+        return "no PID recorded"
+    then, now = ident.get("BOOT_ID"), boot_id()
+    if then and now and then != now:
+        return "the host rebooted since"
+    st = proc_stat(pid)
+    if st is None:
+        if os.path.isdir("/proc/self"):
+            return f"PID {pid} is gone"
+        try:  # no /proc (not Linux): existence is all we can tell
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"PID {pid} is gone"
+        except OSError:
+            pass
+        return None
+    state, ticks = st
+    want = ident.get("PROC_START_TICKS")
+    if isinstance(want, int) and ticks != want:
+        return f"PID {pid} now belongs to another process (start time {ticks} != {want})"
+    if state in ("Z", "X"):
+        return f"PID {pid} is a zombie"
+    return None
+
+
+# ---------------------------------------------------------------------------- classifying
+
+
+class Verdict(NamedTuple):
+    path: str
+    state: str            # LIVE, STALE or UNKNOWN (no heartbeat and no stale_after)
+    reason: str
+    mark_ns: int          # heartbeat mtime, or the newest mtime without heartbeat
+    heartbeat: bool
+    identity: dict[str, Any] | None
+    dev_ino: tuple[int, int] | None = None  # the run dir judged (set by the tree walk)
+
+
+def _ago(seconds: float) -> str:
+    s = max(0.0, seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _read_heartbeat(dfd: int) -> tuple[dict[str, Any] | None, int | None]:
+    """(identity or {} if unreadable, heartbeat mtime ns) — (None, None) without one."""
+    try:
+        fd = os.open(HEARTBEAT_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dfd)
+    except FileNotFoundError:
+        return None, None
+    except OSError:
+        st = os.stat(HEARTBEAT_NAME, dir_fd=dfd, follow_symlinks=False)
+        return {}, st.st_mtime_ns  # e.g. a symlink: its own mtime is all we trust
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return {}, st.st_mtime_ns
+        try:
+            ident = json.loads(os.read(fd, _MAX_IDENTITY))
+        except ValueError:
+            ident = {}
+        return (ident if isinstance(ident, dict) else {}), st.st_mtime_ns
+    finally:
+        os.close(fd)
+
+
+def _newest_mtime_ns(dfd: int) -> int:
+    """Newest mtime of the dir and everything in it (no link followed): when a run without
+    heartbeat last wrote anything."""
+    newest = os.fstat(dfd).st_mtime_ns
+    for _root, dirs, files, rfd in os.fwalk(".", dir_fd=dfd, follow_symlinks=False):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.stat(name, dir_fd=rfd, follow_symlinks=False).st_mtime_ns)
+            except OSError:
+                continue
+    return newest
+
+
+def _classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
+                 host: str) -> Verdict:
+    ident, hb_ns = _read_heartbeat(dfd)
+    if hb_ns is None:
+        if stale_after is None:
+            # Not walked: it could not be finalized anyway, and a nightly sweep should not
+            # stat every file of every heartbeat-less run.
+            return Verdict(path, UNKNOWN, "no heartbeat (published package?); only "
+                           "--stale-after finalizes it", os.fstat(dfd).st_mtime_ns, False, None)
+        mark = _newest_mtime_ns(dfd)
+        age = now - mark / 1e9
+        if age < stale_after:
+            return Verdict(path, LIVE, f"no heartbeat; last write {_ago(age)} ago", mark,
+                           False, None)
+        return Verdict(path, STALE, f"no heartbeat and nothing written for {_ago(age)} "
+                       f"(--stale-after {_ago(stale_after)})", mark, False, None)
+    assert ident is not None
+    interval = ident.get("HEARTBEAT_INTERVAL")
+    if not isinstance(interval, (int, float)) or interval <= 0:
+        interval = DEFAULT_INTERVAL
+    threshold = stale_after if stale_after is not None else STALE_FACTOR * interval
+    age = now - hb_ns / 1e9
+    if age < threshold:
+        return Verdict(path, LIVE, f"heartbeat {_ago(age)} ago", hb_ns, True, ident)
+    old = f"heartbeat {_ago(age)} old (threshold {_ago(threshold)})"
+    run_host = ident.get("HOST")
+    if run_host == host:
+        gone = process_gone(ident)
+        if gone is None:
+            return Verdict(path, LIVE, f"{old} but PID {ident.get('PID')} still runs "
+                           "(stopped or hung?)", hb_ns, True, ident)
+        return Verdict(path, STALE, f"{old}; {gone}", hb_ns, True, ident)
+    where = f"on host {run_host}" if isinstance(run_host, str) else "host unknown"
+    return Verdict(path, STALE, f"{old}, {where}", hb_ns, True, ident)
+
+
+def classify(path: str | os.PathLike[str], stale_after: float | None = None,
+             now: float | None = None) -> Verdict:
+    """Judge one RUNNING run dir (see the module doc). *stale_after* is in seconds."""
+    p = os.fspath(path)
+    dfd = os.open(p, _DIR_FLAGS)
+    try:
+        return _classify_fd(dfd, p, stale_after, time.time() if now is None else now,
+                            hostname())
+    finally:
+        os.close(dfd)
+
+
+def _judged(root: str, stale_after: float | None,
+            now: float | None) -> Iterator[tuple[int, Verdict]]:
+    """(fd of its RUNNING dir, verdict) for every session dir directly under a ``RUNNING/``
+    below *root*. Walked by directory fds, never through a symlink (:mod:`fs`: a cron
+    sweep as root over users' trees). FINISHED_* and session dirs are not entered (a
+    RUNNING dir is their sibling), so this stays cheap on a tree of finished sessions.
+    The RUNNING fd stays open until the consumer asks for the next run."""
+    fd = fs.open_trusted_dir(root)
+    try:
+        yield from _walk(fd, root, stale_after, now, hostname())
+    finally:
+        os.close(fd)
+
+
+def _walk(fd: int, path: str, stale_after: float | None, now: float | None,
+          host: str) -> Iterator[tuple[int, Verdict]]:
+    try:
+        entries = fs.scandir_sorted(fd)
+    except OSError:
+        return  # unreadable: skipped, as discovery skips it
+    for e in entries:
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        sub = os.path.join(path, e.name)
+        if e.name == RUNNING_STATE:
+            yield from _runs_in(fd, sub, st, stale_after, now, host)
+        elif e.name not in FINISHED_STATES and not is_session_name(e.name):
+            try:
+                child = fs.open_dir(e.name, fd, st)
+            except OSError:
+                continue
+            try:
+                yield from _walk(child, sub, stale_after, now, host)
+            finally:
+                os.close(child)
+
+
+def _runs_in(parent_fd: int, running: str, expect: os.stat_result, stale_after: float | None,
+             now: float | None, host: str) -> Iterator[tuple[int, Verdict]]:
+    try:
+        rfd = fs.open_dir(RUNNING_STATE, parent_fd, expect)
+    except OSError:
+        return
+    try:
+        for e in fs.scandir_sorted(rfd):
+            try:
+                if not (e.is_dir(follow_symlinks=False) and is_session_name(e.name)):
+                    continue
+                dfd = fs.open_dir(e.name, rfd, e.stat(follow_symlinks=False))
+            except OSError:
+                continue  # finished (moved away) since it was listed, or unreadable
+            try:
+                st = os.fstat(dfd)
+                v = _classify_fd(dfd, os.path.join(running, e.name), stale_after,
+                                 time.time() if now is None else now, host)
+            except OSError:
+                continue
+            finally:
+                os.close(dfd)
+            yield rfd, v._replace(dev_ino=(st.st_dev, st.st_ino))
+    except OSError:
+        return
+    finally:
+        os.close(rfd)
+
+
+def parse_duration(text: str) -> float:
+    """``"2d"``, ``"6h"``, ``"30m"``, ``"90s"`` -> seconds; a bare number is days (as
+    ``--older-than-days``). BadArgument on anything else or a negative value."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise BadArgument(f"stale-after must be a duration like 2d, 6h, 30m, 90s or a "
+                         f"number of days, got {text!r}")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 86400}[m.group(2)]
+
+
+# ----------------------------------------------------------------------------- finalizing
+
+
+def _marker(v: Verdict, now: float) -> bytes:
+    iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat()  # noqa: E731
+    doc = {
+        "finalized_at": iso(now),
+        "reason": v.reason,
+        "rule": "heartbeat older than the threshold and, on the run's own host, its process "
+                "gone; runs without heartbeat only by an explicit --stale-after",
+        "heartbeat_mtime" if v.heartbeat else "newest_mtime": iso(v.mark_ns / 1e9),
+        "identity": v.identity,
+        "moved": f"{RUNNING_STATE}/ -> {ERROR_STATE}/",
+        "finalized_by": {"host": hostname(), "pid": os.getpid(),
+                         "uid": os.geteuid()},
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _open_error_dir(out_fd: int) -> int:
+    try:
+        os.mkdir(ERROR_STATE, 0o755, dir_fd=out_fd)
+        if os.geteuid() == 0:
+            # As root (cron), hand the new state dir to whoever owns the <script>_out dir.
+            st = os.fstat(out_fd)
+            os.chown(ERROR_STATE, st.st_uid, st.st_gid, dir_fd=out_fd, follow_symlinks=False)
+    except FileExistsError:
+        pass
+    return os.open(ERROR_STATE, _DIR_FLAGS, dir_fd=out_fd)
+
+
+def finalize_one(running_fd: int, v: Verdict, stale_after: float | None = None) -> str:
+    """Move the stale run *v* (a child of *running_fd*) to the sibling ``FINISHED_ERROR/``
+    with its marker; returns the new path. Raises Skipped (benign: look again next time)
+    or OSError."""
+    name = os.path.basename(v.path)
+    try:
+        rfd = fs.open_dir(name, running_fd)
+    except FileNotFoundError:
+        raise Skipped("finished meanwhile") from None
+    try:
+        held = os.fstat(rfd)
+        if v.dev_ino is not None and (held.st_dev, held.st_ino) != v.dev_ino:
+            raise Skipped("another dir took its name meanwhile")
+        try:
+            fcntl.flock(rfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Skipped("locked by another process (finishing, or being finalized)") from None
+        try:
+            now_st = fs.lstat_at(running_fd, name)
+        except FileNotFoundError:
+            now_st = None
+        if now_st is None or not fs.same_file(now_st, held):
+            raise Skipped("finished meanwhile")
+        if _hook is not None:
+            _hook("locked", v.path)
+        now = time.time()
+        again = _classify_fd(rfd, v.path, stale_after, now, hostname())
+        if again.mark_ns != v.mark_ns:
+            raise Skipped("heartbeat moved during the check" if v.heartbeat
+                          else "written to during the check")
+        if again.state != STALE:
+            raise Skipped(f"no longer stale: {again.reason}")
+        return _move(rfd, running_fd, os.path.dirname(os.path.dirname(v.path)), name,
+                     again, now)
+    finally:
+        os.close(rfd)
+
+
+def _move(rfd: int, pfd: int, out: str, name: str, v: Verdict, now: float) -> str:
+    wrote = False
+    try:
+        mfd = os.open(MARKER_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o644, dir_fd=rfd)
+    except FileExistsError:
+        mfd = -1  # left by a finalize interrupted before its rename: it says the same
+    if mfd >= 0:
+        wrote = True
+        try:
+            os.write(mfd, _marker(v, now))
+            if os.geteuid() == 0:
+                held = os.fstat(rfd)
+                os.fchown(mfd, held.st_uid, held.st_gid)
+            os.fsync(mfd)
+        finally:
+            os.close(mfd)
+    # The FINISHED_ERROR/ beside the RUNNING/ dir we hold, whatever the path now names.
+    ofd = os.open("..", _DIR_FLAGS, dir_fd=pfd)
+    try:
+        dfd = _open_error_dir(ofd)
+        try:
+            try:
+                fs.rename_noreplace_at(pfd, name, dfd, name)
+            except OSError:
+                if wrote:
+                    os.unlink(MARKER_NAME, dir_fd=rfd)
+                raise
+            # The run is now FINISHED_ERROR/<name>: make both directory entries durable
+            # before a sweep archives (and deletes) it.
+            os.fsync(dfd)
+            os.fsync(pfd)
+        finally:
+            os.close(dfd)
+        os.fsync(ofd)
+    finally:
+        os.close(ofd)
+    return os.path.join(out, ERROR_STATE, name)
+
+
+# ------------------------------------------------------------------------------- drivers
+
+
+def new_counts() -> dict[str, Any]:
+    return {"running": 0, "live": 0, "stale": 0, "no_heartbeat": 0, "finalized": 0,
+            "skipped": 0, "failed": 0, "runs": [], "failures": []}
+
+
+def _note(counts: dict[str, Any], key: str, item: dict[str, Any]) -> None:
+    if len(counts[key]) < MAX_LISTED:
+        counts[key].append(item)
+
+
+def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None = None,
+                   now: float | None = None) -> dict[str, Any]:
+    """Classify every RUNNING run under *root* and (unless *dry_run*) finalize the stale
+    ones. Returns counts: running, live, stale, no_heartbeat, finalized, skipped, failed,
+    ``runs`` (each stale run: path, reason, action) and ``failures`` (path, reason)."""
+    if stale_after is not None and stale_after < 0:
+        raise BadArgument(f"stale_after must be >= 0, got {stale_after}")
+    counts = new_counts()
+    for running_fd, v in _judged(root, stale_after, now):
+        path = v.path
+        counts["running"] += 1
+        if v.state == LIVE:
+            counts["live"] += 1
+            continue
+        if v.state == UNKNOWN:
+            counts["no_heartbeat"] += 1
+            continue
+        counts["stale"] += 1
+        if dry_run:
+            _note(counts, "runs", {"path": path, "reason": v.reason, "action": "would finalize"})
+            continue
+        if _hook is not None:
+            _hook("classified", path)
+        try:
+            dest = finalize_one(running_fd, v, stale_after)
+        except Skipped as e:
+            counts["skipped"] += 1
+            _note(counts, "runs", {"path": path, "reason": v.reason, "action": f"skipped: {e}"})
+        except OSError as e:
+            counts["failed"] += 1
+            why = f"cannot finalize: {e.strerror or e}"
+            _note(counts, "runs", {"path": path, "reason": v.reason, "action": why})
+            _note(counts, "failures", {"path": path, "reason": why})
+        else:
+            counts["finalized"] += 1
+            _note(counts, "runs", {"path": path, "reason": v.reason, "action": "finalized",
+                                   "moved_to": dest})
+    return counts
+
+
+def survey(root: str, stale_after: float | None = None, now: float | None = None,
+           subtree: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Read-only: RUNNING runs per subtree (live / stale / no heartbeat) and the stale
+    ones with their reasons, for ``report``."""
+    rows: dict[str, dict[str, int]] = {}
+    stale: list[dict[str, str]] = []
+    for _fd, v in _judged(root, stale_after, now):
+        path = v.path
+        key = subtree(path) if subtree else os.path.dirname(os.path.dirname(path))
+        row = rows.setdefault(key, {"live": 0, "stale": 0, "no_heartbeat": 0})
+        row[{LIVE: "live", STALE: "stale", UNKNOWN: "no_heartbeat"}[v.state]] += 1
+        if v.state == STALE and len(stale) < MAX_LISTED:
+            stale.append({"path": path, "reason": v.reason})
+    return {
+        "stale_after": stale_after,
+        "live": sum(r["live"] for r in rows.values()),
+        "stale": sum(r["stale"] for r in rows.values()),
+        "no_heartbeat": sum(r["no_heartbeat"] for r in rows.values()),
+        "subtrees": [{"subtree": k, **v} for k, v in sorted(rows.items())],
+        "stale_runs": stale,
+    }
