@@ -155,7 +155,9 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
               help="Directory to create (default: the archive path without its suffix).")
 @click.option("--remove-archive", is_flag=True,
               help="Delete the archive once the restored dir is on stable storage.")
-def unpack(archive: str, dest: str | None, remove_archive: bool) -> None:
+@click.option("--keep-setuid", is_flag=True,
+              help="Keep setuid/setgid/sticky bits (root only; dropped by default).")
+def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bool) -> None:
     """Restore one ARCHIVE into a session dir (never overwrites).
 
     \b
@@ -163,7 +165,8 @@ def unpack(archive: str, dest: str | None, remove_archive: bool) -> None:
     """
     from .restore import restore_one
 
-    click.echo(str(_call(restore_one, archive, dest, remove_archive)))
+    click.echo(str(_call(restore_one, archive, dest, remove_archive,
+                         keep_special=keep_setuid)))
 
 
 @cli.command()

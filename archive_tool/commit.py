@@ -18,15 +18,14 @@ Order for one archive (and, batched, for many):
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import fs
-from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged, SourceUnreadable
-from .names import FORMATS, trash_name
+from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
+from .names import TMP_SUFFIX, trash_name
 from .scan import DIR, FILE, Entry
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -76,7 +75,7 @@ def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
     """``<final>.tmp`` left by a crash of the named-tmp fallback: garbage by definition.
     Removed whichever path this run takes (a run with O_TMPFILE would otherwise never
     notice the named leftover of an earlier run, or of another machine, without it)."""
-    fs.unlink_at(dir_fd, final_name + ".tmp")
+    fs.unlink_at(dir_fd, final_name + TMP_SUFFIX)
 
 
 def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
@@ -95,7 +94,7 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
                 raise disk_error(final, e, "cannot create archive") from None
             _no_tmpfile_devs.add(st_dev)
     if fd < 0:
-        tmp_name = name + ".tmp"
+        tmp_name = name + TMP_SUFFIX
         try:
             fd = fs.create_file(tmp_name, dir_fd)
         except OSError as e:
@@ -226,52 +225,6 @@ def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
     if seen != len(expected):
         return "an entry disappeared"
     return None
-
-
-def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = False) -> int:
-    """Open the session dir *name* in *parent_fd* (never through a symlink) and hold an
-    exclusive flock on it while it is archived and deleted; returns the fd (close it to
-    release). *where* is its path, for messages.
-
-    Two archivers of one session (a sweep, and the decorator's own close, possibly in
-    another format) otherwise both wrote an archive: the link() EEXIST guard only covers
-    one name. The loser gets FileExistsError: the lock is busy, or, once it is free, the
-    dir is gone or (unless *archived_ok*) an archive of it exists in any format.
-    """
-    def archived() -> bool:
-        return any(fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS)
-
-    def gone() -> Exception:
-        if archived():
-            return FileExistsError(errno.EEXIST, "archived meanwhile by another process", where)
-        return SourceUnreadable(where, os.strerror(errno.ENOENT))
-
-    try:
-        fd = fs.open_dir(name, parent_fd)
-    except FileNotFoundError:
-        raise gone() from None
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise SourceUnreadable(where, "not a directory (a symlink or file); refused") from None
-        raise SourceUnreadable(where, e.strerror or str(e)) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(errno.EEXIST, "being archived by another process", where) from None
-        held = os.fstat(fd)
-        try:
-            now = fs.lstat_at(parent_fd, name)
-        except FileNotFoundError:
-            now = None
-        if now is None or not fs.same_file(now, held):
-            raise gone()
-        if not archived_ok and archived():
-            raise FileExistsError(errno.EEXIST, "archive already exists", where)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,

@@ -11,26 +11,30 @@ import gzip
 import io
 import lzma
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import zstandard
 
 from .errors import BadArgument
-from .names import normalize_format
+from .names import FORMATS, normalize_format
 
 _ZSTD_LEVELS = {1: 3, 2: 4, 3: 5, 4: 6, 5: 7, 6: 9, 7: 12, 8: 15, 9: 19}
+LEVELS = range(1, 10)  # gzip's scale, for every codec
+
+
+def check_level(level: int) -> int:
+    """*level* if it is an int in 1..9, else BadArgument (checked at the edge, once)."""
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise BadArgument(f"compresslevel must be an integer 1..9, got {level!r}")
+    if level not in LEVELS:
+        raise BadArgument(f"compresslevel must be 1..9, got {level}")
+    return level
 
 
 def zstd_level(compresslevel: int) -> int:
-    return _ZSTD_LEVELS[_clamp(compresslevel)]
-
-
-def _clamp(level: int) -> int:
-    if not isinstance(level, int) or isinstance(level, bool):
-        raise BadArgument(f"compresslevel must be an integer 1..9, got {level!r}")
-    if not 1 <= level <= 9:
-        raise BadArgument(f"compresslevel must be 1..9, got {level}")
-    return level
+    return _ZSTD_LEVELS[check_level(compresslevel)]
 
 
 def _zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
@@ -41,33 +45,75 @@ def _zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
     )
 
 
-def compress_bytes(data: bytes, fmt: str, compresslevel: int = 1) -> bytes:
+def _gzip_bytes(data: bytes, level: int) -> bytes:
+    # wbits=31 -> gzip container (header + CRC32 trailer); no mtime: reproducible output.
+    c = zlib.compressobj(check_level(level), zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Everything the engine needs to know of one archive format. A new codec is one
+    entry in CODECS; nothing else branches on the format."""
+
+    name: str  # canonical suffix without the dot: "tar.zst"
+    magic: bytes | None  # leading bytes, for archives whose name does not say (or lies)
+    compress: Callable[[bytes, int], bytes]  # whole in-memory tar stream, one call
+    decompress: Callable[[bytes], IO[bytes]]  # a reader over compressed bytes
+    writer: Callable[[IO[bytes], int], IO[bytes]]  # closing it leaves the raw file open
+    reader: Callable[[IO[bytes]], IO[bytes]]  # must fail on a truncated stream
+
+
+def _plain(data: bytes, level: int) -> bytes:
+    check_level(level)  # same argument rules for every codec
+    return data
+
+
+def _gz_writer(raw: IO[bytes], level: int) -> IO[bytes]:
+    return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=check_level(level), mtime=0)
+
+
+CODECS: dict[str, Codec] = {
+    c.name: c
+    for c in (
+        Codec("tar.zst", b"\x28\xb5\x2f\xfd",
+              lambda d, lv: _zstd_compressor(lv).compress(d),
+              lambda d: ZstdFramesReader(io.BytesIO(d)),
+              lambda raw, lv: _zstd_compressor(lv).stream_writer(raw, closefd=False),
+              lambda raw: ZstdFramesReader(raw)),
+        Codec("tar.gz", b"\x1f\x8b", _gzip_bytes,
+              lambda d: gzip.GzipFile(fileobj=io.BytesIO(d)),
+              _gz_writer,
+              lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+        Codec("tar.xz", b"\xfd7zXZ\x00",
+              lambda d, lv: lzma.compress(d, preset=check_level(lv)),
+              lambda d: lzma.LZMAFile(io.BytesIO(d)),
+              lambda raw, lv: lzma.LZMAFile(raw, mode="wb", preset=check_level(lv)),
+              lambda raw: lzma.LZMAFile(raw, mode="rb")),
+        Codec("tar", None,
+              _plain,
+              lambda d: io.BytesIO(d),
+              lambda raw, lv: _NoClose(raw),
+              lambda raw: _NoClose(raw)),
+    )
+}
+assert tuple(CODECS) == FORMATS  # names.py's order (suffix matching) and this table agree
+
+
+def codec(fmt: str | Codec) -> Codec:
+    """The Codec of a format name or alias ("tgz"), or UnsupportedFormat."""
+    return fmt if isinstance(fmt, Codec) else CODECS[normalize_format(fmt)]
+
+
+def compress_bytes(data: bytes, fmt: str | Codec, compresslevel: int = 1) -> bytes:
     """Compress a whole in-memory tar stream in one call."""
-    fmt = normalize_format(fmt)
-    if fmt == "tar":
-        return data
-    if fmt == "tar.zst":
-        return _zstd_compressor(compresslevel).compress(data)
-    if fmt == "tar.gz":
-        # wbits=31 -> gzip container (header + CRC32 trailer); mtime 0 keeps output
-        # reproducible for identical input.
-        c = zlib.compressobj(_clamp(compresslevel), zlib.DEFLATED, 31)
-        return c.compress(data) + c.flush()
-    return lzma.compress(data, preset=_clamp(compresslevel))
+    return codec(fmt).compress(data, compresslevel)
 
 
-def decompress_bytes(data: bytes, fmt: str, max_size: int | None = None) -> bytes:
+def decompress_bytes(data: bytes, fmt: str | Codec, max_size: int | None = None) -> bytes:
     """Inverse of :func:`compress_bytes`; checks the format's own checksum."""
-    fmt = normalize_format(fmt)
-    if fmt == "tar":
-        return data
-    if fmt == "tar.zst":
-        return _read_limited(ZstdFramesReader(io.BytesIO(data)), max_size)
-    if fmt == "tar.gz":
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
-            return _read_limited(g, max_size)
-    with lzma.LZMAFile(io.BytesIO(data)) as x:
-        return _read_limited(x, max_size)
+    with codec(fmt).decompress(data) as r:
+        return _read_limited(r, max_size)
 
 
 class _TooBig(ValueError):
@@ -83,45 +129,14 @@ def _read_limited(f: IO[bytes], max_size: int | None) -> bytes:
     return out
 
 
-class _Counting(io.RawIOBase):
-    """Counts bytes written through to an underlying binary file (bytes_out)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        n = self.raw.write(b)
-        n = len(b) if n is None else n
-        self.count += n
-        return n
-
-
-def open_compressed_writer(raw: IO[bytes], fmt: str, compresslevel: int = 1) -> IO[bytes]:
+def open_compressed_writer(raw: IO[bytes], fmt: str | Codec, compresslevel: int = 1) -> IO[bytes]:
     """A file object that compresses into *raw*; closing it finishes the stream but leaves
     *raw* open."""
-    fmt = normalize_format(fmt)
-    if fmt == "tar":
-        return _NoClose(raw)
-    if fmt == "tar.zst":
-        return _zstd_compressor(compresslevel).stream_writer(raw, closefd=False)
-    if fmt == "tar.gz":
-        return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_clamp(compresslevel), mtime=0)
-    return lzma.LZMAFile(raw, mode="wb", preset=_clamp(compresslevel))
+    return codec(fmt).writer(raw, compresslevel)
 
 
-def open_decompressed_reader(raw: IO[bytes], fmt: str) -> IO[bytes]:
-    fmt = normalize_format(fmt)
-    if fmt == "tar":
-        return _NoClose(raw)
-    if fmt == "tar.zst":
-        return ZstdFramesReader(raw)
-    if fmt == "tar.gz":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    return lzma.LZMAFile(raw, mode="rb")
+def open_decompressed_reader(raw: IO[bytes], fmt: str | Codec) -> IO[bytes]:
+    return codec(fmt).reader(raw)
 
 
 class _NoClose(io.RawIOBase):
@@ -146,12 +161,9 @@ class _NoClose(io.RawIOBase):
 
 def sniff_format(head: bytes) -> str | None:
     """Format from magic bytes, for archives whose name does not say (or lies)."""
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "tar.zst"
-    if head.startswith(b"\x1f\x8b"):
-        return "tar.gz"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "tar.xz"
+    for c in CODECS.values():
+        if c.magic is not None and head.startswith(c.magic):
+            return c.name
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     return None

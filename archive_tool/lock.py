@@ -1,4 +1,7 @@
-"""One sweep per root (and shard) at a time: flock on lock files in the root.
+"""Every lock of the engine: one sweep per root (and shard) at a time, by flock on lock
+files in the root (RootLock); and one archiver per session at a time, by flock on the
+session dir itself (lock_session), which the decorator's close and a stale-run finalizer
+take too.
 
 The kernel drops a flock when its holder dies, even by SIGKILL, so a crashed cron run
 never blocks the next one. The lock file is left in place: unlinking it would let a
@@ -16,7 +19,8 @@ import stat
 from types import TracebackType
 
 from . import fs
-from .errors import BadRoot, LockBusy
+from .errors import BadRoot, LockBusy, SourceUnreadable
+from .names import FORMATS
 
 LOCK_NAME = ".session-archive.lock"
 
@@ -131,3 +135,49 @@ class RootLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = False) -> int:
+    """Open the session dir *name* in *parent_fd* (never through a symlink) and hold an
+    exclusive flock on it while it is archived and deleted; returns the fd (close it to
+    release). *where* is its path, for messages.
+
+    Two archivers of one session (a sweep, and the decorator's own close, possibly in
+    another format) otherwise both wrote an archive: the link() EEXIST guard only covers
+    one name. The loser gets FileExistsError: the lock is busy, or, once it is free, the
+    dir is gone or (unless *archived_ok*) an archive of it exists in any format.
+    """
+    def archived() -> bool:
+        return any(fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS)
+
+    def gone() -> Exception:
+        if archived():
+            return FileExistsError(errno.EEXIST, "archived meanwhile by another process", where)
+        return SourceUnreadable(where, os.strerror(errno.ENOENT))
+
+    try:
+        fd = fs.open_dir(name, parent_fd)
+    except FileNotFoundError:
+        raise gone() from None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SourceUnreadable(where, "not a directory (a symlink or file); refused") from None
+        raise SourceUnreadable(where, e.strerror or str(e)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(errno.EEXIST, "being archived by another process", where) from None
+        held = os.fstat(fd)
+        try:
+            now = fs.lstat_at(parent_fd, name)
+        except FileNotFoundError:
+            now = None
+        if now is None or not fs.same_file(now, held):
+            raise gone()
+        if not archived_ok and archived():
+            raise FileExistsError(errno.EEXIST, "archive already exists", where)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

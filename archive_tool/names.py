@@ -34,8 +34,12 @@ _TRASH_NAME = re.compile(rf"^\.({ID_REGEX}(-[^/]+)?)\.deleting$", re.ASCII)
 # What discovery asks fd for in one pass: session dirs and trash dirs.
 DISCOVERY_REGEX = rf"^\.?{ID_REGEX}(-[^/]+)?(\.deleting)?$"
 
-FINISHED_STATES = ("FINISHED_SUCCESS", "FINISHED_ERROR", "FINISHED")
+SUCCESS_STATE, ERROR_STATE, PLAIN_STATE = "FINISHED_SUCCESS", "FINISHED_ERROR", "FINISHED"
+FINISHED_STATES = (SUCCESS_STATE, ERROR_STATE, PLAIN_STATE)
 RUNNING_STATE = "RUNNING"
+# Suffix of the named-tmp fallback archive (filesystems without O_TMPFILE); garbage after a
+# crash, removed by the next run.
+TMP_SUFFIX = ".tmp"
 
 # Order matters for suffix matching: ".tar.gz" before ".tar".
 FORMATS = ("tar.zst", "tar.gz", "tar.xz", "tar")
@@ -85,11 +89,6 @@ def split_archive_name(filename: str) -> tuple[str, str] | None:
         if lower.endswith(suffix) and len(filename) > len(suffix):
             return filename[: -len(suffix)], fmt
     return None
-
-
-def tmp_name(session_name: str, fmt: str) -> str:
-    """Named temp file used when the filesystem has no O_TMPFILE; garbage after a crash."""
-    return f"{archive_name(session_name, fmt)}.tmp"
 
 
 def new_session_id(now: float | None = None, rand: str | None = None) -> str:

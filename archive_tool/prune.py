@@ -33,7 +33,7 @@ from typing import Any
 from . import fs
 from .errors import BadArgument
 from .lock import RootLock
-from .names import FINISHED_STATES, split_archive_name
+from .names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
 from .plan import check_root
 from .sweep import record_failure
 from .tree_restore import iter_session_archives
@@ -114,7 +114,7 @@ def select(items: Iterable[Archived], *, older_than_days: float | None = None,
     out = []
     for script in sorted(by_script):
         group = sorted(by_script[script], key=lambda a: (a.started, a.path), reverse=True)
-        latest_ok = next((a for a in group if a.state == "FINISHED_SUCCESS"), None)
+        latest_ok = next((a for a in group if a.state == SUCCESS_STATE), None)
         for i, a in enumerate(group):
             if keep_last is not None and i < keep_last:
                 a.keep = "within --keep-last"

@@ -8,12 +8,14 @@ before gzip's CRC32 trailer, zstd's XXH64 frame checksum or xz's check would be 
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tarfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from .errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
 from .formats import open_decompressed_reader, sniff_format
@@ -31,14 +33,73 @@ _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
              tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
 
 
+# CVE-2024-6232: tarfile's PAX parsing regexes backtrack quadratically on long digit runs
+# (166 bytes cost 43 s of CPU on 3.11.7). Fixed in 3.11.10 / 3.12.6; before that, records
+# are checked here first, in linear time.
+_PAX_REGEX_FIXED = sys.version_info >= (3, 12, 6) or (3, 11, 10) <= sys.version_info < (3, 12)
+_LONG_DIGITS = re.compile(rb"[0-9]{33}")
+
+
+def check_pax_records(buf: bytes) -> str | None:
+    """Why a PAX header payload is refused, or None: it must be a run of well-formed
+    ``"<len> <key>=<value>\n"`` records, with no digit run longer than any real field."""
+    pos, n = 0, len(buf)
+    while pos < n:
+        sp = buf.find(b" ", pos, pos + 21)
+        if sp <= pos or not buf[pos:sp].isdigit():
+            return "malformed PAX record"
+        end = pos + int(buf[pos:sp])
+        if end <= sp + 2 or end > n or buf[end - 1] != 0x0A or buf.find(b"=", sp, end) < 0:
+            return "malformed PAX record"
+        pos = end
+    if _LONG_DIGITS.search(buf):
+        return "PAX record with an absurd run of digits"
+    return None
+
+
+class _Replay:
+    """The PAX payload we read to check it, handed to tarfile again, then its stream."""
+
+    def __init__(self, buf: bytes, raw: Any) -> None:
+        self.buf, self.raw = buf, raw
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.buf:
+            return self.raw.read(n)
+        head, self.buf = (self.buf, b"") if n < 0 or n >= len(self.buf) else \
+            (self.buf[:n], self.buf[n:])
+        return head + (self.raw.read(n - len(head)) if 0 <= len(head) < n else b"")
+
+    def tell(self) -> int:
+        return self.raw.tell() - len(self.buf)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
 class SafeTarInfo(tarfile.TarInfo):
-    """TarInfo that refuses an absurd extended header before tarfile reads it."""
+    """TarInfo that refuses an absurd extended header before tarfile reads it, and (on
+    interpreters without the CVE-2024-6232 fix) a PAX payload that would stall its regex."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
             raise tarfile.HeaderError(f"extended header of {self.size} bytes "
                                       f"(more than {MAX_EXTENDED_HEADER}); refused")
         return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if _PAX_REGEX_FIXED:
+            return super()._proc_pax(tarfile_)  # type: ignore[misc]
+        raw = tarfile_.fileobj
+        buf = raw.read(self._block(self.size))  # type: ignore[attr-defined]
+        why = check_pax_records(buf[:self.size])
+        if why:
+            raise tarfile.HeaderError(f"{why}; refused")
+        tarfile_.fileobj = _Replay(buf, raw)  # type: ignore[assignment]
+        try:
+            return super()._proc_pax(tarfile_)  # type: ignore[misc]
+        finally:
+            tarfile_.fileobj = raw
 
 
 def iter_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

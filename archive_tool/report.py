@@ -24,7 +24,7 @@ from typing import Any
 from . import fs, stale
 from .discover import Discovery
 from .errors import ArchiveError, BadArgument, SourceUnreadable
-from .formats import compress_bytes, open_compressed_writer
+from .formats import check_level, compress_bytes, open_compressed_writer
 from .names import normalize_format
 from .plan import Planner, check_days, check_root
 from .scan import FILE, Entry, content_bytes, newest_mtime_ns
@@ -161,7 +161,7 @@ def build_report(
     check_days(older_than_days)
     if sample < 0:
         raise BadArgument(f"sample must be >= 0, got {sample}")
-    compress_bytes(b"", fmt, compresslevel)  # a bad level fails now, not after the walk
+    check_level(compresslevel)  # a bad level fails now, not after the walk
     root_p = check_root(root)
     now = time.time()
     disc = Discovery(root_p, False, use_fd)

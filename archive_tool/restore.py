@@ -68,13 +68,28 @@ class _MultiTop(Exception):
     """Internal: the archive has more than one top-level entry; extract unstripped."""
 
 
-def _file_mode(mode: int) -> int:
-    # What tarfile's "data" filter allows: no setuid/setgid/sticky, no group/other write,
-    # owner can read and write, group/other exec only where the owner has it.
-    mode = (mode & 0o755) | 0o600
-    if not mode & 0o100:
-        mode &= ~0o011
-    return mode
+def _umask() -> int:
+    # /proc says it without changing it (os.umask would, briefly, for every thread).
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def restore_mode(mode: int, umask: int, keep_special: bool = False) -> int:
+    """Permissions of a restored entry, as GNU tar gives them to the user running it: the
+    archived bits less the umask (000 stays 000, 664 under umask 022 becomes 644).
+    setuid/setgid/sticky only when root asks for them explicitly (*keep_special*)."""
+    bits = mode & 0o777 & ~umask
+    if keep_special:
+        bits |= mode & 0o7000
+    return bits
 
 
 class _Dirs:
@@ -121,7 +136,8 @@ class _Dirs:
 
 
 def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_members: int,
-                 strip: bool, owner: tuple[int, int] | None = None) -> int:
+                 strip: bool, owner: tuple[int, int] | None = None,
+                 keep_special: bool = False) -> int:
     """Extract every member of the open archive *afd* below the open dir *tmp_fd*;
     returns the content bytes written. *archive* names it in messages; *afd* is closed.
 
@@ -149,6 +165,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
     # no path or hard-link target through a symlink the archive made, no link escaping
     # through earlier links.
     rules = MemberRules()
+    umask = _umask()
     try:
         with open_tar(archive, afd) as (tf, reader):
             for m in iter_members(tf):
@@ -185,9 +202,10 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                     elif kinds.get(rel) == DIR:
                         raise FileExistsError(errno.EEXIST, "exists", m.name)
                     kinds[rel] = DIR
-                    dir_attrs.append((rel, (m.mode & 0o755) | 0o700, mtime))
+                    dir_attrs.append((rel, restore_mode(m.mode, umask, keep_special), mtime))
                 elif m.isreg():
-                    _write_member(tf, m, name, pfd, mtime, owner)
+                    _write_member(tf, m, name, pfd, mtime, owner,
+                                  restore_mode(m.mode, umask, keep_special))
                     kinds[rel] = FILE
                 elif m.issym():
                     os.symlink(m.linkname, name, dir_fd=pfd)
@@ -240,27 +258,40 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
     if owner is not None:
         os.fchown(tmp_fd, *owner)
     if root_attrs is not None:
-        os.fchmod(tmp_fd, (root_attrs[0] & 0o755) | 0o700)
+        os.fchmod(tmp_fd, restore_mode(root_attrs[0], umask, keep_special))
         os.utime(tmp_fd, (root_attrs[1], root_attrs[1]))
     return total
 
 
 def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, mtime: int,
-                  owner: tuple[int, int] | None) -> None:
+                  owner: tuple[int, int] | None, mode: int) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=pfd)
     try:
         src = tf.extractfile(m)
+        hole = False
         while chunk := src.read(CHUNK):
+            # A run of zeros as big as a read becomes a hole: a 10 GiB sparse file (stored
+            # as 10 GiB of zeros, which compress to nothing) must not restore as 10 GiB of
+            # real disk.
+            if len(chunk) == CHUNK and chunk == _ZEROS:
+                os.lseek(fd, CHUNK, os.SEEK_CUR)
+                hole = True
+                continue
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]
+        if hole:
+            os.ftruncate(fd, m.size)  # a hole at the end: the size still says so
         if owner is not None:
             os.fchown(fd, *owner)
-        os.fchmod(fd, _file_mode(m.mode))
+        os.fchmod(fd, mode)
         os.utime(fd, (mtime, mtime))
     finally:
         os.close(fd)
+
+
+_ZEROS = bytes(CHUNK)
 
 
 def restore_one(
@@ -272,6 +303,7 @@ def restore_one(
     stats: dict[str, int] | None = None,
     follow: bool = True,
     root: str | None = None,
+    keep_special: bool = False,
 ) -> Path:
     """Extract *archive_path* to *dest_dir* (default: the archive path minus its suffix).
 
@@ -283,7 +315,11 @@ def restore_one(
     symlink is refused: it could point at another user's archive. With *root* (a tree
     restore as root), the archive's and the destination's directories below *root* are
     reached one component at a time without following symlinks (fs.open_beneath).
+    Modes are restored as GNU tar does for the user running it (archived bits less the
+    umask); setuid/setgid/sticky only with *keep_special*, which only root may ask for.
     """
+    if keep_special and os.geteuid() != 0:
+        raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     archive = os.path.abspath(os.fspath(archive_path))
     dest = os.path.abspath(os.fspath(dest_dir)) if dest_dir is not None else default_dest(archive)
     with _parent(archive, root, missing=ArchiveError(archive, "no such archive")) \
@@ -309,7 +345,7 @@ def restore_one(
                                                                  + parent)) as (parent_fd, dname):
                 try:
                     total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast,
-                                                 max_bytes)
+                                                 max_bytes, keep_special)
                 except FileExistsError:
                     if not remove_archive:
                         raise
@@ -379,7 +415,8 @@ def _parent(path: str, root: str | None, missing: Exception) -> Iterator[tuple[i
 
 
 def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
-                ast: os.stat_result, max_bytes: int | None) -> tuple[int, int]:
+                ast: os.stat_result, max_bytes: int | None,
+                keep_special: bool = False) -> tuple[int, int]:
     """Extract into a fresh temp dir in *parent_fd*, rename it to *dname*; returns
     (content bytes, fd of the restored dir)."""
     if fs.lexists_at(parent_fd, dname):
@@ -403,7 +440,8 @@ def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
             rfd = os.dup(afd)  # extract_into closes what it reads; a dup shares the offset
             os.lseek(rfd, 0, os.SEEK_SET)
             try:
-                total = extract_into(archive, rfd, tmp_fd, limit, inodes, strip, owner)
+                total = extract_into(archive, rfd, tmp_fd, limit, inodes, strip, owner,
+                                     keep_special)
             except ArchiveTooLarge as e:
                 if limit == space and "bytes" in e.reason:
                     raise ArchiveTooLarge(archive, f"{e.reason} ({free} bytes free, {reserve} "

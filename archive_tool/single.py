@@ -30,6 +30,7 @@ from pathlib import Path
 from . import commit, fs
 from .errors import SourceChanged, SourceUnreadable, UnsafeSource, VerifyFailed
 from .formats import compress_bytes, decompress_bytes, open_compressed_writer
+from .lock import lock_session
 from .names import archive_name, normalize_format
 from .read import check_members
 from .scan import DIR, FILE, LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
@@ -324,7 +325,7 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
     if fs.lexists_at(parent_fd, os.path.basename(final)):
         raise FileExistsError(17, "archive already exists", final)
     fs.race_point("lock", src)
-    lock_fd = commit.lock_session(parent_fd, top, src)
+    lock_fd = lock_session(parent_fd, top, src)
     try:
         entries = scan_fd(lock_fd, src)
         if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:

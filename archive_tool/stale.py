@@ -35,9 +35,8 @@ from typing import Any, NamedTuple
 from . import fs
 from .errors import BadArgument
 from .liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
-from .names import FINISHED_STATES, RUNNING_STATE, is_session_name
+from .names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
 
-ERROR_STATE = "FINISHED_ERROR"
 DEFAULT_INTERVAL = 60.0
 STALE_FACTOR = 10
 LIVE, STALE, UNKNOWN = "live", "stale", "no heartbeat"

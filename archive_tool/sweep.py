@@ -20,7 +20,7 @@ from . import commit, fs, single, stale
 from .discover import Discovery
 from .errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
 from .executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
-from .lock import RootLock
+from .lock import RootLock, lock_session
 from .names import FORMATS, normalize_format, session_of_trash
 from .plan import CLEANUP, FINISH, Planner, Task, check_days, check_root, parse_shard
 from .read import check_members, detect_format_fd
@@ -139,7 +139,7 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
     arch_name = os.path.basename(t.archive)
     try:
         parent_fd, name = dirs.parent(t.path)
-        lock_fd = commit.lock_session(parent_fd, name, t.path, archived_ok=True)
+        lock_fd = lock_session(parent_fd, name, t.path, archived_ok=True)
     except FileExistsError as e:
         return Result(t.path, SKIPPED, e.strerror)
     except (ArchiveError, OSError) as e:
@@ -170,7 +170,7 @@ def _cleanup(t: Task, dirs: fs.DirCache) -> Result:
     try:
         parent_fd, trash = dirs.parent(t.path)
         # The archiver that made this trash may still be deleting it (it holds the lock).
-        lock_fd = commit.lock_session(parent_fd, trash, t.path, archived_ok=True)
+        lock_fd = lock_session(parent_fd, trash, t.path, archived_ok=True)
     except FileExistsError as e:
         return Result(t.path, SKIPPED, e.strerror)
     except (ArchiveError, OSError) as e:

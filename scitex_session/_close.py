@@ -13,7 +13,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from archive_tool.names import RUNNING_STATE, archive_name, normalize_format
+from archive_tool.names import (
+    ERROR_STATE,
+    PLAIN_STATE,
+    RUNNING_STATE,
+    SUCCESS_STATE,
+    archive_name,
+    normalize_format,
+)
 
 from . import _heartbeat, _hooks, _plt, _seed
 from ._config import save_config
@@ -27,12 +34,12 @@ def finished_state(exit_status: int | None) -> str:
     (The published package files statuses other than 0 and 1 under FINISHED; a non-zero
     exit is a failure, so we file it with the errors.)"""
     if exit_status is None:
-        return "FINISHED"
-    return "FINISHED_SUCCESS" if exit_status == 0 else "FINISHED_ERROR"
+        return PLAIN_STATE
+    return SUCCESS_STATE if exit_status == 0 else ERROR_STATE
 
 
 def _status_word(exit_status: int | None) -> str:
-    return {"FINISHED_SUCCESS": "success", "FINISHED_ERROR": "error"}.get(
+    return {SUCCESS_STATE: "success", ERROR_STATE: "error"}.get(
         finished_state(exit_status), "finished")
 
 
@@ -235,7 +242,7 @@ def close(
         _hooks.fire_close(_status_word(exit_status), exit_status)
 
     where = CONFIG.get("ARCHIVE") or CONFIG["SDIR_RUN"]
-    word = {"FINISHED_SUCCESS": "Script completed", "FINISHED_ERROR": "Script failed"}.get(
+    word = {SUCCESS_STATE: "Script completed", ERROR_STATE: "Script failed"}.get(
         state, "Script finished")
     logger.info(f"{word}: {where}")
     return CONFIG

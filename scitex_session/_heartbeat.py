@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from archive_tool.liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
+from archive_tool.names import ERROR_STATE, RUNNING_STATE
 
 INTERVAL_ENV = "SCITEX_SESSION_HEARTBEAT"
 DEFAULT_INTERVAL = 60.0
@@ -143,8 +144,8 @@ def claim_run_dir(src: Path, sdir_out: Path) -> RunDirClaim:
         fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         fd = None
-        moved = sdir_out / "FINISHED_ERROR" / src.name
-        if src.parent.name == "RUNNING" and moved.is_dir() and not moved.is_symlink():
+        moved = sdir_out / ERROR_STATE / src.name
+        if src.parent.name == RUNNING_STATE and moved.is_dir() and not moved.is_symlink():
             try:
                 fd = os.open(moved, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
@@ -156,7 +157,7 @@ def claim_run_dir(src: Path, sdir_out: Path) -> RunDirClaim:
         # dir holds it while it packs, after which the dir is gone and close says so.
         fcntl.flock(fd, fcntl.LOCK_EX)
         held = os.fstat(fd)
-        for where in (src, sdir_out / "FINISHED_ERROR" / src.name):
+        for where in (src, sdir_out / ERROR_STATE / src.name):
             try:
                 st = os.lstat(where)
             except OSError:

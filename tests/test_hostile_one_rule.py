@@ -56,3 +56,35 @@ def test_nul_in_a_pax_name_is_refused_by_all_three(tmp_path: Path) -> None:
         r = run_cli(*cmd)
         assert r.returncode != 0 and b"Traceback" not in r.stderr, (cmd, r.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_pax_header_that_stalls_tarfiles_regex_is_refused_fast(tmp_path: Path) -> None:
+    """CVE-2024-6232: on Python < 3.11.10 a long digit run in a PAX header made tarfile's
+    parsing regex backtrack for minutes; interpreters with the fix parse it quickly."""
+    import time
+
+    archive = tmp_path / "redos.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("s/a.txt")
+        ti.pax_headers = {"comment": "1" * 200_000}  # ~70 s of regex unguarded
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    t0 = time.monotonic()
+    r = run_cli("verify", archive)
+    assert time.monotonic() - t0 < 20, "tarfile's PAX regex was not guarded"
+    assert b"Traceback" not in r.stderr, r.stderr
+
+
+def test_check_pax_records_accepts_real_headers_and_refuses_junk() -> None:
+    from archive_tool.read import check_pax_records
+
+    ok = tarfile.TarInfo("x" * 300).tobuf(tarfile.PAX_FORMAT)  # a long name: a PAX record
+    size = int(ok[124:136].rstrip(b"\0 "), 8)
+    assert check_pax_records(ok[512:512 + size]) is None
+    assert check_pax_records(b"30 mtime=1700000000.123456789\n") is None
+    assert check_pax_records(b"5 a=\n") is None
+    assert check_pax_records(b"99 path=x\n") is not None  # length past the end
+    assert check_pax_records(b"abc path=x\n") is not None
+    assert check_pax_records(b"12 pathx\n") is not None  # no "="
+    assert check_pax_records(b"41 comment=" + b"1" * 29 + b"\n") is None
+    assert check_pax_records(b"45 comment=" + b"1" * 33 + b"\n") is not None

@@ -123,8 +123,9 @@ def age(path: Path, seconds: float) -> None:
 
 
 def tree(out: Path) -> dict[str, list[str]]:
+    # .session-archive/ holds the sweep's run manifests (runlog.py), not sessions.
     return {d.name: sorted(c.name for c in d.iterdir()) for d in sorted(out.iterdir())
-            if d.is_dir() and any(d.iterdir())}
+            if d.is_dir() and any(d.iterdir()) and d.name != ".session-archive"}
 
 
 def members(archive: Path) -> dict[str, bytes]:
