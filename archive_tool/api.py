@@ -11,9 +11,10 @@ from typing import Any
 
 from .names import is_session_name, split_archive_name
 from .plan import MAX_DAYS, check_days  # noqa: F401 - part of this module's API
-from .restore import restore_many, restore_one
+from .restore import restore_one
 from .single import archive_one
 from .sweep import sweep
+from .tree_restore import restore_many
 
 
 def archive_session_dir(

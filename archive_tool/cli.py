@@ -524,7 +524,7 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
         if not track_bytes:
             summary["bytes_in"] = summary["bytes_out"] = 0
     else:
-        from .restore import restore_many
+        from .tree_restore import restore_many
 
         summary = _call(
             restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,

@@ -28,8 +28,9 @@ from .formats import check_level, compress_bytes, open_compressed_writer
 from .names import normalize_format
 from .plan import Planner, check_days, check_root
 from .scan import FILE, Entry, content_bytes, newest_mtime_ns
-from .single import IN_MEMORY_LIMIT, tar_header, write_tar
+from .single import IN_MEMORY_LIMIT
 from .sweep import scan_candidates
+from .tarwrite import tar_header, write_tar
 from .units import human_bytes, human_count
 
 DAY = 86400.0

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from itertools import islice
 from typing import Any
 
-from . import commit, fs, single, stale
+from . import commit, fs, single, stale, tarwrite
 from .discover import Discovery
 from .errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
 from .executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
@@ -145,7 +145,7 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
     except (ArchiveError, OSError) as e:
         return _fail(t.path, e)
     try:
-        entries, expected = single.source_members(lock_fd, t.path)
+        entries, expected = tarwrite.source_members(lock_fd, t.path)
         afd = fs.open_file(arch_name, parent_fd)
         with open(afd, "rb") as f:
             check_members(f, detect_format_fd(afd, t.archive), expected, t.archive)
@@ -390,4 +390,4 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
 
 
 # Bulk restore lives in restore.py; kept importable from here for callers of 0.1.
-from .restore import restore_batch, restore_many  # noqa: E402, F401
+from .tree_restore import restore_batch, restore_many  # noqa: E402, F401

@@ -11,12 +11,14 @@ hold the root's lock, so a sweep cannot archive a session while it is being put 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
-from .errors import BadArgument
+from .errors import ArchiveError, BadArgument
 from .executors import default_workers, run_batches
 from .lock import RootLock
 from .names import (
@@ -27,7 +29,7 @@ from .names import (
     split_archive_name,
 )
 from .plan import check_root
-from .restore import restore_batch
+from .restore import restore_one
 from .summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
 
 STATE_DIR = ".session-archive"
@@ -219,3 +221,117 @@ def undo_run(
                 s["skipped"] += len(kept)  # not attempted
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
+
+
+# ------------------------------------------------------------------------ flat restore
+
+
+def restore_many(
+    root: str | os.PathLike[str],
+    *,
+    pattern: str | None = None,
+    dest_root: str | os.PathLike[str] | None = None,
+    remove_archive: bool = False,
+    dry_run: bool = True,
+    max_files: int | None = None,
+    track_bytes: bool = False,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    batch_size: int = 32,
+    on_result: Callable[[Result], None] | None = None,
+    accept: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    """Bulk restore: archives directly under *root* -> ``dest_root/<name>/`` (default:
+    beside the archive), on the same pool loop as the sweep, each through a temp dir and a
+    rename. *accept(name)*, when given, must also be true for an archive to be considered.
+    Returns the Summary (kind "restore")."""
+    from .discover import iter_archives
+
+    t0 = time.monotonic()
+    root_p = check_root(root)
+    if max_files is not None and max_files < 0:
+        raise BadArgument(f"max_files must be >= 0 (0 = no cap), got {max_files}")
+    dest_p = os.path.abspath(os.fspath(dest_root)) if dest_root is not None else None
+
+    def matches(name: str) -> bool:
+        if accept is not None and not accept(name):
+            return False
+        if pattern:
+            return fnmatch.fnmatch(name, pattern)
+        return split_archive_name(name) is not None
+
+    s = new_summary("restore", root_p, dry_run, restored=0)
+    jobs: list[tuple[str, str]] = []
+    for path in iter_archives(root_p, matches):
+        s["scanned"] += 1
+        if max_files and s["candidates"] >= max_files:
+            continue
+        named = split_archive_name(os.path.basename(path))
+        stem = named[0] if named else os.path.basename(path) + ".restored"
+        dest = os.path.join(dest_p or os.path.dirname(path), stem)
+        if os.path.lexists(dest):
+            s["skipped"] += 1
+            continue
+        s["candidates"] += 1
+        if track_bytes:
+            s["bytes_in"] += os.path.getsize(path)
+        jobs.append((path, dest))
+    if not dry_run and jobs:
+        if dest_p:
+            os.makedirs(dest_p, exist_ok=True)
+        n = workers or default_workers()
+        size = max(1, min(batch_size, -(-len(jobs) // n)))
+        batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        sent = 0
+
+        def absorb(results: list[Result]) -> None:
+            for r in results:
+                if r.status == RESTORED:
+                    s["restored"] += 1
+                    if track_bytes:
+                        s["bytes_out"] += r.bytes_out
+                elif r.status == SKIPPED:
+                    s["skipped"] += 1
+                else:
+                    record_failure(s, r.path, r.reason)
+                if on_result is not None:
+                    on_result(r)
+
+        def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
+            # Each archive is kept (removed only after its restore is durable); a restore
+            # cut short leaves only a hidden temp dir beside it.
+            return [Result(path, FAILED, f"worker lost: {e!r}") for path, _ in batch]
+
+        def count(batch: list[tuple[str, str]], k: int = 1) -> None:
+            nonlocal sent
+            sent += k * len(batch)
+
+        out = run_batches(batches, restore_batch, (remove_archive,), absorb=absorb, lost=lost,
+                          executor=executor, workers=n, before_submit=count,
+                          unsent=lambda b: count(b, -1))
+        if out.stopped:
+            s["stopped"] = out.stopped
+            s["skipped"] += len(jobs) - sent  # never sent: left as they are
+        if out.signal is not None:
+            s["signal"] = out.signal
+    s["elapsed"] = round(time.monotonic() - t0, 3)
+    return s
+
+
+def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
+                  root: str | None = None) -> list[Result]:
+    """Restore (archive, dest) pairs; with *root*, both are reached below it by dir fds."""
+    out = []
+    for archive, dest in jobs:
+        try:
+            stats: dict[str, int] = {}
+            restore_one(archive, dest, remove_archive=remove_archive, stats=stats, follow=False,
+                        root=root)
+            out.append(Result(archive, RESTORED, "", 0, stats.get("bytes", 0)))
+        except FileExistsError:
+            out.append(Result(archive, SKIPPED, "destination exists"))
+        except ArchiveError as e:
+            out.append(Result(archive, FAILED, e.reason))
+        except Exception as e:  # noqa: BLE001 - plain data back, never raise
+            out.append(Result(archive, FAILED, f"{type(e).__name__}: {e}"))
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool import commit, single
+from archive_tool import commit, single, tarwrite
 from archive_tool.errors import (
     ArchiveError,
     DurabilityError,
@@ -345,7 +345,7 @@ def test_fast_header_is_byte_identical_to_tarfile(session: Path) -> None:
     top = session.name
     for e in scan_session(str(session)):
         name = f"{top}/{e.rel}" if e.rel else top
-        assert single.tar_header(e, top) == single._header_tarfile(e, name), e.rel
+        assert tarwrite.tar_header(e, top) == tarwrite._header_tarfile(e, name), e.rel
 
 
 def test_source_unreadable_dir_is_clear(tmp_path: Path) -> None:
