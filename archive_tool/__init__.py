@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from archive_tool.errors import (  # noqa: E402
     ArchiveError,
     ArchiveTooLarge,
     BadRoot,

@@ -13,7 +13,7 @@ import os
 import random
 import time
 
-from .names import new_session_id, session_dir_name
+from archive_tool.names import new_session_id, session_dir_name
 
 STATES = (("FINISHED_SUCCESS", 0.85), ("FINISHED_ERROR", 0.10), ("RUNNING", 0.05))
 

@@ -18,9 +18,9 @@ import os
 import stat
 from types import TracebackType
 
-from . import fs
-from .errors import BadRoot, LockBusy, SourceUnreadable
-from .names import FORMATS
+from archive_tool import fs
+from archive_tool.errors import BadRoot, LockBusy, SourceUnreadable
+from archive_tool.names import FORMATS
 
 LOCK_NAME = ".session-archive.lock"
 

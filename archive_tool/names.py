@@ -14,7 +14,7 @@ import secrets
 import string
 import time
 
-from .errors import UnsupportedFormat  # noqa: F401 - raised here, defined with the rest
+from archive_tool.errors import UnsupportedFormat  # noqa: F401 - raised here, defined with the rest
 
 # [0-9] rather than \d: fd's Rust regex treats \d as any Unicode digit, Python's re (with
 # re.ASCII) does not. Spelling the class out keeps the two backends identical.

@@ -30,8 +30,8 @@ SID = "2026Y-11M-23D-12h00m00s_BIGS-main"
 
 _CHILD = (
     "import sys, time\n"
-    "from archive_tool.single import archive_one\n"
-    "from archive_tool.restore import restore_one\n"
+    "from archive_tool.engine.single import archive_one\n"
+    "from archive_tool.engine.restore import restore_one\n"
     "op, path, fmt = sys.argv[1:4]\n"
     "t = time.perf_counter()\n"
     "if op == 'pack':\n"

@@ -131,7 +131,7 @@ def run_proc(cmd: list[str] | str, capture: bool = False) -> dict:
 
 
 def left_sessions(root: str, flat: bool = False) -> int:
-    from archive_tool.discover import Discovery
+    from archive_tool.bulk.discover import Discovery
 
     return sum(1 for _ in Discovery(root, flat, use_fd=True).paths())
 
@@ -242,7 +242,7 @@ def _time_min(fn, repeat: int = 3) -> float:
 def discovery_times(root: str, repeat: int = 3) -> dict:
     """Best of *repeat* (warm cache): fd's own run, our fd-backed and scandir discovery
     (consumed in this process, as the sweep consumes them), and GNU find."""
-    from archive_tool.discover import Discovery
+    from archive_tool.bulk.discover import Discovery
     from archive_tool.names import DISCOVERY_REGEX, RUNNING_STATE
 
     body = DISCOVERY_REGEX.lstrip("^").rstrip("$")

@@ -1,4 +1,4 @@
-"""Run one ``archive_tool.sweep.sweep`` in this (fresh) process and print one JSON line:
+"""Run one ``archive_tool.bulk.sweep.sweep`` in this (fresh) process and print one JSON line:
 the Summary's counts, the wall time of the call, and peak RSS of this process and of its
 worker processes (``ru_maxrss`` of RUSAGE_SELF / RUSAGE_CHILDREN: the children figure is
 the largest single worker, reaped through the forkserver).
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
         profile, argv = argv[1], argv[2:]
     root, kwargs = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
     t_import = time.perf_counter()
-    from archive_tool.sweep import restore_many, sweep
+    from archive_tool.bulk.sweep import restore_many, sweep
 
     t0 = time.perf_counter()
     marks: list[tuple[int, float]] = []

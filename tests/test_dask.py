@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from archive_tool.bulk.executors import DaskExecutor, DaskUnavailable
+from archive_tool.bulk.sweep import process_batch, sweep
 from archive_tool.demo import make_tree
-from archive_tool.executors import DaskExecutor, DaskUnavailable
+from archive_tool.engine.read import list_members, verify_archive
 from archive_tool.names import split_archive_name
-from archive_tool.read import list_members, verify_archive
-from archive_tool.sweep import process_batch, sweep
 
 from .conftest import run_cli
 

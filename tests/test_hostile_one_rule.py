@@ -76,7 +76,7 @@ def test_pax_header_that_stalls_tarfiles_regex_is_refused_fast(tmp_path: Path) -
 
 
 def test_check_pax_records_accepts_real_headers_and_refuses_junk() -> None:
-    from archive_tool.read import check_pax_records
+    from archive_tool.engine.read import check_pax_records
 
     ok = tarfile.TarInfo("x" * 300).tobuf(tarfile.PAX_FORMAT)  # a long name: a PAX record
     size = int(ok[124:136].rstrip(b"\0 "), 8)

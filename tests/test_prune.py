@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from archive_tool.bulk.prune import parse_age, started_at
 from archive_tool.cli import cli
 from archive_tool.lock import lock_path
 from archive_tool.names import new_session_id
-from archive_tool.prune import parse_age, started_at
 from tests.conftest import make_session
 
 DAY = 86400.0

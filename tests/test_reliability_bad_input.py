@@ -127,7 +127,7 @@ def test_unreadable_input_is_one_error_line_and_exit_2(world_dir: Path, command:
     session = make_session(root / "FINISHED_SUCCESS", f"{SID}-main", extra=False)
     archive = world_dir / "private" / f"{SID}-other.tar.gz"
     archive.parent.mkdir()
-    from archive_tool.single import archive_one
+    from archive_tool.engine.single import archive_one
 
     other = make_session(archive.parent, f"{SID}-other", extra=False)
     archive_one(other, "tar.gz")

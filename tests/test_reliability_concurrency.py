@@ -2,7 +2,7 @@
 a decorator's own close (archive_one) racing a sweep on the same FINISHED dir.
 
 scitex_session's close/archive_format was not importable when this was written: the
-decorator's close is simulated with ``archive_tool.single.archive_one(dir, "tar.gz")``
+decorator's close is simulated with ``archive_tool.engine.single.archive_one(dir, "tar.gz")``
 from another process, which is what it calls.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
-from archive_tool.sweep import sweep
 from tests.conftest import SID, make_session
 from tests.reliability import assert_all_archived_once, check, finished, snapshot_sessions
 from tests.test_reliability_crash import _reap_group, _start, _wait_for_lock
@@ -87,7 +87,7 @@ def test_session_written_during_the_sweep_is_not_deleted(tmp_path: Path, batch: 
 
 _DECORATOR = r"""
 import os, sys
-from archive_tool.single import archive_one
+from archive_tool.engine.single import archive_one
 done = 0
 for d in sys.argv[2:]:
     try:

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
-from archive_tool.sweep import sweep
 from tests.reliability import assert_all_archived_once, check, finished, record, snapshot_sessions
 
 # Runs the CLI with O_TMPFILE disabled for the tree's filesystem: the named ``.tmp``
 # fallback that NFS/Lustre take. In-process batches (-j 1) so the setting applies.
 _FALLBACK = (
     "import os, sys\n"
-    "from archive_tool import commit\n"
+    "from archive_tool.engine import commit\n"
     "commit._no_tmpfile_devs.add(os.stat(sys.argv[1]).st_dev)\n"
     "from archive_tool.cli import cli\n"
     "cli(['sweep', *sys.argv[1:]], prog_name='session-archive')\n"

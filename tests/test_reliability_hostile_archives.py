@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archive_tool import cli
+from archive_tool.engine.read import list_members, verify_archive
+from archive_tool.engine.restore import restore_one
+from archive_tool.engine.single import archive_one
 from archive_tool.errors import ArchiveError
-from archive_tool.read import list_members, verify_archive
-from archive_tool.restore import restore_one
-from archive_tool.single import archive_one
 from tests.conftest import SID, make_session, snapshot
 from tests.reliability import leftovers
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.extract import restore_mode
-from archive_tool.restore import restore_one
-from archive_tool.single import archive_one
+from archive_tool.engine.extract import restore_mode
+from archive_tool.engine.restore import restore_one
+from archive_tool.engine.single import archive_one
 from tests.conftest import make_session, run_cli
 
 

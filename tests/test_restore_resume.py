@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from archive_tool import fs
-from archive_tool.restore import restore_one
-from archive_tool.single import archive_one
+from archive_tool.engine.restore import restore_one
+from archive_tool.engine.single import archive_one
 from tests.conftest import make_session, snapshot
 
 

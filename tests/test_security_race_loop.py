@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.read import list_members
+from archive_tool.engine.read import list_members
 from tests.conftest import SID, make_session, snapshot
 from tests.reliability import record
 from tests.test_security_races import USER, chown_tree

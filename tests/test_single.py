@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool import commit, single, tarwrite
+from archive_tool.engine import commit, single, tarwrite
+from archive_tool.engine.read import list_members, verify_archive
+from archive_tool.engine.restore import restore_one
+from archive_tool.engine.scan import scan_session
 from archive_tool.errors import (
     ArchiveError,
     DurabilityError,
@@ -22,9 +25,6 @@ from archive_tool.errors import (
     UnsupportedFormat,
     VerifyFailed,
 )
-from archive_tool.read import list_members, verify_archive
-from archive_tool.restore import restore_one
-from archive_tool.scan import scan_session
 from scitex_session.archive import archive_session_dir, restore_session_archive
 from tests.conftest import (
     FORMATS,
@@ -95,7 +95,7 @@ def test_large_file_streams_with_flat_memory(tmp_path: Path) -> None:
     # VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss
     # across fork+exec, so a child of a fat pytest would report pytest's size.
     code = (
-        "import sys; from archive_tool.single import archive_one;"
+        "import sys; from archive_tool.engine.single import archive_one;"
         "archive_one(sys.argv[1], 'tar.zst');"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )

@@ -11,8 +11,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import fs
-from .errors import SourceUnreadable, UnsafeSource
+from archive_tool import fs
+from archive_tool.errors import SourceUnreadable, UnsafeSource
 
 FILE, DIR, LINK = "f", "d", "l"
 

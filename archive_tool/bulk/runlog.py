@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BadArgument
-from .plan import existing_archive
+from archive_tool.bulk.plan import existing_archive
+from archive_tool.errors import BadArgument
 
 RUNS_DIR = os.path.join(".session-archive", "runs")
 # Results whose source this run deleted: undo puts exactly these back.
@@ -120,8 +120,8 @@ def sweep_logged(root: str | os.PathLike[str], *,
                  on_result: Callable[[Any], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """``sweep(root, dry_run=False, ...)`` that records its manifest; the Summary gains
     ``manifest`` (path) and ``run`` (the name ``undo_run`` takes) when anything was archived."""
-    from .plan import check_root
-    from .sweep import sweep
+    from archive_tool.bulk.plan import check_root
+    from archive_tool.bulk.sweep import sweep
 
     root_p = check_root(root)
     try:

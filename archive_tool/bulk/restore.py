@@ -18,19 +18,19 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from .errors import ArchiveError, BadArgument
-from .executors import default_workers, run_batches
-from .lock import RootLock
-from .names import (
+from archive_tool.bulk.executors import default_workers, run_batches
+from archive_tool.bulk.plan import check_root
+from archive_tool.engine.restore import restore_one
+from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.lock import RootLock
+from archive_tool.names import (
     FINISHED_STATES,
     RUNNING_STATE,
     is_session_name,
     session_of_trash,
     split_archive_name,
 )
-from .plan import check_root
-from .restore import restore_one
-from .summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
+from archive_tool.summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
 
 STATE_DIR = ".session-archive"
 
@@ -76,10 +76,12 @@ def new_restore_summary(root: str, dry_run: bool, mode: str) -> dict[str, Any]:
 
 
 def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: bool,
-             workers: int | None, root: str, batch_size: int = 32,
-             on_result: Callable[[Result], None] | None = None) -> None:
-    """Restore (archive, dest) pairs below *root* on the pool loop (executors.run_batches),
-    accounting into summary *s*."""
+             workers: int | None, root: str | None, batch_size: int = 32,
+             on_result: Callable[[Result], None] | None = None,
+             executor: Executor | None = None) -> None:
+    """Restore (archive, dest) pairs on the pool loop (executors.run_batches), accounting
+    into summary *s*. With *root*, both are reached below it by dir fds (a tree restore
+    as root); without, their dirs are operator input (a flat restore)."""
     if not jobs:
         return
     n = workers or default_workers()
@@ -100,14 +102,17 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
                 on_result(r)
 
     def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
-        return [Result(a, FAILED, f"worker lost: {e!r}") for a, _ in batch]  # archives kept
+        # Each archive is kept (removed only after its restore is durable); a restore cut
+        # short leaves only a hidden temp dir beside it.
+        return [Result(a, FAILED, f"worker lost: {e!r}") for a, _ in batch]
 
     def count(batch: list[tuple[str, str]], k: int = 1) -> None:
         nonlocal sent
         sent += k * len(batch)
 
     out = run_batches(batches, restore_batch, (remove_archive, root), absorb=absorb, lost=lost,
-                      workers=n, before_submit=count, unsent=lambda b: count(b, -1))
+                      executor=executor, workers=n, before_submit=count,
+                      unsent=lambda b: count(b, -1))
     if sent < len(jobs):
         s["skipped"] += len(jobs) - sent  # not attempted: archives untouched
     if out.stopped:
@@ -173,7 +178,7 @@ def undo_run(
     lists (run name from ``.session-archive/runs/``, or ``last``) to the session dirs they
     came from, removing each archive once its restore is durable. A session dir that exists
     again is skipped (never overwritten); an archive that is gone is a failure."""
-    from .runlog import read_run, run_path
+    from archive_tool.bulk.runlog import read_run, run_path
 
     t0 = time.monotonic()
     root_p = check_root(root)
@@ -245,7 +250,7 @@ def restore_many(
     beside the archive), on the same pool loop as the sweep, each through a temp dir and a
     rename. *accept(name)*, when given, must also be true for an archive to be considered.
     Returns the Summary (kind "restore")."""
-    from .discover import iter_archives
+    from archive_tool.bulk.discover import iter_archives
 
     t0 = time.monotonic()
     root_p = check_root(root)
@@ -279,41 +284,10 @@ def restore_many(
     if not dry_run and jobs:
         if dest_p:
             os.makedirs(dest_p, exist_ok=True)
-        n = workers or default_workers()
-        size = max(1, min(batch_size, -(-len(jobs) // n)))
-        batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        sent = 0
-
-        def absorb(results: list[Result]) -> None:
-            for r in results:
-                if r.status == RESTORED:
-                    s["restored"] += 1
-                    if track_bytes:
-                        s["bytes_out"] += r.bytes_out
-                elif r.status == SKIPPED:
-                    s["skipped"] += 1
-                else:
-                    record_failure(s, r.path, r.reason)
-                if on_result is not None:
-                    on_result(r)
-
-        def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
-            # Each archive is kept (removed only after its restore is durable); a restore
-            # cut short leaves only a hidden temp dir beside it.
-            return [Result(path, FAILED, f"worker lost: {e!r}") for path, _ in batch]
-
-        def count(batch: list[tuple[str, str]], k: int = 1) -> None:
-            nonlocal sent
-            sent += k * len(batch)
-
-        out = run_batches(batches, restore_batch, (remove_archive,), absorb=absorb, lost=lost,
-                          executor=executor, workers=n, before_submit=count,
-                          unsent=lambda b: count(b, -1))
-        if out.stopped:
-            s["stopped"] = out.stopped
-            s["skipped"] += len(jobs) - sent  # never sent: left as they are
-        if out.signal is not None:
-            s["signal"] = out.signal
+        run_jobs(jobs, s, remove_archive=remove_archive, workers=workers, root=None,
+                 batch_size=batch_size, on_result=on_result, executor=executor)
+        if not track_bytes:
+            s["bytes_out"] = 0
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 

@@ -17,9 +17,9 @@ import struct
 import tarfile
 import zlib
 
-from . import fs
-from .errors import SourceChanged, SourceUnreadable
-from .scan import DIR, FILE, LINK, Entry, scan_fd
+from archive_tool import fs
+from archive_tool.engine.scan import DIR, FILE, LINK, Entry, scan_fd
+from archive_tool.errors import SourceChanged, SourceUnreadable
 
 CHUNK = 1024 * 1024
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE}

@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from . import fs
-from .errors import BadArgument
-from .liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
-from .names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
+from archive_tool import fs
+from archive_tool.errors import BadArgument
+from archive_tool.liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
+from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
 
 DEFAULT_INTERVAL = 60.0
 STALE_FACTOR = 10

@@ -21,17 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fs, stale
-from .discover import Discovery
-from .errors import ArchiveError, BadArgument, SourceUnreadable
-from .formats import check_level, compress_bytes, open_compressed_writer
-from .names import normalize_format
-from .plan import Planner, check_days, check_root
-from .scan import FILE, Entry, content_bytes, newest_mtime_ns
-from .single import IN_MEMORY_LIMIT
-from .sweep import scan_candidates
-from .tarwrite import tar_header, write_tar
-from .units import human_bytes, human_count
+from archive_tool import fs
+from archive_tool.bulk import stale
+from archive_tool.bulk.discover import Discovery
+from archive_tool.bulk.plan import Planner, check_days, check_root
+from archive_tool.bulk.sweep import scan_candidates
+from archive_tool.engine.formats import check_level, compress_bytes, open_compressed_writer
+from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns
+from archive_tool.engine.single import IN_MEMORY_LIMIT
+from archive_tool.engine.tarwrite import tar_header, write_tar
+from archive_tool.errors import ArchiveError, BadArgument, SourceUnreadable
+from archive_tool.names import normalize_format
+from archive_tool.units import human_bytes, human_count
 
 DAY = 86400.0
 # (label, lower bound in days); a session falls in the last bucket whose bound it reaches.

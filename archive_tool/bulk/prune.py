@@ -30,13 +30,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import fs
-from .errors import BadArgument
-from .lock import RootLock
-from .names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
-from .plan import check_root
-from .sweep import record_failure
-from .tree_restore import iter_session_archives
+from archive_tool import fs
+from archive_tool.bulk.plan import check_root
+from archive_tool.bulk.restore import iter_session_archives
+from archive_tool.bulk.sweep import record_failure
+from archive_tool.errors import BadArgument
+from archive_tool.lock import RootLock
+from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
 
 PRUNE_DIR = os.path.join(".session-archive", "prune")
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([hdwy]?)\s*$")
@@ -224,7 +224,7 @@ def prune(
         s["archives"] = [{k: v for k, v in asdict(a).items() if k not in ("keep", "dev", "ino")}
                          for a in chosen]
         if not dry_run and chosen:
-            from .runlog import close_durably, open_stamped
+            from archive_tool.bulk.runlog import close_durably, open_stamped
 
             _name, s["log"], log = open_stamped(os.path.join(root_p, PRUNE_DIR), now)
             try:

@@ -10,8 +10,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .errors import BadArgument, BadRoot, DangerousRoot
-from .names import FINISHED_STATES, FORMATS, RUNNING_STATE, is_session_name, session_of_trash
+from archive_tool.errors import BadArgument, BadRoot, DangerousRoot
+from archive_tool.names import (
+    FINISHED_STATES,
+    FORMATS,
+    RUNNING_STATE,
+    is_session_name,
+    session_of_trash,
+)
 
 # Roots a sweep must never be pointed at: system trees and whole home areas.
 _DANGEROUS = {
@@ -55,6 +61,24 @@ def check_root(root: str | os.PathLike[str]) -> str:
         raise BadRoot(raw, "not a directory")
     if not os.access(path, os.R_OK | os.X_OK):
         raise BadRoot(raw, "permission denied")
+    return path
+
+
+def check_pack_target(directory: str | os.PathLike[str], force: bool = False) -> str:
+    """The real path of a dir ``pack`` may archive (and then delete): never a system or
+    home root or a .git path; unless *force*, not a dir under RUNNING/ (the run may be
+    live) nor one not named like a session. BadArgument / DangerousRoot otherwise."""
+    path = os.path.realpath(os.fspath(directory))
+    parts = path.split(os.sep)
+    if path in _DANGEROUS or path == os.path.realpath(os.path.expanduser("~")) or ".git" in parts:
+        raise DangerousRoot(path, "refusing to pack a system or home root or a .git path")
+    if not force:
+        if RUNNING_STATE in parts:
+            raise BadArgument(f"{path}: inside {RUNNING_STATE}/ (the run may still be live); "
+                              "--force to pack it anyway")
+        if not is_session_name(os.path.basename(path)):
+            raise BadArgument(f"{path}: not a session dir (name is not <ID>[-<suffix>]); "
+                              "--force to pack it anyway")
     return path
 
 

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fs
-from .names import DISCOVERY_REGEX, RUNNING_STATE
+from archive_tool import fs
+from archive_tool.names import DISCOVERY_REGEX, RUNNING_STATE
 
 _DISCOVERY = re.compile(DISCOVERY_REGEX, re.ASCII)
 

@@ -9,10 +9,11 @@ import os
 import tarfile
 from collections import OrderedDict
 
-from . import commit, fs
-from .errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
-from .read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
-from .scan import DIR, FILE, LINK, escaping_link
+from archive_tool import fs
+from archive_tool.engine import commit
+from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
+from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
+from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 
 
 class MultiTop(Exception):

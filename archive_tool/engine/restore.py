@@ -17,14 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import commit, fs
-from .errors import ArchiveError, ArchiveTooLarge, BadArgument
-from .extract import MultiTop, extract_into
-from .names import split_archive_name
-from .read import (
-    check_members,
-    detect_format_fd,
-)
+from archive_tool import fs
+from archive_tool.engine import commit
+from archive_tool.engine.extract import MultiTop, extract_into
+from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool.errors import ArchiveError, ArchiveTooLarge, BadArgument
+from archive_tool.names import split_archive_name
 
 # Keep this much of the destination filesystem free when sizing the extraction limit —
 # at most 64 MiB and at most 1 % of the filesystem, so a small or nearly full test
@@ -129,7 +127,7 @@ def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: 
                       ) -> tuple[int, int]:
     """(content bytes, fd) of an existing *dest* that holds exactly the archive's members
     and bytes; FileExistsError when it differs (then nothing is removed)."""
-    from .tarwrite import source_members
+    from archive_tool.engine.tarwrite import source_members
 
     try:
         tree_fd = fs.open_dir(dname, parent_fd)

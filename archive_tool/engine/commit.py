@@ -23,10 +23,10 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import fs
-from .errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
-from .names import TMP_SUFFIX, trash_name
-from .scan import DIR, FILE, Entry
+from archive_tool import fs
+from archive_tool.engine.scan import DIR, FILE, Entry
+from archive_tool.errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
+from archive_tool.names import TMP_SUFFIX, trash_name
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 # Filesystems without O_TMPFILE answer with one of these (ext4/xfs/btrfs/tmpfs have it;

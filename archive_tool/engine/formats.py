@@ -17,8 +17,8 @@ from typing import IO, Any
 
 import zstandard
 
-from .errors import BadArgument
-from .names import FORMATS, normalize_format
+from archive_tool.errors import BadArgument
+from archive_tool.names import FORMATS, normalize_format
 
 _ZSTD_LEVELS = {1: 3, 2: 4, 3: 5, 4: 6, 5: 7, 6: 9, 7: 12, 8: 15, 9: 19}
 LEVELS = range(1, 10)  # gzip's scale, for every codec

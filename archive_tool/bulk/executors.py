@@ -24,7 +24,7 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import DaskUnavailable  # noqa: F401 - raised here
+from archive_tool.errors import DaskUnavailable  # noqa: F401 - raised here
 
 B = TypeVar("B")
 R = TypeVar("R")

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
-from .formats import open_decompressed_reader, sniff_format
-from .names import split_archive_name
+from archive_tool.engine.formats import open_decompressed_reader, sniff_format
+from archive_tool.errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
+from archive_tool.names import split_archive_name
 
 CHUNK = 1024 * 1024
 _KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}

@@ -21,14 +21,15 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import commit, fs
-from .errors import SourceUnreadable, UnsafeSource, VerifyFailed
-from .formats import compress_bytes, decompress_bytes, open_compressed_writer
-from .lock import lock_session
-from .names import archive_name, normalize_format
-from .read import check_members
-from .scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
-from .tarwrite import CHUNK, expected_members, write_tar
+from archive_tool import fs
+from archive_tool.engine import commit
+from archive_tool.engine.formats import compress_bytes, decompress_bytes, open_compressed_writer
+from archive_tool.engine.read import check_members
+from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
+from archive_tool.engine.tarwrite import CHUNK, expected_members, write_tar
+from archive_tool.errors import SourceUnreadable, UnsafeSource, VerifyFailed
+from archive_tool.lock import lock_session
+from archive_tool.names import archive_name, normalize_format
 
 # Above this many content bytes a session streams instead of being built in memory.
 IN_MEMORY_LIMIT = 32 * 1024 * 1024

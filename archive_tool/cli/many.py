@@ -1,0 +1,322 @@
+"""Commands over many sessions: sweep (tree), compress and extract (flat, tree, undo)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from archive_tool.cli import (
+    FORMAT,
+    STALE_AFTER_HELP,
+    BadInput,
+    Failed,
+    _call,
+    _days,
+    _nonneg,
+    _stale_after,
+    cli,
+)
+from archive_tool.errors import EXIT_CAPPED
+from archive_tool.progress import progress_bar, want_progress
+from archive_tool.units import human_bytes, human_count
+
+T = TypeVar("T")
+
+
+def _finish_sweep(summary: dict[str, Any], as_json: bool, quiet: bool, verbose: bool = False,
+                  cap_flag: str = "--max-dirs") -> None:
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+    elif not quiet or summary["failed"]:
+        click.echo(_stale_text(summary.get("stale"), verbose) + _human(summary))
+    for f in summary["failures"][: None if verbose else 20]:
+        click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if summary.get("manifest_error"):
+        click.echo(f"warning: {summary['manifest_error']}; `extract --undo` cannot put this "
+                   "run back completely (`extract --tree` still finds every archive)", err=True)
+    if summary.get("signal"):
+        ctx = click.get_current_context()
+        click.echo(f"Error: {summary['stopped']}; every session left whole", err=True)
+        ctx.exit(128 + summary["signal"])
+    capped = summary.get("capped") or 0
+    if capped:
+        # Never a silent cap (issue 16): cron sees rc 3 and the log says how much is left.
+        n = summary["candidates"]
+        click.echo(f"stopped at {n} of {n + capped}; rerun or pass {cap_flag} {n + capped}",
+                   err=True)
+    if summary.get("stopped"):
+        raise Failed(summary["stopped"])
+    if summary["failed"]:
+        raise Failed(f"{summary['failed']} failed")
+    if capped:
+        click.get_current_context().exit(EXIT_CAPPED)
+
+
+def _human(s: dict[str, Any]) -> str:
+    c, b = human_count, human_bytes
+    if s.get("kind") == "restore":
+        verb = "would restore" if s["dry_run"] else "restored"
+        n = s["candidates"] if s["dry_run"] else s["restored"]
+        what = f" of run {s['run']}" if s.get("run") else ""
+        line = (f"{verb} {c(n)} archives{what} under {s['root']} (scanned {c(s['scanned'])}, "
+                f"skipped {c(s['skipped'])}, failed {c(s['failed'])}) in {s['elapsed']:.1f} s")
+        if s["bytes_in"]:
+            line += f"\n  archives {b(s['bytes_in'])}"
+            if s["bytes_out"]:
+                line += f" -> {b(s['bytes_out'])} restored"
+        if s["dry_run"]:
+            line += "\nNothing was changed; add --execute to restore."
+        return line
+    where = f"{s['root']} [{s['mode']}, {s['backend'] or 'no'} discovery"
+    where += f", shard {s['shard']}]" if s.get("shard") else "]"
+    if s["dry_run"]:
+        line = (f"dry run: would archive {c(s['candidates'])} of {c(s['scanned'])} sessions "
+                f"under {where}")
+        if s["inodes_in"]:
+            line += f"\n  {c(s['inodes_in'])} inodes"
+            if s["bytes_in"]:
+                line += f", {b(s['bytes_in'])}"
+        if s["cleaned"]:
+            line += f"\n  would clean {c(s['cleaned'])} leftovers of interrupted runs"
+        return line + "\nNothing was changed; add --execute to archive."
+    rate = s["archived"] / s["elapsed"] if s["elapsed"] else 0.0
+    line = (f"archived {c(s['archived'])} of {c(s['scanned'])} sessions under {where} in "
+            f"{s['elapsed']:.1f} s ({rate:,.0f}/s): {c(s['inodes_in'])} inodes -> "
+            f"{c(s['archived'] + s['resumed'])} files; skipped {c(s['skipped'])}, "
+            f"failed {c(s['failed'])}")
+    if s["bytes_in"]:
+        line += f"\n  bytes {b(s['bytes_in'])} -> {b(s['bytes_out'])}"
+    if s["resumed"]:
+        line += (f"\n  removed {c(s['resumed'])} session dirs whose existing archive was "
+                 "verified to hold them")
+    if s["cleaned"]:
+        line += f"\n  cleaned {c(s['cleaned'])} leftovers of interrupted runs"
+    if s.get("manifest"):
+        line += (f"\n  manifest {s['manifest']}\n  undo with: session-archive extract "
+                 f"{s['root']} --undo {s['run']} --execute")
+    return line
+
+
+def _stale_text(st: dict[str, Any] | None, verbose: bool) -> str:
+    if st is None:
+        return ""
+    text = (f"RUNNING runs: {st['running']} ({st['live']} live, {st['stale']} stale, "
+            f"{st['no_heartbeat']} without heartbeat)")
+    if st["finalized"] or st["skipped"] or st["failed"]:
+        text += (f"; finalized {st['finalized']} into FINISHED_ERROR/, skipped "
+                 f"{st['skipped']}, failed {st['failed']}")
+    for r in st["runs"][: None if verbose else 50]:
+        to = f" -> {r['moved_to']}" if r.get("moved_to") else ""
+        text += f"\n  {r['action']}: {r['path']}{to} ({r['reason']})"
+    return text + "\n"
+
+
+def _sweep_options(default_format: str) -> Callable[[T], T]:
+    def deco(f: T) -> T:
+        opts = [
+            click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
+                         show_default=True),
+            click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
+                         help="Compression level on gzip's 1..9 scale."),
+            click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
+                         help="Worker processes [default: CPU count]."),
+            click.option("--older-than-days", type=float, default=None, callback=_days,
+                         help="Only sessions whose dir and newest file are older."),
+            click.option("--pattern", default=None, help="Only sessions whose name contains this."),
+            click.option("--max-dirs", type=int, default=None, callback=_nonneg,
+                         help="Archive at most N sessions; when more remain, say so on "
+                              "stderr and exit 3 [default: no cap]."),
+            click.option("--track-bytes/--no-track-bytes", default=False,
+                         help="Report bytes in/out (free when executing; one stat walk in a dry run)."),
+            click.option("--use-fd/--no-use-fd", default=True, show_default=True,
+                         help="Find sessions with fd when installed."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="Print the Summary as one JSON object on stdout, nothing else."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary unless something failed."),
+            click.option("--progress/--no-progress", default=None,
+                         help="Progress bar on stderr [default: only when stderr is a TTY]."),
+            click.option("--verbose", "-v", is_flag=True, help="List every candidate and every failure."),
+        ]
+        for o in reversed(opts):
+            f = o(f)  # type: ignore[assignment]
+        return f
+
+    return deco
+
+
+def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
+               workers: int | None, older_than_days: float | None, pattern: str | None,
+               max_dirs: int | None, track_bytes: bool, use_fd: bool, as_json: bool,
+               quiet: bool, verbose: bool, progress: bool | None, **extra: Any) -> None:
+    from archive_tool.bulk.sweep import sweep
+
+    on_candidate = (lambda p: click.echo(p, err=as_json)) if verbose and not execute else None
+
+    def count() -> int:
+        # A second, cheap walk (discovery + name/age filters, no reads) so the bar gets a
+        # total and an ETA; the sweep itself streams discovery and never knows it upfront.
+        from archive_tool.bulk.discover import Discovery
+        from archive_tool.bulk.plan import Planner, check_root, parse_shard
+
+        root_p = check_root(root)
+        planner = Planner(root_p, flat, fmt, pattern, older_than_days, max_dirs or None,
+                          parse_shard(extra.get("shard")))
+        return sum(1 for _ in planner.tasks(Discovery(root_p, flat, use_fd).paths()))
+
+    show = execute and want_progress(quiet, progress)
+    with progress_bar(show, "archiving", count=count) as bar:
+        args: dict[str, Any] = dict(
+            format=fmt, compresslevel=level, workers=workers, older_than_days=older_than_days,
+            pattern=pattern, max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
+            on_result=bar.tick if bar else None, on_candidate=on_candidate, **extra)
+        if execute and not flat and extra.get("remove_src", True):
+            from archive_tool.bulk.runlog import sweep_logged
+
+            summary = _call(sweep_logged, root, **args)
+        else:
+            summary = _call(sweep, root, flat=flat, dry_run=not execute, **args)
+    _finish_sweep(summary, as_json, quiet, verbose)
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
+@_sweep_options("tar.zst")
+@click.option("--shard", default=None, metavar="K/N|auto",
+              help="Take only shard K of N (0 <= K < N) by a stable hash of each session's "
+                   "path below ROOT, for SLURM job arrays; 'auto' takes K and N from "
+                   "the array task's SLURM variables.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run batches on a Dask distributed scheduler (tcp://host:8786 or a "
+                   "--scheduler-file path; needs the dask extra). Workers must see ROOT "
+                   "at the same path.")
+@click.option("--batch-size", type=click.IntRange(1, 10000), default=None,
+              help="Sessions per task (and per durability step) [default: 128; 256 with "
+                   "--scheduler].")
+@click.option("--finalize-stale", is_flag=True,
+              help="First move dead RUNNING runs (stale heartbeat and, on this host, process "
+                   "gone) to FINISHED_ERROR/ with a marker, so they are archived too.")
+@click.option("--stale-after", default=None, metavar="D", callback=_stale_after,
+              help=STALE_AFTER_HELP)
+def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
+          batch_size: int | None, finalize_stale: bool, stale_after: float | None,
+          **kw: Any) -> None:
+    """Archive every finished session dir anywhere under ROOT.
+
+    Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
+    FINISHED; never touches RUNNING/ unless --finalize-stale. Dry run unless
+    --execute. An executed sweep writes
+    a manifest to ROOT/.session-archive/runs/<UTC time>.jsonl that `extract --undo` reads.
+
+    \b
+    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
+    """
+    from archive_tool.bulk.sweep import DEFAULT_BATCH
+
+    if stale_after is not None and not finalize_stale:
+        raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
+    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH}
+    if finalize_stale:
+        extra.update(finalize_stale=True, stale_after=stale_after)
+    if scheduler:
+        from archive_tool.bulk.executors import DaskExecutor
+
+        ex = _call(DaskExecutor, scheduler)
+        click.get_current_context().call_on_close(ex.shutdown)
+        extra["executor"] = ex
+        extra["batch_size"] = batch_size or ex.default_batch_size
+    _run_sweep(root, flat=False, execute=execute, **extra, **kw)
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
+@click.option("--remove-src/--no-remove-src", default=True, show_default=True,
+              help="Delete each session dir once its archive is committed.")
+@_sweep_options("tar.gz")
+def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: Any) -> None:
+    """Archive the session-shaped direct children of ROOT (flat mode, as the published
+    `python -m scitex_session.archive compress`).
+
+    \b
+    Example: session-archive compress main_out/FINISHED_SUCCESS --no-dry-run
+    """
+    _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
+
+
+@cli.command()
+@click.argument("root", type=click.Path())
+@click.option("--tree", is_flag=True,
+              help="Restore every session archive anywhere under ROOT (those in FINISHED_* "
+                   "dirs) back into its dir, instead of only the archives directly in ROOT.")
+@click.option("--undo", "undo", default=None, metavar="RUN|last",
+              help="Undo one `sweep --execute` of ROOT: restore exactly the archives it wrote "
+                   "(RUN as printed by that sweep, from ROOT/.session-archive/runs/), "
+                   "removing each archive once its restore is durable.")
+@click.option("--dest", "-d", type=click.Path(), default=None,
+              help="Restore into DEST/<name>/ (default: beside each archive; flat mode only).")
+@click.option("--pattern", default=None,
+              help="Glob on archive names [default: *.tar.gz, *.tar.zst, *.tar, *.tar.xz; "
+                   "flat mode only].")
+@click.option("--remove-archive/--no-remove-archive", default=False, show_default=True,
+              help="Delete each archive after its restore is durable (always on with --undo).")
+@click.option("--max-files", type=int, default=None, callback=_nonneg,
+              help="Restore at most N archives; when more remain, say so on stderr and "
+                   "exit 3 [default: no cap].")
+@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
+@click.option("--track-bytes/--no-track-bytes", default=False,
+              help="Report the archives' bytes.")
+@click.option("--workers", "-j", type=click.IntRange(1, None), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--verbose", "-v", is_flag=True)
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: only when stderr is a TTY].")
+def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: str | None,
+            remove_archive: bool, max_files: int | None, dry_run: bool, execute: bool,
+            track_bytes: bool, workers: int | None, as_json: bool, quiet: bool,
+            verbose: bool, progress: bool | None) -> None:
+    """Restore archives to session dirs: those directly under ROOT (flat mode), every one
+    under ROOT (--tree), or exactly one sweep run's (--undo RUN). Dry run unless --execute.
+
+    \b
+    Example: session-archive extract /data/runs --undo last --execute
+    """
+    run = execute or not dry_run
+    if tree and undo:
+        raise BadInput("--tree and --undo are exclusive")
+    if (tree or undo) and (dest or pattern):
+        raise BadInput("--dest and --pattern apply to flat mode only (not --tree/--undo)")
+    if undo and max_files:
+        raise BadInput("--undo restores a whole run; --max-files does not apply")
+    if tree or undo:
+        from archive_tool.bulk.restore import restore_tree, undo_run
+
+        with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
+            hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}
+            if undo:
+                summary = _call(undo_run, root, undo, dry_run=not run, workers=workers, **hooks)
+            else:
+                summary = _call(restore_tree, root, dry_run=not run, workers=workers,
+                                remove_archive=remove_archive, max_files=max_files or None,
+                                **hooks)
+        if not track_bytes:
+            summary["bytes_in"] = summary["bytes_out"] = 0
+    else:
+        from archive_tool.bulk.restore import restore_many
+
+        summary = _call(
+            restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,
+            dry_run=not run, max_files=max_files or None,
+            track_bytes=track_bytes, workers=workers,
+        )
+        if max_files:
+            # restore_many stops counting candidates at the cap; what it scanned beyond
+            # them (minus those skipped as already restored) is what the cap left out.
+            summary["capped"] = summary["scanned"] - summary["candidates"] - summary["skipped"]
+    _finish_sweep(summary, as_json, quiet, verbose, cap_flag="--max-files")
