@@ -184,12 +184,17 @@ def open_tmpfile(dir_fd: int, mode: int = 0o600) -> int:
 
 
 _proc_fd: int | None = None
+_proc_pid = -1
 
 
 def _proc_self_fd() -> int:
-    global _proc_fd
-    if _proc_fd is None:
+    # /proc/self is resolved when it is opened: a forked child still holding its parent's
+    # fd would link the PARENT's fd N — another file — under the archive's name, then
+    # delete the source (found by the crash-point work of issue 18). Reopen per process.
+    global _proc_fd, _proc_pid
+    if _proc_fd is None or _proc_pid != os.getpid():
         _proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _proc_pid = os.getpid()
     return _proc_fd
 
 
