@@ -129,6 +129,10 @@ def _run_session(
                 kwargs[p.name] = injected[p.name]
         call = functools.partial(func, **kwargs)
 
+    def finish(code: int) -> None:
+        close(config, verbose=verbose, notify=notify, exit_status=code,
+              archive_format=archive_format, **close_kw)
+
     status: int = 1
     term = _TermToExit()
     try:
@@ -141,17 +145,14 @@ def _run_session(
             term.shield()
             if status:
                 _log_traceback(err)
-            close(config, verbose=verbose, notify=notify, exit_status=status,
-                  archive_format=archive_format, **close_kw)
+            finish(status)
             raise
         except BaseException:  # KeyboardInterrupt too: the run is recorded as failed
             term.shield()
             _log_traceback(err)
-            close(config, verbose=verbose, notify=notify, exit_status=1,
-                  archive_format=archive_format, **close_kw)
+            finish(1)
             raise
-        close(config, verbose=verbose, notify=notify, exit_status=status,
-              archive_format=archive_format, **close_kw)
+        finish(status)
     finally:
         term.restore()
     return result, status
@@ -191,6 +192,11 @@ class _TermToExit:
         if self.active:
             self._signal.signal(self._signal.SIGTERM, self._signal.SIG_DFL)
             self.active = False
+
+
+# The decorator's documented defaults (API.md), which run() shares.
+SESSION_DEFAULTS: dict[str, Any] = {"verbose": False, "agg": True, "notify": False,
+                                    "sdir_suffix": None, "archive_format": None}
 
 
 def session(
@@ -238,10 +244,6 @@ def run(func: Callable[..., Any], parse_args: Callable[[], Any] | None = None,
     With *parse_args* (a callable returning a namespace), or when *func* takes a single
     parameter named ``args``, *func* receives the namespace; otherwise the CLI is built from
     its signature. Returns the exit status (an exception is recorded and re-raised)."""
-    opts = {k: session_kwargs.pop(k) for k in ("verbose", "agg", "notify", "sdir_suffix",
-                                                "archive_format") if k in session_kwargs}
-    _result, status = _run_session(
-        func, parse_args, verbose=opts.get("verbose", False), agg=opts.get("agg", True),
-        notify=opts.get("notify", False), sdir_suffix=opts.get("sdir_suffix"),
-        archive_format=opts.get("archive_format"), session_kwargs=session_kwargs)
+    opts = {k: session_kwargs.pop(k, d) for k, d in SESSION_DEFAULTS.items()}
+    _result, status = _run_session(func, parse_args, **opts, session_kwargs=session_kwargs)
     return status
