@@ -19,6 +19,7 @@ import pytest
 import yaml
 import zstandard
 
+from archive_tool import liveness as liveness_mod
 from archive_tool.bulk import stale
 from archive_tool.errors import BadArgument
 from tests.conftest import run_cli
@@ -174,7 +175,7 @@ def test_run_records_host_pid_start_time_and_slurm_job_and_removes_heartbeat_at_
     assert liveness == ident
     assert liveness["HOST"] == os.uname().nodename
     assert isinstance(liveness["PID"], int) and isinstance(liveness["PROC_START_TICKS"], int)
-    assert liveness["BOOT_ID"] == stale.boot_id()
+    assert liveness["BOOT_ID"] == liveness_mod.boot_id()
     assert (liveness["SLURM_JOB_ID"], liveness["SLURM_ARRAY_JOB_ID"],
             liveness["SLURM_ARRAY_TASK_ID"]) == ("777", "770", "7")
     assert liveness["HEARTBEAT_INTERVAL"] == 0.05
@@ -203,8 +204,8 @@ def test_heartbeat_can_be_disabled_and_a_bad_env_value_never_fails_the_run(tmp_p
 
 
 def test_proc_stat_start_time_tells_a_reused_pid_from_the_original() -> None:
-    state, ticks = stale.proc_stat()  # type: ignore[misc]
-    me = {"PID": os.getpid(), "PROC_START_TICKS": ticks, "BOOT_ID": stale.boot_id()}
+    state, ticks = liveness_mod.proc_stat()  # type: ignore[misc]
+    me = {"PID": os.getpid(), "PROC_START_TICKS": ticks, "BOOT_ID": liveness_mod.boot_id()}
     assert state == "R" and stale.process_gone(me) is None
     assert "another process" in stale.process_gone({**me, "PROC_START_TICKS": ticks - 1})
     assert "rebooted" in stale.process_gone({**me, "BOOT_ID": "not-this-boot"})
@@ -433,7 +434,7 @@ def _dead_run(out: Path) -> Path:
     (run / "logs").mkdir(parents=True)
     (run / "logs" / "stdout.log").write_text("partial\n")
     ident = {"HOST": os.uname().nodename, "PID": int(p.stdout), "PROC_START_TICKS": 1,
-             "BOOT_ID": stale.boot_id(), "HEARTBEAT_INTERVAL": 60}
+             "BOOT_ID": liveness_mod.boot_id(), "HEARTBEAT_INTERVAL": 60}
     (run / ".heartbeat").write_text(json.dumps(ident))
     age(run, 2 * HOUR)
     return run

@@ -26,22 +26,28 @@ import datetime as _dt
 import fcntl
 import json
 import os
-import re
-import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from archive_tool import fs
+from archive_tool.bulk.staleness import (  # noqa: F401 - re-exported for callers
+    DEFAULT_INTERVAL,
+    LIVE,
+    STALE,
+    STALE_FACTOR,
+    UNKNOWN,
+    Verdict,
+    _classify_fd,
+    classify,
+    parse_duration,
+    process_gone,
+)
 from archive_tool.errors import BadArgument
-from archive_tool.liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
+from archive_tool.liveness import MARKER_NAME, hostname
 from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
 
-DEFAULT_INTERVAL = 60.0
-STALE_FACTOR = 10
-LIVE, STALE, UNKNOWN = "live", "stale", "no heartbeat"
 MAX_LISTED = 1000
-_MAX_IDENTITY = 64 * 1024
 
 _DIR_FLAGS = fs.O_DIR
 
@@ -53,143 +59,6 @@ _hook: Callable[[str, str], None] | None = None
 class Skipped(Exception):
     """This run is not finalized now, for a benign reason (finished meanwhile, locked,
     heartbeat moved); the next sweep looks again."""
-
-
-def process_gone(ident: dict[str, Any]) -> str | None:
-    """Why the process *ident* describes (a run on this host) no longer runs, or None if
-    it may still run."""
-    pid = ident.get("PID")
-    if not isinstance(pid, int) or pid <= 0:
-        return "no PID recorded"
-    then, now = ident.get("BOOT_ID"), boot_id()
-    if then and now and then != now:
-        return "the host rebooted since"
-    st = proc_stat(pid)
-    if st is None:
-        if os.path.isdir("/proc/self"):
-            return f"PID {pid} is gone"
-        try:  # no /proc (not Linux): existence is all we can tell
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return f"PID {pid} is gone"
-        except OSError:
-            pass
-        return None
-    state, ticks = st
-    want = ident.get("PROC_START_TICKS")
-    if isinstance(want, int) and ticks != want:
-        return f"PID {pid} now belongs to another process (start time {ticks} != {want})"
-    if state in ("Z", "X"):
-        return f"PID {pid} is a zombie"
-    return None
-
-
-# ---------------------------------------------------------------------------- classifying
-
-
-class Verdict(NamedTuple):
-    path: str
-    state: str            # LIVE, STALE or UNKNOWN (no heartbeat and no stale_after)
-    reason: str
-    mark_ns: int          # heartbeat mtime, or the newest mtime without heartbeat
-    heartbeat: bool
-    identity: dict[str, Any] | None
-    dev_ino: tuple[int, int] | None = None  # the run dir judged (set by the tree walk)
-
-
-def _ago(seconds: float) -> str:
-    s = max(0.0, seconds)
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
-
-
-def _read_heartbeat(dfd: int) -> tuple[dict[str, Any] | None, int | None]:
-    """(identity or {} if unreadable, heartbeat mtime ns) — (None, None) without one."""
-    try:
-        fd = os.open(HEARTBEAT_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dfd)
-    except FileNotFoundError:
-        return None, None
-    except OSError:
-        st = os.stat(HEARTBEAT_NAME, dir_fd=dfd, follow_symlinks=False)
-        return {}, st.st_mtime_ns  # e.g. a symlink: its own mtime is all we trust
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return {}, st.st_mtime_ns
-        try:
-            ident = json.loads(os.read(fd, _MAX_IDENTITY))
-        except ValueError:
-            ident = {}
-        return (ident if isinstance(ident, dict) else {}), st.st_mtime_ns
-    finally:
-        os.close(fd)
-
-
-def _newest_mtime_ns(dfd: int) -> int:
-    """Newest mtime of the dir and everything in it (no link followed): when a run without
-    heartbeat last wrote anything."""
-    newest = os.fstat(dfd).st_mtime_ns
-    for _root, dirs, files, rfd in os.fwalk(".", dir_fd=dfd, follow_symlinks=False):
-        for name in dirs + files:
-            try:
-                newest = max(newest, os.stat(name, dir_fd=rfd, follow_symlinks=False).st_mtime_ns)
-            except OSError:
-                continue
-    return newest
-
-
-def _classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
-                 host: str) -> Verdict:
-    ident, hb_ns = _read_heartbeat(dfd)
-    if hb_ns is None:
-        if stale_after is None:
-            # Not walked: it could not be finalized anyway, and a nightly sweep should not
-            # stat every file of every heartbeat-less run.
-            return Verdict(path, UNKNOWN, "no heartbeat (published package?); only "
-                           "--stale-after finalizes it", os.fstat(dfd).st_mtime_ns, False, None)
-        mark = _newest_mtime_ns(dfd)
-        age = now - mark / 1e9
-        if age < stale_after:
-            return Verdict(path, LIVE, f"no heartbeat; last write {_ago(age)} ago", mark,
-                           False, None)
-        return Verdict(path, STALE, f"no heartbeat and nothing written for {_ago(age)} "
-                       f"(--stale-after {_ago(stale_after)})", mark, False, None)
-    assert ident is not None
-    interval = ident.get("HEARTBEAT_INTERVAL")
-    if not isinstance(interval, (int, float)) or interval <= 0:
-        interval = DEFAULT_INTERVAL
-    threshold = stale_after if stale_after is not None else STALE_FACTOR * interval
-    age = now - hb_ns / 1e9
-    if age < threshold:
-        return Verdict(path, LIVE, f"heartbeat {_ago(age)} ago", hb_ns, True, ident)
-    old = f"heartbeat {_ago(age)} old (threshold {_ago(threshold)})"
-    run_host = ident.get("HOST")
-    if run_host == host:
-        gone = process_gone(ident)
-        if gone is None:
-            return Verdict(path, LIVE, f"{old} but PID {ident.get('PID')} still runs "
-                           "(stopped or hung?)", hb_ns, True, ident)
-        return Verdict(path, STALE, f"{old}; {gone}", hb_ns, True, ident)
-    where = f"on host {run_host}" if isinstance(run_host, str) else "host unknown"
-    return Verdict(path, STALE, f"{old}, {where}", hb_ns, True, ident)
-
-
-def classify(path: str | os.PathLike[str], stale_after: float | None = None,
-             now: float | None = None) -> Verdict:
-    """Judge one RUNNING run dir (see the module doc). *stale_after* is in seconds."""
-    p = os.fspath(path)
-    dfd = os.open(p, _DIR_FLAGS)
-    try:
-        return _classify_fd(dfd, p, stale_after, time.time() if now is None else now,
-                            hostname())
-    finally:
-        os.close(dfd)
 
 
 def _judged(root: str, stale_after: float | None,
@@ -260,19 +129,6 @@ def _runs_in(parent_fd: int, running: str, expect: os.stat_result, stale_after: 
         return
     finally:
         os.close(rfd)
-
-
-def parse_duration(text: str) -> float:
-    """``"2d"``, ``"6h"``, ``"30m"``, ``"90s"`` -> seconds; a bare number is days (as
-    ``--older-than-days``). BadArgument on anything else or a negative value."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([smhd]?)\s*", str(text))
-    if not m:
-        raise BadArgument(f"stale-after must be a duration like 2d, 6h, 30m, 90s or a "
-                         f"number of days, got {text!r}")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 86400}[m.group(2)]
-
-
-# ----------------------------------------------------------------------------- finalizing
 
 
 def _marker(v: Verdict, now: float) -> bytes:
