@@ -66,3 +66,41 @@ def test_small_filesystem_restores_a_small_session(tmp_path: Path) -> None:
         assert (restore_one(archive) / "tiny.txt").read_text() == "6bytes"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _leftover(parent: Path, dest_name: str, token: str) -> Path:
+    """What a restore killed mid-extraction leaves: its hidden temp dir, half filled."""
+    d = parent / f".{dest_name}.restore-{token}"
+    (d / "logs").mkdir(parents=True)
+    (d / "logs" / "half.log").write_text("cut short\n")
+    return d
+
+
+def test_next_restore_removes_a_killed_restores_temp_dir_but_not_a_live_one(archived) -> None:
+    import fcntl
+
+    archive, before = archived
+    dest_name = archive.name.removesuffix(".tar.zst")
+    dead = _leftover(archive.parent, dest_name, "deadbeef")
+    live = _leftover(archive.parent, dest_name, "0badf00d")
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a restore still working in it
+    try:
+        out = restore_one(archive)
+    finally:
+        os.close(held)
+    assert snapshot(out) == before
+    assert not dead.exists() and live.is_dir()
+
+
+def test_bulk_restore_removes_leftovers_once_per_directory(tmp_path: Path) -> None:
+    from archive_tool.bulk.restore import restore_many
+
+    fin = tmp_path / "FINISHED_SUCCESS"
+    names = [f"2026Y-11M-23D-18h39m23s_K{k:03d}-main" for k in range(3)]
+    for n in names:
+        archive_one(make_session(fin, n), "tar.zst")
+    dead = _leftover(fin, names[1], "12345678")
+    s = restore_many(fin, dry_run=False, workers=1)
+    assert s["restored"] == 3 and s["failed"] == 0, s
+    assert not dead.exists()

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
+from archive_tool import fs
 from archive_tool.bulk.executors import default_workers, run_batches
 from archive_tool.bulk.plan import check_root
-from archive_tool.engine.restore import restore_one
+from archive_tool.engine.restore import remove_dead_temps, restore_one
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.names import (
@@ -84,6 +85,7 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
     as root); without, their dirs are operator input (a flat restore)."""
     if not jobs:
         return
+    _clean_leftovers(jobs, root)
     n = workers or default_workers()
     size = max(1, min(batch_size, -(-len(jobs) // n)))
     batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
@@ -119,6 +121,18 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
         s["stopped"] = out.stopped
     if out.signal is not None:
         s["signal"] = out.signal
+
+
+def _clean_leftovers(jobs: list[tuple[str, str]], root: str | None) -> None:
+    """Temp dirs of restores that were killed, once per destination dir (one listing each;
+    the workers skip the per-archive look)."""
+    with fs.DirCache(root) as dirs:
+        for parent in sorted({os.path.dirname(dest) for _, dest in jobs}):
+            try:
+                fd = dirs.parent(os.path.join(parent, "."))[0]
+            except OSError:
+                continue
+            remove_dead_temps(fd, parent)
 
 
 def restore_tree(
@@ -300,6 +314,7 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
         try:
             stats: dict[str, int] = {}
             restore_one(archive, dest, remove_archive=remove_archive, stats=stats, follow=False,
+                        clean=False,
                         root=root)
             out.append(Result(archive, RESTORED, "", 0, stats.get("bytes", 0)))
         except FileExistsError:

@@ -10,7 +10,9 @@ destination is left behind.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -57,6 +59,7 @@ def restore_one(
     follow: bool = True,
     root: str | None = None,
     keep_special: bool = False,
+    clean: bool = True,
 ) -> Path:
     """Extract *archive_path* to *dest_dir* (default: the archive path minus its suffix).
 
@@ -96,6 +99,8 @@ def restore_one(
                 os.makedirs(parent, exist_ok=True)
             with _parent(dest, root, missing=ArchiveError(dest, "no such directory: "
                                                                  + parent)) as (parent_fd, dname):
+                if clean:
+                    remove_dead_temps(parent_fd, os.path.dirname(dest), only=dname)
                 try:
                     total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast,
                                                  max_bytes, keep_special)
@@ -186,6 +191,9 @@ def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
         tmp_fd = fs.open_dir(tname, parent_fd)
         mine = os.fstat(tmp_fd)
         try:
+            # Held while we work in it: a later restore tells a dead run's leftover (lock
+            # free) from a live one's (remove_dead_temps).
+            fcntl.flock(tmp_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if mine.st_uid != euid or mine.st_nlink != 2:
                 raise ArchiveError(dest, "the restore's temp dir was replaced by another "
                                          "process; refused")
@@ -217,6 +225,45 @@ def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
             os.close(tmp_fd)
             raise
     raise AssertionError("unreachable")
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<dest>.+)\.restore-[0-9a-f]{8}$")
+
+
+def remove_dead_temps(parent_fd: int, where: str, only: str | None = None) -> int:
+    """Remove the temp dirs that killed restores left in *parent_fd* (``.<dest>.restore-*``,
+    for destination *only* if given); returns how many. A temp dir is ours to remove only
+    if this uid made it and no live restore holds its flock; it is walked and deleted by
+    fds (fs.rmtree_at), never followed."""
+    removed = 0
+    try:
+        with os.scandir(parent_fd) as it:
+            names = [e.name for e in it if e.name.startswith(".") and ".restore-" in e.name]
+    except OSError:
+        return 0
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if m is None or (only is not None and m.group("dest") != only):
+            continue
+        try:
+            fd = fs.open_dir(name, parent_fd)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a restore is working in it right now
+            if fs.same_file(fs.lstat_at(parent_fd, name), os.fstat(fd)):
+                fs.rmtree_at(parent_fd, name)
+                removed += 1
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _remove_tmp(parent_fd: int, tname: str, mine: os.stat_result) -> None:
