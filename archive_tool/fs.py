@@ -227,6 +227,44 @@ def rmtree_at(dir_fd: int, name: str) -> None:
     shutil.rmtree(name, dir_fd=dir_fd)
 
 
+STATE_DIR = ".session-archive"  # our own files inside a root: run manifests, logs
+
+
+def open_state_dir(root: str, sub: str) -> int:
+    """fd of ``<root>/.session-archive/<sub>``, created (0755) if missing, never through a
+    symlink, and only if each level is a directory owned by us or by the root's owner:
+    as root in a user's tree, a planted ``.session-archive -> /etc`` must not make root
+    create files elsewhere (a refusal is OSError EPERM)."""
+    top = open_trusted_dir(root)
+    fd = top
+    try:
+        tst = os.fstat(top)
+        owners = {os.geteuid(), tst.st_uid}
+        for name in (STATE_DIR, sub):
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+                made = True
+            except FileExistsError:
+                made = False
+            nxt = os.open(name, O_DIR, dir_fd=fd)
+            if fd != top:
+                os.close(fd)
+            fd = nxt
+            st = os.fstat(fd)
+            if st.st_uid not in owners:
+                raise OSError(errno.EPERM, f"{name} is owned by another user; refused", name)
+            if made and st.st_uid == 0 and tst.st_uid != 0:
+                # Root's cron made it: the tree's owner may keep logs there too.
+                os.fchown(fd, tst.st_uid, tst.st_gid)
+        return fd
+    except BaseException:
+        if fd != top:
+            os.close(fd)
+        raise
+    finally:
+        os.close(top)
+
+
 # --------------------------------------------------------------------- libc extras
 
 _libc: object = None

@@ -215,3 +215,18 @@ def test_file_of_another_group_gives_the_archive_no_group_read(tree: Tree) -> No
     st = archive.stat()
     assert (st.st_uid, st.st_gid) == (USER, USER)
     assert st.st_mode & 0o077 == 0, oct(st.st_mode)
+
+
+def test_state_dir_planted_as_a_symlink_gets_no_file_outside(tree: Tree) -> None:
+    user_root = tree.root / "alice"
+    as_user(f"os.symlink({str(tree.secret)!r}, {str(user_root / '.session-archive')!r})")
+    summary = sweep_logged_as_root(user_root)
+    assert summary["archived"] == 1, summary  # the sweep itself goes on
+    assert "manifest" in summary.get("manifest_error", ""), summary
+    assert tree.secret_untouched()
+
+
+def sweep_logged_as_root(root: Path) -> dict:
+    from archive_tool.bulk.runlog import sweep_logged
+
+    return sweep_logged(str(root), workers=1, use_fd=False)

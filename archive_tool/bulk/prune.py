@@ -226,7 +226,7 @@ def prune(
         if not dry_run and chosen:
             from archive_tool.bulk.runlog import close_durably, open_stamped
 
-            _name, s["log"], log = open_stamped(os.path.join(root_p, PRUNE_DIR), now)
+            _name, s["log"], log = open_stamped(root_p, "prune", now)
             try:
                 _delete(chosen, s, log, on_deleted, root_p)
             finally:

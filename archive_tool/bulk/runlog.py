@@ -20,30 +20,36 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from archive_tool import fs
 from archive_tool.bulk.plan import existing_archive
 from archive_tool.errors import BadArgument
 
-RUNS_DIR = os.path.join(".session-archive", "runs")
+RUNS_DIR = os.path.join(fs.STATE_DIR, "runs")
 # Results whose source this run deleted: undo puts exactly these back.
 _UNDOABLE = ("archived", "resumed")
 
 
-def open_stamped(d: str, now: float | None = None) -> tuple[str, str, Any]:
-    """A new ``<d>/<UTC time>.jsonl`` opened for writing (the dir made and fsynced)."""
-    os.makedirs(d, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    # Two runs in one second (shards of one root): the second gets a suffix, never the
-    # first's file (O_EXCL).
-    for i in range(1000):
-        name = stamp if i == 0 else f"{stamp}-{i}"
-        path = os.path.join(d, name + ".jsonl")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            continue
-        fsync_dir(d)
-        return name, path, os.fdopen(fd, "w", encoding="utf-8")
-    raise FileExistsError(17, "too many runs in one second", os.path.join(d, stamp))
+def open_stamped(root: str, sub: str, now: float | None = None) -> tuple[str, str, Any]:
+    """A new ``<root>/.session-archive/<sub>/<UTC time>.jsonl`` opened for writing, its
+    dir made and fsynced; reached by fds without following symlinks (fs.open_state_dir)."""
+    d = fs.open_state_dir(root, sub)
+    where = os.path.join(root, fs.STATE_DIR, sub)
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        # Two runs in one second (shards of one root): the second gets a suffix, never the
+        # first's file (O_EXCL).
+        for i in range(1000):
+            name = stamp if i == 0 else f"{stamp}-{i}"
+            try:
+                fd = fs.create_file(name + ".jsonl", d, 0o644)
+            except FileExistsError:
+                continue
+            os.fchmod(fd, 0o644)
+            os.fsync(d)
+            return name, os.path.join(where, name + ".jsonl"), os.fdopen(fd, "w", encoding="utf-8")
+        raise FileExistsError(17, "too many runs in one second", os.path.join(where, stamp))
+    finally:
+        os.close(d)
 
 
 def close_durably(f: Any) -> None:
@@ -59,14 +65,6 @@ def close_durably(f: Any) -> None:
             pass  # the first error is the one raised
 
 
-def fsync_dir(d: str) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def runs_dir(root: str) -> str:
     return os.path.join(root, RUNS_DIR)
 
@@ -80,7 +78,7 @@ class RunLog:
         self.inner = inner
         self.count = 0
         self.error: str | None = None  # why the manifest is incomplete, if it is
-        self.name, self.path, self._f = open_stamped(runs_dir(root), now)
+        self.name, self.path, self._f = open_stamped(root, "runs", now)
 
     def __call__(self, r: Any) -> None:
         path, status = r[0], r[1]
@@ -107,7 +105,11 @@ class RunLog:
             self.error = self.error or f"cannot write {self.path}: {e.strerror or e}"
         if self.count == 0 and self.error is None:
             # Nothing to undo (a cron night with no new sessions): no empty manifest.
-            os.unlink(self.path)
+            d = fs.open_state_dir(self.root, "runs")
+            try:
+                fs.unlink_at(d, os.path.basename(self.path))
+            finally:
+                os.close(d)
 
     def __enter__(self) -> RunLog:
         return self
