@@ -26,7 +26,7 @@ class Result(NamedTuple):
 
 
 def new_summary(kind: str, root: str, dry_run: bool, **extra: Any) -> dict[str, Any]:
-    """The one Summary shape; ``kind`` ("sweep" or "restore") says which run made it."""
+    """The one Summary shape; ``kind`` ("sweep", "restore" or "prune") says which run made it."""
     s: dict[str, Any] = {
         "kind": kind, "root": root, "dry_run": dry_run, "scanned": 0, "candidates": 0,
         "skipped": 0, "failed": 0, "bytes_in": 0, "bytes_out": 0, "elapsed": 0.0,

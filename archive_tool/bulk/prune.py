@@ -33,10 +33,10 @@ from typing import Any
 from archive_tool import fs
 from archive_tool.bulk.plan import check_root
 from archive_tool.bulk.restore import iter_session_archives
-from archive_tool.bulk.sweep import record_failure
 from archive_tool.errors import BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
+from archive_tool.summary import new_summary, record_failure
 
 PRUNE_DIR = os.path.join(".session-archive", "prune")
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([hdwy]?)\s*$")
@@ -201,11 +201,9 @@ def prune(
     t0 = time.monotonic()
     root_p = check_root(root)
     states = tuple(states or ())
-    s: dict[str, Any] = {"root": root_p, "dry_run": dry_run, "scanned": 0, "selected": 0,
-                         "bytes": 0, "deleted": 0, "bytes_freed": 0, "failed": 0,
-                         "failures": [], "kept": {}, "archives": [], "log": None,
-                         "older_than_days": older_than_days, "keep_last": keep_last,
-                         "states": list(states), "include_latest": include_latest}
+    s = new_summary("prune", root_p, dry_run, selected=0, bytes=0, deleted=0, bytes_freed=0,
+                    kept={}, archives=[], log=None, older_than_days=older_than_days,
+                    keep_last=keep_last, states=list(states), include_latest=include_latest)
     # Validate before taking the lock or walking the tree.
     select([], older_than_days=older_than_days, keep_last=keep_last, states=states)
     lock = RootLock(root_p) if not dry_run else None
