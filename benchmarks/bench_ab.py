@@ -13,7 +13,9 @@ a flat sweep (``compress``, tar.gz) and bulk restores (``restore_many``) of flat
 tar.zst archives. Runs come in pairs whose order alternates (A B, B A, A B, ...), the pairs
 of all workloads interleaved, so load drifting on a shared machine hits both sides alike;
 the figure is the median over pairs of B/A time. Time is the engine call inside the
-process (``seconds``; process start and import are recorded apart as ``wall_s``).
+process (``seconds``; process start and import are recorded apart as ``wall_s``). CPU time
+(the process, its fd and its pool workers) is paired the same way: under load from other
+processes it moves much less than wall time, which waits for the cores and the disk.
 
 When B is more than ``--slowdown`` slower than A on a workload (or with ``--profile
 always``), that workload is profiled with cProfile, workers=1, on both checkouts, and the
@@ -124,10 +126,12 @@ def run_workload(x: dict, checkout: str, label: str, pair: int) -> dict:
     rm_tree(root)
     done = r.get(x["count"], 0)
     ok = done == x["expect"] and not r.get("failed")
-    r.update(label=label, pair=pair, copy_s=round(copy_s, 3), ok=ok,
+    cpu = r["cpu_self_s"] + r["cpu_children_s"]
+    r.update(label=label, pair=pair, copy_s=round(copy_s, 3), ok=ok, cpu_s=round(cpu, 3),
+             cpu_ms_per_item=round(1000 * cpu / max(1, done), 3),
              sessions_per_s=round(done / r["seconds"], 1) if r["seconds"] else None)
     log(f"  {x['name']:<26} {label:<7} pair {pair}: {r['seconds']:6.2f} s "
-        f"({r['wall_s']:5.2f} s wall) {r['sessions_per_s']:8.1f}/s load {r['load1_before']:.2f}"
+        f"({r['wall_s']:5.2f} s wall, {r['cpu_s']:5.2f} s cpu) {r['sessions_per_s']:8.1f}/s load {r['load1_before']:.2f}"
         f"{'' if ok else '  NOT OK: ' + json.dumps({k: r.get(k) for k in (x['count'], 'failed', 'failures')})}")
     if not ok:
         raise RuntimeError(f"{label} did not do the job on {x['name']}: {r}")
@@ -139,12 +143,17 @@ def summarize(x: dict, runs: list[dict], a: str, b: str) -> dict:
     by = {lab: {r["pair"]: r for r in mine if r["label"] == lab} for lab in (a, b)}
     pairs = sorted(by[a])
     ratio = [round(by[b][i]["seconds"] / by[a][i]["seconds"], 4) for i in pairs]
+    ratio_cpu = [round(by[b][i]["cpu_s"] / by[a][i]["cpu_s"], 4) for i in pairs]
     ratio_wall = [round(by[b][i]["wall_s"] / by[a][i]["wall_s"], 4) for i in pairs]
     med = statistics.median
     return {
         "workload": x["name"], "kw": x["kw"], "restore": bool(x["extra"]), "items": x["expect"],
         "pairs": len(pairs), "ratios_b_over_a": ratio, "median_ratio": round(med(ratio), 4),
         "ratio_range": [min(ratio), max(ratio)], "median_ratio_wall": round(med(ratio_wall), 4),
+        "ratios_cpu_b_over_a": ratio_cpu, "median_ratio_cpu": round(med(ratio_cpu), 4),
+        "ratio_cpu_range": [min(ratio_cpu), max(ratio_cpu)],
+        **{f"median_cpu_ms_per_item_{lab}": round(med(r["cpu_ms_per_item"] for r in by[lab].values()), 3)
+           for lab in (a, b)},
         **{f"median_s_{lab}": round(med(r["seconds"] for r in by[lab].values()), 4) for lab in (a, b)},
         **{f"median_per_s_{lab}": round(med(r["sessions_per_s"] for r in by[lab].values()), 1)
            for lab in (a, b)},
@@ -192,12 +201,14 @@ def profile_compare(x: dict, a: tuple[str, str], b: tuple[str, str], reps: int, 
             seconds[label].append(r["seconds"])
             log(f"  profile {x['name']} {label}: {r['seconds']:.2f} s under cProfile")
 
-    def mean(label: str) -> dict[str, list[float]]:
+    # Median over the runs of each side: one run stalled by another process's I/O must not
+    # decide which function looks slower.
+    def middle(label: str) -> dict[str, list[float]]:
         keys = set().union(*tables[label])
-        return {k: [statistics.mean(t.get(k, [0, 0.0, 0.0])[j] for t in tables[label]) for j in range(3)]
+        return {k: [statistics.median(t.get(k, [0, 0.0, 0.0])[j] for t in tables[label]) for j in range(3)]
                 for k in keys}
 
-    ta, tb = mean(a[0]), mean(b[0])
+    ta, tb = middle(a[0]), middle(b[0])
     rows = []
     for k in set(ta) | set(tb):
         na, tta, cta = ta.get(k, [0, 0.0, 0.0])
@@ -294,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     res["load1_during"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
     for s in res["summary"]:
         log(f"{s['workload']:<26} {b[0]}/{a[0]} median {s['median_ratio']:.3f} "
-            f"(range {s['ratio_range'][0]:.3f}-{s['ratio_range'][1]:.3f}; wall {s['median_ratio_wall']:.3f})"
+            f"(range {s['ratio_range'][0]:.3f}-{s['ratio_range'][1]:.3f}; wall {s['median_ratio_wall']:.3f};"
+            f" cpu {s['median_ratio_cpu']:.3f})"
             f"  {s[f'median_per_s_{a[0]}']:.1f} vs {s[f'median_per_s_{b[0]}']:.1f} per s")
     save()
 

@@ -20,6 +20,16 @@ import sys
 import time
 
 
+def _reap_forkserver() -> None:
+    # Pool workers are children of multiprocessing's forkserver, which reaps them; their
+    # CPU time reaches our RUSAGE_CHILDREN only once we reap the forkserver itself.
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is not None:
+        server._stop()
+
+
 def main(argv: list[str]) -> None:
     restore = profile = None
     every = 0
@@ -57,6 +67,7 @@ def main(argv: list[str]) -> None:
     else:
         s = sweep(root, dry_run=False, **kwargs)
     dt = time.perf_counter() - t0
+    _reap_forkserver()
     me = resource.getrusage(resource.RUSAGE_SELF)
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)
     keep = ("archived", "restored", "failed", "skipped", "candidates", "scanned", "bytes_in",
