@@ -235,6 +235,27 @@ def profile_compare(x: dict, a: tuple[str, str], b: tuple[str, str], reps: int, 
     }
 
 
+def table(path: str) -> str:
+    """Markdown table of one result file (for RESULTS.md)."""
+    with open(path) as f:
+        d = json.load(f)
+    a, b = d["labels"]
+    unit = {True: "archives/s", False: "sessions/s"}
+    lines = [f"| workload | items | pairs | median {b}/{a} time | range | median {b}/{a} CPU | CPU range"
+             f" | {a} /s | {b} /s | CPU ms/item {a} → {b} |", "|---" * 10 + "|"]
+    for s in d["summary"]:
+        lines.append(
+            f"| {s['workload']} | {s['items']:,} | {s['pairs']} | **{s['median_ratio']:.3f}** |"
+            f" {s['ratio_range'][0]:.2f} – {s['ratio_range'][1]:.2f} | **{s['median_ratio_cpu']:.3f}** |"
+            f" {s['ratio_cpu_range'][0]:.2f} – {s['ratio_cpu_range'][1]:.2f} |"
+            f" {s[f'median_per_s_{a}']:,.0f} | {s[f'median_per_s_{b}']:,.0f} {unit[s['restore']]} |"
+            f" {s[f'median_cpu_ms_per_item_{a}']:.2f} → {s[f'median_cpu_ms_per_item_{b}']:.2f} |")
+    ld = d.get("load1_during", {})
+    lines.append(f"\n1-min load average before each run: {ld.get('min')} – {ld.get('max')}"
+                 f" (median {ld.get('median', 0):.2f}); {d['cores']} cores.")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -252,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slowdown", type=float, default=0.05, help="profile when B/A > 1 + this")
     ap.add_argument("--profile-reps", type=int, default=2, help="profiled runs per side")
     ap.add_argument("--out", default=None, help="JSON path (default results/ab-<date>.json)")
+    ap.add_argument("--table", metavar="JSON", help="print a result file as a markdown table, run nothing")
     o = ap.parse_args(argv)
+    if o.table:
+        print(table(o.table))
+        return 0
     a = (o.a_label, os.path.abspath(o.a))
     b = (o.b_label, os.path.abspath(o.b))
     os.makedirs(WORK, exist_ok=True)
@@ -302,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     res["summary"] = [summarize(x, res["runs"], a[0], b[0]) for x in xs]
     loads = [r["load1_before"] for r in res["runs"]]
-    res["load1_during"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
+    res["load1_during"] = {"min": min(loads), "median": round(statistics.median(loads), 2), "max": max(loads)}
     for s in res["summary"]:
         log(f"{s['workload']:<26} {b[0]}/{a[0]} median {s['median_ratio']:.3f} "
             f"(range {s['ratio_range'][0]:.3f}-{s['ratio_range'][1]:.3f}; wall {s['median_ratio_wall']:.3f};"
