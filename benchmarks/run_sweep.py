@@ -6,6 +6,7 @@ the largest single worker, reaped through the forkserver).
     python benchmarks/run_sweep.py ROOT '{"format": "tar.zst", "workers": 2}'
     python benchmarks/run_sweep.py --restore ROOT '{"workers": 2}'
     python benchmarks/run_sweep.py --profile OUT.prof ROOT '{"workers": 1}'
+    python benchmarks/run_sweep.py --restore --profile OUT.prof ROOT '{"workers": 1}'
     python benchmarks/run_sweep.py --marks 5000 ROOT '{"workers": 2}'   # + (results, s) every 5000
 
 Kept separate from the driver so each run starts cold (no imported state, its own RSS).
@@ -19,6 +20,16 @@ import sys
 import time
 
 
+def _reap_forkserver() -> None:
+    # Pool workers are children of multiprocessing's forkserver, which reaps them; their
+    # CPU time reaches our RUSAGE_CHILDREN only once we reap the forkserver itself.
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is not None:
+        server._stop()
+
+
 def main(argv: list[str]) -> None:
     restore = profile = None
     every = 0
@@ -30,7 +41,11 @@ def main(argv: list[str]) -> None:
         profile, argv = argv[1], argv[2:]
     root, kwargs = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
     t_import = time.perf_counter()
-    from archive_tool.bulk.sweep import restore_many, sweep
+    import archive_tool
+    try:
+        from archive_tool.bulk.sweep import restore_many, sweep
+    except ImportError:  # an engine checkout from before the subpackages (bench_ab.py --a)
+        from archive_tool.sweep import restore_many, sweep  # type: ignore[no-redef]
 
     t0 = time.perf_counter()
     marks: list[tuple[int, float]] = []
@@ -43,16 +58,19 @@ def main(argv: list[str]) -> None:
 
         kwargs["on_result"] = on_result
     if restore:
-        s = restore_many(root, dry_run=False, max_files=None, **kwargs)
-    elif profile:
+        kwargs["max_files"] = None
+    if profile:
         import cProfile
 
         prof = cProfile.Profile()
-        s = prof.runcall(sweep, root, dry_run=False, **kwargs)
+        s = prof.runcall(restore_many if restore else sweep, root, dry_run=False, **kwargs)
         prof.dump_stats(profile)
+    elif restore:
+        s = restore_many(root, dry_run=False, **kwargs)
     else:
         s = sweep(root, dry_run=False, **kwargs)
     dt = time.perf_counter() - t0
+    _reap_forkserver()
     me = resource.getrusage(resource.RUSAGE_SELF)
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)
     keep = ("archived", "restored", "failed", "skipped", "candidates", "scanned", "bytes_in",
@@ -65,6 +83,8 @@ def main(argv: list[str]) -> None:
         "cpu_self_s": round(me.ru_utime + me.ru_stime, 3),
         "cpu_children_s": round(ch.ru_utime + ch.ru_stime, 3),
         "failures": s.get("failures", [])[:3],
+        # Which checkout ran: an A/B of two checkouts is worthless if both import the same.
+        "engine": archive_tool.__file__,
     })
     if every:
         out["marks"] = marks
