@@ -74,3 +74,22 @@ def test_many_members_are_streamed_not_kept(tmp_path: Path) -> None:
     assert info.members == 20_000
     # The member rule keeps a hash per name (~100 B a member); a TarInfo is ~500 B.
     assert peak < 20_000 * 200, peak
+
+
+@pytest.mark.parametrize("chunk", [1000, 128 << 10])
+@pytest.mark.parametrize("read_size", [-1, 1, 7777, 1 << 20])
+def test_zstd_reader_returns_every_frame_whatever_the_read_size(chunk: int, read_size: int) -> None:
+    import io
+
+    import zstandard
+
+    from archive_tool.engine.formats import ZstdFramesReader
+
+    data = os.urandom(300_000) + b"x" * 500_000
+    c = zstandard.ZstdCompressor(write_checksum=True)
+    blob = c.compress(data[:400_000]) + c.compress(data[400_000:])
+    r = ZstdFramesReader(io.BytesIO(blob), chunk=chunk)
+    got = b"".join(iter(lambda: r.read(read_size), b"")) if read_size > 0 else r.read(read_size)
+    assert got == data
+    with pytest.raises(zstandard.ZstdError):
+        ZstdFramesReader(io.BytesIO(blob[:-3]), chunk=chunk).read()
