@@ -108,6 +108,44 @@ def test_crash_points_stress_bigger_trees_more_combinations(tmp_path):
     record("crash points (stress)", totals)
 
 
+def test_next_sweep_finishes_crash_leftovers_at_every_crash_point(tmp_path):
+    """What a crash leaves (source + archive, trash + archive, trash without its archive):
+    the next sweep verifies and deletes, removes trash, or puts the trash back."""
+    root = tmp_path / "root"
+    fin = root / "x_out" / "FINISHED_SUCCESS"
+    names = [f"2026Y-11M-23D-18h39m2{i}s_KYwP-main" for i in range(3)]
+    dirs = [make_session(fin, n) for n in names]
+    before = snapshot_sessions(root)
+    for d in dirs[:2]:
+        r = cp.subprocess.run(cp.cli("pack", str(d), "--keep-source"), capture_output=True)
+        assert r.returncode == 0, r.stderr
+    for d in dirs[1:]:
+        d.rename(d.parent / f".{d.name}.deleting")
+    run = cp.traced(cp.cli("sweep", str(root), "--execute", "-q", "-j", "1"), root,
+                    cwd=tmp_path, trace_file=tmp_path / "trace")
+    assert run.proc.returncode == 0, run.proc.stderr.decode()
+    units = cp.session_units(root, before)
+    for u in [u for u in units if not u.original.endswith(names[0])]:  # now trash dirs
+        trash = os.path.join(os.path.dirname(u.original), f".{os.path.basename(u.original)}.deleting")
+        u.original, u.allowed = trash, (trash, u.allowed[0])
+    verdict = cp.check(run.model, units, is_archive)
+    assert verdict.ok, verdict
+    assert verdict.damaged == 2  # the source and the trash that had archives were deleted
+    assert dirs[2].is_dir() and not dirs[0].exists() and not dirs[1].exists()
+
+
+def test_unpack_into_a_new_nested_dest_keeps_the_run_at_every_crash_point(tmp_path):
+    flat, archives = _archives(tmp_path, 1)
+    (archive,) = archives
+    dest = tmp_path / "root" / "new" / "deeper" / "run"
+    archives = {archive: (str(dest), archives[archive][1])}
+    run = cp.traced(cp.cli("unpack", archive, "--dest", str(dest), "--remove-archive"),
+                    tmp_path / "root", cwd=tmp_path, trace_file=tmp_path / "trace")
+    assert run.proc.returncode == 0, run.proc.stderr.decode()
+    verdict = cp.check(run.model, cp.archive_units(run.model, archives))
+    assert verdict.ok and verdict.damaged == 1, verdict
+
+
 def test_compress_keeps_every_session_at_every_crash_point(tmp_path):
     run, verdict, root, before = sweep_run(tmp_path, "-j", "2", sessions=40, command="compress",
                                            flat=True)
@@ -277,13 +315,19 @@ AT_FORM = """\
 
 
 @pytest.mark.parametrize("form", [PATH_FORM, AT_FORM], ids=["path-calls", "at-calls"])
-@pytest.mark.parametrize("dirsync", ["10 fsync(7<{F}>) = 0\n", "10 syncfs(5<{F}/S.tar.zst>) = 0\n", ""],
-                         ids=["dir-fsync", "syncfs", "no-dir-sync"])
+@pytest.mark.parametrize("dirsync", ["10 fsync(7<{F}>) = 0\n", "10 syncfs(5<{F}/S.tar.zst>) = 0\n", "",
+                                     "late"],
+                         ids=["dir-fsync", "syncfs", "no-dir-sync", "dir-fsync-after-delete"])
 def test_model_reads_path_and_at_calls_alike(tmp_path, form, dirsync):
     """One commit written with path calls and with dir-fd calls (O_TMPFILE named through
     AT_EMPTY_PATH, renameat2, unlinkat): same verdict; an injected fsync counts as none."""
     root, d = _tree(tmp_path)
     f = str(d.parent)
+    if dirsync == "late":  # the right fsync, issued once the source is gone: too late
+        form = form.replace("{DIRSYNC}", "") + "10 fsync(4<{F}>) = 0\n"
+        dirsync = ""
+        if form.startswith("10 openat(AT_FDCWD</w>, \"{F}\", O_RDWR"):  # path form: open fd 4
+            form = "10 openat(AT_FDCWD</w>, \"{F}\", O_RDONLY|O_DIRECTORY) = 4<{F}>\n" + form
     text = form.replace("{DIRSYNC}", dirsync.replace("7<", "4<") if form is AT_FORM else dirsync)
     text = text.replace("{F}", f)
     (d.parent / "S.tar.zst").write_bytes(b"x")  # the copy as the run left it
