@@ -152,12 +152,17 @@ def make_durable(tmps: list[TmpArchive]) -> None:
 
 
 _proc_fd: int | None = None
+_proc_pid = -1
 
 
 def _proc_self_fd() -> int:
-    global _proc_fd
-    if _proc_fd is None:
+    # /proc/self is resolved when opened: a forked child holding its parent's fd would
+    # link the parent's fd N, another file, under the archive's name (tests/
+    # test_safety_rules.py::test_archiving_in_a_forked_child_names_its_own_archive).
+    global _proc_fd, _proc_pid
+    if _proc_fd is None or _proc_pid != os.getpid():
         _proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _proc_pid = os.getpid()
     return _proc_fd
 
 

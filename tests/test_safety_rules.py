@@ -8,6 +8,8 @@ import io
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -211,3 +213,48 @@ def test_fresh_archive_is_read_back_from_disk_not_from_memory(tmp_path, command)
     assert run_cli(*args).returncode == 0
     assert list(session.parent.glob("*.tar.zst"))
 
+
+
+_FORKED = r"""
+import os, sys
+from archive_tool.single import archive_one
+a, b = sys.argv[1], sys.argv[2]
+archive_one(a, "tar.gz")  # the parent has archived once before it forks
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)
+    try:
+        archive_one(b, "tar.gz")
+    except Exception as e:
+        print(f"child: {e}", file=sys.stderr)
+    os._exit(0)
+os.close(r)
+# The parent goes on: files of its own, open under the fd numbers the child will use next.
+fds = [os.open(os.path.join(os.path.dirname(b), f"parent-{i}.txt"), os.O_CREAT | os.O_WRONLY, 0o644)
+       for i in range(16)]
+for fd in fds:
+    os.write(fd, b"the parent's own data\n")
+os.write(w, b"x")
+os.waitpid(pid, 0)
+"""
+
+
+def test_archiving_in_a_forked_child_names_its_own_archive(tmp_path):
+    """A process that archived once, then forked (multiprocessing's fork start method, a
+    script's own os.fork): the child's archive must be its own file. A cached fd of
+    /proc/self/fd pointed at the parent's fds: the child linked one of the parent's files
+    under the archive's name, then deleted the source (a lost run, found by issue 18)."""
+    from .reliability import check, snapshot_sessions
+
+    fin = tmp_path / "x_out" / "FINISHED_SUCCESS"
+    a = make_session(fin, "2026Y-11M-23D-18h39m21s_KYwP-main", extra=False)
+    b = make_session(fin, "2026Y-11M-23D-18h39m22s_KYwP-main", extra=False)
+    before = snapshot_sessions(tmp_path)
+    r = subprocess.run([sys.executable, "-c", _FORKED, str(a), str(b)], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    rep = check(tmp_path, before)
+    assert rep.ok, rep
+    assert not b.exists() and Path(f"{b}.tar.gz").is_file(), r.stderr  # archived, and right
