@@ -564,15 +564,6 @@ def check(model: Model, units: Sequence[Unit], is_archive_name=None) -> Verdict:
                    list(model.warnings), half)
 
 
-def build(trace_text: str, root: str, cwd: str, populated: Model | None = None) -> Model:
-    m = populated or Model(os.path.abspath(root), cwd)
-    if populated is None:
-        m.populate()
-    for c in parse(trace_text):
-        m.apply(c)
-    return m
-
-
 # ------------------------------------------------------------------------------- running
 
 
