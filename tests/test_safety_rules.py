@@ -165,15 +165,38 @@ def test_restore_strips_setuid_setgid_and_group_other_write(tmp_path):
         (_info(f"{top}/run.sh", mode=0o6777, size=3), b"run"),
         (_info(f"{top}/sub/data", mode=0o666, size=4), b"data"),
         (_info(f"{top}/x", mode=0o4711, size=1), b"x"),
+        (_info(f"{top}/other-x-only", mode=0o645, size=1), b"o"),  # exec only where the owner has it
+        (_info(f"{top}/group-x", mode=0o750, size=1), b"g"),  # nothing added
     ]))
     r = run_cli("unpack", str(archive))
     assert r.returncode == 0, r.stderr
     dest = tmp_path / top
     modes = {p.relative_to(dest).as_posix(): stat.S_IMODE(p.lstat().st_mode)
              for p in [dest, *dest.rglob("*")]}
-    assert modes == {".": 0o755, "sub": 0o755, "run.sh": 0o755, "sub/data": 0o644, "x": 0o711}
+    assert modes == {".": 0o755, "sub": 0o755, "run.sh": 0o755, "sub/data": 0o644, "x": 0o711,
+                     "other-x-only": 0o644, "group-x": 0o750}
     for m in modes.values():
         assert not m & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | 0o022)
+
+
+def test_restore_keeps_hard_links_and_symlink_chains_inside_the_archive(tmp_path):
+    """What GNU tar writes for a hard-linked file, and a symlink to a symlink: both stay
+    inside the restore and must come back, not be refused by the through-a-link rules."""
+    top = "2026Y-11M-23D-18h39m23s_KYwP-main"
+    archive = tmp_path / f"{top}.tar.gz"
+    archive.write_bytes(_tar_gz([
+        (_info(top, tarfile.DIRTYPE, 0o755), None),
+        (_info(f"{top}/a", size=4), b"data"),
+        (_info(f"{top}/h", tarfile.LNKTYPE, linkname=f"{top}/a"), None),
+        (_info(f"{top}/s1", tarfile.SYMTYPE, 0o777, linkname="a"), None),
+        (_info(f"{top}/s2", tarfile.SYMTYPE, 0o777, linkname="s1"), None),
+    ]))
+    r = run_cli("unpack", str(archive))
+    assert r.returncode == 0, r.stderr
+    dest = tmp_path / top
+    assert (dest / "h").read_bytes() == b"data" and (dest / "h").stat().st_ino == (dest / "a").stat().st_ino
+    assert os.readlink(dest / "s2") == "s1" and (dest / "s2").read_bytes() == b"data"
+    assert run_cli("verify", str(archive)).returncode == 0
 
 
 def test_restore_refuses_a_member_written_through_a_symlink_the_archive_made(tmp_path):
