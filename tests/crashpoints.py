@@ -368,8 +368,15 @@ class Model:
             o = self._fd_obj(pid, a[0])
             if o is not None:
                 self.syncs.setdefault(id(o), []).append(c)
-        elif n in ("syncfs", "sync"):
+        elif n == "sync":
             self.global_syncs.append(c)
+        elif n == "syncfs":
+            # Only a syncfs of the tree's own filesystem counts: one through an fd outside
+            # the tree (stdin, say) may sync another filesystem. Being strict here is sound.
+            fd = a[0] if a else None
+            if isinstance(fd, Fd) and (self._fd_obj(pid, fd) is not None
+                                       or (fd.path is not None and self.inside(fd.path))):
+                self.global_syncs.append(c)
         elif n in ("link", "linkat"):
             od, old, nd, new, flags = (None, a[0], None, a[1], "") if n == "link" else \
                 (a[0], a[1], a[2], a[3], str(a[4]) if len(a) > 4 else "")

@@ -199,16 +199,19 @@ def test_restore_keeps_hard_links_and_symlink_chains_inside_the_archive(tmp_path
     assert run_cli("verify", str(archive)).returncode == 0
 
 
-def test_restore_refuses_a_member_written_through_a_symlink_the_archive_made(tmp_path):
+@pytest.mark.parametrize("layout", ["session", "several-tops"])
+def test_restore_refuses_a_member_written_through_a_symlink_the_archive_made(tmp_path, layout):
     """``l -> sub`` stays inside the restore, so only the through-a-link rule refuses
-    ``l/x`` (an escaping link would also be caught by the final realpath check)."""
+    ``l/x`` (an escaping link would also be caught by the final realpath check); also with
+    the link as the first path component (an archive with several top-level entries)."""
     top = "2026Y-11M-23D-18h39m23s_KYwP-main"
     archive = tmp_path / f"{top}.tar.gz"
+    pre = f"{top}/" if layout == "session" else ""
     archive.write_bytes(_tar_gz([
-        (_info(top, tarfile.DIRTYPE, 0o755), None),
-        (_info(f"{top}/sub", tarfile.DIRTYPE, 0o755), None),
-        (_info(f"{top}/l", tarfile.SYMTYPE, 0o777, linkname="sub"), None),
-        (_info(f"{top}/l/x", size=5), b"inner"),
+        *([(_info(top, tarfile.DIRTYPE, 0o755), None)] if pre else []),
+        (_info(f"{pre}sub", tarfile.DIRTYPE, 0o755), None),
+        (_info(f"{pre}l", tarfile.SYMTYPE, 0o777, linkname="sub"), None),
+        (_info(f"{pre}l/x", size=5), b"inner"),
     ]))
     r = run_cli("unpack", str(archive))
     assert r.returncode != 0
