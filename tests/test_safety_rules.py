@@ -286,3 +286,18 @@ def test_archiving_in_a_forked_child_names_its_own_archive(tmp_path):
     rep = check(tmp_path, before)
     assert rep.ok, rep
     assert not b.exists() and Path(f"{b}.tar.gz").is_file(), r.stderr  # archived, and right
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar missing")
+def test_sweep_resume_accepts_a_gnu_tar_archive_with_dot_slash_names(tmp_path):
+    """``tar -C parent -czf X ./name`` names members ``./name/...``: the same content, so
+    the resume must verify it and finish (delete the source), not refuse a good archive."""
+    root = tmp_path / "root"
+    session = make_session(root / "x_out" / "FINISHED_SUCCESS")
+    archive = Path(f"{session}.tar.gz")
+    subprocess.run(["tar", "-C", str(session.parent), "-czf", str(archive), f"./{session.name}"],
+                   check=True)
+    assert any(n.startswith("./") for n in tarfile.open(archive).getnames())
+    r = run_cli("sweep", str(root), "--execute", "-j", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert not session.exists() and archive.is_file()
