@@ -8,6 +8,7 @@ from another process, which is what it calls.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
+from archive_tool.engine import single
 from tests.conftest import SID, make_session
 from tests.reliability import assert_all_archived_once, check, finished, snapshot_sessions
 from tests.test_reliability_crash import _reap_group, _start, _wait_for_lock
@@ -40,11 +42,13 @@ def test_two_sweeps_on_one_root_one_works_the_other_exits_75(tmp_path: Path) -> 
 
 
 _WRITER = r"""
-import os, sys, time
+import os, select, sys, time
 d, stop = sys.argv[1], sys.argv[2]
 ok = 0
 i = 0
-while not os.path.exists(stop):
+
+def append():
+    global i, ok
     i += 1
     try:
         with open(os.path.join(d, "logs", "stdout.log"), "a") as f:
@@ -55,21 +59,48 @@ while not os.path.exists(stop):
                 f.write("new file\n")
     except OSError:
         pass
-    time.sleep(0.0005)
+
+while not os.path.exists(stop):
+    # A line on stdin asks for one append now, acknowledged on stdout: the test uses it
+    # to put a write inside the archiving window for sure, not by luck of the scheduler.
+    if select.select([sys.stdin], [], [], 0.0005)[0]:
+        if not sys.stdin.readline():
+            break
+        append()
+        print("ack", flush=True)
+    else:
+        append()
 print(ok)
 """
 
 
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.timeout(60)
-def test_session_written_during_the_sweep_is_not_deleted(tmp_path: Path, batch: int) -> None:
+def test_session_written_during_the_sweep_is_not_deleted(tmp_path: Path, batch: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "tree"
     make_tree(root, 120, seed=5)
     fin = root / "project00" / "script0_out" / "FINISHED_SUCCESS"
     busy = make_session(fin, f"{SID[:-4]}BUSY-main", extra=False)
     stop = tmp_path / "stop"
     w = subprocess.Popen([sys.executable, "-c", _WRITER, str(busy), str(stop)],
-                         stdout=subprocess.PIPE)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    real_prepare = single.prepare
+    overlapped = []
+
+    def prepare_then_write(src, *a, **k):
+        # workers=1 runs batches in this process: right after the busy session was read
+        # and its archive written, and before its commit re-checks it, the writer appends.
+        # (When the read itself saw the writer and raised, the window was hit anyway.)
+        try:
+            return real_prepare(src, *a, **k)
+        finally:
+            if os.fspath(src) == str(busy):
+                w.stdin.write(b"w\n")
+                w.stdin.flush()
+                overlapped.append(w.stdout.readline())
+
+    monkeypatch.setattr(single, "prepare", prepare_then_write)
     try:
         while not (busy / "logs" / "stdout.log").read_text().count("late line"):
             time.sleep(0.001)
@@ -77,6 +108,7 @@ def test_session_written_during_the_sweep_is_not_deleted(tmp_path: Path, batch: 
     finally:
         stop.touch()
         written = int(w.communicate(timeout=30)[0])
+    assert overlapped == [b"ack\n"], "the writer did not write inside the archiving window"
     assert busy.is_dir(), "a session being written was deleted"
     lines = (busy / "logs" / "stdout.log").read_text().count("late line")
     assert lines == written, f"{written} lines written, {lines} kept"
