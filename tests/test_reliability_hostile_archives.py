@@ -217,24 +217,33 @@ def _restore_damaged(tmp: Path, data: bytes, fmt: str, want: dict) -> None:
     try:
         arch = sandbox / f"x.{fmt}"
         arch.write_bytes(data)
+        try:
+            verify_archive(arch)
+            verified = True
+        except ArchiveError:
+            verified = False
+        try:
+            list(list_members(arch))
+        except ArchiveError:
+            pass
         dest = sandbox / "dest"
         try:
             restore_one(arch, dest)
         except ArchiveError:
             assert sorted(p.name for p in sandbox.iterdir()) == [arch.name], "partial restore left"
+            # verify and restore agree: verify may pass only if the restore is exact (a
+            # sweep's resume deletes a source on the strength of such a check).
+            assert not verified, "verify passed an archive that restore refuses"
         else:
             assert snapshot(dest) == want, "damaged archive restored to different content"
-        for reader in (verify_archive, lambda p: list(list_members(p))):
-            try:
-                reader(arch)
-            except ArchiveError:
-                pass
     finally:
         shutil.rmtree(sandbox)
 
 
 DAMAGE = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, 1 << 30)),
+    # Cuts near the end: the compressor's checksum/trailer and the tar end blocks.
+    st.tuples(st.just("cut-end"), st.integers(1, 1100)),
     st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 1 << 30), st.integers(1, 255)),
                                         min_size=1, max_size=8)),
     st.tuples(st.just("garbage-tail"), st.binary(min_size=1, max_size=600)),
@@ -245,6 +254,8 @@ def _damage(good: bytes, damage: tuple) -> bytes:
     how, arg = damage
     if how == "truncate":
         return good[: arg % len(good)]
+    if how == "cut-end":
+        return good[: max(0, len(good) - arg)]
     if how == "garbage-tail":
         return good + arg
     b = bytearray(good)
