@@ -85,7 +85,8 @@ def _human(s: dict[str, Any]) -> str:
     rate = s["archived"] / s["elapsed"] if s["elapsed"] else 0.0
     line = (f"archived {c(s['archived'])} of {c(s['scanned'])} sessions under {where} in "
             f"{s['elapsed']:.1f} s ({rate:,.0f}/s): {c(s['inodes_in'])} inodes -> "
-            f"{c(s['archived'] + s['resumed'])} files; skipped {c(s['skipped'])}, "
+            f"{c(s['packs'] if 'packs' in s else s['archived'] + s['resumed'])} "
+            f"{'packs' if 'packs' in s else 'files'}; skipped {c(s['skipped'])}, "
             f"failed {c(s['failed'])}")
     if s["bytes_in"]:
         line += f"\n  bytes {b(s['bytes_in'])} -> {b(s['bytes_out'])}"
@@ -201,9 +202,13 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
                    "gone) to FINISHED_ERROR/ with a marker, so they are archived too.")
 @click.option("--stale-after", default=None, metavar="D", callback=_stale_after,
               help=STALE_AFTER_HELP)
+@click.option("--pack", "pack", default=None, metavar="daily|weekly|N",
+              help="Opt-in: write one pack <period>.pack.tar.zst per FINISHED_* dir and day, "
+                   "ISO week or N sessions (seekable zstd, one frame a session) instead of "
+                   "one archive a session; fills ROOT/.session-archive/catalog.sqlite.")
 def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
-          **kw: Any) -> None:
+          pack: str | None = None, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
@@ -218,6 +223,15 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
 
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
+    if pack is not None:
+        from archive_tool.bulk.packsweep import pack_sweep
+
+        summary = _call(pack_sweep, root, pack, dry_run=not execute, compresslevel=kw["level"],
+                        workers=kw["workers"], older_than_days=kw["older_than_days"],
+                        pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
+                        use_fd=kw["use_fd"], shard=shard)
+        _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
+        return
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH}
     if finalize_stale:
         extra.update(finalize_stale=True, stale_after=stale_after)

@@ -44,13 +44,27 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
               help="Delete the archive once the restored dir is on stable storage.")
 @click.option("--keep-setuid", is_flag=True,
               help="Keep setuid/setgid/sticky bits (root only; dropped by default).")
-def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bool) -> None:
+@click.option("--session", "-s", default=None, metavar="NAME|ID",
+              help="ARCHIVE is a pack: restore only this session (its frame alone is read; "
+                   "the pack is never rewritten). Default dest: beside the pack.")
+def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bool,
+           session: str | None) -> None:
     """Restore one ARCHIVE into a session dir (never overwrites).
 
     \b
     Example: session-archive unpack FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main.tar.zst
+    Example: session-archive unpack FINISHED_SUCCESS/2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP
     """
     from archive_tool.engine.restore import restore_one
+
+    if session is not None:
+        from archive_tool.engine.packfile import restore_session
+
+        if remove_archive:
+            raise click.BadParameter("a pack is never rewritten; not with --session",
+                                     param_hint="--remove-archive")
+        click.echo(_call(restore_session, archive, session, dest, keep_special=keep_setuid))
+        return
 
     click.echo(str(_call(restore_one, archive, dest, remove_archive,
                          keep_special=keep_setuid)))
@@ -86,7 +100,9 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
 @cli.command()
 @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
 @click.argument("member", required=False)
-def show(archive: str, member: str | None) -> None:
+@click.option("--session", "-s", default=None, metavar="NAME|ID",
+              help="ARCHIVE is a pack: show this session only (reads its frame alone).")
+def show(archive: str, member: str | None, session: str | None) -> None:
     """List ARCHIVE's members with sizes, or write MEMBER's bytes to stdout.
 
     MEMBER may be the full name or the name below the session dir
@@ -94,17 +110,27 @@ def show(archive: str, member: str | None) -> None:
 
     \b
     Example: session-archive show RUN.tar.zst CONFIGS/CONFIG.yaml
+    Example: session-archive show 2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP CONFIGS/CONFIG.yaml
     """
     from archive_tool.engine.read import copy_member, list_members
 
+    def opened() -> tuple[str, int | None]:
+        if session is None:
+            return archive, None
+        from archive_tool.engine.packfile import session_fd
+
+        return f"{archive}::{session}", session_fd(archive, session)
+
     if member is not None:
         out = click.get_binary_stream("stdout")
-        _call(copy_member, archive, member, out)
+        label, fd = _call(opened)
+        _call(copy_member, label, member, out, fd=fd)
         out.flush()
         return
 
     def listing() -> None:
-        for m in list_members(archive):
+        label, fd = opened()
+        for m in list_members(label, fd=fd):
             link = f" -> {m.linkname}" if m.linkname else ""
             click.echo(f"{m.kind} {m.size:>12} {m.name}{link}")
 
