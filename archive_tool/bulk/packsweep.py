@@ -201,7 +201,14 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
     finally:
         tmp.close()
     if big:
-        out += [(r, None) for r in _per_session(big, opts, dirs)]
+        for r in _per_session(big, opts, dirs):
+            row = None
+            if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
+                with contextlib.suppress(ArchiveError, OSError, ValueError):
+                    rel = _rel_dir(root, job.dir)
+                    fname = os.path.basename(r.path) + ".tar.zst"
+                    row = next(catalog.rows_of_file(root, rel, fname))
+            out.append((r, row))
 
 
 def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
@@ -220,6 +227,7 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
         write_tar(lock_fd, path, name, entries, parts.append, chunk=max(CHUNK, size + 1))
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
         frame = w.add(name, tar)
+        fs.race_point("pack-frame", path)
         # The catalog row from the bytes in memory (the pack's name is set once published).
         row = catalog.session_row(tar, name, rel_dir, "", frame.index, frame.offset,
                                   frame.csize)

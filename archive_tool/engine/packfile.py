@@ -241,6 +241,7 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     target = os.path.abspath(os.fspath(dest)) if dest is not None else \
         os.path.join(os.path.dirname(pack), name)
     try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)  # as restore_one does
         with restore._parent(target, None, ArchiveError(target, "no such directory")) \
                 as (parent_fd, dname):
             _total, tree_fd = restore._restore_at(label, fd, parent_fd, dname, target, ast,
