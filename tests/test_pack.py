@@ -153,6 +153,10 @@ def test_pack_periods_group_by_day_week_or_count(tmp_path: Path) -> None:
     assert s["archived"] == 8
     sizes = sorted(len(packfile.Pack(p).names) for p in _packs(root))
     assert sizes == [2, 3, 3]  # 6 successes in packs of 3, 2 errors in one
+    # Named by when their first session started: never mistaken for a session's archive.
+    assert sorted(p.name for p in _packs(root)) == [
+        "2026-11-23T100000.pack.tar.zst", "2026-11-23T100300.pack.tar.zst",
+        "2026-11-23T100400.pack.tar.zst"]
 
 
 def test_a_source_changed_before_its_delete_is_kept_with_the_pack(tmp_path: Path) -> None:

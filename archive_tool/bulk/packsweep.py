@@ -46,7 +46,7 @@ from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan
 from archive_tool.engine.tarwrite import CHUNK, write_tar
 from archive_tool.errors import ArchiveError, BadArgument, DiskFull, SourceChanged
 from archive_tool.lock import RootLock, lock_session
-from archive_tool.names import FORMATS, ID_REGEX, session_of_trash
+from archive_tool.names import FORMATS, session_of_trash
 from archive_tool.summary import (
     ARCHIVED,
     CLEANED,
@@ -61,7 +61,7 @@ from archive_tool.summary import (
 # bounds one worker's job and the index a reader loads.
 MAX_PACK_SESSIONS = 10_000
 _ID_DATE = re.compile(r"^(\d{4})Y-(\d{2})M-(\d{2})D-")
-_ID = re.compile(ID_REGEX)
+_ID_TIME = re.compile(r"^(\d{4})Y-(\d{2})M-(\d{2})D-(\d{2})h(\d{2})m(\d{2})s_")
 
 
 def parse_pack(value: str | int) -> str | int:
@@ -115,9 +115,10 @@ def plan_packs(tasks: list[Task], mode: str | int) -> list[PackJob]:
 
 
 def _n_name(first: str) -> str:
-    name = os.path.basename(first)
-    m = _ID.match(name)
-    return m.group(0) if m else name
+    """``2026-11-23T103158``: when the pack's first session started (never an ID, so no
+    tool mistakes the pack for one session's archive)."""
+    m = _ID_TIME.match(os.path.basename(first))
+    return f"{m[1]}-{m[2]}-{m[3]}T{m[4]}{m[5]}{m[6]}" if m else "undated"
 
 
 # ---------------------------------------------------------------------------- worker side

@@ -55,7 +55,7 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
     """
     from archive_tool.bulk.catalog import find as do_find
 
-    rows = _call(do_find, root, where, state, since, until, script, limit)
+    rows = _call(do_find, root, where, state, since, until, script, limit, config=as_json)
     if as_json:
         click.echo(json.dumps(rows, sort_keys=True))
         return
