@@ -180,6 +180,11 @@ def test_a_source_changed_before_its_delete_is_kept_with_the_pack(tmp_path: Path
     assert by[f"{DAY}-10h00m00s_S000-main"].status == ARCHIVED
     with packfile.Pack(victim.parent / "2026-11-23.pack.tar.zst") as p:
         assert victim.name in p.names  # the pack keeps the state it verified
+    new_state = snapshot(victim)
+    s = pack_sweep(root, "daily", dry_run=False, workers=1)  # the new state: a new pack
+    assert (s["archived"], s["failed"]) == (1, 0) and not victim.exists()
+    assert _restored(victim.parent / "2026-11-23.2.pack.tar.zst", victim.name,
+                     tmp_path) == new_state
 
 
 _CRASH = """

@@ -173,8 +173,11 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
         for i, path in enumerate(job.paths):
             name = os.path.basename(path)
             if name in in_packs:
-                out.append((_resume(parent_fd, path, name, in_packs[name]), None))
-                continue
+                resumed = _resume(parent_fd, path, name, in_packs[name])
+                if resumed is not None:
+                    out.append((resumed, None))
+                    continue
+                # The pack holds an earlier state of it: this state goes into a new pack.
             try:
                 got = _add(w, parent_fd, path, name, cutoff_ns, as_root, dst.st_gid,
                            _rel_dir(root, job.dir))
@@ -304,9 +307,10 @@ def _packed_names(parent_fd: int, d: str) -> dict[str, tuple[str, int]]:
     return found
 
 
-def _resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Result:
+def _resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Result | None:
     """Source and a pack holding it (a crash between publish and delete): delete the
-    source only if the frame is exactly its tar bytes now."""
+    source only if the frame is exactly its tar bytes now; None if it differs (the source
+    changed after it was packed: the caller packs it again)."""
     pack_name, i = where
     try:
         lock_fd = lock_session(parent_fd, name, path, archived_ok=True)
@@ -322,9 +326,7 @@ def _resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Res
         fd = fs.open_file(pack_name, parent_fd)
         with packfile.Pack(os.path.join(os.path.dirname(path), pack_name), fd) as p:
             if p.members(i) != tar:
-                return Result(path, FAILED, f"{pack_name} holds an earlier state of this "
-                              "session; source kept (it goes into a new pack with "
-                              "--pack once it is renamed, or archive it per session)")
+                return None
             os.fsync(p.fd)
         commit.fsync_dir(parent_fd, os.path.dirname(path))
         commit.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
