@@ -250,12 +250,16 @@ def test_catalog_rebuilt_from_scratch_equals_the_incremental_one(tmp_path: Path)
     pack_sweep(root, "daily", dry_run=False, workers=1)
     _tree(root, 3, day="2026Y-11M-24D", script="eval")
     pack_sweep(root, "weekly", dry_run=False, workers=1)
+    _tree(root, 2, day="2026Y-11M-25D", script="plain")  # per-session archives, --catalog
+    r = run_cli("sweep", root, "--execute", "--catalog", "-j", "1")
+    assert r.returncode == 0, r.stderr
     incremental = catalog.all_rows(root)
-    assert len(incremental) == 9
+    assert len(incremental) == 11
+    assert sorted(r["frame"] for r in incremental if r["script"] == "plain_out") == [-1, -1]
     os.unlink(catalog.catalog_path(root))
     res = run_cli("catalog", root, "--rebuild", "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["sessions"] == 9
+    assert json.loads(res.stdout)["sessions"] == 11
     assert catalog.all_rows(root) == incremental
     row = next(r for r in incremental if r["name"].endswith("S002-main"))
     assert row["config"]["ARGS.lr"] == 0.01 and row["exit_status"] == 0

@@ -178,6 +178,41 @@ def add_sessions(root: str, rows: list[dict[str, Any]]) -> None:
             conn.close()
 
 
+class Recorder:
+    """An ``on_result`` for a per-session sweep (``sweep --catalog``): a row per archived
+    session, read back from its archive (the worker's bytes are gone by then; a small
+    archive is in the page cache), written in batches. A row that cannot be made is a
+    warning, never a failed session: the archive is already safe."""
+
+    def __init__(self, root: str | os.PathLike[str], fmt: str, batch: int = 500) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.fmt = fmt
+        self.batch = batch
+        self.pending: list[str] = []
+        self.warnings: list[str] = []
+
+    def __call__(self, r: Any) -> None:
+        if r.status in ("archived", "resumed"):
+            self.pending.append(r.path)
+            if len(self.pending) >= self.batch:
+                self.flush()
+
+    def flush(self) -> None:
+        rows = []
+        for path in self.pending:
+            rel = os.path.relpath(os.path.dirname(path), self.root)
+            try:
+                rows += rows_of_file(self.root, "" if rel == "." else rel,
+                                     f"{os.path.basename(path)}.{self.fmt}")
+            except (ArchiveError, OSError, ValueError) as e:
+                self.warnings.append(f"catalog: {path}: {e}")
+        self.pending.clear()
+        try:
+            add_sessions(self.root, rows)
+        except sqlite3.Error as e:
+            self.warnings.append(f"catalog not updated: {e}")
+
+
 # ------------------------------------------------------------------------------ rebuild
 
 

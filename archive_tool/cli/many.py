@@ -168,17 +168,33 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
         return sum(1 for _ in planner.tasks(Discovery(root_p, flat, use_fd).paths()))
 
     show = execute and want_progress(quiet, progress)
+    recorder = None
+    if extra.pop("catalog", False) and execute:
+        from archive_tool.bulk.catalog import Recorder
+
+        recorder = Recorder(root, fmt)
     with progress_bar(show, "archiving", count=count) as bar:
+        on_result = bar.tick if bar else None
+        if recorder is not None:
+            tick, rec = on_result, recorder
+
+            def on_result(r: Any) -> None:
+                rec(r)
+                if tick is not None:
+                    tick(r)
         args: dict[str, Any] = dict(
             format=fmt, compresslevel=level, workers=workers, older_than_days=older_than_days,
             pattern=pattern, max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
-            on_result=bar.tick if bar else None, on_candidate=on_candidate, **extra)
+            on_result=on_result, on_candidate=on_candidate, **extra)
         if execute and not flat and extra.get("remove_src", True):
             from archive_tool.bulk.runlog import sweep_logged
 
             summary = _call(sweep_logged, root, **args)
         else:
             summary = _call(sweep, root, flat=flat, dry_run=not execute, **args)
+    if recorder is not None:
+        recorder.flush()
+        summary["warnings"] += recorder.warnings
     _finish_sweep(summary, as_json, quiet, verbose)
 
 
@@ -206,9 +222,12 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
               help="Opt-in: write one pack <period>.pack.tar.zst per FINISHED_* dir and day, "
                    "ISO week or N sessions (seekable zstd, one frame a session) instead of "
                    "one archive a session; fills ROOT/.session-archive/catalog.sqlite.")
+@click.option("--catalog", is_flag=True,
+              help="Also add a row per archived session to ROOT/.session-archive/"
+                   "catalog.sqlite (always on with --pack).")
 def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
-          pack: str | None = None, **kw: Any) -> None:
+          pack: str | None = None, catalog: bool = False, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
@@ -232,7 +251,8 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
                         use_fd=kw["use_fd"], shard=shard)
         _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
         return
-    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH}
+    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
+                             "catalog": catalog}
     if finalize_stale:
         extra.update(finalize_stale=True, stale_after=stale_after)
     if scheduler:
