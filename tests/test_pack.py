@@ -327,3 +327,29 @@ def test_a_damaged_pack_is_refused_with_one_line_not_misread(tmp_path: Path) -> 
         r = run_cli("show", p, "-s", name, "CONFIGS/CONFIG.yaml")
         assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
         assert b"Traceback" not in r.stderr and r.stdout == b""
+
+
+def test_a_full_disk_mid_pack_commits_nothing_and_keeps_every_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    root = tmp_path / "root"
+    before = _tree(root, 3)  # one pack: S000 written, S001's frame hits the full disk
+    real = packfile.PackWriter._write
+    calls = [0]
+
+    def full(self: packfile.PackWriter, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            self.broken = True
+            raise packfile.commit.disk_error(self.tmp.final, OSError(errno.ENOSPC, "full"),
+                                             "cannot write pack")
+        real(self, data)
+
+    monkeypatch.setattr(packfile.PackWriter, "_write", full)
+    s = pack_sweep(root, "daily", dry_run=False, workers=1)
+    assert (s["archived"], s["failed"], s["skipped"]) == (0, 1, 2)
+    assert "disk full" in s["stopped"]
+    assert _packs(root) == []
+    assert {n: snapshot(p) for n in before
+            for p in root.rglob(n)} == before  # every source, unchanged

@@ -19,8 +19,9 @@ that are both; the next pack sweep finds them in the dir's packs, checks the fra
 the source's tar bytes, and only deletes the source (RESUMED), as a per-session sweep does
 for an archive beside its source.
 
-Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES) get a
-per-session archive as without --pack.
+Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES), and, as
+root, sessions of another owner than their dir's, get a per-session archive as without
+--pack.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                     continue
                 # The pack holds an earlier state of it: this state goes into a new pack.
             try:
-                got = _add(w, parent_fd, path, name, cutoff_ns, as_root, dst.st_gid,
+                got = _add(w, parent_fd, path, name, cutoff_ns, as_root, dst,
                            _rel_dir(root, job.dir))
             except single.TooRecent:
                 out.append((Result(path, SKIPPED, "too recent"), None))
@@ -189,9 +190,12 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                 continue
             except (ArchiveError, OSError) as e:
                 out.append((_sweep._fail(path, e), None))
-                if isinstance(e, DiskFull):
-                    out += [(Result(p, SKIPPED, "not attempted: disk full"), None)
-                            for p in job.paths[i + 1:]]
+                if isinstance(e, DiskFull) or w.broken:
+                    # The tmp pack is unusable (or the disk full): nothing of it is
+                    # committed, every source stays; the rest is not attempted.
+                    why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
+                    out += [(Result(p, SKIPPED, f"not attempted: {why}"), None)
+                            for p in [q.path for q in packed] + job.paths[i + 1:]]
                     return
                 continue
             if got is None:
@@ -216,8 +220,11 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
 
 
 def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
-         cutoff_ns: int | None, as_root: bool, gid: int, rel_dir: str
+         cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str
          ) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
+    """Session *name* as the pack's next frame; None: it goes to a per-session archive
+    (too big for memory, or, as root, owned by another user than the dir: a pack
+    belongs to one user, and single.py gives each archive its session's owner)."""
     lock_fd = lock_session(parent_fd, name, path)
     try:
         entries = scan_fd(lock_fd, path)
@@ -226,7 +233,9 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
         size = content_bytes(entries)
         if size > single.IN_MEMORY_LIMIT or len(entries) > single.IN_MEMORY_MAX_ENTRIES:
             return None
-        bits = single.archive_mode(entries, gid, path, as_root)
+        if as_root and entries[0].uid != dst.st_uid:
+            return None
+        bits = single.archive_mode(entries, dst.st_gid, path, as_root)
         parts: list[bytes] = []
         write_tar(lock_fd, path, name, entries, parts.append, chunk=max(CHUNK, size + 1))
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]

@@ -67,6 +67,7 @@ class PackWriter:
     _entries: list[tuple[int, int, int]] = field(default_factory=list)
     _pos: int = 0
     _tar_len: int = 0
+    broken: bool = False  # a write failed: the tmp holds a partial frame, unusable
 
     def __post_init__(self) -> None:
         self._cctx = zstandard.ZstdCompressor(level=zstd_level(self.compresslevel),
@@ -78,6 +79,7 @@ class PackWriter:
             while view:
                 view = view[os.write(self.tmp.fd, view):]
         except OSError as e:
+            self.broken = True
             raise commit.disk_error(self.tmp.final, e, "cannot write pack") from None
         self._pos += len(data)
 
