@@ -254,7 +254,9 @@ def rows_of_file(root: str, rel: str, fname: str) -> Iterator[dict[str, Any]]:
 def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Build the catalog from the packs and archives alone, into a new file that then
     replaces the old one (a reader never sees a half-built catalog)."""
-    root = os.path.abspath(os.fspath(root))
+    from archive_tool.bulk.plan import check_root
+
+    root = check_root(root)  # it writes below root: the same refusals as a sweep
     if not os.path.isdir(root):
         raise BadArgument(f"not a directory: {root}")
     t0 = time.monotonic()
@@ -306,14 +308,16 @@ def find(root: str | os.PathLike[str], where: Iterable[str] = (), state: str | N
     *config* the rows leave out the flattened CONFIG (decoding it is most of the cost of a
     large answer)."""
     path = catalog_path(root)
+    filters = [parse_where(w) for w in where]  # bad input is reported before a missing file
+    since = _day(since, "--since") if since else None
+    until = _day(until, "--until") if until else None
     if not os.path.exists(path):
         raise BadArgument(f"no catalog at {path}; run `session-archive catalog "
                           f"{os.fspath(root)} --rebuild` or sweep with --pack")
     cols = ", ".join(f"s.{c}" for c in COLUMNS) + (", s.config" if config else "")
     sql = [f"SELECT {cols} FROM sessions s WHERE 1"]  # noqa: S608 - column names are ours
     args: list[Any] = []
-    for w in where:
-        key, op, value = parse_where(w)
+    for key, op, value in filters:
         num = _num(value)
         # "sid IN (one index range of kv)": SQLite evaluates the subquery once, where a
         # correlated EXISTS probed kv once per session row (~1 s on 100k rows).
@@ -335,10 +339,10 @@ def find(root: str | os.PathLike[str], where: Iterable[str] = (), state: str | N
         args.append(script)
     if since:
         sql.append("AND s.started>=?")
-        args.append(_day(since, "--since"))
+        args.append(since)
     if until:
         sql.append("AND s.started<?")
-        args.append(_day(until, "--until"))
+        args.append(until)
     sql.append("ORDER BY s.started, s.name, s.archive, s.frame")
     if limit:
         sql.append("LIMIT ?")

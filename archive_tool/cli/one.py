@@ -53,7 +53,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
 
     \b
     Example: session-archive unpack FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main.tar.zst
-    Example: session-archive unpack FINISHED_SUCCESS/2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP
+    From a pack: session-archive unpack 2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP
     """
     from archive_tool.engine.restore import restore_one
 
@@ -110,7 +110,7 @@ def show(archive: str, member: str | None, session: str | None) -> None:
 
     \b
     Example: session-archive show RUN.tar.zst CONFIGS/CONFIG.yaml
-    Example: session-archive show 2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP CONFIGS/CONFIG.yaml
+    From a pack: session-archive show 2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP CONFIGS/CONFIG.yaml
     """
     from archive_tool.engine.read import copy_member, list_members
 
