@@ -353,3 +353,37 @@ def test_a_full_disk_mid_pack_commits_nothing_and_keeps_every_source(
     assert _packs(root) == []
     assert {n: snapshot(p) for n in before
             for p in root.rglob(n)} == before  # every source, unchanged
+
+
+def test_verify_checks_what_only_a_pack_has(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _tree(root, 3)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    pack = root / "train_out/FINISHED_SUCCESS/2026-11-23.pack.tar.zst"
+    assert run_cli("verify", pack).returncode == 0
+    data = bytearray(pack.read_bytes())
+    # A seek-table entry wrong: the tar stream still reads whole (zstd skips the table),
+    # but a reader of one session would get the wrong bytes.
+    table = len(data) - 9 - 12 * 5
+    data[table + 1] ^= 0x01
+    bad = tmp_path / "table.pack.tar.zst"
+    bad.write_bytes(bytes(data))
+    assert subprocess.run(["tar", "--zstd", "-tf", bad], capture_output=True).returncode == 0
+    r = run_cli("verify", bad)
+    assert r.returncode == 1 and b"BAD" in r.stdout and b"seek table" in r.stdout
+    # An index that names a frame after another session.
+    with packfile.Pack(pack) as p:
+        frames = [p.members(i) for i in range(len(p.names))]
+        names = list(p.names)
+    out = tmp_path / "lying"
+    out.mkdir()
+    dfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    tmp = packfile.commit.open_tmp(dfd, str(out / "x.pack.tar.zst"), 0o644)
+    w = packfile.PackWriter(tmp)
+    w.add(names[1], frames[0])
+    w.finish()
+    packfile.commit.publish(tmp)
+    tmp.close()
+    os.close(dfd)
+    r = run_cli("verify", out / "x.pack.tar.zst")
+    assert r.returncode == 1 and f"({names[1]}) holds".encode() in r.stdout

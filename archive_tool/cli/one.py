@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from archive_tool.cli import (
@@ -81,12 +83,14 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
     \b
     Example: session-archive verify -q main_out/FINISHED_SUCCESS/*.tar.zst
     """
+    from archive_tool.engine.packfile import is_pack_name, verify_pack
     from archive_tool.engine.read import verify_archive
 
     bad = 0
     for a in archives:
         try:
-            info = verify_archive(a)
+            # A pack also gets its seek table, index and per-session frames checked.
+            info = (verify_pack if is_pack_name(os.path.basename(a)) else verify_archive)(a)
         except ArchiveError as e:
             bad += 1
             click.echo(f"BAD {e}", err=False)

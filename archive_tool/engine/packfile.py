@@ -20,6 +20,7 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import zstandard
 
@@ -257,6 +258,27 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     finally:
         os.close(fd)
     return target
+
+
+def verify_pack(path: str | os.PathLike[str]) -> Any:
+    """``verify`` of a pack: the whole tar stream as for any archive (read.verify_archive:
+    every byte, checksums, member rules), plus what only a pack has: a valid seek table
+    and index, every listed frame one whole zstd frame of the size the table says, and
+    each session's frame holding only members below that session's own name (a reader
+    of one session must get that session and nothing else)."""
+    from archive_tool.engine.read import verify_archive
+
+    path = os.fspath(path)
+    info = verify_archive(path)
+    with Pack(path) as p:
+        for i, name in enumerate(p.names):
+            for member, _off, _size, _typ in iter_tar(p.members(i)):
+                if member.rstrip("/") != name and not member.startswith(name + "/"):
+                    raise CorruptArchive(path, f"frame {i} ({name}) holds {member!r}")
+        end = p.members(len(p.names))
+        if end.strip(tarfile.NUL) or len(end) < len(END_BLOCKS):
+            raise CorruptArchive(path, "the last data frame is not the tar end blocks")
+    return info
 
 
 def split_pack_ref(ref: str) -> tuple[str, str] | None:
