@@ -78,6 +78,8 @@ CASES = [
     (["prune", "ROOT", "--state", "RUNNING", "--execute"], "RUNNING is never pruned"),
     (["sweep", "ROOT", "--execute", "--pack", "hourly"], "unknown pack period"),
     (["sweep", "ROOT", "--execute", "--pack", "0"], "zero sessions a pack"),
+    (["sweep", "ROOT", "--execute", "--pack", "daily", "-f", "tar.gz"], "pack not zstd"),
+    (["sweep", "ROOT", "--execute", "--pack", "daily", "--batch-size", "5"], "pack batch"),
     (["catalog", "MISSING", "--rebuild"], "missing root"),
     (["catalog", "ROOT"], "no --rebuild"),
     (["catalog", "/", "--rebuild"], "dangerous root"),

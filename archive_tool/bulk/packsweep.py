@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import catalog
+from archive_tool.bulk import catalog, stale
 from archive_tool.bulk import sweep as _sweep
 from archive_tool.bulk.discover import Discovery
 from archive_tool.bulk.executors import run_batches
@@ -56,6 +56,7 @@ from archive_tool.summary import (
     SKIPPED,
     Result,
     new_summary,
+    record_failure,
 )
 
 # A day's or week's sessions of one dir beyond this go to further packs (.2, .3 ...):
@@ -424,7 +425,8 @@ def pack_sweep(
     on_result: Callable[[Result], None] | None = None,
     lock: bool = True,
     catalog_rows: bool = True,
-    **_ignored: Any,
+    finalize_stale: bool = False,
+    stale_after: float | None = None,
 ) -> dict[str, Any]:
     """Sweep *root* into packs (see the module doc). Returns the Summary dict, with
     ``packs`` (files written). The catalog (catalog.py) gets a row per packed session."""
@@ -440,6 +442,13 @@ def pack_sweep(
     summary = new_summary("sweep", root_p, dry_run, mode="pack", format="tar.zst",
                           backend="", archived=0, inodes_in=0, resumed=0, cleaned=0,
                           shard=None, pack=str(mode), packs=0)
+    if shard_t:
+        summary["shard"] = f"{shard_t[0]}/{shard_t[1]}"
+    if finalize_stale:
+        # Dead RUNNING runs move to FINISHED_ERROR/ first, so this sweep packs them.
+        summary["stale"] = stale.finalize_stale(root_p, dry_run=dry_run, stale_after=stale_after)
+        for f in summary["stale"]["failures"]:
+            record_failure(summary, f["path"], f["reason"])
     disc = Discovery(root_p, False, use_fd)
     planner = Planner(root_p, False, "tar.zst", pattern, older_than_days, max_dirs, shard_t)
     tasks = list(planner.tasks(disc.paths()))

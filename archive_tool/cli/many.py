@@ -198,6 +198,31 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     _finish_sweep(summary, as_json, quiet, verbose)
 
 
+def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, scheduler: str | None,
+                batch_size: int | None, finalize_stale: bool, stale_after: float | None,
+                kw: dict[str, Any]) -> None:
+    from archive_tool.bulk.packsweep import pack_sweep
+
+    # Options that mean nothing for packs are refused, not silently ignored.
+    if kw["fmt"].lower() not in ("tar.zst", "tar.zstd", "tzst"):
+        raise click.BadParameter("packs are always tar.zst (seekable zstd)", param_hint="--format")
+    if batch_size is not None:
+        raise click.BadParameter("a pack is the unit of work; not with --pack",
+                                 param_hint="--batch-size")
+    executor = None
+    if scheduler:
+        from archive_tool.bulk.executors import DaskExecutor
+
+        executor = _call(DaskExecutor, scheduler)
+        click.get_current_context().call_on_close(executor.shutdown)
+    summary = _call(pack_sweep, root, pack, dry_run=not execute, compresslevel=kw["level"],
+                    workers=kw["workers"], older_than_days=kw["older_than_days"],
+                    pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
+                    use_fd=kw["use_fd"], shard=shard, executor=executor,
+                    finalize_stale=finalize_stale, stale_after=stale_after)
+    _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
+
+
 @cli.command()
 @click.argument("root", type=click.Path())
 @click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
@@ -243,13 +268,8 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
     if pack is not None:
-        from archive_tool.bulk.packsweep import pack_sweep
-
-        summary = _call(pack_sweep, root, pack, dry_run=not execute, compresslevel=kw["level"],
-                        workers=kw["workers"], older_than_days=kw["older_than_days"],
-                        pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
-                        use_fd=kw["use_fd"], shard=shard)
-        _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
+        _pack_sweep(root, pack, execute, shard, scheduler, batch_size, finalize_stale,
+                    stale_after, kw)
         return
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
                              "catalog": catalog}
