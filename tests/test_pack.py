@@ -387,3 +387,30 @@ def test_verify_checks_what_only_a_pack_has(tmp_path: Path) -> None:
     os.close(dfd)
     r = run_cli("verify", out / "x.pack.tar.zst")
     assert r.returncode == 1 and f"({names[1]}) holds".encode() in r.stdout
+
+
+def test_show_and_unpack_find_a_session_by_id_through_the_root_catalog(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    before = _tree(root, 4)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    _tree(root, 1, day="2026Y-11M-25D", script="plain")
+    assert run_cli("sweep", root, "--execute", "--catalog").returncode == 0
+    sid = f"{DAY}-10h02m00s_S002"
+    r = run_cli("show", root, "-s", sid, "CONFIGS/CONFIG.yaml")
+    assert r.returncode == 0 and b"epochs: 2" in r.stdout, r.stderr
+    r = run_cli("unpack", root, "-s", sid, "-d", tmp_path / "back")
+    assert r.returncode == 0, r.stderr
+    assert snapshot(tmp_path / "back") == before[f"{sid}-main"]
+    plain = "2026Y-11M-25D-10h00m00s_S000"  # a per-session archive, found the same way
+    r = run_cli("show", root, "-s", plain, "CONFIGS/CONFIG.yaml")
+    assert r.returncode == 0 and b"epochs: 0" in r.stdout, r.stderr
+    r = run_cli("show", root, "-s", "2026Y-01M-01D-00h00m00s_NONE")
+    assert r.returncode == 1 and b"no session" in r.stderr
+    # A catalog that no longer matches the pack (offset wrong): the index is used instead.
+    row = catalog.locate(root, sid)
+    fd = packfile.session_fd_at(row["path"], row["name"], row["offset"] + 1,
+                                row["bytes_out"], row["tar_bytes"])
+    try:
+        assert os.pread(fd, 100, 0).rstrip(b"\0").decode().rstrip("/") == f"{sid}-main"
+    finally:
+        os.close(fd)

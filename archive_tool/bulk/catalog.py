@@ -362,6 +362,27 @@ def find(root: str | os.PathLike[str], where: Iterable[str] = (), state: str | N
     return out
 
 
+def locate(root: str | os.PathLike[str], session: str) -> dict[str, Any]:
+    """The catalog row of *session* (its dir name or ID) under *root*: where to read it.
+    The newest row when the session was archived more than once."""
+    path = catalog_path(root)
+    if not os.path.exists(path):
+        raise BadArgument(f"no catalog at {path}; run `session-archive catalog "
+                          f"{os.fspath(root)} --rebuild` or sweep with --pack")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        r = conn.execute("SELECT * FROM sessions WHERE name=? OR id=? ORDER BY sid DESC "
+                         "LIMIT 1", (session, session)).fetchone()
+    finally:
+        conn.close()
+    if r is None:
+        raise ArchiveError(os.fspath(root), f"no session {session!r} in the catalog")
+    d = dict(r)
+    d["path"] = os.path.join(os.fspath(root), d["archive"])
+    return d
+
+
 def all_rows(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every row, in a stable order (what a test compares)."""
     return find(root)

@@ -8,6 +8,7 @@ import click
 
 from archive_tool.cli import (
     FORMAT,
+    BadInput,
     Failed,
     _call,
     cli,
@@ -38,8 +39,14 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
     click.echo(str(path))
 
 
+def _not_a_dir(archive: str, session: str | None) -> None:
+    if session is None and os.path.isdir(archive):
+        raise BadInput(f"{archive}: is a directory, not an archive (with --session it is a "
+                       "root whose catalog says where that session is)")
+
+
 @cli.command()
-@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.argument("archive", type=click.Path(exists=True))
 @click.option("--dest", "-d", type=click.Path(), default=None,
               help="Directory to create (default: the archive path without its suffix).")
 @click.option("--remove-archive", is_flag=True,
@@ -48,7 +55,8 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
               help="Keep setuid/setgid/sticky bits (root only; dropped by default).")
 @click.option("--session", "-s", default=None, metavar="NAME|ID",
               help="ARCHIVE is a pack: restore only this session (its frame alone is read; "
-                   "the pack is never rewritten). Default dest: beside the pack.")
+                   "the pack is never rewritten). Default dest: beside the pack. ARCHIVE "
+                   "may be a root: its catalog says which pack or archive holds it.")
 def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bool,
            session: str | None) -> None:
     """Restore one ARCHIVE into a session dir (never overwrites).
@@ -59,12 +67,22 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
     """
     from archive_tool.engine.restore import restore_one
 
+    _not_a_dir(archive, session)
     if session is not None:
         from archive_tool.engine.packfile import restore_session
 
         if remove_archive:
             raise click.BadParameter("a pack is never rewritten; not with --session",
                                      param_hint="--remove-archive")
+        if os.path.isdir(archive):
+            from archive_tool.bulk.catalog import locate
+
+            row = _call(locate, archive, session)
+            if row["frame"] < 0:  # a per-session archive
+                click.echo(str(_call(restore_one, row["path"], dest,
+                                     keep_special=keep_setuid)))
+                return
+            archive, session = row["path"], row["name"]
         click.echo(_call(restore_session, archive, session, dest, keep_special=keep_setuid))
         return
 
@@ -102,10 +120,11 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
 
 
 @cli.command()
-@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.argument("archive", type=click.Path(exists=True))
 @click.argument("member", required=False)
 @click.option("--session", "-s", default=None, metavar="NAME|ID",
-              help="ARCHIVE is a pack: show this session only (reads its frame alone).")
+              help="ARCHIVE is a pack: show this session only (reads its frame alone). "
+                   "ARCHIVE may be a root: its catalog says where the session is.")
 def show(archive: str, member: str | None, session: str | None) -> None:
     """List ARCHIVE's members with sizes, or write MEMBER's bytes to stdout.
 
@@ -118,12 +137,23 @@ def show(archive: str, member: str | None, session: str | None) -> None:
     """
     from archive_tool.engine.read import copy_member, list_members
 
+    _not_a_dir(archive, session)
+
     def opened() -> tuple[str, int | None]:
         if session is None:
             return archive, None
-        from archive_tool.engine.packfile import session_fd
+        from archive_tool.engine import packfile
 
-        return f"{archive}::{session}", session_fd(archive, session)
+        if os.path.isdir(archive):
+            from archive_tool.bulk.catalog import locate
+
+            r = locate(archive, session)
+            if r["frame"] < 0:
+                return r["path"], None
+            return (f"{r['path']}::{r['name']}",
+                    packfile.session_fd_at(r["path"], r["name"], r["offset"], r["bytes_out"],
+                                           r["tar_bytes"]))
+        return f"{archive}::{session}", packfile.session_fd(archive, session)
 
     if member is not None:
         out = click.get_binary_stream("stdout")

@@ -211,17 +211,41 @@ class Pack:
     def session_fd(self, session: str) -> int:
         """An anonymous file (memfd) holding :meth:`session_tar`: every reader of the
         engine that takes an archive fd (list, cat, extract) reads it as a plain tar."""
-        data = self.session_tar(session)
-        fd = os.memfd_create("session", os.MFD_CLOEXEC)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.lseek(fd, 0, os.SEEK_SET)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return _memfd(self.session_tar(session))
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("session", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def session_fd_at(pack: str, name: str, offset: int, csize: int, dsize: int) -> int:
+    """Session *name* of *pack* from where the catalog says its frame is: one pread and
+    one decompression, no seek table or index read. The frame must start with *name*'s
+    own members (a catalog older than the pack falls back to the index)."""
+    try:
+        fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ArchiveError(pack, f"cannot open: {e.strerror or e}") from None
+    try:
+        data = seekable.read_frame(fd, seekable.Frame(offset, csize, dsize, None), pack)
+        first = iter_tar(data[:tarfile.BLOCKSIZE * 8])[:1]
+        if first and first[0][0].rstrip("/") == name:
+            return _memfd(data + END_BLOCKS)
+    except CorruptArchive:
+        pass
+    finally:
+        os.close(fd)
+    with Pack(pack) as p:
+        return p.session_fd(name)
 
 
 def session_fd(pack: str | os.PathLike[str], session: str) -> int:
