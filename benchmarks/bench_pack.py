@@ -113,8 +113,8 @@ def show_latency(root: str, samples: int = 200) -> dict:
 
 
 def synthetic_pack(root: str, n: int = 10_000) -> str:
-    """A pack of *n* sessions made of the real frames of *root*'s packs (cycled, renamed
-    in the index): the seek table and index of a 10k-session pack, real session bytes."""
+    """A pack of *n* sessions made of the real frames of *root*'s packs, cycled: the seek
+    table and index of a 10k-session pack, real session bytes and names."""
     from archive_tool import fs
     from archive_tool.engine import commit
 
@@ -123,7 +123,7 @@ def synthetic_pack(root: str, n: int = 10_000) -> str:
         for f in files:
             if packfile.is_pack_name(f):
                 with packfile.Pack(os.path.join(d, f)) as p:
-                    frames += [p.members(i) for i in range(len(p.names))]
+                    frames += [(n, p.members(i)) for i, n in enumerate(p.names)]
     out_dir = os.path.join(WORK, "pack-10k")
     subprocess.run(["rm", "-rf", out_dir], check=True)
     os.makedirs(out_dir)
@@ -132,7 +132,7 @@ def synthetic_pack(root: str, n: int = 10_000) -> str:
     tmp = commit.open_tmp(dfd, final, 0o644)
     w = packfile.PackWriter(tmp)
     for i in range(n):
-        w.add(f"2026Y-01M-01D-00h00m00s_{i:06d}-main", frames[i % len(frames)])
+        w.add(*frames[i % len(frames)])  # real names: a name occurs up to n/len times
     w.finish()
     commit.publish(tmp)
     tmp.close()
@@ -156,10 +156,23 @@ def show_latency_10k(pack: str, samples: int = 200) -> dict:
         subprocess.run([sys.executable, "-m", "archive_tool", "show", pack, "-s", name,
                         "CONFIGS/CONFIG.yaml"], check=True, capture_output=True)
         cli.append((time.perf_counter() - t) * 1000)
+    # `show ROOT -s ID MEMBER`: the catalog locates the frame, one pread reads it.
+    root = os.path.dirname(pack)
+    catalog.rebuild(root)
+    by_id = []
+    for name in rng.sample(names, samples):
+        t = time.perf_counter()
+        r = catalog.locate(root, name.split("-main")[0])  # by ID
+        fd = packfile.session_fd_at(r["path"], r["name"], r["offset"], r["bytes_out"],
+                                    r["tar_bytes"])
+        copy_member(f"{r['path']}::{name}", "CONFIGS/CONFIG.yaml", io.BytesIO(), fd=fd)
+        by_id.append((time.perf_counter() - t) * 1000)
     return {"pack_sessions": len(names), "pack_bytes": os.path.getsize(pack),
             "lib_ms_median": round(statistics.median(lib), 3),
             "lib_ms_p95": round(sorted(lib)[int(0.95 * len(lib)) - 1], 3),
-            "cli_ms_median": round(statistics.median(cli), 1)}
+            "cli_ms_median": round(statistics.median(cli), 1),
+            "by_id_via_catalog_ms_median": round(statistics.median(by_id), 3),
+            "by_id_via_catalog_ms_p95": round(sorted(by_id)[int(0.95 * len(by_id)) - 1], 3)}
 
 
 def find_latency(root: str, synthetic: int = 100_000) -> dict:
@@ -210,6 +223,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--days", type=float, default=21.0)
+    ap.add_argument("--read-only", action="store_true",
+                    help="Keep the sweep runs of results/pack.json; redo the read side on "
+                         "the tree the last run left.")
     a = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     base = os.path.join(WORK, f"pack-base-{a.sessions}")
@@ -220,7 +236,13 @@ def main() -> None:
     kinds = ["per-session", "pack:weekly", "pack:10000"]
     runs = []
     work = os.path.join(WORK, "pack-run")
-    for rep in range(a.reps):
+    if a.read_only:
+        with open(os.path.join(HERE, "results", "pack.json")) as f:
+            old = json.load(f)
+        runs = old["runs"]
+        a.reps, a.sessions, a.workers = max(r["rep"] for r in runs), old["sessions"], \
+            old["workers"]
+    for rep in range(0 if a.read_only else a.reps):
         for kind in kinds:
             fresh(base, work)
             log(f"rep {rep + 1}: {kind}")

@@ -48,6 +48,7 @@ CREATE INDEX IF NOT EXISTS kv_num ON kv (key, num);
 CREATE INDEX IF NOT EXISTS kv_sid ON kv (sid);
 CREATE INDEX IF NOT EXISTS s_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS s_id ON sessions (id);
+CREATE INDEX IF NOT EXISTS s_name ON sessions (name);
 """
 
 

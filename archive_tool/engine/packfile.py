@@ -124,7 +124,8 @@ class PackWriter:
         where = self.tmp.final
         try:
             frames = seekable.read_seek_table(self.tmp.fd, where)
-            if [(f.csize, f.dsize, f.checksum) for f in frames] != self._entries:
+            if list(zip(frames.csize, frames.dsize, frames.checksum or [], strict=False)) \
+                    != self._entries:
                 raise VerifyFailed(where, "seek table read back differs from what was written")
             for i, want in enumerate(self._digests[:-1]):
                 f = frames[i]
