@@ -414,3 +414,33 @@ def test_show_and_unpack_find_a_session_by_id_through_the_root_catalog(tmp_path:
         assert os.pread(fd, 100, 0).rstrip(b"\0").decode().rstrip("/") == f"{sid}-main"
     finally:
         os.close(fd)
+
+
+def test_a_hostile_pack_index_cannot_choose_where_a_restore_lands(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_session(src, f"{DAY}-10h00m00s_EVIL-main", extra=False)
+    parts: list[bytes] = []
+    from archive_tool.engine.scan import scan_session
+    from archive_tool.engine.tarwrite import write_tar
+
+    d = src / f"{DAY}-10h00m00s_EVIL-main"
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_tar(fd, str(d), d.name, scan_session(str(d)), parts.append)
+    finally:
+        os.close(fd)
+    out = tmp_path / "packs"
+    out.mkdir()
+    dfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    tmp = packfile.commit.open_tmp(dfd, str(out / "evil.pack.tar.zst"), 0o644)
+    w = packfile.PackWriter(tmp)
+    w.add(f"{DAY}-10h00m00s_EVIL-/../../escaped", b"".join(parts)[:-1024])
+    w.finish()
+    packfile.commit.publish(tmp)
+    tmp.close()
+    os.close(dfd)
+    r = run_cli("unpack", out / "evil.pack.tar.zst", "-s", f"{DAY}-10h00m00s_EVIL")
+    assert r.returncode == 1 and b"not a session dir name" in r.stderr
+    assert not (tmp_path / "escaped").exists() and sorted(os.listdir(out)) == [
+        "evil.pack.tar.zst"]
+    assert run_cli("verify", out / "evil.pack.tar.zst").returncode == 1

@@ -26,7 +26,14 @@ import zstandard
 
 from archive_tool.engine import commit, seekable
 from archive_tool.engine.formats import zstd_level
-from archive_tool.errors import ArchiveError, BadArgument, CorruptArchive, VerifyFailed
+from archive_tool.errors import (
+    ArchiveError,
+    BadArgument,
+    CorruptArchive,
+    UnsafeArchive,
+    VerifyFailed,
+)
+from archive_tool.names import is_session_name
 
 PACK_SUFFIX = ".pack.tar.zst"
 INDEX_MAGIC = 0x184D2A50
@@ -268,6 +275,10 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     pack = os.path.abspath(os.fspath(pack))
     with Pack(pack) as p:
         name = p.names[p.find(session)]
+        # The name comes from the file and becomes a path: a hostile index ("ID-/../x")
+        # must not choose where the restore lands.
+        if not is_session_name(name):
+            raise UnsafeArchive(pack, f"index names {name!r}, not a session dir name; refused")
         ast = os.fstat(p.fd)
         fd = p.session_fd(session)
     label = f"{pack}::{name}"
@@ -297,6 +308,8 @@ def verify_pack(path: str | os.PathLike[str]) -> Any:
     info = verify_archive(path)
     with Pack(path) as p:
         for i, name in enumerate(p.names):
+            if not is_session_name(name):
+                raise UnsafeArchive(path, f"index names {name!r}, not a session dir name")
             for member, _off, _size, _typ in iter_tar(p.members(i)):
                 if member.rstrip("/") != name and not member.startswith(name + "/"):
                     raise CorruptArchive(path, f"frame {i} ({name}) holds {member!r}")
