@@ -75,6 +75,8 @@ def _human(s: dict[str, Any]) -> str:
     if s["dry_run"]:
         line = (f"dry run: would archive {c(s['candidates'])} of {c(s['scanned'])} sessions "
                 f"under {where}")
+        if "packs" in s:
+            line += f"\n  into {c(s['packs'])} packs"
         if s["inodes_in"]:
             line += f"\n  {c(s['inodes_in'])} inodes"
             if s["bytes_in"]:
