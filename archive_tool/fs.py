@@ -230,7 +230,7 @@ def rmtree_at(dir_fd: int, name: str) -> None:
 STATE_DIR = ".session-archive"  # our own files inside a root: run manifests, logs
 
 
-def open_state_dir(root: str, sub: str) -> int:
+def open_state_dir(root: str, sub: str | None = None) -> int:
     """fd of ``<root>/.session-archive/<sub>``, created (0755) if missing, never through a
     symlink, and only if each level is a directory owned by us or by the root's owner:
     as root in a user's tree, a planted ``.session-archive -> /etc`` must not make root
@@ -240,7 +240,7 @@ def open_state_dir(root: str, sub: str) -> int:
     try:
         tst = os.fstat(top)
         owners = {os.geteuid(), tst.st_uid}
-        for name in (STATE_DIR, sub):
+        for name in (STATE_DIR, sub) if sub else (STATE_DIR,):
             try:
                 os.mkdir(name, 0o755, dir_fd=fd)
                 made = True
@@ -263,6 +263,19 @@ def open_state_dir(root: str, sub: str) -> int:
         raise
     finally:
         os.close(top)
+
+
+def open_state_file(dir_fd: int, name: str) -> int:
+    """Open (creating) the regular file *name* in a state dir read-write, never through a
+    symlink, a FIFO or a hard link (one link), owned by us or by the dir's owner."""
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o644, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
+            or st.st_uid not in (os.geteuid(), os.fstat(dir_fd).st_uid)):
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{name} is not a plain file of ours; refused", name)
+    return fd
 
 
 # --------------------------------------------------------------------- libc extras

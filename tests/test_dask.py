@@ -86,6 +86,29 @@ def test_dask_sweep_leaves_the_same_tree_as_the_local_pool(
 
 
 @pytest.mark.dask
+def test_dask_pack_sweep_writes_the_same_packs_as_the_local_pool(
+        tmp_path: Path, dask_ex: DaskExecutor) -> None:
+    from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.engine.packfile import Pack
+
+    local_root, dask_root = _twins(tmp_path, 120, seed=7)
+    local = pack_sweep(local_root, "weekly", dry_run=False, workers=2)
+    remote = pack_sweep(dask_root, "weekly", dry_run=False, executor=dask_ex)
+    keys = ("scanned", "candidates", "archived", "failed", "packs")
+    assert {k: remote[k] for k in keys} == {k: local[k] for k in keys}
+    assert remote["failed"] == 0 and remote["archived"] > 100
+
+    def packs(root: Path) -> dict[str, list[str]]:
+        out = {}
+        for p in root.rglob("*.pack.tar.zst"):
+            with Pack(p) as pk:
+                out[str(p.relative_to(root))] = pk.names
+        return out
+
+    assert packs(dask_root) == packs(local_root) != {}
+
+
+@pytest.mark.dask
 def test_dask_failures_come_back_in_the_summary(tmp_path: Path, dask_ex: DaskExecutor) -> None:
     make_tree(str(tmp_path), 40, seed=2)
     sessions = sorted(tmp_path.glob("*/*_out/FINISHED_*/*"))

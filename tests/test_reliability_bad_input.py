@@ -16,7 +16,7 @@ from archive_tool import cli
 from tests.conftest import SID, as_nobody, make_session, snapshot
 
 COMMANDS = ["pack", "unpack", "verify", "show", "sweep", "compress", "extract", "demo-tree", "report",
-            "prune"]
+            "prune", "catalog", "find"]
 
 # (command line, what is wrong). ROOT: a tree with one session; FILE: a regular file;
 # DIR: a plain directory; ARCH: a valid archive; MISSING: a path that does not exist.
@@ -76,6 +76,18 @@ CASES = [
     (["prune", "ROOT", "--older-than", "yesterday"], "garbage age"),
     (["prune", "ROOT", "--keep-last", "-1"], "negative keep-last"),
     (["prune", "ROOT", "--state", "RUNNING", "--execute"], "RUNNING is never pruned"),
+    (["sweep", "ROOT", "--execute", "--pack", "hourly"], "unknown pack period"),
+    (["sweep", "ROOT", "--execute", "--pack", "0"], "zero sessions a pack"),
+    (["sweep", "ROOT", "--execute", "--pack", "daily", "-f", "tar.gz"], "pack not zstd"),
+    (["sweep", "ROOT", "--execute", "--pack", "daily", "--batch-size", "5"], "pack batch"),
+    (["catalog", "MISSING", "--rebuild"], "missing root"),
+    (["catalog", "ROOT"], "no --rebuild"),
+    (["catalog", "/", "--rebuild"], "dangerous root"),
+    (["find", "MISSING"], "missing root"),
+    (["find", "ROOT"], "no catalog"),
+    (["find", "ROOT", "--where", "ARGS.lr"], "where without operator"),
+    (["find", "ROOT", "--where", "SEED<abc"], "order on a non-number"),
+    (["find", "ROOT", "--since", "yesterday"], "garbage date"),
 ]
 
 

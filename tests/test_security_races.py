@@ -230,3 +230,17 @@ def sweep_logged_as_root(root: Path) -> dict:
     from archive_tool.bulk.runlog import sweep_logged
 
     return sweep_logged(str(root), workers=1, use_fd=False)
+
+
+def test_catalog_planted_as_a_symlink_is_never_written_through(tree: Tree) -> None:
+    from archive_tool.bulk import catalog
+
+    user_root = tree.root / "alice"
+    state = user_root / ".session-archive"
+    as_user(f"os.mkdir({str(state)!r})\n"
+            f"os.symlink({str(tree.secret / 'shadow')!r}, {str(state / 'catalog.sqlite')!r})")
+    with pytest.raises(OSError):
+        catalog.connect(user_root)
+    catalog.rebuild(user_root)  # builds a new file and renames it over the link itself
+    assert tree.secret_untouched()
+    assert not (state / "catalog.sqlite").is_symlink()

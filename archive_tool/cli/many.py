@@ -75,6 +75,8 @@ def _human(s: dict[str, Any]) -> str:
     if s["dry_run"]:
         line = (f"dry run: would archive {c(s['candidates'])} of {c(s['scanned'])} sessions "
                 f"under {where}")
+        if "packs" in s:
+            line += f"\n  into {c(s['packs'])} packs"
         if s["inodes_in"]:
             line += f"\n  {c(s['inodes_in'])} inodes"
             if s["bytes_in"]:
@@ -85,7 +87,8 @@ def _human(s: dict[str, Any]) -> str:
     rate = s["archived"] / s["elapsed"] if s["elapsed"] else 0.0
     line = (f"archived {c(s['archived'])} of {c(s['scanned'])} sessions under {where} in "
             f"{s['elapsed']:.1f} s ({rate:,.0f}/s): {c(s['inodes_in'])} inodes -> "
-            f"{c(s['archived'] + s['resumed'])} files; skipped {c(s['skipped'])}, "
+            f"{c(s['packs'] if 'packs' in s else s['archived'] + s['resumed'])} "
+            f"{'packs' if 'packs' in s else 'files'}; skipped {c(s['skipped'])}, "
             f"failed {c(s['failed'])}")
     if s["bytes_in"]:
         line += f"\n  bytes {b(s['bytes_in'])} -> {b(s['bytes_out'])}"
@@ -167,18 +170,59 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
         return sum(1 for _ in planner.tasks(Discovery(root_p, flat, use_fd).paths()))
 
     show = execute and want_progress(quiet, progress)
+    recorder = None
+    if extra.pop("catalog", False) and execute:
+        from archive_tool.bulk.catalog import Recorder
+
+        recorder = Recorder(root, fmt)
     with progress_bar(show, "archiving", count=count) as bar:
+        on_result = bar.tick if bar else None
+        if recorder is not None:
+            tick, rec = on_result, recorder
+
+            def on_result(r: Any) -> None:
+                rec(r)
+                if tick is not None:
+                    tick(r)
         args: dict[str, Any] = dict(
             format=fmt, compresslevel=level, workers=workers, older_than_days=older_than_days,
             pattern=pattern, max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
-            on_result=bar.tick if bar else None, on_candidate=on_candidate, **extra)
+            on_result=on_result, on_candidate=on_candidate, **extra)
         if execute and not flat and extra.get("remove_src", True):
             from archive_tool.bulk.runlog import sweep_logged
 
             summary = _call(sweep_logged, root, **args)
         else:
             summary = _call(sweep, root, flat=flat, dry_run=not execute, **args)
+    if recorder is not None:
+        recorder.flush()
+        summary["warnings"] += recorder.warnings
     _finish_sweep(summary, as_json, quiet, verbose)
+
+
+def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, scheduler: str | None,
+                batch_size: int | None, finalize_stale: bool, stale_after: float | None,
+                kw: dict[str, Any]) -> None:
+    from archive_tool.bulk.packsweep import pack_sweep
+
+    # Options that mean nothing for packs are refused, not silently ignored.
+    if kw["fmt"].lower() not in ("tar.zst", "tar.zstd", "tzst"):
+        raise click.BadParameter("packs are always tar.zst (seekable zstd)", param_hint="--format")
+    if batch_size is not None:
+        raise click.BadParameter("a pack is the unit of work; not with --pack",
+                                 param_hint="--batch-size")
+    executor = None
+    if scheduler:
+        from archive_tool.bulk.executors import DaskExecutor
+
+        executor = _call(DaskExecutor, scheduler)
+        click.get_current_context().call_on_close(executor.shutdown)
+    summary = _call(pack_sweep, root, pack, dry_run=not execute, compresslevel=kw["level"],
+                    workers=kw["workers"], older_than_days=kw["older_than_days"],
+                    pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
+                    use_fd=kw["use_fd"], shard=shard, executor=executor,
+                    finalize_stale=finalize_stale, stale_after=stale_after)
+    _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
 
 
 @cli.command()
@@ -201,9 +245,16 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
                    "gone) to FINISHED_ERROR/ with a marker, so they are archived too.")
 @click.option("--stale-after", default=None, metavar="D", callback=_stale_after,
               help=STALE_AFTER_HELP)
+@click.option("--pack", "pack", default=None, metavar="daily|weekly|N",
+              help="Opt-in: write one pack <period>.pack.tar.zst per FINISHED_* dir and day, "
+                   "ISO week or N sessions (seekable zstd, one frame a session) instead of "
+                   "one archive a session; fills ROOT/.session-archive/catalog.sqlite.")
+@click.option("--catalog", is_flag=True,
+              help="Also add a row per archived session to ROOT/.session-archive/"
+                   "catalog.sqlite (always on with --pack).")
 def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
-          **kw: Any) -> None:
+          pack: str | None = None, catalog: bool = False, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
@@ -218,7 +269,12 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
 
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
-    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH}
+    if pack is not None:
+        _pack_sweep(root, pack, execute, shard, scheduler, batch_size, finalize_stale,
+                    stale_after, kw)
+        return
+    extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
+                             "catalog": catalog}
     if finalize_stale:
         extra.update(finalize_stale=True, stale_after=stale_after)
     if scheduler:

@@ -345,10 +345,11 @@ class MemberInfo:
     linkname: str
 
 
-def list_members(path: str | os.PathLike[str]) -> Iterator[MemberInfo]:
+def list_members(path: str | os.PathLike[str], fd: int | None = None) -> Iterator[MemberInfo]:
+    """*fd*: an archive opened by the caller (a session read out of a pack); closed."""
     path = os.fspath(path)
     seen = MemberRules()
-    with open_tar(path) as (tf, _reader):
+    with open_tar(path, fd) as (tf, _reader):
         try:
             for m in iter_members(tf):
                 why = seen.unsafe(m)
@@ -362,13 +363,15 @@ def list_members(path: str | os.PathLike[str]) -> Iterator[MemberInfo]:
             raise CorruptArchive(path, f"corrupt archive: {e}") from None
 
 
-def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes]) -> int:
+def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes],
+                fd: int | None = None) -> int:
     """Write the bytes of one file member to *out*. *member* may be the full name or the
-    name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written."""
+    name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written.
+    *fd*: an archive opened by the caller, as for list_members."""
     path = os.fspath(path)
     want = member.strip("/")
     seen = MemberRules()
-    with open_tar(path) as (tf, _reader):
+    with open_tar(path, fd) as (tf, _reader):
         try:
             for m in iter_members(tf):
                 why = seen.unsafe(m)
