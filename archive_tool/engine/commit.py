@@ -301,6 +301,27 @@ def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]]) -> None:
             pass
 
 
+def make_trees_durable(trees: list[tuple[int, int, str]]) -> None:
+    """Group commit of restored trees, given as (tree fd, parent dir fd, path): one syncfs
+    per filesystem (os.sync where there is no syncfs), then one fsync per distinct parent
+    dir. DurabilityError if any step fails: nothing may be deleted on the strength of it."""
+    devs: set[int] = set()
+    parents: dict[tuple[int, int], tuple[int, str]] = {}
+    try:
+        for tree_fd, parent_fd, where in trees:
+            dev = os.fstat(tree_fd).st_dev
+            if dev not in devs:
+                devs.add(dev)
+                if not _syncfs(tree_fd):
+                    os.sync()
+            pst = os.fstat(parent_fd)
+            parents.setdefault((pst.st_dev, pst.st_ino), (parent_fd, where))
+    except OSError as e:
+        raise DurabilityError(trees[0][2], f"syncfs failed: {e.strerror or e}") from None
+    for parent_fd, where in parents.values():
+        fsync_dir(parent_fd, os.path.dirname(where))
+
+
 def make_tree_durable(tree_fd: int, parent_fd: int, where: str) -> None:
     """Data and names of a freshly written tree on stable storage (before deleting the
     only other copy of it): one syncfs of its filesystem plus the parent's entry."""
