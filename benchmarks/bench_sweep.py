@@ -37,6 +37,9 @@ RUN_SWEEP = os.path.join(HERE, "run_sweep.py")
 PUBREF = "/opt/pubref/bin/python"
 CORES = len(os.sched_getaffinity(0))
 FD = shutil.which("fdfind") or shutil.which("fd") or "fdfind"
+HAVE_FD = bool(shutil.which("fdfind") or shutil.which("fd"))
+NO_FD_NOTE = ("fd-find is not installed: the baselines that list sessions with fd (xargs, "
+              "tar streams) are skipped, ours discover with the Python walker")
 
 # ---------------------------------------------------------------------- contenders
 
@@ -57,6 +60,18 @@ def xargs_cmd(root: str, per_session: str, n: int) -> str:
     return f"{_fd_list(root)} | xargs -0 -r -P{CORES} -n{n} sh -c {shlex.quote(body)} _"
 
 
+def floor2_cmd(root: str, out: str) -> str:
+    # Two GNU tar streams (one per core) over the same sessions split round-robin, each
+    # deleting as it goes and piped to its own zstd: the floor for a 2-worker job.
+    lst = shlex.quote(out + ".list")
+    part = shlex.quote(out + ".part.")
+    streams = " & ".join(
+        f"tar --null -T {part}a{c} --remove-files -cf - 2>/dev/null | zstd -q -3 -T1 > "
+        f"{shlex.quote(out + '.' + c)}" for c in "ab")
+    return (f"{_fd_list(root)} > {lst} && split -n r/2 -t '\\0' {lst} {part} && "
+            f"{{ {streams} & wait; }}")
+
+
 def floor_cmd(root: str, out: str) -> str:
     # One GNU tar stream over every finished session, deleting as it goes, piped to zstd:
     # no per-session files, no verification, no fsync — the floor for this job.
@@ -70,7 +85,8 @@ def pub_compress_cmd(flat: str) -> str:
 
 
 def ours_compress_cmd(flat: str, fmt: str) -> str:
-    return f"session-archive compress {shlex.quote(flat)} --execute --max-dirs 0 -q -f {fmt}"
+    return (f"{shlex.quote(sys.executable)} -m archive_tool compress {shlex.quote(flat)} --execute"
+            f" --max-dirs 0 -q -f {fmt}")
 
 
 def contenders(quick: bool) -> list[dict]:
@@ -95,23 +111,83 @@ def contenders(quick: bool) -> list[dict]:
          "cmd": lambda r, o: xargs_cmd(r, _TAR_ZST, 1), "format": "tar.zst"},
         {"name": "floor: one tar --remove-files | zstd", "kind": "shell",
          "cmd": floor_cmd, "format": "one stream"},
+        {"name": "floor: two tar --remove-files | zstd streams", "kind": "shell",
+         "cmd": floor2_cmd, "format": "two streams"},
         {"name": "flat: ours compress tar.gz", "kind": "flat",
          "cmd": lambda r, o: ours_compress_cmd(r, "tar.gz"), "format": "tar.gz"},
         {"name": "flat: ours compress tar.zst", "kind": "flat",
          "cmd": lambda r, o: ours_compress_cmd(r, "tar.zst"), "format": "tar.zst"},
     ]
+    for d in ("syncfs", "fsync"):
+        # The durability knob (archive_tool.engine.commit.DURABILITY_ENV); "+ writer": while
+        # another process dirties the same filesystem at WRITER_MBPS (section "writer").
+        for w in (False, True):
+            c.append({"name": f"ours tar.zst w{CORES} {d}" + (" + writer" if w else ""),
+                      "kind": "ours", "kw": {"format": "tar.zst", "workers": CORES},
+                      "env": {DURABILITY_ENV: d}, "writer": w})
     if os.path.exists(PUBREF):
         c.append({"name": "flat: published 0.3.1 compress tar.gz", "kind": "flat",
                   "cmd": lambda r, o: pub_compress_cmd(r), "format": "tar.gz"})
     else:
         log(f"{PUBREF} not found: the published scitex-session 0.3.1 is skipped")
+    if not HAVE_FD:
+        log(NO_FD_NOTE)
+        c = [x for x in c if x["kind"] != "shell"]
     return c
+
+
+WRITER_MBPS = 100
+DURABILITY_ENV = "SESSION_ARCHIVE_DURABILITY"
+_WRITER = """
+import os, sys, time
+path, mbps, limit = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+ring = 1 << 30  # rewrite a 1 GiB file: the disk does not fill, pages stay dirty
+buf = os.urandom(1 << 20)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+t0 = time.monotonic()
+i = 0
+try:
+    while time.monotonic() - t0 < limit:
+        os.pwrite(fd, buf, (i << 20) % ring)
+        i += 1
+        ahead = i / mbps - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+except KeyboardInterrupt:
+    pass  # how the driver stops it
+finally:
+    dt = time.monotonic() - t0
+    print(f"{i} {dt:.3f}", flush=True)
+"""
+
+
+class Writer:
+    """A concurrent writer dirtying the benchmark's filesystem at *mbps* MB/s (page cache,
+    no fsync: the kernel writes back as it likes), for at most *limit* seconds."""
+
+    def __init__(self, mbps: float = WRITER_MBPS, limit: float = 300.0) -> None:
+        self.path = os.path.join(WORK, "writer.dat")
+        self.p = subprocess.Popen([sys.executable, "-c", _WRITER, self.path, str(mbps),
+                                   str(limit)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # let dirty pages build up before the contender starts
+
+    def stop(self) -> float:
+        """Stop it; returns the MB/s it achieved."""
+        import signal
+
+        self.p.send_signal(signal.SIGINT)
+        out, _ = self.p.communicate(timeout=30)
+        try:
+            n, dt = out.split()
+            return round(int(n) * 1.048576 / float(dt), 1)
+        except ValueError:
+            return float("nan")
 
 
 # ---------------------------------------------------------------------- running things
 
 
-def run_proc(cmd: list[str] | str, capture: bool = False) -> dict:
+def run_proc(cmd: list[str] | str, capture: bool = False, env: dict | None = None) -> dict:
     """Run *cmd*, return wall seconds, exit status and the peak RSS of its process tree
     (``wait4``'s ru_maxrss: the largest single process among it and its descendants)."""
     t0 = time.perf_counter()
@@ -120,7 +196,8 @@ def run_proc(cmd: list[str] | str, capture: bool = False) -> dict:
     p = subprocess.Popen(cmd, shell=isinstance(cmd, str), cwd=WORK,
                          executable="/bin/bash" if isinstance(cmd, str) else None,
                          stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                         stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
+                         stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
+                         env={**os.environ, **env} if env else None)
     out = p.stdout.read() if capture else b""
     err = p.stderr.read() if capture else b""
     _, status, ru = os.wait4(p.pid, 0)
@@ -133,11 +210,13 @@ def run_proc(cmd: list[str] | str, capture: bool = False) -> dict:
 def left_sessions(root: str, flat: bool = False) -> int:
     from archive_tool.bulk.discover import Discovery
 
-    return sum(1 for _ in Discovery(root, flat, use_fd=True).paths())
+    return sum(1 for _ in Discovery(root, flat, use_fd=HAVE_FD).paths())
 
 
-def run_ours(root: str, kw: dict, extra: list[str] | None = None) -> dict:
-    r = run_proc([sys.executable, RUN_SWEEP, *(extra or []), root, json.dumps(kw)], capture=True)
+def run_ours(root: str, kw: dict, extra: list[str] | None = None,
+             env: dict | None = None) -> dict:
+    r = run_proc([sys.executable, RUN_SWEEP, *(extra or []), root, json.dumps(kw)], capture=True,
+                 env=env)
     if r["rc"] != 0:
         raise RuntimeError(f"run_sweep failed: {r['stderr']}")
     inner = json.loads(r["stdout"].strip().splitlines()[-1])
@@ -149,17 +228,23 @@ def run_contender(c: dict, src: str, n_sessions: int, rep: int) -> dict:
     work = os.path.join(WORK, "run")
     root = os.path.join(work, "tree")
     copy_s = fresh_copy(src, root)
-    res: dict = {"name": c["name"], "rep": rep, "copy_s": round(copy_s, 3)}
-    if c["kind"] == "ours":
-        r = run_ours(root, c["kw"], c.get("extra"))
-        res.update(r)
-        res["sessions"] = r["archived"]
-    else:
-        out = os.path.join(work, "floor.tar.zst")
-        rm_tree(out)
-        r = run_proc(c["cmd"](root, out))
-        res.update({k: r[k] for k in ("wall_s", "rc", "maxrss_tree_mb")})
-        res["sessions"] = n_sessions
+    res: dict = {"name": c["name"], "rep": rep, "copy_s": round(copy_s, 3),
+                 "loadavg": os.getloadavg()[0]}
+    writer = Writer() if c.get("writer") else None
+    try:
+        if c["kind"] == "ours":
+            r = run_ours(root, c["kw"], c.get("extra"), c.get("env"))
+            res.update(r)
+            res["sessions"] = r["archived"]
+        else:
+            out = os.path.join(work, "floor.tar.zst")
+            subprocess.run(f"rm -rf -- {shlex.quote(out)}*", shell=True, check=True)
+            r = run_proc(c["cmd"](root, out))
+            res.update({k: r[k] for k in ("wall_s", "rc", "maxrss_tree_mb")})
+            res["sessions"] = n_sessions
+    finally:
+        if writer is not None:
+            res["writer_mbps"] = writer.stop()
     res["left"] = left_sessions(root, flat=c["kind"] == "flat")
     res["sessions_per_s"] = round(res["sessions"] / res["wall_s"], 1)
     ok = res["left"] == 0 and res.get("rc", 0) == 0 and not res.get("failed")
@@ -177,7 +262,7 @@ def section_contenders(n: int, reps: int, quick: bool) -> dict:
     tree, meta = corpus.pristine(n)
     flat, n_flat = corpus.flat_pristine(n)
     n_tree = corpus.session_count(meta)
-    cs = contenders(quick)
+    cs = [c for c in contenders(quick) if "env" not in c]  # those run in section "writer"
     runs = []
     for rep in range(1, reps + 1):
         log(f"contenders N={n} ({n_tree} finished sessions), repetition {rep}/{reps}")
@@ -211,15 +296,21 @@ def section_ab(specs: list[tuple[str, str, int, int]]) -> dict:
     byname = {c["name"]: c for c in contenders(False)}
     out = []
     for a_name, b_name, n, pairs in specs:
+        if a_name not in byname or b_name not in byname:
+            log(f"A/B {a_name} vs {b_name}: skipped (contender unavailable)")
+            continue
         tree, meta = corpus.pristine(n)
         k = corpus.session_count(meta)
+        flat, k_flat = corpus.flat_pristine(n)
         log(f"A/B N={n}: {a_name}  vs  {b_name}, {pairs} pairs")
         ratios, walls = [], {a_name: [], b_name: []}
         for i in range(pairs):
             order = (a_name, b_name) if i % 2 == 0 else (b_name, a_name)
             w = {}
             for name in order:
-                r = run_contender(byname[name], tree, k, i + 1)
+                c = byname[name]
+                src, kk = (flat, k_flat) if c["kind"] == "flat" else (tree, k)
+                r = run_contender(c, src, kk, i + 1)
                 if not r["ok"]:
                     raise RuntimeError(f"{name} did not do the job: {r}")
                 w[name] = r["wall_s"]
@@ -283,37 +374,72 @@ def section_restore(n: int, reps: int) -> dict:
     ``session-archive extract --execute`` vs the published ``extract``, each on its own
     copy of the archive dir; archives are kept (neither removes them)."""
     flat, n_flat = corpus.flat_pristine(n)
-    archives = os.path.join(WORK, "pristine", f"n{n}-s0-flat-archives")
+    archives = flat + "-archives"
     if not os.path.isfile(archives + ".json"):
         fresh_copy(flat, archives)
         r = run_proc(ours_compress_cmd(archives, "tar.gz"))
         assert r["rc"] == 0 and left_sessions(archives, flat=True) == 0, r
         with open(archives + ".json", "w") as f:
             json.dump({"archives": n_flat}, f)
-    cmds = {"ours extract": lambda d: f"session-archive extract {shlex.quote(d)} --execute --max-files 0 -q"}
+    ours = f"{shlex.quote(sys.executable)} -m archive_tool extract"
+    cmds = {"ours extract": lambda d: f"{ours} {shlex.quote(d)} --execute --max-files 0 -q"}
     # The default is one worker per core; one worker tells whether that is a win here.
-    cmds["ours extract -j1"] = lambda d: (f"session-archive extract {shlex.quote(d)} --execute"
+    cmds["ours extract -j1"] = lambda d: (f"{ours} {shlex.quote(d)} --execute"
                                           " --max-files 0 -q -j 1")
+    # Removing each archive once its restore is durable: one syncfs per batch (issue 15).
+    cmds["ours extract --remove-archive"] = lambda d: (
+        f"{ours} {shlex.quote(d)} --execute --max-files 0 -q --remove-archive")
+    cmds["ours extract --remove-archive + writer"] = cmds["ours extract --remove-archive"]
     if os.path.exists(PUBREF):
         cmds["published 0.3.1 extract"] = lambda d: (
             f"{PUBREF} -m scitex_session.archive extract {shlex.quote(d)} --no-dry-run"
             f" --max-files 0 --no-remove-archive")
+        cmds["published 0.3.1 extract + writer"] = cmds["published 0.3.1 extract"]
+    else:
+        log(f"{PUBREF} not found: the published scitex-session 0.3.1 is skipped")
     runs = []
+    names = list(cmds)
     for rep in range(1, reps + 1):
-        for name, cmd in cmds.items():
+        # Rotated order per repetition: drifting load from other processes hits all alike.
+        for name in names[rep - 1:] + names[:rep - 1]:
+            cmd = cmds[name]
             d = os.path.join(WORK, "run", "restore")
             fresh_copy(archives, d)
-            r = run_proc(cmd(d))
+            load = os.getloadavg()[0]
+            writer = Writer() if name.endswith("+ writer") else None
+            try:
+                r = run_proc(cmd(d))
+            finally:
+                mbps = writer.stop() if writer is not None else None
             restored = left_sessions(d, flat=True)
             r = {"name": name, "rep": rep, "wall_s": r["wall_s"], "rc": r["rc"],
                  "maxrss_tree_mb": r["maxrss_tree_mb"], "restored": restored,
-                 "ok": r["rc"] == 0 and restored == n_flat,
-                 "sessions_per_s": round(restored / r["wall_s"], 1)}
-            log(f"  restore {name:<28} rep {rep}: {r['wall_s']:7.2f} s  {r['sessions_per_s']:8.1f} archives/s")
+                 "ok": r["rc"] == 0 and restored == n_flat, "loadavg": load,
+                 "writer_mbps": mbps, "sessions_per_s": round(restored / r["wall_s"], 1)}
+            log(f"  restore {name:<40} rep {rep}: {r['wall_s']:7.2f} s  "
+                f"{r['sessions_per_s']:8.1f} archives/s{'' if r['ok'] else '  NOT OK'}")
             runs.append(r)
             rm_tree(d)
     return {"n_archives": n_flat, "format": "tar.gz", "reps": reps, "runs": runs,
             "commands": {k: v("ROOT") for k, v in cmds.items()}}
+
+
+def section_writer(n: int, reps: int) -> dict:
+    """Sweep tar.zst on CORES workers, each durability strategy with and without another
+    process writing WRITER_MBPS MB/s to the same filesystem; the four configurations run in
+    a rotated order per repetition. The drop is median(with writer) / median(without) - 1."""
+    tree, meta = corpus.pristine(n)
+    k = corpus.session_count(meta)
+    byname = {c["name"]: c for c in contenders(False)}
+    names = [f"ours tar.zst w{CORES} {d}" + w for d in ("syncfs", "fsync") for w in ("", " + writer")]
+    runs = []
+    for rep in range(1, reps + 1):
+        log(f"writer N={n}, repetition {rep}/{reps}")
+        for name in names[rep - 1:] + names[:rep - 1]:
+            r = run_contender(byname[name], tree, k, rep)
+            runs.append(r)
+    return {"n": n, "sessions": k, "reps": reps, "writer_target_mbps": WRITER_MBPS,
+            "runs": runs}
 
 
 def section_profile(n: int, top: int = 18) -> dict:
@@ -389,20 +515,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="scaling N list (1000,10000,100000; quick 500,1000,2000)")
     ap.add_argument("--batch-sizes", default="16,64,128,512")
     ap.add_argument("--sections", default="copy,contenders,ab,batch,scaling,restore,profile",
-                    help="comma list; discovery is measured inside scaling")
-    ap.add_argument("--out", default=None, help="JSON path (default results/sweep-<date>[-quick].json)")
+                    help="comma list; discovery is measured inside scaling; also: writer "
+                         "(durability strategies under a concurrent writer), ratios (issue "
+                         "15's paired ratios)")
+    ap.add_argument("--out", default=None, help="JSON path (default results/sweep-<date>[-quick].json;"
+                    " results/<corpus>-<date>.json for another corpus)")
+    ap.add_argument("--corpus", default="demo", choices=("demo", "real"),
+                    help="session shape (archive_tool.demo.SHAPES): demo ~7 KB a session, real "
+                         "~73 KB (logs, CSV, an incompressible 2-40 KB plot; issue 15)")
     a = ap.parse_args(argv)
+    corpus.use_shape(a.corpus)
+    if not HAVE_FD:
+        log(NO_FD_NOTE)
     n = a.n or (1000 if a.quick else 5000)
     reps = a.reps or (1 if a.quick else 3)
     sizes = [int(x) for x in (a.sizes or ("500,1000,2000" if a.quick else "1000,10000,100000")).split(",")]
     sections = set(a.sections.split(","))
     n = corpus.fit_to_disk(n)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = a.out or os.path.join(RESULTS, f"sweep-{stamp}{'-quick' if a.quick else ''}.json")
+    # render.py reads sweep-*.json into the generated tables (demo corpus only); the other
+    # corpus gets its own files, summarised by hand in RESULTS.md.
+    kind = "sweep" if a.corpus == "demo" else a.corpus
+    out = a.out or os.path.join(RESULTS, f"{kind}-{stamp}{'-quick' if a.quick else ''}.json")
     os.makedirs(RESULTS, exist_ok=True)
     res: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "quick": a.quick,
                  "argv": ["python", "benchmarks/bench_sweep.py", *(argv if argv is not None else sys.argv[1:])],
-                 "machine": machine(), "page_cache": "warm: cp -a copy then sync before each run; no drop_caches"}
+                 "machine": machine(), "corpus": a.corpus, "have_fd": HAVE_FD,
+                 "page_cache": "warm: cp -a copy then sync before each run; no drop_caches"}
 
     def save() -> None:
         res["machine"]["loadavg_end"] = os.getloadavg()
@@ -435,6 +574,20 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "restore" in sections:
         res["restore"] = section_restore(n, reps)
+        save()
+    if "writer" in sections:
+        res["writer"] = section_writer(n, reps)
+        save()
+    if "ratios" in sections:
+        # Issue 15's ratios, each an alternating pair so load drift hits both sides.
+        ref = f"ours tar.zst w{CORES}"
+        pairs = 2 if a.quick else reps + 1
+        res["ratios"] = section_ab([
+            (ref, "floor: two tar --remove-files | zstd streams", n, pairs),
+            (ref, f"xargs -P{CORES} tar|gzip -1", n, pairs),
+            (ref, "flat: ours compress tar.zst", n, pairs),
+            ("flat: ours compress tar.gz", "flat: published 0.3.1 compress tar.gz", n, pairs),
+        ])
         save()
     if "profile" in sections:
         res["profile"] = section_profile(min(n, 2000))

@@ -117,6 +117,18 @@ def _syncfs(fd: int) -> bool:
     return fs.syncfs(fd)
 
 
+# How a batch of archives is made durable: "syncfs" (one syncfs per filesystem) or
+# "fsync" (one fsync per archive). Internal knob for benchmarks/bench_sweep.py's writer
+# section, which measures both with another process dirtying the same filesystem.
+DURABILITY_ENV = "SESSION_ARCHIVE_DURABILITY"
+DEFAULT_DURABILITY = "syncfs"
+
+
+def durability() -> str:
+    v = os.environ.get(DURABILITY_ENV, DEFAULT_DURABILITY)
+    return v if v in ("syncfs", "fsync") else DEFAULT_DURABILITY
+
+
 def make_durable(tmps: list[TmpArchive]) -> None:
     """Flush the data of every tmp archive to stable storage.
 
@@ -125,8 +137,9 @@ def make_durable(tmps: list[TmpArchive]) -> None:
     — after a failed fsync Linux may have dropped the dirty pages — the batch fails whole.
     """
     try:
-        if len(tmps) == 1:
-            os.fsync(tmps[0].fd)
+        if len(tmps) == 1 or durability() == "fsync":
+            for t in tmps:
+                os.fsync(t.fd)
             return
         done: set[int] = set()
         for t in tmps:
