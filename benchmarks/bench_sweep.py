@@ -341,6 +341,10 @@ def discovery_times(root: str, repeat: int = 3) -> dict:
             f" -regex {shlex.quote('.*/' + body)} -print -prune > /dev/null")
     fd_own = f"{_fd_list(root)} > /dev/null"
     counts = {b: sum(1 for _ in Discovery(root, False, use_fd=b == "fd").paths()) for b in ("fd", "scandir")}
+    if not HAVE_FD:
+        return {"ours_scandir_s": _time_min(lambda: sum(1 for _ in Discovery(root, False, use_fd=False).paths()), repeat),
+                "find_s": _time_min(lambda: subprocess.run(find, shell=True, check=True), repeat),
+                "found": counts, "find_cmd": find, "note": NO_FD_NOTE}
     return {
         "fd_own_s": _time_min(lambda: subprocess.run(fd_own, shell=True, check=True), repeat),
         "ours_fd_s": _time_min(lambda: sum(1 for _ in Discovery(root, False, use_fd=True).paths()), repeat),
