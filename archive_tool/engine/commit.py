@@ -219,7 +219,10 @@ def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
         while stack:
             rel, fd = stack.pop()
             try:
-                for item in fs.scandir_sorted(fd):
+                # Unsorted: order does not matter for a lookup, and this runs per session.
+                with os.scandir(fd) as it:
+                    items = list(it)
+                for item in items:
                     r = f"{rel}/{item.name}" if rel else item.name
                     e = expected.get(r)
                     if e is None:

@@ -170,9 +170,11 @@ def _write_all(fd: int, data: bytes, final: str) -> None:
 
 def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
     parts: list[bytes] = []
-    write_tar(top_fd, src, top, entries, parts.append, chunk=max(CHUNK, content_bytes(entries) + 1))
+    write_tar(top_fd, src, top, entries, parts.append,
+              chunk=max(CHUNK, content_bytes(entries) + 1), crc=False)
+    length = sum(map(len, parts))
+    parts.append(tarfile.NUL * (-length % tarfile.RECORDSIZE))
     tar = b"".join(parts)
-    tar += tarfile.NUL * (-len(tar) % tarfile.RECORDSIZE)
     packed = compress_bytes(tar, fmt, level)
     _write_all(tmp.fd, packed, tmp.final)
     back = os.pread(tmp.fd, len(packed) + 1, 0)
