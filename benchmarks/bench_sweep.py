@@ -444,17 +444,151 @@ def section_writer(n: int, reps: int) -> dict:
             "runs": runs}
 
 
-def section_profile(n: int, top: int = 18) -> dict:
+def _many_files_session(root: str, files: int) -> None:
+    """One finished session of *files* small files (100 a dir) under *root*."""
+    sess = os.path.join(root, "proj", "x_out", "FINISHED_SUCCESS",
+                        "2026Y-01M-02D-03h04m05s_MANY-main")
+    payload = b"step,value\n" + b"0,0.5\n" * 12
+    for i in range(files):
+        d = os.path.join(sess, f"d{i // 100:04d}")
+        if i % 100 == 0:
+            os.makedirs(d)
+        with open(os.path.join(d, f"f{i:06d}.csv"), "wb") as f:
+            f.write(payload)
+    old = time.time() - 86400
+    for dirpath, _dirs, names in os.walk(sess, topdown=False):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (old, old))
+        os.utime(dirpath, (old, old))
+
+
+def section_manyfiles(sizes: list[int]) -> dict:
+    """Peak RSS of sweeping ONE session of N small files (tar.zst, 2 workers): a session
+    over IN_MEMORY_MAX_ENTRIES entries streams, so a worker's RSS should stay flat in N."""
+    points = []
+    for files in sizes:
+        root = os.path.join(WORK, "run", f"many-{files}")
+        rm_tree(root)
+        t0 = time.perf_counter()
+        _many_files_session(root, files)
+        subprocess.run(["sync"], check=True)
+        gen = time.perf_counter() - t0
+        r = run_ours(root, {"format": "tar.zst", "workers": CORES})
+        left = left_sessions(root)
+        points.append({"files": files, "generate_s": round(gen, 2), "wall_s": r["wall_s"],
+                       "archived": r["archived"], "left": left,
+                       "maxrss_sweeper_mb": r["maxrss_self_mb"],
+                       "maxrss_worker_mb": r["maxrss_child_mb"]})
+        log(f"  one session of {files} files: {r['wall_s']:.1f} s, worker peak RSS "
+            f"{r['maxrss_child_mb']} MB, sweeper {r['maxrss_self_mb']} MB")
+        rm_tree(root)
+    return {"points": points}
+
+
+def section_durability(reps: int, batch: int = 128, size: int = 24_000) -> dict:
+    """The one step the two durability strategies differ in, isolated: make a batch of
+    *batch* freshly written tmp archives of *size* bytes (a compressed real-shape session)
+    durable with commit.make_durable, "syncfs" vs "fsync", with and without the writer.
+    In this process (one worker's view), strategies and writer alternate per repetition."""
+    from archive_tool.engine import commit
+
+    d = os.path.join(WORK, "run", "durability")
+    rm_tree(d)
+    os.makedirs(d)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    runs = []
+    combos = [(st, w) for st in ("syncfs", "fsync") for w in (False, True)]
+    old = os.environ.get(DURABILITY_ENV)
+    try:
+        for rep in range(1, reps + 1):
+            for st, w in combos[rep % 4:] + combos[:rep % 4]:
+                subprocess.run(["sync"], check=True)
+                writer = Writer() if w else None
+                try:
+                    tmps = [commit.open_tmp(dfd, os.path.join(d, f"a{i}.tar.zst"))
+                            for i in range(batch)]
+                    for t in tmps:
+                        os.write(t.fd, os.urandom(size))
+                    os.environ[DURABILITY_ENV] = st
+                    t0 = time.perf_counter()
+                    commit.make_durable(tmps)
+                    dt_s = time.perf_counter() - t0
+                finally:
+                    mbps = writer.stop() if writer is not None else None
+                for t in tmps:
+                    t.close()
+                runs.append({"strategy": st, "writer": w, "rep": rep, "seconds": round(dt_s, 4),
+                             "writer_mbps": mbps, "loadavg": os.getloadavg()[0]})
+                log(f"  durability {st:<6} writer={'on ' if w else 'off'} rep {rep}: "
+                    f"{dt_s * 1000:8.1f} ms for {batch} archives")
+    finally:
+        os.close(dfd)
+        if old is None:
+            os.environ.pop(DURABILITY_ENV, None)
+        else:
+            os.environ[DURABILITY_ENV] = old
+        rm_tree(d)
+        rm_tree(os.path.join(WORK, "writer.dat"))
+    return {"batch": batch, "size": size, "reps": reps, "runs": runs}
+
+
+def section_profile(n: int, top: int = 18, where: str = WORK) -> dict:
     tree, meta = corpus.pristine(n)
-    root = os.path.join(WORK, "run", "tree")
+    root = os.path.join(where, "bench-profile-tree")
     fresh_copy(tree, root)
     prof = os.path.join(WORK, "sweep.prof")
     r = run_ours(root, {"format": "tar.zst", "workers": 1}, extra=["--profile", prof])
     rm_tree(root)
     out = profile_rows(prof, top)
-    out.update({"n": n, "sessions": r["archived"],
+    out.update({"n": n, "sessions": r["archived"], "where": where,
+                "cpu_s": r["cpu_self_s"], "wall_s": r["seconds"],
+                "stages_ms": stage_table(prof, r["archived"]),
                 "command": "python benchmarks/run_sweep.py --profile OUT.prof ROOT "
                            "'{\"format\": \"tar.zst\", \"workers\": 1}'"})
+    return out
+
+
+# Stages of one session's path, as (label, file, function): cumulative time of each, per
+# session. remove_source includes the re-check; "delete" is it minus the re-check.
+STAGES = [
+    ("discover + plan (parent)", "plan.py", "tasks"),
+    ("lock session (flock, archive-exists check)", "lock.py", "lock_session"),
+    ("scan (manifest: scandir + lstat)", "scan.py", "scan_fd"),
+    ("open tmp archive (O_TMPFILE)", "commit.py", "open_tmp"),
+    ("read files + tar headers", "tarwrite.py", "write_tar"),
+    ("compress (zstd)", "formats.py", "compress_bytes"),
+    ("write archive", "single.py", "_write_all"),
+    ("verify (read back + decompress + compare)", "single.py", "_write_in_memory"),
+    ("durable (syncfs / fsync, per batch)", "commit.py", "make_durable"),
+    ("link to final name", "commit.py", "publish"),
+    ("fsync archive dirs", "commit.py", "fsync_dirs"),
+    ("re-check source unchanged", "commit.py", "_unchanged"),
+    ("delete source (unlink + rmdir)", "commit.py", "remove_source"),
+    ("unlock", "single.py", "unlock"),
+    ("whole sweep", "sweep.py", "sweep"),
+]
+
+
+def stage_table(prof: str, sessions: int) -> list[dict]:
+    """Milliseconds per session of each stage in STAGES (cProfile cumulative times)."""
+    st = pstats.Stats(prof)
+    cum: dict[tuple[str, str], float] = {}
+    for (fn, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():
+        if "archive_tool" in fn:
+            key = (os.path.basename(fn), func)
+            cum[key] = cum.get(key, 0.0) + ct
+    rows = {label: cum.get((f, fn), 0.0) for label, f, fn in STAGES}
+    inner = ("write archive", "read files + tar headers", "compress (zstd)")
+    v = "verify (read back + decompress + compare)"
+    rows[v] -= sum(rows[k] for k in rows if k.startswith(inner))  # _write_in_memory minus parts
+    rows["delete source (unlink + rmdir)"] -= rows["re-check source unchanged"]
+    total = rows["whole sweep"]
+    out = [{"stage": k, "ms_per_session": round(1000 * t / max(1, sessions), 3),
+            "pct": round(100 * t / total, 1) if total else None} for k, t in rows.items()]
+    accounted = sum(t for k, t in rows.items() if k != "whole sweep")
+    out.insert(-1, {"stage": "other (pool loop, batching, accounting)",
+                    "ms_per_session": round(1000 * (total - accounted) / max(1, sessions), 3),
+                    "pct": round(100 * (total - accounted) / total, 1) if total else None})
     return out
 
 
@@ -519,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default="copy,contenders,ab,batch,scaling,restore,profile",
                     help="comma list; discovery is measured inside scaling; also: writer "
                          "(durability strategies under a concurrent writer), ratios (issue "
-                         "15's paired ratios)")
+                         "15's paired ratios), manyfiles (RSS of one 100k-file session), durability (the "
+                         "durable step alone, syncfs vs fsync, with/without the writer)")
     ap.add_argument("--out", default=None, help="JSON path (default results/sweep-<date>[-quick].json;"
                     " results/<corpus>-<date>.json for another corpus)")
     ap.add_argument("--corpus", default="demo", choices=("demo", "real"),
@@ -577,6 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     if "restore" in sections:
         res["restore"] = section_restore(n, reps)
         save()
+    if "manyfiles" in sections:
+        res["manyfiles"] = section_manyfiles([1000, 10000, 100000] if not a.quick else [1000, 10000])
+        save()
+    if "durability" in sections:
+        res["durability"] = section_durability(max(reps, 6) if not a.quick else 3)
+        save()
     if "writer" in sections:
         res["writer"] = section_writer(n, reps)
         save()
@@ -594,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in sections:
         res["profile"] = section_profile(min(n, 2000))
         save()
+        if os.path.isdir("/dev/shm"):
+            # The same on tmpfs: no disk, so what is left is the CPU work per session.
+            res["profile_tmpfs"] = section_profile(min(n, 2000), where="/dev/shm")
+            save()
     res["total_s"] = round(time.perf_counter() - t0, 1)
     save()
     log(f"wrote {out} ({res['total_s']} s)")
