@@ -83,10 +83,10 @@ def stages(sec: dict, label: str) -> list[str]:
 
 
 def many(sec: dict) -> list[str]:
-    out = ["| files in the session | generate s | sweep wall s | archived | worker peak RSS MB | "
-           "sweeper peak RSS MB |", "|---|---|---|---|---|---|"]
+    out = ["| files in the session | generate s | sweep wall s | archived | worker peak RSS MB |",
+           "|---|---|---|---|---|"]
     out += [f"| {p['files']:,} | {p['generate_s']} | {p['wall_s']} | {p['archived']} | "
-            f"{p['maxrss_worker_mb']} | {p['maxrss_sweeper_mb']} |" for p in sec["points"]]
+            f"{p['maxrss_worker_mb']} |" for p in sec["points"]]
     return out
 
 
