@@ -391,6 +391,10 @@ def section_restore(n: int, reps: int) -> dict:
     cmds["ours extract --remove-archive"] = lambda d: (
         f"{ours} {shlex.quote(d)} --execute --max-files 0 -q --remove-archive")
     cmds["ours extract --remove-archive + writer"] = cmds["ours extract --remove-archive"]
+    # The same with the other durability strategy (one syncfs per batch).
+    cmds["ours extract --remove-archive syncfs"] = lambda d: (
+        f"{DURABILITY_ENV}=syncfs " + cmds["ours extract --remove-archive"](d))
+    cmds["ours extract --remove-archive syncfs + writer"] = cmds["ours extract --remove-archive syncfs"]
     if os.path.exists(PUBREF):
         cmds["published 0.3.1 extract"] = lambda d: (
             f"{PUBREF} -m scitex_session.archive extract {shlex.quote(d)} --no-dry-run"
