@@ -1,6 +1,6 @@
 """Bulk restore with --remove-archive commits per batch like the sweep (issue 15): every
-archive of a batch is restored first, one group sync makes the trees durable (parallel
-fsyncs of every restored file and dir by default, or one syncfs), and only then are the
+archive of a batch is restored first, one group sync makes the trees durable (one syncfs
+by default, or parallel fsyncs of every restored file and dir), and only then are the
 archives unlinked. A failed sync keeps every archive of the batch."""
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def test_failed_sync_keeps_every_archive_of_the_batch(tmp_path, monkeypatch, str
     assert all(a.is_file() for a in archives)
 
 
-def test_default_restore_fsyncs_every_restored_file_before_unlinking_any_archive(
+def test_fsync_restore_fsyncs_every_restored_file_before_unlinking_any_archive(
         tmp_path, monkeypatch):
-    monkeypatch.delenv(commit.DURABILITY_ENV, raising=False)
+    monkeypatch.setenv(commit.DURABILITY_ENV, "fsync")
     archives, before = _archives(tmp_path / "flat")
     files = sum(1 for snap in before.values() for v in snap.values() if v[0] == "f")
     seen: list[int] = []  # archives still there at each fsync of a restored file
@@ -172,7 +172,7 @@ def test_single_restore_with_failed_sync_keeps_its_archive(tmp_path, monkeypatch
 
 
 def test_fsync_of_a_wide_tree_goes_in_chunks_and_misses_nothing(tmp_path, monkeypatch):
-    monkeypatch.delenv(commit.DURABILITY_ENV, raising=False)
+    monkeypatch.setenv(commit.DURABILITY_ENV, "fsync")
     src = make_session(tmp_path, IDS[0], extra=False)
     for i in range(300):
         (src / "logs" / f"part{i:03d}.log").write_text(f"line {i}\n")
@@ -190,3 +190,11 @@ def test_fsync_of_a_wide_tree_goes_in_chunks_and_misses_nothing(tmp_path, monkey
     assert snapshot(out) == before and not archive.exists()
     inodes = {p.lstat().st_ino for p in [out, *out.rglob("*")] if not p.is_symlink()}
     assert inodes <= set(synced)  # every restored file and dir, the tree's top included
+
+
+def test_restore_defaults_to_one_syncfs_per_batch(tmp_path, monkeypatch):
+    monkeypatch.delenv(commit.DURABILITY_ENV, raising=False)
+    archives, _ = _archives(tmp_path / "flat")
+    calls = _count_syncfs(monkeypatch, archives, [tmp_path / "flat" / sid for sid in IDS])
+    s = restore_many(tmp_path / "flat", remove_archive=True, dry_run=False, workers=1)
+    assert s["restored"] == len(IDS) and len(calls) == 1

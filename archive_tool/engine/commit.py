@@ -123,13 +123,16 @@ def _syncfs(fd: int) -> bool:
 # filesystem, so with a writer beside the sweep (100 MB/s) it cost ~5x more a batch, while
 # parallel fsyncs (which ext4/xfs fold into shared journal commits) barely noticed it.
 # The environment variable is an internal knob for the benchmarks.
+# Restores keep one syncfs per batch: fsyncing every restored file (9 opens + fsyncs a
+# session) measured ~8 % slower, with or without the writer (RESULTS.md, issue 15).
 DURABILITY_ENV = "SESSION_ARCHIVE_DURABILITY"
 DEFAULT_DURABILITY = "fsync"
+RESTORE_DURABILITY = "syncfs"
 
 
-def durability() -> str:
-    v = os.environ.get(DURABILITY_ENV, DEFAULT_DURABILITY)
-    return v if v in ("syncfs", "fsync") else DEFAULT_DURABILITY
+def durability(default: str = DEFAULT_DURABILITY) -> str:
+    v = os.environ.get(DURABILITY_ENV, default)
+    return v if v in ("syncfs", "fsync") else default
 
 
 def _parallel_fsync(fds: list[int]) -> None:
@@ -334,13 +337,13 @@ def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]]) -> None:
 
 
 def make_trees_durable(trees: list[tuple[int, int, str]]) -> None:
-    """Group commit of restored trees, given as (tree fd, parent dir fd, path): every file
-    and dir of the trees fsynced in parallel (default), or one syncfs per filesystem
-    (os.sync where there is no syncfs); then one fsync per distinct parent dir.
+    """Group commit of restored trees, given as (tree fd, parent dir fd, path): one syncfs
+    per filesystem (default; os.sync where there is no syncfs), or every file and dir of
+    the trees fsynced in parallel; then one fsync per distinct parent dir.
     DurabilityError if any step fails: nothing may be deleted on the strength of it."""
     devs: set[int] = set()
     parents: dict[tuple[int, int], tuple[int, str]] = {}
-    by_fsync = durability() == "fsync"
+    by_fsync = durability(RESTORE_DURABILITY) == "fsync"
     try:
         for tree_fd, parent_fd, where in trees:
             if by_fsync:
