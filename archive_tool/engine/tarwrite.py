@@ -16,6 +16,7 @@ import pwd
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterator
 
 from archive_tool import fs
 from archive_tool.engine.scan import DIR, FILE, LINK, Entry, scan_fd
@@ -200,10 +201,16 @@ def expected_members(
     top: str, entries: list[Entry], crcs: list[int]
 ) -> list[tuple[str, str, int, str, int]]:
     """(name, kind, size, linkname, crc32) per member, as ``read.check_members`` wants."""
-    return [
-        (f"{top}/{e.rel}" if e.rel else top, e.kind, e.size, e.linkname, crc)
-        for e, crc in zip(entries, crcs, strict=True)
-    ]
+    return list(iter_expected_members(top, entries, crcs))
+
+
+def iter_expected_members(
+    top: str, entries: list[Entry], crcs: list[int]
+) -> Iterator[tuple[str, str, int, str, int]]:
+    """:func:`expected_members` one at a time (no list of them beside the verify's own
+    dict: ~10 MB for a session of 100k files)."""
+    for e, crc in zip(entries, crcs, strict=True):
+        yield (f"{top}/{e.rel}" if e.rel else top, e.kind, e.size, e.linkname, crc)
 
 
 def source_members(top_fd: int, src: str) -> tuple[list[Entry], list[tuple[str, str, int, str, int]]]:
