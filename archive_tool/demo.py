@@ -34,10 +34,38 @@ def _write(path: str, data: bytes, mtime: float) -> None:
     os.utime(path, (mtime, mtime))
 
 
-def make_session(path: str, rng: random.Random, mtime: float, blob_bytes: int = 2048) -> int:
+# The "real" shape: what users' sessions looked like in a held-out corpus (issue 15):
+# 9 inodes and ~73 KB a session, mostly logs and a CSV, plus an incompressible 2-40 KB
+# plot. The demo shape (the default) is smaller: ~7 KB a session.
+SHAPES = ("demo", "real")
+
+
+def _real_files(path: str, rng: random.Random) -> dict[str, bytes]:
+    n = rng.randint(450, 1150)  # ~48 bytes a line: 21-55 KB of stdout
+    lines = "".join(f"epoch {i}: loss={rng.random():.6f} acc={rng.random():.4f}\n" for i in range(n))
+    rows = rng.randint(1000, 2200)  # ~11 bytes a row: 11-24 KB of CSV
+    png = b"\x89PNG\r\n\x1a\n" + rng.randbytes(rng.randint(2048, 40960) - 8)
+    return {
+        "logs/stdout.log": lines.encode(),
+        "logs/stderr.log": b"" if rng.random() < 0.7 else b"UserWarning: something minor\n" * 20,
+        "CONFIGS/CONFIG.yaml": (
+            f"ID: {os.path.basename(path)}\nSEED: {rng.randint(0, 1000)}\n"
+            f"LR: {rng.random():.5f}\nSDIR_RUN: {path}\n"
+        ).encode(),
+        "CONFIGS/CONFIG.pkl": bytes(rng.getrandbits(8) for _ in range(96)),
+        "results.csv": ("step,value\n" + "".join(f"{i},{rng.random():.6f}\n"
+                                                 for i in range(rows))).encode(),
+        "plot.png": png,
+    }
+
+
+def make_session(path: str, rng: random.Random, mtime: float, blob_bytes: int = 2048,
+                 shape: str = "demo") -> int:
     """One session dir like the decorator leaves it. Returns content bytes written."""
     os.makedirs(os.path.join(path, "logs"))
     os.makedirs(os.path.join(path, "CONFIGS"))
+    if shape == "real":
+        return _write_all(path, _real_files(path, rng), mtime)
     n = rng.randint(5, 40)
     lines = "".join(f"epoch {i}: loss={rng.random():.6f} acc={rng.random():.4f}\n" for i in range(n))
     files = {
@@ -51,6 +79,10 @@ def make_session(path: str, rng: random.Random, mtime: float, blob_bytes: int = 
         "results.csv": ("step,value\n" + "".join(f"{i},{rng.random():.6f}\n" for i in range(n))).encode(),
         "blob.bin": rng.randbytes(blob_bytes),
     }
+    return _write_all(path, files, mtime)
+
+
+def _write_all(path: str, files: dict[str, bytes], mtime: float) -> int:
     total = 0
     for rel, data in files.items():
         _write(os.path.join(path, rel), data, mtime)
@@ -71,9 +103,12 @@ def make_tree(
     max_age_days: float = 120.0,
     blob_bytes: int = 2048,
     clutter: bool = True,
+    shape: str = "demo",
 ) -> dict[str, int]:
     """Create *sessions* session dirs under *root* (which may exist). Returns counts by
-    state and ``bytes``."""
+    state and ``bytes``. *shape*: "demo" (small sessions) or "real" (see SHAPES)."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     rng = random.Random(seed)
     projects = projects or max(1, min(50, sessions // 200))
     now = time.time()
@@ -95,7 +130,7 @@ def make_tree(
                 used.add(name)
                 break
         path = os.path.join(root, proj, f"{script}_out", state, name)
-        counts["bytes"] += make_session(path, rng, mtime, blob_bytes)
+        counts["bytes"] += make_session(path, rng, mtime, blob_bytes, shape)
         counts[state] += 1
     if clutter:
         for p in range(projects):

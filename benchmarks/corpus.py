@@ -35,6 +35,18 @@ WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work"))
 # Measured: a 2,000-session tree takes 66 MB (du) and 9.1 inodes/session (+ clutter).
 BYTES_PER_SESSION = 34 * 1024
 INODES_PER_SESSION = 9.2
+# The "real" shape (archive_tool.demo.SHAPES; issue 15's held-out corpus): 9 inodes and
+# ~73 KB of content a session (logs, CSV, an incompressible 2-40 KB plot); ~90 KB in du.
+BYTES_PER_SESSION_BY_SHAPE = {"demo": BYTES_PER_SESSION, "real": 92 * 1024}
+
+# Which corpus shape pristine()/flat_pristine() build when none is named: set once by the
+# driver (bench_sweep.py --corpus), so every section measures the same corpus.
+SHAPE = "demo"
+
+
+def use_shape(shape: str) -> None:
+    global SHAPE
+    SHAPE = shape
 
 
 def log(msg: str) -> None:
@@ -48,43 +60,47 @@ def fit_to_disk(n: int, copies: int = 3, path: str = WORK) -> int:
     st = os.statvfs(path)
     free_b = st.f_bavail * st.f_frsize * 0.9
     free_i = (st.f_favail if st.f_files else 1 << 62) * 0.9
-    fit = int(min(free_b / (BYTES_PER_SESSION * copies), free_i / (INODES_PER_SESSION * copies)))
+    per = BYTES_PER_SESSION_BY_SHAPE[SHAPE]
+    fit = int(min(free_b / (per * copies), free_i / (INODES_PER_SESSION * copies)))
     if fit < n:
-        log(f"N={n} needs ~{n * BYTES_PER_SESSION * copies / 1e9:.1f} GB and "
+        log(f"N={n} needs ~{n * per * copies / 1e9:.1f} GB and "
             f"~{int(n * INODES_PER_SESSION * copies)} inodes on {path}: scaled down to N={fit}")
         return max(fit, 0)
     return n
 
 
-def _tag(n: int, seed: int) -> str:
-    return f"n{n}-s{seed}"
+def _tag(n: int, seed: int, shape: str | None = None) -> str:
+    shape = shape or SHAPE
+    return f"n{n}-s{seed}" + ("" if shape == "demo" else f"-{shape}")
 
 
-def pristine(n: int, seed: int = 0) -> tuple[str, dict]:
-    """Path of the cached pristine tree for (n, seed), generating it when missing.
+def pristine(n: int, seed: int = 0, shape: str | None = None) -> tuple[str, dict]:
+    """Path of the cached pristine tree for (n, seed, shape), generating it when missing.
     Returns (path, meta) with the generator's counts and how long generation took."""
+    shape = shape or SHAPE
     base = os.path.join(WORK, "pristine")
-    tree = os.path.join(base, _tag(n, seed))
+    tree = os.path.join(base, _tag(n, seed, shape))
     meta_p = tree + ".json"
     if os.path.isfile(meta_p) and os.path.isdir(tree):
         with open(meta_p) as f:
             return tree, json.load(f)
     shutil.rmtree(tree, ignore_errors=True)
     os.makedirs(base, exist_ok=True)
-    log(f"generating pristine corpus N={n} seed={seed} in {tree}")
+    log(f"generating pristine corpus N={n} seed={seed} shape={shape} in {tree}")
     t0 = time.perf_counter()
-    counts = make_tree(tree, n, seed=seed)
-    meta = {"n": n, "seed": seed, "counts": counts, "generate_s": round(time.perf_counter() - t0, 3)}
+    counts = make_tree(tree, n, seed=seed, shape=shape)
+    meta = {"n": n, "seed": seed, "shape": shape, "counts": counts,
+            "generate_s": round(time.perf_counter() - t0, 3)}
     with open(meta_p, "w") as f:
         json.dump(meta, f)
     return tree, meta
 
 
-def flat_pristine(n: int, seed: int = 0) -> tuple[str, int]:
-    """A pristine flat corpus: the finished sessions of ``pristine(n, seed)`` side by side
-    in one dir, named ``<ID>``. Returns (path, number of sessions)."""
-    tree, _ = pristine(n, seed)
-    flat = os.path.join(WORK, "pristine", _tag(n, seed) + "-flat")
+def flat_pristine(n: int, seed: int = 0, shape: str | None = None) -> tuple[str, int]:
+    """A pristine flat corpus: the finished sessions of ``pristine(n, seed, shape)`` side
+    by side in one dir, named ``<ID>``. Returns (path, number of sessions)."""
+    tree, _ = pristine(n, seed, shape)
+    flat = os.path.join(WORK, "pristine", _tag(n, seed, shape) + "-flat")
     done = flat + ".json"
     if os.path.isfile(done) and os.path.isdir(flat):
         with open(done) as f:

@@ -620,6 +620,22 @@ int fsync(int fd) {
 """
 
 
+SKIP_UNLINKED_FILE_FSYNC_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <sys/stat.h>
+/* A planted durability bug below Python: fsync of a regular file with no name yet (an
+   O_TMPFILE archive before its link) does nothing. */
+int fsync(int fd) {
+    static int (*real)(int);
+    struct stat st;
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 0) return 0;
+    return real(fd);
+}
+"""
+
+
 def build_shim(source: str, out_dir: str | Path, name: str) -> str:
     c = Path(out_dir) / f"{name}.c"
     so = Path(out_dir) / f"{name}.so"

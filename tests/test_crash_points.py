@@ -41,7 +41,8 @@ _FALLBACK = (
 
 
 def sweep_run(tmp_path: Path, *args: str, sessions: int = 8, inject=(), preload=None,
-              command: str = "sweep", flat: bool = False, fallback: bool = False, seed=None):
+              command: str = "sweep", flat: bool = False, fallback: bool = False, seed=None,
+              durability: str | None = None):
     root = tmp_path / "root"
     make_tree(str(root), sessions, clutter=False, seed=sessions if seed is None else seed)
     target = root
@@ -50,8 +51,11 @@ def sweep_run(tmp_path: Path, *args: str, sessions: int = 8, inject=(), preload=
     before = snapshot_sessions(root)
     argv = ([sys.executable, "-c", _FALLBACK, str(target), "--execute", "-q", *args] if fallback
             else cp.cli(command, str(target), "--execute", "-q", *args))
+    env = None
+    if durability is not None:  # the batch's sync strategy (engine/commit.py)
+        env = {**os.environ, "SESSION_ARCHIVE_DURABILITY": durability}
     run = cp.traced(argv, root, cwd=tmp_path, trace_file=tmp_path / "trace", inject=inject,
-                    preload=preload)
+                    preload=preload, env=env)
     assert run.proc.returncode == 0, run.proc.stderr.decode()
     verdict = cp.check(run.model, cp.session_units(root, before), is_archive)
     return run, verdict, root, before
@@ -216,6 +220,24 @@ def test_extract_remove_archive_keeps_every_run_at_every_crash_point(tmp_path, w
 # ---------------------------------------------------------------- planted durability bugs
 
 
+def test_checker_catches_archive_data_left_out_of_the_batchs_parallel_fsyncs(tmp_path):
+    """The default strategy fsyncs each archive of a batch (in threads). A shim makes those
+    fsyncs of unnamed archive files no-ops below Python: sources are deleted with their
+    archives' data only in the page cache — every session flagged, none by a SIGKILL test."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc missing: cannot build the LD_PRELOAD shim")
+    clean, verdict, _, _ = sweep_run(tmp_path / "a", "-j", "1", "--batch-size", "2",
+                                     durability="fsync")
+    assert verdict.ok, verdict
+    assert not any(c.name == "syncfs" for c in clean.model.calls)  # the fsync strategy ran
+    shim = cp.build_shim(cp.SKIP_UNLINKED_FILE_FSYNC_C, tmp_path, "skip_tmpfile_fsync")
+    run, verdict, root, before = sweep_run(tmp_path / "b", "-j", "1", "--batch-size", "2",
+                                           durability="fsync", preload=shim)
+    assert recoverable(root, before).ok
+    assert len(verdict.violations) == finished(before), verdict
+    assert all("data of" in v for v in verdict.violations), verdict.violations
+
+
 @pytest.fixture(scope="module")
 def skip_dir_fsync(tmp_path_factory) -> str:
     if shutil.which("gcc") is None:
@@ -243,12 +265,14 @@ def test_checker_catches_the_last_batch_left_out_of_the_sync(tmp_path):
     """The batch's syncfs skipped for the last batch only (strace makes that one syncfs a
     no-op returning 0): its archives are linked and their sources deleted with their data
     still only in the page cache."""
-    clean, verdict, _, before = sweep_run(tmp_path / "a", "-j", "1", "--batch-size", "2")
+    clean, verdict, _, before = sweep_run(tmp_path / "a", "-j", "1", "--batch-size", "2",
+                                          durability="syncfs")
     assert verdict.ok, verdict
     n = sum(1 for c in clean.model.calls if c.name == "syncfs" and c.ok)
     assert n >= 2
     run, verdict, root, before = sweep_run(tmp_path / "b", "-j", "1", "--batch-size", "2",
-                                           inject=[f"syncfs:retval=0:when={n}"])
+                                           inject=[f"syncfs:retval=0:when={n}"],
+                                           durability="syncfs")
     assert any("(INJECTED)" in c.ret for c in run.model.calls)
     assert recoverable(root, before).ok
     assert len(verdict.violations) == 2, verdict  # exactly the last batch's two sessions

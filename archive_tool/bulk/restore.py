@@ -2,9 +2,10 @@
 archive in a FINISHED_* dir) and ``extract ROOT --undo RUN`` (exactly the archives one
 ``sweep --execute`` wrote, from its manifest, see runlog.py).
 
-Each archive is restored by ``restore_one`` on the sweep's process pool: into a temp dir
-beside the destination, renamed into place, never over an existing dir; with
-``remove_archive`` the restored tree is made durable before the archive is unlinked. Both
+Each archive is restored as ``restore_one`` does, on the sweep's process pool: into a temp
+dir beside the destination, renamed into place, never over an existing dir; with
+``remove_archive`` a batch's restored trees are made durable together (one syncfs) before
+any of its archives is unlinked. Both
 hold the root's lock, so a sweep cannot archive a session while it is being put back.
 """
 
@@ -21,7 +22,12 @@ from typing import Any
 from archive_tool import fs
 from archive_tool.bulk.executors import default_workers, run_batches
 from archive_tool.bulk.plan import check_root
-from archive_tool.engine.restore import remove_dead_temps, restore_one
+from archive_tool.engine.restore import (
+    Pending,
+    remove_archives,
+    remove_dead_temps,
+    restore_pending,
+)
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.names import (
@@ -308,19 +314,46 @@ def restore_many(
 
 def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
                   root: str | None = None) -> list[Result]:
-    """Restore (archive, dest) pairs; with *root*, both are reached below it by dir fds."""
-    out = []
-    for archive, dest in jobs:
-        try:
-            stats: dict[str, int] = {}
-            restore_one(archive, dest, remove_archive=remove_archive, stats=stats, follow=False,
-                        clean=False,
-                        root=root)
-            out.append(Result(archive, RESTORED, "", 0, stats.get("bytes", 0)))
-        except FileExistsError:
-            out.append(Result(archive, SKIPPED, "destination exists"))
-        except ArchiveError as e:
-            out.append(Result(archive, FAILED, e.reason))
-        except Exception as e:  # noqa: BLE001 - plain data back, never raise
-            out.append(Result(archive, FAILED, f"{type(e).__name__}: {e}"))
-    return out
+    """Restore (archive, dest) pairs; with *root*, both are reached below it by dir fds.
+
+    With *remove_archive* the batch commits as a group, like a sweep batch: every archive
+    is extracted and renamed into place first, then one sync makes all the restored trees
+    durable, and only then are the archives unlinked (their dirs fsynced once each). A
+    failed sync keeps every archive of the batch."""
+    out: list[Result | None] = []
+    pending: list[tuple[int, Pending]] = []
+    try:
+        for archive, dest in jobs:
+            try:
+                p = restore_pending(archive, dest, follow=False, root=root,
+                                    finish_existing=remove_archive, clean=False)
+            except FileExistsError:
+                out.append(Result(archive, SKIPPED, "destination exists"))
+                continue
+            except Exception as e:  # noqa: BLE001 - plain data back, never raise
+                out.append(_failed(archive, e))
+                continue
+            if remove_archive:
+                pending.append((len(out), p))
+                out.append(None)
+            else:
+                p.close()
+                out.append(Result(archive, RESTORED, "", 0, p.total))
+        if pending:
+            try:
+                errs: list[Exception | None] = remove_archives([p for _, p in pending])
+            except Exception as e:  # noqa: BLE001
+                errs = [e] * len(pending)
+            for (i, p), err in zip(pending, errs, strict=True):
+                out[i] = (Result(p.archive, RESTORED, "", 0, p.total) if err is None
+                          else _failed(p.archive, err))
+    finally:
+        for _, p in pending:
+            p.close()
+    return [r for r in out if r is not None]
+
+
+def _failed(archive: str, e: BaseException) -> Result:
+    if isinstance(e, ArchiveError):
+        return Result(archive, FAILED, e.reason)
+    return Result(archive, FAILED, f"{type(e).__name__}: {e}")

@@ -2,8 +2,9 @@
 accounting. The worker side (:func:`process_batch`) returns plain tuples and never raises.
 
 Per batch, in the worker: write and verify every archive into unnamed tmp files, make all
-of them durable with one syncfs, link them to their final names, fsync the directories
-once, and only then delete the batch's sources (each re-checked for changes first).
+of them durable together (parallel fsyncs, or one syncfs: commit.DURABILITY_ENV), link
+them to their final names, fsync the directories once, and only then delete the batch's
+sources (each re-checked for changes first).
 """
 
 from __future__ import annotations

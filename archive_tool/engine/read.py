@@ -12,7 +12,7 @@ import re
 import sys
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -125,7 +125,7 @@ def _crc(f: IO[bytes]) -> int:
 
 
 def check_members(
-    f: IO[bytes], fmt: str, expected: list[tuple[str, str, int, str, int]], where: str
+    f: IO[bytes], fmt: str, expected: Iterable[tuple[str, str, int, str, int]], where: str
 ) -> None:
     """Verify the archive in *f* holds exactly *expected* (name, kind, size, linkname,
     crc32), in any order (GNU tar orders members differently). Raises VerifyFailed naming

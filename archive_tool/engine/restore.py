@@ -17,6 +17,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from archive_tool import fs
@@ -74,6 +75,56 @@ def restore_one(
     Modes are restored as GNU tar does for the user running it (archived bits less the
     umask); setuid/setgid/sticky only with *keep_special*, which only root may ask for.
     """
+    r = restore_pending(archive_path, dest_dir, max_bytes=max_bytes, follow=follow, root=root,
+                        keep_special=keep_special, finish_existing=remove_archive,
+                        clean=clean)
+    try:
+        if remove_archive:
+            err = remove_archives([r])[0]
+            if err is not None:
+                raise err
+    finally:
+        r.close()
+    if stats is not None:
+        stats["bytes"] = r.total
+    return Path(r.dest)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A restore renamed into place whose archive still exists; owns its fds."""
+    archive: str
+    dest: str
+    total: int  # content bytes restored
+    tree_fd: int
+    parent_fd: int  # the destination's directory
+    adir_fd: int  # the archive's directory
+    aname: str
+    ast: os.stat_result  # the archive as opened: it is unlinked only if still this file
+
+    def close(self) -> None:
+        for fd in (self.tree_fd, self.parent_fd, self.adir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.tree_fd = self.parent_fd = self.adir_fd = -1
+
+
+def restore_pending(
+    archive_path: str | os.PathLike[str],
+    dest_dir: str | os.PathLike[str] | None = None,
+    *,
+    max_bytes: int | None = None,
+    follow: bool = True,
+    root: str | None = None,
+    keep_special: bool = False,
+    finish_existing: bool = False,
+    clean: bool = True,
+) -> Pending:
+    """Restore as :func:`restore_one` does, up to (not including) durability and the
+    archive's removal, so a batch can make many restores durable with one sync. With
+    *finish_existing*, a destination that holds exactly the archive's members (a restore
+    with --remove-archive cut short between its rename and the unlink) is taken as done.
+    With *clean*, temp dirs of killed restores of this destination are removed first."""
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     archive = os.path.abspath(os.fspath(archive_path))
@@ -105,27 +156,59 @@ def restore_one(
                     total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast,
                                                  max_bytes, keep_special)
                 except FileExistsError:
-                    if not remove_archive:
+                    if not finish_existing:
                         raise
-                    # A restore with --remove-archive cut short between its rename and the
-                    # unlink: the tree is there. Finish only if it holds exactly the archive.
                     total, tree_fd = _already_restored(archive, afd, parent_fd, dname, dest)
                 try:
-                    if remove_archive:
-                        commit.make_tree_durable(tree_fd, parent_fd, dest)
-                        if not fs.same_file(fs.lstat_at(adir_fd, aname), ast):
-                            raise ArchiveError(archive, "restored, but the archive was replaced "
-                                                        "meanwhile; not removed")
-                        fs.unlink_at(adir_fd, aname, missing_ok=False)
-                        commit.fsync_dir(adir_fd, os.path.dirname(archive))
-                finally:
+                    pfd = os.dup(parent_fd)
+                    try:
+                        return Pending(archive, dest, total, tree_fd, pfd, os.dup(adir_fd),
+                                       aname, ast)
+                    except BaseException:
+                        os.close(pfd)
+                        raise
+                except BaseException:
                     os.close(tree_fd)
+                    raise
         finally:
             if afd >= 0:
                 os.close(afd)
-    if stats is not None:
-        stats["bytes"] = total
-    return Path(dest)
+
+
+def remove_archives(done: list[Pending]) -> list[Exception | None]:
+    """Group commit of restores: make every restored tree durable (one syncfs per
+    filesystem, one fsync per destination dir), and only then unlink each archive that is
+    still the file we read, then fsync each archive dir once. Returns one error (or None)
+    per item (ArchiveError, or the OSError of a failed unlink). If the sync fails, no
+    archive is touched: every item gets the error."""
+    if not done:
+        return []
+    try:
+        commit.make_trees_durable([(p.tree_fd, p.parent_fd, p.dest) for p in done])
+    except ArchiveError as e:
+        return [e] * len(done)
+    errs: list[Exception | None] = [None] * len(done)
+    dirs: dict[tuple[int, int], list[int]] = {}
+    for i, p in enumerate(done):
+        try:
+            if not fs.same_file(fs.lstat_at(p.adir_fd, p.aname), p.ast):
+                errs[i] = ArchiveError(p.archive, "restored, but the archive was replaced "
+                                                  "meanwhile; not removed")
+                continue
+            fs.unlink_at(p.adir_fd, p.aname, missing_ok=False)
+            st = os.fstat(p.adir_fd)
+        except OSError as e:
+            errs[i] = e  # the archive is kept (or its unlink may not be durable)
+            continue
+        dirs.setdefault((st.st_dev, st.st_ino), []).append(i)
+    for members in dirs.values():
+        first = done[members[0]]
+        try:
+            commit.fsync_dir(first.adir_fd, os.path.dirname(first.archive))
+        except ArchiveError as e:
+            for i in members:
+                errs[i] = e
+    return errs
 
 
 def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: str

@@ -103,15 +103,16 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
         raise SourceUnreadable(here, e.strerror or str(e)) from None
     for item in items:
         r = f"{rel}/{item.name}" if rel else item.name
-        path = os.path.join(where, r)
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as e:
-            raise SourceUnreadable(path, e.strerror or str(e)) from None
+            raise SourceUnreadable(os.path.join(where, r), e.strerror or str(e)) from None
         mode = st.st_mode
         if stat.S_ISREG(mode):
             out.append(_entry(r, st, FILE))
-        elif stat.S_ISDIR(mode):
+            continue
+        path = os.path.join(where, r)  # for messages; not built for the many plain files
+        if stat.S_ISDIR(mode):
             out.append(_entry(r, st, DIR))
             try:
                 sub = fs.open_dir(item.name, dir_fd, expect=st)

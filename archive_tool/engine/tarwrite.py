@@ -16,6 +16,7 @@ import pwd
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterator
 
 from archive_tool import fs
 from archive_tool.engine.scan import DIR, FILE, LINK, Entry, scan_fd
@@ -107,9 +108,11 @@ def tar_header(e: Entry, top: str) -> bytes:
     return buf[:148] + b"%06o\0 " % chksum + buf[156:]
 
 
-def _copy_file(dir_fd: int, name: str, path: str, e: Entry, write, chunk: int) -> int:
-    """Write exactly e.size bytes of *name* in *dir_fd* through *write*; return their CRC32.
-    *path* names it in errors.
+def _copy_file(dir_fd: int, name: str, src: str, e: Entry, write, chunk: int,
+               want_crc: bool = True) -> int:
+    """Write exactly e.size bytes of *name* in *dir_fd* through *write*; return their CRC32
+    (0 without *want_crc*). ``src/e.rel`` names it in errors (joined only then: this runs
+    for every file of every session).
 
     tarfile copies st_size bytes and silently truncates a file that grows (gh-89062);
     we detect growth, shrinkage and any rewrite (size/mtime/ctime/inode of the fd after
@@ -121,6 +124,7 @@ def _copy_file(dir_fd: int, name: str, path: str, e: Entry, write, chunk: int) -
     try:
         fd = os.open(name, fs.O_FILE | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as err:
+        path = os.path.join(src, e.rel)
         if isinstance(err, PermissionError):
             raise SourceUnreadable(path, "permission denied") from None
         if isinstance(err, FileNotFoundError):
@@ -140,50 +144,52 @@ def _copy_file(dir_fd: int, name: str, path: str, e: Entry, write, chunk: int) -
             data = os.read(fd, want)
             n = len(data)
             if n > e.size - got:
-                raise SourceChanged(path, "grew while being archived")
+                raise SourceChanged(os.path.join(src, e.rel), "grew while being archived")
             if n:
-                crc = zlib.crc32(data, crc)
+                if want_crc:
+                    crc = zlib.crc32(data, crc)
                 write(data)
                 got += n
             if n < want:
                 break
         if got != e.size:
-            raise SourceChanged(path, "shrank while being archived")
+            raise SourceChanged(os.path.join(src, e.rel), "shrank while being archived")
         after = os.fstat(fd)
         if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
             e.ino, e.size, e.mtime_ns, e.ctime_ns
         ):
-            raise SourceChanged(path, "changed while being archived")
+            raise SourceChanged(os.path.join(src, e.rel), "changed while being archived")
         return crc
     except OSError as err:
-        raise SourceUnreadable(path, err.strerror or str(err)) from None
+        raise SourceUnreadable(os.path.join(src, e.rel), err.strerror or str(err)) from None
     finally:
         os.close(fd)
 
 
 def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
-              chunk: int = CHUNK) -> list[int]:
+              chunk: int = CHUNK, *, crc: bool = True) -> list[int]:
     """Emit the tar stream of *entries* (read below the open session dir *top_fd*; *src*
     is its path, for messages) through *write*; return per-entry CRC32 (0 for non-files),
-    which the streaming verify checks the read-back against."""
+    which the streaming verify checks the read-back against. ``crc=False`` (the in-memory
+    path, which verifies by comparing whole bytes) skips computing them."""
     crcs = []
     dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR})
     try:
         for e in entries:
             write(tar_header(e, top))
-            crc = 0
+            c = 0
             if e.kind == FILE:
-                path = os.path.join(src, e.rel)
                 try:
                     dir_fd, name = dirs.dir_for(e.rel)
                 except OSError as err:
-                    raise SourceChanged(path, f"a directory changed while being archived: "
-                                              f"{err.strerror or err}") from None
-                crc = _copy_file(dir_fd, name, path, e, write, chunk)
+                    raise SourceChanged(os.path.join(src, e.rel),
+                                        f"a directory changed while being archived: "
+                                        f"{err.strerror or err}") from None
+                c = _copy_file(dir_fd, name, src, e, write, chunk, crc)
                 pad = -e.size % tarfile.BLOCKSIZE
                 if pad:
                     write(tarfile.NUL * pad)
-            crcs.append(crc)
+            crcs.append(c)
     finally:
         dirs.close()
     # End-of-archive: two zero blocks, padded to a full record as tar(1) and tarfile do.
@@ -195,10 +201,16 @@ def expected_members(
     top: str, entries: list[Entry], crcs: list[int]
 ) -> list[tuple[str, str, int, str, int]]:
     """(name, kind, size, linkname, crc32) per member, as ``read.check_members`` wants."""
-    return [
-        (f"{top}/{e.rel}" if e.rel else top, e.kind, e.size, e.linkname, crc)
-        for e, crc in zip(entries, crcs, strict=True)
-    ]
+    return list(iter_expected_members(top, entries, crcs))
+
+
+def iter_expected_members(
+    top: str, entries: list[Entry], crcs: list[int]
+) -> Iterator[tuple[str, str, int, str, int]]:
+    """:func:`expected_members` one at a time (no list of them beside the verify's own
+    dict: ~10 MB for a session of 100k files)."""
+    for e, crc in zip(entries, crcs, strict=True):
+        yield (f"{top}/{e.rel}" if e.rel else top, e.kind, e.size, e.linkname, crc)
 
 
 def source_members(top_fd: int, src: str) -> tuple[list[Entry], list[tuple[str, str, int, str, int]]]:
