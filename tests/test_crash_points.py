@@ -29,15 +29,9 @@ def is_archive(name: str) -> bool:
     return split_archive_name(name) is not None
 
 
-# The sweep CLI with O_TMPFILE off for the tree's filesystem: the named ``.tmp`` path
-# (NFS, Lustre). In-process batches (-j 1) so the setting applies.
-_FALLBACK = (
-    "import os, sys\n"
-    "from archive_tool.engine import commit\n"
-    "commit._no_tmpfile_devs.add(os.stat(sys.argv[1]).st_dev)\n"
-    "from archive_tool.cli import cli\n"
-    "cli(['sweep', *sys.argv[1:]], prog_name='session-archive')\n"
-)
+# The sweep CLI with O_TMPFILE off (the named ``.tmp`` path of NFS/Lustre): the crash
+# tests' runner, in-process batches (-j 1) so the setting applies.
+from tests.test_reliability_crash import _FALLBACK  # noqa: E402
 
 
 def sweep_run(tmp_path: Path, *args: str, sessions: int = 8, inject=(), preload=None,

@@ -15,6 +15,7 @@ from archive_tool import fs
 from archive_tool.bulk.sweep import sweep
 from archive_tool.engine import commit
 from tests.conftest import make_session, snapshot
+from tests.test_restore_group_commit import _break_sync
 
 IDS = [f"2026Y-11M-23D-18h39m{s:02d}s_KYwP-main" for s in range(20, 26)]
 
@@ -94,16 +95,8 @@ def test_syncfs_strategy_syncs_once_per_batch(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("strategy", ["syncfs", "fsync"])
 def test_failed_sync_keeps_every_source_whatever_the_strategy(tmp_path, monkeypatch, strategy):
-    monkeypatch.setenv(commit.DURABILITY_ENV, strategy)
     fin, before = _tree(tmp_path)
-
-    def broken(*_a: object) -> bool:
-        raise OSError(errno.EIO, "Input/output error")
-
-    real = os.fsync
-    monkeypatch.setattr(fs, "syncfs", broken)
-    monkeypatch.setattr(os, "fsync", lambda fd: broken() if stat.S_ISREG(os.fstat(fd).st_mode)
-                        else real(fd))
+    _break_sync(monkeypatch, strategy)
     s = _sweep(tmp_path)
     assert s["archived"] == 0 and s["failed"] == len(IDS)
     assert {n: snapshot(fin / n) for n in IDS} == before
