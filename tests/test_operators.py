@@ -159,6 +159,22 @@ def test_progress_bar_has_a_total_rate_and_eta_when_asked(tmp_path: Path) -> Non
     assert r.exit_code == 0 and r.stderr == ""
 
 
+def test_flat_extract_shows_a_bar_with_its_total_when_asked(tmp_path: Path) -> None:
+    from tests.conftest import make_session
+
+    fin = tmp_path / "FINISHED_SUCCESS"
+    for k in range(12):
+        make_session(fin, f"2026Y-11M-23D-18h39m23s_P{k:03d}-main", extra=False)
+    assert invoke("compress", fin, "--execute").exit_code == 0
+    n = len(list(fin.glob("*.tar.gz")))
+    r = subprocess.run([sys.executable, "-m", "archive_tool", "extract", str(fin),
+                        "--execute", "--progress", "-j", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    last = r.stderr.rstrip().split("\r")[-1]
+    assert f"{n}/{n}" in last and "100%" in last, r.stderr
+
+
 # ---------------------------------------------------------------------- help examples
 
 

@@ -265,6 +265,7 @@ def restore_many(
     batch_size: int = 32,
     on_result: Callable[[Result], None] | None = None,
     accept: Callable[[str], bool] | None = None,
+    on_jobs: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Bulk restore: archives directly under *root* -> ``dest_root/<name>/`` (default:
     beside the archive), on the same pool loop as the sweep, each through a temp dir and a
@@ -304,6 +305,8 @@ def restore_many(
     if not dry_run and jobs:
         if dest_p:
             os.makedirs(dest_p, exist_ok=True)
+        if on_jobs is not None:
+            on_jobs(len(jobs))
         run_jobs(jobs, s, remove_archive=remove_archive, workers=workers, root=None,
                  batch_size=batch_size, on_result=on_result, executor=executor)
         if not track_bytes:

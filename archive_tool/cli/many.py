@@ -350,29 +350,26 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
         raise BadInput("--dest and --pattern apply to flat mode only (not --tree/--undo)")
     if undo and max_files:
         raise BadInput("--undo restores a whole run; --max-files does not apply")
-    if tree or undo:
-        from archive_tool.bulk.restore import restore_tree, undo_run
+    from archive_tool.bulk.restore import restore_many, restore_tree, undo_run
 
-        with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
-            hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}
-            if undo:
-                summary = _call(undo_run, root, undo, dry_run=not run, workers=workers, **hooks)
-            else:
-                summary = _call(restore_tree, root, dry_run=not run, workers=workers,
-                                remove_archive=remove_archive, max_files=max_files or None,
-                                **hooks)
-        if not track_bytes:
-            summary["bytes_in"] = summary["bytes_out"] = 0
-    else:
-        from archive_tool.bulk.restore import restore_many
-
-        summary = _call(
-            restore_many, root, pattern=pattern, dest_root=dest, remove_archive=remove_archive,
-            dry_run=not run, max_files=max_files or None,
-            track_bytes=track_bytes, workers=workers,
-        )
-        if max_files:
-            # restore_many stops counting candidates at the cap; what it scanned beyond
-            # them (minus those skipped as already restored) is what the cap left out.
-            summary["capped"] = summary["scanned"] - summary["candidates"] - summary["skipped"]
+    with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
+        hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}
+        if undo:
+            summary = _call(undo_run, root, undo, dry_run=not run, workers=workers, **hooks)
+        elif tree:
+            summary = _call(restore_tree, root, dry_run=not run, workers=workers,
+                            remove_archive=remove_archive, max_files=max_files or None,
+                            **hooks)
+        else:
+            summary = _call(
+                restore_many, root, pattern=pattern, dest_root=dest,
+                remove_archive=remove_archive, dry_run=not run, max_files=max_files or None,
+                track_bytes=track_bytes, workers=workers, **hooks,
+            )
+    if (tree or undo) and not track_bytes:
+        summary["bytes_in"] = summary["bytes_out"] = 0
+    if not (tree or undo) and max_files:
+        # restore_many stops counting candidates at the cap; what it scanned beyond them
+        # (minus those skipped as already restored) is what the cap left out.
+        summary["capped"] = summary["scanned"] - summary["candidates"] - summary["skipped"]
     _finish_sweep(summary, as_json, quiet, verbose, cap_flag="--max-files")
