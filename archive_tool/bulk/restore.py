@@ -325,11 +325,16 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
     failed sync keeps every archive of the batch."""
     out: list[Result | None] = []
     pending: list[tuple[int, Pending]] = []
+    # A batch's archives mostly share their dirs: each walked from the root once.
+    try:
+        dirs = fs.DirCache(root) if root is not None else None
+    except OSError:
+        dirs = None  # each archive then reports the error itself
     try:
         for archive, dest in jobs:
             try:
                 p = restore_pending(archive, dest, follow=False, root=root,
-                                    finish_existing=remove_archive, clean=False)
+                                    finish_existing=remove_archive, clean=False, dirs=dirs)
             except FileExistsError:
                 out.append(Result(archive, SKIPPED, "destination exists"))
                 continue
@@ -353,6 +358,8 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
     finally:
         for _, p in pending:
             p.close()
+        if dirs is not None:
+            dirs.close()
     return [r for r in out if r is not None]
 
 

@@ -119,17 +119,19 @@ def restore_pending(
     keep_special: bool = False,
     finish_existing: bool = False,
     clean: bool = True,
+    dirs: fs.DirCache | None = None,
 ) -> Pending:
     """Restore as :func:`restore_one` does, up to (not including) durability and the
     archive's removal, so a batch can make many restores durable with one sync. With
     *finish_existing*, a destination that holds exactly the archive's members (a restore
     with --remove-archive cut short between its rename and the unlink) is taken as done.
-    With *clean*, temp dirs of killed restores of this destination are removed first."""
+    With *clean*, temp dirs of killed restores of this destination are removed first.
+    *dirs* (a DirCache below *root*) spares a batch the walk from the root per archive."""
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     archive = os.path.abspath(os.fspath(archive_path))
     dest = os.path.abspath(os.fspath(dest_dir)) if dest_dir is not None else default_dest(archive)
-    with _parent(archive, root, missing=ArchiveError(archive, "no such archive")) \
+    with _parent(archive, root, ArchiveError(archive, "no such archive"), dirs) \
             as (adir_fd, aname):
         afd = -1
         try:
@@ -148,8 +150,8 @@ def restore_pending(
             parent = os.path.dirname(dest)
             if root is None:
                 os.makedirs(parent, exist_ok=True)
-            with _parent(dest, root, missing=ArchiveError(dest, "no such directory: "
-                                                                 + parent)) as (parent_fd, dname):
+            with _parent(dest, root, ArchiveError(dest, "no such directory: " + parent),
+                         dirs) as (parent_fd, dname):
                 if clean:
                     remove_dead_temps(parent_fd, os.path.dirname(dest), only=dname)
                 try:
@@ -236,11 +238,15 @@ def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: 
 
 
 @contextmanager
-def _parent(path: str, root: str | None, missing: Exception) -> Iterator[tuple[int, str]]:
-    """(fd of *path*'s directory, basename): below *root* walked by fds, else as given."""
+def _parent(path: str, root: str | None, missing: Exception,
+            dirs: fs.DirCache | None = None) -> Iterator[tuple[int, str]]:
+    """(fd of *path*'s directory, basename): below *root* walked by fds (through *dirs*,
+    a batch's cache of opened dirs, when given), else as given."""
     parent, name = os.path.split(path)
     try:
-        if root is None:
+        if dirs is not None:
+            fd = os.dup(dirs.parent(path)[0])
+        elif root is None:
             fd = fs.open_trusted_dir(parent)
         else:
             with fs.DirCache(root, limit=1) as dc:
