@@ -50,11 +50,6 @@ class TmpArchive:
     tmp_name: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
     dev: int
 
-    @property
-    def path(self) -> str | None:
-        return None if self.tmp_name is None else os.path.join(os.path.dirname(self.final),
-                                                               self.tmp_name)
-
     def discard(self) -> None:
         """Forget the tmp: an unnamed one vanishes with its fd; a named one is unlinked."""
         if self.fd >= 0:
@@ -405,12 +400,3 @@ def _fsync_tree(top_fd: int, chunk: int = 128) -> None:
             os.close(fd)
 
 
-def make_tree_durable(tree_fd: int, parent_fd: int, where: str) -> None:
-    """Data and names of a freshly written tree on stable storage (before deleting the
-    only other copy of it): one syncfs of its filesystem plus the parent's entry."""
-    try:
-        if not _syncfs(tree_fd):
-            os.sync()
-    except OSError as e:
-        raise DurabilityError(where, f"syncfs failed: {e.strerror or e}") from None
-    fsync_dir(parent_fd, os.path.dirname(where))

@@ -154,11 +154,6 @@ def check_members(
         raise VerifyFailed(where, f"read-back failed: {e}") from None
 
 
-def detect_format(path: str) -> str:
-    with open(path, "rb") as f:
-        return _format_of(f.read(512), path)
-
-
 def detect_format_fd(fd: int, where: str) -> str:
     """Format of the open archive *fd* (by magic, else by *where*'s suffix)."""
     return _format_of(os.pread(fd, 512, 0), where)
