@@ -174,8 +174,8 @@ def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchi
               chunk=max(CHUNK, content_bytes(entries) + 1), crc=False)
     length = sum(map(len, parts))
     parts.append(tarfile.NUL * (-length % tarfile.RECORDSIZE))
+    packed = compress_bytes(parts, fmt, level)
     tar = b"".join(parts)
-    packed = compress_bytes(tar, fmt, level)
     _write_all(tmp.fd, packed, tmp.final)
     back = os.pread(tmp.fd, len(packed) + 1, 0)
     try:
