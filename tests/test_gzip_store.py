@@ -120,3 +120,31 @@ def test_session_with_figures_round_trips_and_gnu_tools_read_it(
     assert snapshot(out / src.name) == before
     restore_one(archive)
     assert snapshot(src) == before
+
+
+def _gzipfile_reads(data: bytes) -> bytes | None:
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+_one = gzip.compress(b"epoch 1\n" * 900 + os.urandom(700), mtime=0)
+
+
+@pytest.mark.parametrize("data", [
+    _one, _one + _one, _one + b"\0" * 600,  # read: two members; NUL padding as gzip allows
+    _one[:-1], _one[:-8], _one[:40], _one + b"x", _one + b"\0\0x",  # refused: cut, garbage
+    _one[:-6] + bytes([_one[-6] ^ 1]) + _one[-5:],  # refused: CRC32 flipped
+], ids=["one", "two-members", "nul-padding", "cut-1", "cut-trailer", "cut-40", "garbage",
+        "garbage-after-nul", "crc-flip"])
+def test_in_memory_verify_reads_gzip_exactly_as_gzipfile_does(data: bytes) -> None:
+    from archive_tool.engine.formats import decompress_bytes
+
+    want = _gzipfile_reads(data)
+    try:
+        got = decompress_bytes(data, "tar.gz")
+    except (OSError, EOFError, zlib.error):
+        got = None
+    assert got == want
