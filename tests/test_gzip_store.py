@@ -148,3 +148,18 @@ def test_in_memory_verify_reads_gzip_exactly_as_gzipfile_does(data: bytes) -> No
     except (OSError, EOFError, zlib.error):
         got = None
     assert got == want
+
+
+@pytest.mark.parametrize("fmt", ["tar.zst", "tar.gz", "tar.xz"])
+@pytest.mark.parametrize("cut", [1, 2, 4, 8])
+def test_in_memory_verify_refuses_an_archive_cut_in_its_trailer(fmt: str, cut: int) -> None:
+    """The last bytes of a stream are its checksum/length trailer: the payload is complete
+    without them, so only a reader that reaches the end notices. tar.zst cut by 1-4 bytes
+    passed the in-memory verify before issue 15 (a raw read(n) stopped short of the end)."""
+    from archive_tool.engine.formats import compress_bytes, decompress_bytes
+
+    tar = _text(40_000) + os.urandom(9_000)
+    packed = compress_bytes([tar], fmt)
+    assert decompress_bytes(packed, fmt, max_size=len(tar)) == tar
+    with pytest.raises(Exception):  # noqa: B017,PT011 - each codec has its own error type
+        decompress_bytes(packed[:-cut], fmt, max_size=len(tar))
