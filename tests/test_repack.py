@@ -1,0 +1,211 @@
+"""``repack``: packs rewritten without restored or dropped sessions, small packs merged;
+frames copied compressed; the old pack goes only after the new one is durable and
+catalogued (issue 14)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archive_tool.bulk import catalog
+from archive_tool.bulk.packsweep import pack_sweep
+from archive_tool.bulk.repack import repack
+from archive_tool.engine import packfile
+from tests.conftest import run_cli, snapshot
+from tests.test_pack import DAY, _holdings, _packs, _tree
+
+SUCCESS = "train_out/FINISHED_SUCCESS"
+
+
+def _frames(pack: Path) -> dict[str, bytes]:
+    """Session name -> its frame's compressed bytes."""
+    data = pack.read_bytes()
+    with packfile.Pack(pack) as p:
+        return {n: data[p.frames.offset[i]:p.frames.offset[i] + p.frames.csize[i]]
+                for i, n in enumerate(p.names)}
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def _three_days(root: Path) -> dict[str, dict]:
+    before = {}
+    for day in ("2026Y-11M-23D", "2026Y-11M-24D", "2026Y-11M-25D"):
+        before |= _tree(root, 3, day=day)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    return before
+
+
+def test_restored_sessions_are_dropped_and_every_kept_one_comes_back_byte_identical(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    before = _tree(root, 8)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    old = root / SUCCESS / "2026-11-23.pack.tar.zst"
+    old_frames = _frames(old)
+    back = [f"{DAY}-10h01m00s_S001-main", f"{DAY}-10h04m00s_S004-main"]
+    for name in back:
+        assert run_cli("unpack", old, "-s", name).returncode == 0
+    files = _files(root)
+    r = run_cli("repack", root)  # dry run
+    assert r.returncode == 0, r.stderr
+    assert b"would repack 2026-11-23.pack.tar.zst" in r.stdout and b"2 dropped" in r.stdout
+    assert _files(root) == files  # nothing changed, catalog included
+    r = run_cli("repack", root, "--execute")
+    assert r.returncode == 0, r.stderr
+    new = root / SUCCESS / "2026-11-23.2.pack.tar.zst"
+    assert not old.exists() and new.exists()
+    assert run_cli("verify", new).returncode == 0
+    kept = [n for n in old_frames if n not in back]
+    # Frames copied as they were: the same compressed bytes, no recompression.
+    assert _frames(new) == {n: old_frames[n] for n in kept}
+    for name in back:  # the restored dirs stay, untouched
+        assert snapshot(root / SUCCESS / name) == before[name]
+    for name in kept:
+        dest = tmp_path / "u" / name
+        assert run_cli("unpack", new, "-s", name, "-d", dest).returncode == 0
+        assert snapshot(dest) == before[name]
+    out = tmp_path / "gnu"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", new, "-C", out], check=True)
+    assert sorted(os.listdir(out)) == sorted(kept)
+    for name in kept:
+        assert snapshot(out / name) == before[name]
+    rows = {r["name"]: r for r in catalog.all_rows(root) if r["state"] == "FINISHED_SUCCESS"}
+    assert sorted(rows) == sorted(kept)  # restored sessions are no longer catalogued
+    with packfile.Pack(new) as p:
+        for name, row in rows.items():
+            assert row["archive"] == f"{SUCCESS}/2026-11-23.2.pack.tar.zst"
+            assert (row["frame"], row["offset"]) == (p.find(name), p.frames[p.find(name)].offset)
+    assert run_cli("repack", root, "--execute").stdout.startswith(b"0 groups")  # nothing left
+
+
+def test_merge_turns_daily_packs_into_one_monthly_pack_with_the_same_frames(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    before = _three_days(root)
+    dailies = sorted((root / SUCCESS).glob("*.pack.tar.zst"))
+    assert len(dailies) == 3
+    frames = {}
+    for p in dailies:
+        frames |= _frames(p)
+    s = repack(root, merge="monthly", dry_run=False)
+    assert s["failed"] == 0, s["failures"]
+    assert sorted(p.name for p in (root / SUCCESS).glob("*.pack.tar.zst")) == [
+        "2026-11.pack.tar.zst"]
+    merged = root / SUCCESS / "2026-11.pack.tar.zst"
+    assert _frames(merged) == frames
+    with packfile.Pack(merged) as p:
+        assert p.names == sorted(frames)
+    assert _holdings(root, tmp_path / "h") == {n: [snap] for n, snap in before.items()}
+    incremental = catalog.all_rows(root)
+    os.unlink(catalog.catalog_path(root))
+    catalog.rebuild(root)
+    assert catalog.all_rows(root) == incremental  # the catalog says what the files say
+
+
+def test_drop_deletes_a_session_from_its_pack_only(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _tree(root, 4)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    sid = f"{DAY}-10h01m00s_S001"
+    r = run_cli("repack", root, "--drop", sid, "--execute", "--json")
+    assert r.returncode == 0, r.stderr
+    with packfile.Pack(root / SUCCESS / "2026-11-23.2.pack.tar.zst") as p:
+        assert p.names == [f"{DAY}-10h00m00s_S000-main", f"{DAY}-10h02m00s_S002-main"]
+    assert not list(root.rglob(f"{sid}*"))
+    assert len(catalog.find(root)) == 3
+
+
+def test_a_pack_with_a_bad_seek_table_is_refused_and_nothing_is_deleted(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _tree(root, 4)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    pack = root / SUCCESS / "2026-11-23.pack.tar.zst"
+    name = f"{DAY}-10h01m00s_S001-main"
+    assert run_cli("unpack", pack, "-s", name).returncode == 0
+    data = bytearray(pack.read_bytes())
+    n = struct.unpack("<I", data[-9:-5])[0]
+    table = len(data) - 9 - 12 * n
+    # Swap the sizes of the first two frames: the table still adds up to the file, but
+    # each frame it names now straddles two sessions.
+    e0, e1 = data[table:table + 4], data[table + 12:table + 16]
+    data[table:table + 4], data[table + 12:table + 16] = e1, e0
+    pack.write_bytes(bytes(data))
+    files = _files(root)
+    r = run_cli("repack", root, "--execute")  # comparing the restored dir reads the frame
+    assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
+    assert b"not repacked, left as it is" in r.stderr and r.stderr.count(b"failed:") == 1
+    assert _files(root) == files  # the pack, the restored dir, the catalog: all as they were
+    # Dropping another session: the frames are copied as the table says, and the new
+    # pack's verification refuses them.
+    shutil.rmtree(pack.parent / name)
+    files = _files(root)
+    r = run_cli("repack", root, "--drop", f"{DAY}-10h02m00s_S002", "--execute")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
+    assert b"does not verify" in r.stderr and r.stderr.count(b"failed:") == 1
+    assert _files(root) == files
+    pack.write_bytes(bytes(data[:-3]))  # no seek table at all
+    files = _files(root)
+    r = run_cli("repack", root, "--execute")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr and b"seek table" in r.stderr
+    assert _files(root) == files
+
+
+_CRASH = """
+import os, sys
+from archive_tool import fs
+from archive_tool.bulk.repack import repack
+point, k, n = sys.argv[2], int(sys.argv[3]), [0]
+def hook(p, where):
+    if p == point:
+        n[0] += 1
+        if n[0] == k:
+            os._exit(9)
+fs.race_hook = hook
+repack(sys.argv[1], merge="monthly", dry_run=False)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize(("point", "k"), [
+    ("repack-frame", 4),  # frames being copied into the unnamed tmp
+    ("repack-publish", 1),  # verified and fsynced, not linked
+    ("publish", 1),  # inside the link step
+    ("repack-published", 1),  # linked, dir fsynced, catalog not updated
+    ("repack-catalog", 1),  # catalog updated, no old pack unlinked
+    ("repack-unlink", 2),  # two of the three old packs unlinked
+])
+def test_a_crash_during_repack_leaves_every_session_recoverable_and_a_rerun_finishes(
+        tmp_path: Path, point: str, k: int) -> None:
+    root = tmp_path / "root"
+    before = _three_days(root)
+    restored = f"{DAY}-10h01m00s_S001-main"
+    assert run_cli("unpack", root / SUCCESS / "2026-11-23.pack.tar.zst", "-s",
+                   restored).returncode == 0
+    r = subprocess.run([sys.executable, "-c", _CRASH, str(root), point, str(k)],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 9, r.stderr  # it really died there
+    held = _holdings(root, tmp_path / "a")
+    for name, snap in before.items():
+        assert snap in held.get(name, []), name  # in a complete pack, or its dir
+    s = repack(root, merge="monthly", dry_run=False)
+    assert s["failed"] == 0, s["failures"]
+    assert _holdings(root, tmp_path / "b") == {n: [snap] for n, snap in before.items()}
+    assert [p.name for p in _packs(root) if p.parent.name == "FINISHED_SUCCESS"] == [
+        "2026-11.pack.tar.zst"]
+    rows = catalog.all_rows(root)
+    os.unlink(catalog.catalog_path(root))
+    catalog.rebuild(root)
+    assert catalog.all_rows(root) == rows
+    assert repack(root, merge="monthly", dry_run=False)["groups"] == []
