@@ -209,3 +209,32 @@ def test_a_crash_during_repack_leaves_every_session_recoverable_and_a_rerun_fini
     catalog.rebuild(root)
     assert catalog.all_rows(root) == rows
     assert repack(root, merge="monthly", dry_run=False)["groups"] == []
+
+
+def test_extract_tree_restores_sessions_from_packs_and_repack_then_drops_them(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    before = _tree(root, 8)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    _tree(root, 2, day="2026Y-11M-25D", script="plain")  # per-session archives beside
+    assert run_cli("sweep", root, "--execute", "-q").returncode == 0
+    first = f"{DAY}-10h00m00s_S000-main"
+    assert run_cli("unpack", root / SUCCESS / "2026-11-23.pack.tar.zst", "-s",
+                   first).returncode == 0  # one already back: skipped, not overwritten
+    packs = {p: p.read_bytes() for p in _packs(root)}
+    r = run_cli("extract", root, "--tree", "--json")  # dry run
+    assert r.returncode == 0, r.stderr
+    assert b'"candidates": 9' in r.stdout and _packs(root) == sorted(packs)
+    r = run_cli("extract", root, "--tree", "--execute", "--remove-archive", "--json")
+    assert r.returncode == 0, r.stderr
+    assert b'"restored": 9' in r.stdout
+    for name, snap in before.items():
+        state = "FINISHED_ERROR" if name[-8:-5] in ("003", "007") else "FINISHED_SUCCESS"
+        assert snapshot(root / "train_out" / state / name) == snap
+    assert {p: p.read_bytes() for p in _packs(root)} == packs  # packs are never rewritten
+    assert not list(root.rglob("*.tar.zst")) or all(
+        p.name.endswith(".pack.tar.zst") for p in root.rglob("*.tar.zst"))
+    r = run_cli("repack", root, "--execute")  # every frame is now an identical dir
+    assert r.returncode == 0, r.stderr
+    assert _packs(root) == []
+    assert catalog.find(root) == []

@@ -89,8 +89,8 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
     unlinked. Dry run unless --execute.
 
     \b
-    Example: session-archive repack /data/runs --execute
     Example: session-archive repack /data/runs --merge monthly --execute
+    Merging: --merge monthly turns a month's daily packs of a dir into 2026-11.pack.tar.zst.
     """
     from archive_tool.bulk.repack import repack as do_repack
 
