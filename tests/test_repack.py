@@ -124,6 +124,8 @@ def test_drop_deletes_a_session_from_its_pack_only(tmp_path: Path) -> None:
         assert p.names == [f"{DAY}-10h00m00s_S000-main", f"{DAY}-10h02m00s_S002-main"]
     assert not list(root.rglob(f"{sid}*"))
     assert len(catalog.find(root)) == 3
+    r = run_cli("repack", root, "--drop", sid, "--execute")  # gone already: said, not failed
+    assert r.returncode == 0 and b"warning: --drop" in r.stderr and b"no such session" in r.stderr
 
 
 def test_a_pack_with_a_bad_seek_table_is_refused_and_nothing_is_deleted(
@@ -238,3 +240,17 @@ def test_extract_tree_restores_sessions_from_packs_and_repack_then_drops_them(
     assert r.returncode == 0, r.stderr
     assert _packs(root) == []
     assert catalog.find(root) == []
+
+
+def test_a_restored_dir_that_was_changed_keeps_its_frame_in_the_pack(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _tree(root, 3)
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    pack = root / SUCCESS / "2026-11-23.pack.tar.zst"
+    name = f"{DAY}-10h01m00s_S001-main"
+    assert run_cli("unpack", pack, "-s", name).returncode == 0
+    (root / SUCCESS / name / "logs" / "stdout.log").write_text("edited after the restore\n")
+    files = _files(root)
+    s = repack(root, dry_run=False)
+    assert (s["groups"], s["failed"]) == ([], 0)
+    assert _files(root) == files  # the pack still holds the state it verified

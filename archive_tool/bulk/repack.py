@@ -250,7 +250,7 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
             why = drop(rel, f.name) if drop else None
             if why is None and f.key in seen:
                 why = "a copy of it is kept"
-            if why is None:
+            if why is None and f.key[1]:  # a name held by more than one frame of the dir
                 q = next((q for q, ks in alive.items() if q not in gp and f.key in ks), None)
                 if q is not None:
                     why = f"the same frame is in {q}"
@@ -441,6 +441,10 @@ def repack(
                     os.close(dfd)
         finally:
             os.close(root_fd)
+    dropped = {d["session"] for g in s["groups"] for d in g["dropped"]}
+    for w in sorted(wanted):
+        if not any(n == w or n.startswith(w + "-") for n in dropped):
+            s["warnings"].append(f"--drop {w}: no such session in a pack under {root_p}")
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 

@@ -116,6 +116,8 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
                    f"{human_bytes(s['bytes_after'])} in {s['elapsed']:.1f} s")
         if not execute:
             click.echo("Nothing was changed; add --execute to repack.")
+    for w in s["warnings"]:
+        click.echo(f"warning: {w}", err=True)
     for f in s["failures"][:20]:
         click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
     if s["failed"]:
