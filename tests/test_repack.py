@@ -136,7 +136,8 @@ def test_a_pack_with_a_bad_seek_table_is_refused_and_nothing_is_deleted(
     pack = root / SUCCESS / "2026-11-23.pack.tar.zst"
     name = f"{DAY}-10h01m00s_S001-main"
     assert run_cli("unpack", pack, "-s", name).returncode == 0
-    data = bytearray(pack.read_bytes())
+    orig = pack.read_bytes()
+    data = bytearray(orig)
     n = struct.unpack("<I", data[-9:-5])[0]
     table = len(data) - 9 - 12 * n
     # Swap the sizes of the first two frames: the table still adds up to the file, but
@@ -157,6 +158,13 @@ def test_a_pack_with_a_bad_seek_table_is_refused_and_nothing_is_deleted(
     assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
     assert b"does not verify" in r.stderr and r.stderr.count(b"failed:") == 1
     assert _files(root) == files
+    odd = bytearray(orig)
+    odd[table + 4] ^= 0x01  # frame 0's decompressed size off by one: not whole tar blocks
+    pack.write_bytes(bytes(odd))
+    files = _files(root)
+    r = run_cli("repack", root, "--drop", f"{DAY}-10h02m00s_S002", "--execute")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
+    assert b"does not verify" in r.stderr and b"frame 0" in r.stderr and _files(root) == files
     pack.write_bytes(bytes(data[:-3]))  # no seek table at all
     files = _files(root)
     r = run_cli("repack", root, "--execute")

@@ -252,8 +252,8 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
                 why = "a copy of it is kept"
             if why is None and f.key[1]:  # a name held by more than one frame of the dir
                 q = next((q for q, ks in alive.items() if q not in gp and f.key in ks), None)
-                if q is not None:
-                    why = f"the same frame is in {q}"
+                if q is not None and not q.startswith("\0"):  # (a new pack never is: the
+                    why = f"the same frame is in {q}"  # first copy kept had no other holder)
                     holders.add(q)
             if why is None and _same_as_dir(dfd, where, f, fds[p]):
                 why = "restored: its session dir holds the same bytes"
@@ -329,7 +329,11 @@ def _write(dfd: int, where: str, g: Group, fds: dict[str, int]) -> list[dict[str
         w = packfile.PackWriter(tmp)
         for f in g.keep:
             data = os.pread(fds[f.pack], f.csize, f.offset)
-            w.add_frame(f.name, data, f.dsize)
+            try:
+                w.add_frame(f.name, data, f.dsize)
+            except ValueError as e:  # a seek table listing an impossible frame size
+                raise VerifyFailed(tmp.final, f"the new pack does not verify: {f.pack} "
+                                              f"frame {f.index}: {e}") from None
             fs.race_point("repack-frame", tmp.final)
         w.finish()
         os.fchmod(tmp.fd, stat.S_IMODE(first.st_mode))
