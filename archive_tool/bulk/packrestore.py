@@ -26,7 +26,7 @@ Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session
 
 def _sessions(root: str) -> list[tuple[str, str, list[tuple[str, int]]]]:
     """(rel dir, pack, [(session, compressed size)]) of every readable pack."""
-    from archive_tool.bulk.repack import pack_dirs
+    from archive_tool.bulk.repackplan import pack_dirs
 
     out = []
     root_fd = fs.open_trusted_dir(root)

@@ -107,7 +107,7 @@ def scan_packs(root: str, now: float) -> list[Archived]:
     own archive (its bytes: its compressed frame). Read by fds from the root, seek table
     and index only; a pack that does not read is skipped here (``repack`` and ``verify``
     report it) and so never pruned."""
-    from archive_tool.bulk.repack import pack_dirs
+    from archive_tool.bulk.repackplan import pack_dirs
     from archive_tool.engine.packfile import Pack, is_pack_name
 
     out = []
