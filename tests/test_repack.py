@@ -262,3 +262,33 @@ def test_a_restored_dir_that_was_changed_keeps_its_frame_in_the_pack(tmp_path: P
     s = repack(root, dry_run=False)
     assert (s["groups"], s["failed"]) == ([], 0)
     assert _files(root) == files  # the pack still holds the state it verified
+
+
+def test_repack_follows_no_symlink_and_waits_for_no_sweep(tmp_path: Path) -> None:
+    import fcntl
+
+    from archive_tool.lock import lock_path
+
+    outside = tmp_path / "outside"
+    _tree(outside, 3)
+    pack_sweep(outside, "daily", dry_run=False, workers=1)
+    theirs = outside / SUCCESS / "2026-11-23.pack.tar.zst"
+    name = f"{DAY}-10h01m00s_S001-main"
+    assert run_cli("unpack", theirs, "-s", name).returncode == 0  # restored: droppable
+    root = tmp_path / "root"
+    (root / "a_out" / "FINISHED_SUCCESS").mkdir(parents=True)
+    (root / "a_out" / "FINISHED_SUCCESS" / "2026-11-23.pack.tar.zst").symlink_to(theirs)
+    (root / "b_out").mkdir()
+    (root / "b_out" / "FINISHED_SUCCESS").symlink_to(theirs.parent, target_is_directory=True)
+    files = _files(outside)
+    r = run_cli("repack", root, "--execute")
+    assert r.returncode == 0 and r.stdout.startswith(b"0 groups"), r.stdout + r.stderr
+    assert _files(outside) == files
+    fd = os.open(lock_path(str(outside)), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = run_cli("repack", outside, "--execute")
+    finally:
+        os.close(fd)
+    assert r.returncode == 75 and r.stderr.count(b"\n") == 1
+    assert _files(outside) == files
