@@ -292,3 +292,29 @@ def test_repack_follows_no_symlink_and_waits_for_no_sweep(tmp_path: Path) -> Non
         os.close(fd)
     assert r.returncode == 75 and r.stderr.count(b"\n") == 1
     assert _files(outside) == files
+
+
+_LOW_FDS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+from archive_tool.bulk.repack import repack
+s = repack(sys.argv[1], merge="all", dry_run=False)
+print(s["failures"])
+sys.exit(1 if s["failed"] or s["packs_removed"] != 160 else 0)
+"""
+
+
+def test_merging_more_packs_than_the_process_may_open_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    before = {}
+    for day in range(1, 5):  # 4 days x 30 successes (and 10 errors), a pack per session
+        before |= _tree(root, 40, day=f"2026Y-11M-{day:02d}D")
+    pack_sweep(root, 1, dry_run=False, workers=1)
+    assert len(list((root / SUCCESS).glob("*.pack.tar.zst"))) == 120
+    r = subprocess.run([sys.executable, "-c", _LOW_FDS, str(root)], capture_output=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (merged,) = (root / SUCCESS).glob("*.pack.tar.zst")
+    assert merged.name == "2026-11-01_2026-11-04.pack.tar.zst"
+    with packfile.Pack(merged) as p:
+        assert len(p.names) == 120

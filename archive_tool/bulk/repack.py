@@ -41,6 +41,7 @@ from archive_tool.bulk.repackplan import (  # noqa: F401 - part of this module's
     MERGE_MODES,
     DropFn,
     Group,
+    PackFds,
     pack_dirs,
     parse_merge,
     plan_dir,
@@ -52,23 +53,6 @@ from archive_tool.lock import RootLock
 from archive_tool.summary import new_summary, record_failure
 
 
-def _open_planned(dfd: int, where: str, g: Group) -> dict[str, int]:
-    """fds of the group's packs and holders, each the very file that was planned."""
-    fds: dict[str, int] = {}
-    try:
-        for p, (dev, ino) in g.ids.items():
-            fd = fs.open_file(p, dfd)
-            fds[p] = fd
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != (dev, ino):
-                raise ArchiveError(os.path.join(where, p), "replaced since it was planned")
-    except BaseException:
-        for fd in fds.values():
-            os.close(fd)
-        raise
-    return fds
-
-
 def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:
     """Catalog rows of a pack that stays (a reused pack, a holder of dropped copies): a
     crash may have come before the catalog step that would have listed it."""
@@ -78,12 +62,12 @@ def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:
                                     p.frames.csize[i]) for i, n in enumerate(p.names)]
 
 
-def _write(dfd: int, where: str, g: Group, fds: dict[str, int]) -> list[dict[str, Any]]:
+def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]:
     """Steps 1-3: the new pack, verified, durable, linked; returns its catalog rows."""
     n = 1
     while fs.lexists_at(dfd, packfile.pack_file_name(g.base, n)):
         n += 1
-    first = os.fstat(fds[g.packs[0]])
+    first = os.fstat(fds.get(g.packs[0]))
     owner = (first.st_uid, first.st_gid) if os.geteuid() == 0 else None
     tmp = commit.open_tmp(dfd, os.path.join(where, packfile.pack_file_name(g.base, n)), None,
                           owner)
@@ -91,7 +75,7 @@ def _write(dfd: int, where: str, g: Group, fds: dict[str, int]) -> list[dict[str
     try:
         w = packfile.PackWriter(tmp)
         for f in g.keep:
-            data = os.pread(fds[f.pack], f.csize, f.offset)
+            data = os.pread(fds.get(f.pack), f.csize, f.offset)
             try:
                 w.add_frame(f.name, data, f.dsize)
             except ValueError as e:  # a seek table listing an impossible frame size
@@ -134,15 +118,15 @@ def run_group(root: str, dfd: int, g: Group) -> None:
     """Execute one planned group (module doc, steps 1-6). Raises ArchiveError/OSError
     with nothing of the old packs deleted, unless the failure is in the final unlinks."""
     where = os.path.join(root, g.dir)
-    fds = _open_planned(dfd, where, g)
+    fds = PackFds(dfd, where, g.ids)
     try:
         rows = []
         if g.reuse is not None:
-            rows = _rows_of(where, g.dir, g.reuse, fds[g.reuse])
+            rows = _rows_of(where, g.dir, g.reuse, fds.get(g.reuse))
         elif g.keep:
             rows = _write(dfd, where, g, fds)
         for h in sorted(g.holders):
-            rows += _rows_of(where, g.dir, h, fds[h])
+            rows += _rows_of(where, g.dir, h, fds.get(h))
         if any(w.startswith("restored") for _, w in g.drops) and not fs.syncfs(dfd):
             os.sync()  # the restored dirs are the only copy once the old pack goes
         catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs], rows)
@@ -155,8 +139,7 @@ def run_group(root: str, dfd: int, g: Group) -> None:
             fs.race_point("repack-unlink", os.path.join(where, p))
         commit.fsync_dir(dfd, where)
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        fds.close()
 
 
 def group_dict(root: str, g: Group) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +61,36 @@ class Group:
     holders: set[str] = field(default_factory=set)  # packs outside it that hold drops
     ids: dict[str, tuple[int, int]] = field(default_factory=dict)  # pack -> (dev, ino)
     new: str | None = None
+
+
+class PackFds:
+    """The packs of one dir, opened on demand below its fd (O_NOFOLLOW), each checked to
+    be the file planned (dev, inode), at most *limit* open at once: a dir of daily packs
+    over years holds more packs than a process may have fds."""
+
+    def __init__(self, dfd: int, where: str, ids: dict[str, tuple[int, ...]],
+                 limit: int = 64) -> None:
+        self.dfd, self.where, self.ids, self.limit = dfd, where, ids, limit
+        self.fds: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, pack: str) -> int:
+        fd = self.fds.get(pack)
+        if fd is not None:
+            self.fds.move_to_end(pack)
+            return fd
+        fd = fs.open_file(pack, self.dfd)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != tuple(self.ids[pack][:2]):
+            os.close(fd)
+            raise ArchiveError(os.path.join(self.where, pack), "replaced since it was read")
+        self.fds[pack] = fd
+        while len(self.fds) > self.limit:
+            os.close(self.fds.popitem(last=False)[1])
+        return fd
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
 
 
 def parse_merge(value: str | None) -> str | None:
@@ -116,7 +146,7 @@ def pack_dirs(root: str, root_fd: int) -> list[str]:
     return sorted(out)
 
 
-def _same_as_dir(dfd: int, where: str, f: Frame, pack_fd: int) -> bool:
+def _same_as_dir(dfd: int, where: str, f: Frame, packs: PackFds) -> bool:
     """The session dir *f.name* beside the pack holds exactly the frame's tar bytes."""
     if not fs.lexists_at(dfd, f.name):
         return False
@@ -134,7 +164,7 @@ def _same_as_dir(dfd: int, where: str, f: Frame, pack_fd: int) -> bool:
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
         # A frame that does not read is the pack's fault: CorruptArchive to the caller.
         return tar == seekable.read_frame(
-            pack_fd, seekable.Frame(f.offset, f.csize, f.dsize, None),
+            packs.get(f.pack), seekable.Frame(f.offset, f.csize, f.dsize, None),
             os.path.join(where, f.pack))
     finally:
         os.close(lock_fd)
@@ -146,8 +176,8 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
     module doc). *only_dropped*: only packs holding a session *drop* names (prune)."""
     where = os.path.join(root, rel)
     frames: dict[str, list[Frame]] = {}
-    fds: dict[str, int] = {}
     ids: dict[str, tuple[int, int, int]] = {}
+    fds = PackFds(dfd, where, ids)
     try:
         for e in fs.scandir_sorted(dfd):
             if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
@@ -159,14 +189,13 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
             except (ArchiveError, OSError) as ex:
                 record_failure(s, path, f"not repacked, left as it is: {reason_of(ex)}")
                 continue
-            bad = next((n for n in p.names if not is_session_name(n)), None)
+            with p:
+                bad = next((n for n in p.names if not is_session_name(n)), None)
+                st = os.fstat(p.fd)
             if bad is not None:
-                p.close()
                 record_failure(s, path, f"not repacked, left as it is: index names {bad!r}, "
                                         "not a session dir name")
                 continue
-            fds[e.name] = p.fd
-            st = os.fstat(p.fd)
             ids[e.name] = (st.st_dev, st.st_ino, st.st_mtime_ns)
             t = p.frames
             frames[e.name] = [Frame(e.name, i, n, t.offset[i], t.csize[i], t.dsize[i])
@@ -174,13 +203,18 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
             s["scanned"] += len(p.names)
             s["packs_read"] += 1
         names = Counter(f.name for fr in frames.values() for f in fr)
-        for pack, fr in frames.items():
-            for f in fr:
-                digest = b""
-                if names[f.name] > 1:  # only a name held twice needs its bytes compared
-                    digest = hashlib.blake2b(os.pread(fds[pack], f.csize, f.offset),
-                                             digest_size=16).digest()
-                f.key = (f.name, digest)
+        for pack, fr in list(frames.items()):
+            try:
+                for f in fr:
+                    digest = b""
+                    if names[f.name] > 1:  # only a name held twice needs its bytes compared
+                        digest = hashlib.blake2b(os.pread(fds.get(pack), f.csize, f.offset),
+                                                 digest_size=16).digest()
+                    f.key = (f.name, digest)
+            except (ArchiveError, OSError) as ex:
+                record_failure(s, os.path.join(where, pack),
+                               f"not repacked, left as it is: {reason_of(ex)}")
+                del frames[pack]
         order = sorted(frames, key=lambda p: (ids[p][2], p))
         if merge:
             by: dict[str, list[str]] = {}
@@ -213,12 +247,11 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
             groups.append(g)
         return groups
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        fds.close()
 
 
 def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str, list[Frame]],
-                fds: dict[str, int], alive: dict[str, set[tuple[str, bytes]]],
+                fds: PackFds, alive: dict[str, set[tuple[str, bytes]]],
                 drop: DropFn | None, merge: str | None) -> Group | None:
     keep: list[Frame] = []
     drops: list[tuple[Frame, str]] = []
@@ -234,7 +267,7 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
                 if q is not None and not q.startswith("\0"):  # (a new pack never is: the
                     why = f"the same frame is in {q}"  # first copy kept had no other holder)
                     holders.add(q)
-            if why is None and _same_as_dir(dfd, where, f, fds[p]):
+            if why is None and _same_as_dir(dfd, where, f, fds):
                 why = "restored: its session dir holds the same bytes"
             if why is None:
                 keep.append(f)
