@@ -258,3 +258,19 @@ def test_prune_execute_repacks_packs_without_the_pruned_sessions(
     assert sum(x["bytes"] for x in log) == s["bytes_freed"]
     r = invoke("prune", tmp_path, "--older-than", "180d", "--keep-last", "1", "--json")
     assert json.loads(r.stdout)["selected"] == 0
+
+
+def test_pruned_archives_leave_the_catalog(tmp_path: Path) -> None:
+    from archive_tool.bulk import catalog
+
+    now = time.time()
+    names = []
+    for i, days in enumerate((400, 300, 5)):
+        name = new_session_id(now - days * DAY, f"c{i:03d}") + "-main"
+        make_session(tmp_path / "proj" / "a_out" / "FINISHED_SUCCESS", name, extra=False)
+        names.append(name)
+    assert invoke("sweep", tmp_path, "--execute", "--catalog", "-q", "-j", "1").exit_code == 0
+    assert len(catalog.find(tmp_path)) == 3
+    r = invoke("prune", tmp_path, "--older-than", "180d", "--execute", "-q")
+    assert r.exit_code == 0, r.output
+    assert [x["name"] for x in catalog.find(tmp_path)] == [names[2]]

@@ -229,11 +229,35 @@ def _delete(chosen: list[Archived], s: dict[str, Any], log: Any,
             by_dir[os.path.dirname(a.path)].append(a)
     if not by_dir:
         return
+    gone: list[Archived] = []
+
+    def deleted(a: Archived) -> None:
+        gone.append(a)
+        if on_deleted is not None:
+            on_deleted(a)
+
     root_fd = fs.open_trusted_dir(root)
     try:
-        _delete_in(by_dir, s, log, on_deleted, root, root_fd)
+        _delete_in(by_dir, s, log, deleted, root, root_fd)
     finally:
         os.close(root_fd)
+        _uncatalog(root, gone, s)
+
+
+def _uncatalog(root: str, gone: list[Archived], s: dict[str, Any]) -> None:
+    """Rows of deleted archives leave the catalog (if there is one): ``find`` and
+    ``show ROOT -s ID`` must not point at a file that is gone. A failure is a warning:
+    the deletions are done and logged, and ``catalog --rebuild`` repairs it."""
+    import sqlite3
+
+    from archive_tool.bulk import catalog
+
+    if not gone or not os.path.exists(catalog.catalog_path(root)):
+        return
+    try:
+        catalog.replace_archives(root, [os.path.relpath(a.path, root) for a in gone], [])
+    except (sqlite3.Error, OSError) as e:
+        s["warnings"].append(f"catalog not updated: {e}")
 
 
 def _delete_in(by_dir: dict[str, list[Archived]], s: dict[str, Any], log: Any,
