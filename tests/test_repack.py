@@ -323,13 +323,12 @@ def test_merging_more_packs_than_the_process_may_open_files(tmp_path: Path) -> N
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a repack over another user's tree")
 def test_root_repacking_a_users_tree_gives_the_new_pack_to_that_user(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    _tree(root, 3)
-    pack_sweep(root, "daily", dry_run=False, workers=1)
-    old = root / SUCCESS / "2026-11-23.pack.tar.zst"
-    old.chmod(0o640)
+    _three_days(root)
+    (root / SUCCESS / "2026-11-24.pack.tar.zst").chmod(0o640)  # one pack not world-readable
     for p in [root, *root.rglob("*")]:
         os.lchown(p, 65534, 65534)
-    s = repack(root, drop=[f"{DAY}-10h00m00s_S000"], dry_run=False)
+    s = repack(root, merge="monthly", dry_run=False)
     assert s["failed"] == 0, s["failures"]
-    st = (root / SUCCESS / "2026-11-23.2.pack.tar.zst").stat()
+    st = (root / SUCCESS / "2026-11.pack.tar.zst").stat()
+    # The user's, and no more readable than the strictest pack merged into it.
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o640)

@@ -67,8 +67,14 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
     n = 1
     while fs.lexists_at(dfd, packfile.pack_file_name(g.base, n)):
         n += 1
-    first = os.fstat(fds.get(g.packs[0]))
-    owner = (first.st_uid, first.st_gid) if os.geteuid() == 0 else None
+    # The strictest mode of the packs merged: a pack is 0640 when one of its sessions was
+    # not world-readable, and merging must not make that session readable to others.
+    mode = 0o7777
+    for p in g.packs:
+        mode &= stat.S_IMODE(os.fstat(fds.get(p)).st_mode)
+    # As root, the dir's owner, as sweep --pack gives it (a pack holds one user's runs).
+    dst = os.fstat(dfd)
+    owner = (dst.st_uid, dst.st_gid) if os.geteuid() == 0 else None
     tmp = commit.open_tmp(dfd, os.path.join(where, packfile.pack_file_name(g.base, n)), None,
                           owner)
     rows: list[dict[str, Any]] = []
@@ -83,7 +89,7 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
                                               f"frame {f.index}: {e}") from None
             fs.race_point("repack-frame", tmp.final)
         w.finish()
-        os.fchmod(tmp.fd, stat.S_IMODE(first.st_mode))
+        os.fchmod(tmp.fd, mode)
         w.verify()
 
         def row(i: int, name: str, members: bytes) -> None:
