@@ -146,9 +146,10 @@ def test_prune_unlinks_relative_to_the_dir_fd_then_fsyncs_the_dir(
     # opens "FINISHED_ERROR" relative to its parent's fd.
     opens = [c for c in calls if c.startswith("openat(") and '"FINISHED_ERROR"' in c
              and "O_NOFOLLOW" in c and "O_DIRECTORY" in c and not c.startswith("openat(AT_FDCWD")]
-    assert len(opens) == 1
-    dfd = opens[0].rsplit("= ", 1)[1].strip()
-    i = calls.index(opens[0])
+    # (The scan for packs walks the tree by fds first: the delete's open is the last.)
+    assert opens
+    dfd = opens[-1].rsplit("= ", 1)[1].strip()
+    i = calls.index(opens[-1])
     unlinks = [c for c in calls[i:] if c.startswith(f"unlinkat({dfd}, ")]
     assert len(unlinks) == 2 and all(".tar.zst" in c and "/" not in c.split('"')[1]
                                      for c in unlinks)
@@ -181,3 +182,95 @@ def test_prune_of_a_finished_dir_itself_still_keeps_its_newest_success(
     s = json.loads(r.stdout)
     assert r.exit_code == 0 and s["selected"] == 3
     assert {a["script"] for a in s["archives"]} == {str(fin.parent)}
+
+
+# ------------------------------------------------------------------ sessions inside packs
+
+
+@pytest.fixture
+def packed(tmp_path: Path) -> dict[tuple[str, str, int], str]:
+    """RUNS swept into packs (one per FINISHED_* dir: `--pack 100`), plus one old
+    per-session archive beside them; returns (script, state, days) -> session name."""
+    from archive_tool.bulk.packsweep import pack_sweep
+
+    now = time.time()
+    made = {}
+    for i, (script, state, days) in enumerate(RUNS):
+        name = new_session_id(now - days * DAY, f"p{i:03d}") + "-main"
+        make_session(tmp_path / "proj" / script / state, name, extra=False)
+        made[(script, state, days)] = name
+    pack_sweep(tmp_path, 100, dry_run=False, workers=1)
+    name = new_session_id(now - 600 * DAY, "solo") + "-main"
+    make_session(tmp_path / "proj" / "a_out" / "FINISHED_SUCCESS", name, extra=False)
+    assert invoke("sweep", tmp_path, "--execute", "-q", "-j", "1").exit_code == 0
+    made[("a_out", "FINISHED_SUCCESS", 600)] = name
+    return made
+
+
+def _in_packs(tmp_path: Path) -> dict[str, bytes]:
+    """Session name -> its compressed frame, over every pack under tmp_path."""
+    from archive_tool.engine import packfile
+
+    out = {}
+    for pack in tmp_path.rglob("*.pack.tar.zst"):
+        data = pack.read_bytes()
+        with packfile.Pack(pack) as p:
+            for i, n in enumerate(p.names):
+                out[n] = data[p.frames.offset[i]:p.frames.offset[i] + p.frames.csize[i]]
+    return out
+
+
+def test_prune_dry_run_lists_sessions_inside_packs_with_their_pack(
+        tmp_path: Path, packed: dict) -> None:
+    frames = _in_packs(tmp_path)
+    r = invoke("prune", tmp_path, "--older-than", "180d")
+    assert r.exit_code == 0, r.output
+    listed = sorted(ln.rsplit("::", 1)[1] for ln in r.output.splitlines()
+                    if ln.startswith("would delete ") and "::" in ln)
+    assert listed == sorted(packed[k] for k in [("a_out", "FINISHED_SUCCESS", 400),
+                                                ("a_out", "FINISHED_SUCCESS", 300),
+                                                ("a_out", "FINISHED_SUCCESS", 200),
+                                                ("a_out", "FINISHED_ERROR", 350)])
+    assert all(".pack.tar.zst::" in ln for ln in r.output.splitlines()
+               if ln.startswith("would delete ") and "::" in ln)
+    assert "would delete 5 of 8 archives" in r.output  # the per-session one too
+    assert _in_packs(tmp_path) == frames
+
+
+def test_prune_execute_repacks_packs_without_the_pruned_sessions(
+        tmp_path: Path, packed: dict) -> None:
+    from archive_tool.bulk import catalog
+
+    frames = _in_packs(tmp_path)
+    r = invoke("prune", tmp_path, "--older-than", "180d", "--keep-last", "1", "--execute",
+               "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["deleted"] == 5 and s["failed"] == 0
+    kept = {packed[k] for k in [("a_out", "FINISHED_SUCCESS", 10), ("a_out", "FINISHED_ERROR", 5),
+                                ("b_out", "FINISHED_SUCCESS", 500)]}
+    # The kept sessions' frames are exactly what they were; the pruned ones are nowhere.
+    assert _in_packs(tmp_path) == {n: f for n, f in frames.items() if n in kept}
+    assert not list(tmp_path.rglob("*solo*"))
+    assert sorted(r["name"] for r in catalog.find(tmp_path)) == sorted(kept)
+    log = [json.loads(x) for x in Path(s["log"]).read_text().splitlines()]
+    assert sorted(x["archive"] for x in log) == sorted(a["path"] for a in s["archives"])
+    assert sum(x["bytes"] for x in log) == s["bytes_freed"]
+    r = invoke("prune", tmp_path, "--older-than", "180d", "--keep-last", "1", "--json")
+    assert json.loads(r.stdout)["selected"] == 0
+
+
+def test_pruned_archives_leave_the_catalog(tmp_path: Path) -> None:
+    from archive_tool.bulk import catalog
+
+    now = time.time()
+    names = []
+    for i, days in enumerate((400, 300, 5)):
+        name = new_session_id(now - days * DAY, f"c{i:03d}") + "-main"
+        make_session(tmp_path / "proj" / "a_out" / "FINISHED_SUCCESS", name, extra=False)
+        names.append(name)
+    assert invoke("sweep", tmp_path, "--execute", "--catalog", "-q", "-j", "1").exit_code == 0
+    assert len(catalog.find(tmp_path)) == 3
+    r = invoke("prune", tmp_path, "--older-than", "180d", "--execute", "-q")
+    assert r.exit_code == 0, r.output
+    assert [x["name"] for x in catalog.find(tmp_path)] == [names[2]]

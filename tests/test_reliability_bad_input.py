@@ -16,7 +16,7 @@ from archive_tool import cli
 from tests.conftest import SID, as_nobody, make_session, snapshot
 
 COMMANDS = ["pack", "unpack", "verify", "show", "sweep", "compress", "extract", "demo-tree", "report",
-            "prune", "catalog", "find"]
+            "prune", "catalog", "find", "repack"]
 
 # (command line, what is wrong). ROOT: a tree with one session; FILE: a regular file;
 # DIR: a plain directory; ARCH: a valid archive; MISSING: a path that does not exist.
@@ -88,6 +88,11 @@ CASES = [
     (["find", "ROOT", "--where", "ARGS.lr"], "where without operator"),
     (["find", "ROOT", "--where", "SEED<abc"], "order on a non-number"),
     (["find", "ROOT", "--since", "yesterday"], "garbage date"),
+    (["repack", "MISSING"], "missing root"),
+    (["repack", "FILE"], "file instead of a dir"),
+    (["repack", "/", "--execute"], "dangerous root"),
+    (["repack", "ROOT/.git", "--execute"], "root inside .git"),
+    (["repack", "ROOT", "--merge", "hourly", "--execute"], "unknown merge period"),
 ]
 
 

@@ -143,26 +143,47 @@ def connect(root: str | os.PathLike[str], name: str = CATALOG_NAME) -> sqlite3.C
 
 def add_rows(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> int:
     """Insert (or replace: same archive and frame) rows; one transaction."""
-    n = 0
     with conn:
-        for r in rows:
-            old = conn.execute("SELECT sid FROM sessions WHERE archive=? AND frame=?",
-                               (r["archive"], r["frame"])).fetchone()
-            if old:
-                conn.execute("DELETE FROM kv WHERE sid=?", old)
-                conn.execute("DELETE FROM sessions WHERE sid=?", old)
-            cur = conn.execute(
-                "INSERT INTO sessions (id, name, script, state, started, exit_status, bytes_in,"
-                " tar_bytes, bytes_out, inodes, archive, frame, offset, config)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (r["id"], r["name"], r["script"], r["state"], r["started"], r["exit_status"],
-                 r["bytes_in"], r["tar_bytes"], r["bytes_out"], r["inodes"], r["archive"],
-                 r["frame"], r["offset"], json.dumps(r["config"], sort_keys=True)))
-            sid = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO kv (sid, key, value, num) VALUES (?,?,?,?)",
-                [(sid, k, _text(v), _num(v)) for k, v in r["config"].items()])
-            n += 1
+        return _insert(conn, rows)
+
+
+def replace_archives(root: str | os.PathLike[str], old: Iterable[str],
+                     rows: list[dict[str, Any]]) -> None:
+    """Forget every row of the archives *old* (paths relative to the root) and insert
+    *rows*, in ONE transaction: a reader sees the sessions in the old packs or in the
+    new one, never in neither (repack)."""
+    conn = connect(root)
+    try:
+        with conn:
+            for a in old:
+                conn.execute("DELETE FROM kv WHERE sid IN (SELECT sid FROM sessions WHERE "
+                             "archive=?)", (a,))
+                conn.execute("DELETE FROM sessions WHERE archive=?", (a,))
+            _insert(conn, rows)
+    finally:
+        conn.close()
+
+
+def _insert(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    for r in rows:
+        old = conn.execute("SELECT sid FROM sessions WHERE archive=? AND frame=?",
+                           (r["archive"], r["frame"])).fetchone()
+        if old:
+            conn.execute("DELETE FROM kv WHERE sid=?", old)
+            conn.execute("DELETE FROM sessions WHERE sid=?", old)
+        cur = conn.execute(
+            "INSERT INTO sessions (id, name, script, state, started, exit_status, bytes_in,"
+            " tar_bytes, bytes_out, inodes, archive, frame, offset, config)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r["id"], r["name"], r["script"], r["state"], r["started"], r["exit_status"],
+             r["bytes_in"], r["tar_bytes"], r["bytes_out"], r["inodes"], r["archive"],
+             r["frame"], r["offset"], json.dumps(r["config"], sort_keys=True)))
+        sid = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO kv (sid, key, value, num) VALUES (?,?,?,?)",
+            [(sid, k, _text(v), _num(v)) for k, v in r["config"].items()])
+        n += 1
     return n
 
 

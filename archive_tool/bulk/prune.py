@@ -16,6 +16,12 @@ filter (``older_than_days``, ``states``). Deletion holds the root's lock (a para
 or sweep exits 75), unlinks each file relative to an ``O_NOFOLLOW`` fd of its directory
 after checking it is still the file that was selected, fsyncs each directory once, and
 appends a line per deleted archive to ``<root>/.session-archive/prune/<UTC time>.jsonl``.
+
+Sessions inside packs (``<period>.pack.tar.zst`` in a FINISHED_* dir) are candidates like
+session archives (``path`` is ``PACK::SESSION``, ``bytes`` its compressed frame), selected
+by the same rules in the same per-script order. They go by a repack of each pack holding
+one, without them (repack.py: new pack verified, durable, catalogued, then the old one
+unlinked); the other sessions' frames are copied unchanged.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class Archived:
     keep: str = ""  # why it is kept, or "" when selected
     dev: int = 0
     ino: int = 0
+    pack: str = ""  # a session inside a pack: the pack's path (``path`` is PACK::SESSION)
 
 
 def scan(root: str, now: float | None = None) -> list[Archived]:
@@ -92,7 +99,9 @@ def scan(root: str, now: float | None = None) -> list[Archived]:
             path=e.path, script=script,
             state=os.path.basename(finished), started=t, age_days=(now - t) / 86400,
             bytes=st.st_size, dev=st.st_dev, ino=st.st_ino))
-    return out
+    from archive_tool.bulk.prunepacks import scan_packs
+
+    return out + scan_packs(root, now)
 
 
 def select(items: Iterable[Archived], *, older_than_days: float | None = None,
@@ -130,16 +139,59 @@ def select(items: Iterable[Archived], *, older_than_days: float | None = None,
     return out
 
 
+def _log(a: Archived, s: dict[str, Any], log: Any,
+         on_deleted: Callable[[Archived], None] | None) -> None:
+    s["deleted"] += 1
+    s["bytes_freed"] += a.bytes
+    log.write(json.dumps({"archive": a.path, "bytes": a.bytes, "state": a.state,
+                          "started": a.started, "time": time.time()}) + "\n")
+    log.flush()
+    if on_deleted is not None:
+        on_deleted(a)
+
+
 def _delete(chosen: list[Archived], s: dict[str, Any], log: Any,
             on_deleted: Callable[[Archived], None] | None, root: str) -> None:
+    in_packs = [a for a in chosen if a.pack]
+    if in_packs:
+        from archive_tool.bulk.prunepacks import drop_from_packs
+
+        drop_from_packs(in_packs, s, root, lambda a: _log(a, s, log, on_deleted))
     by_dir: dict[str, list[Archived]] = defaultdict(list)
     for a in chosen:
-        by_dir[os.path.dirname(a.path)].append(a)
+        if not a.pack:
+            by_dir[os.path.dirname(a.path)].append(a)
+    if not by_dir:
+        return
+    gone: list[Archived] = []
+
+    def deleted(a: Archived) -> None:
+        gone.append(a)
+        if on_deleted is not None:
+            on_deleted(a)
+
     root_fd = fs.open_trusted_dir(root)
     try:
-        _delete_in(by_dir, s, log, on_deleted, root, root_fd)
+        _delete_in(by_dir, s, log, deleted, root, root_fd)
     finally:
         os.close(root_fd)
+        _uncatalog(root, gone, s)
+
+
+def _uncatalog(root: str, gone: list[Archived], s: dict[str, Any]) -> None:
+    """Rows of deleted archives leave the catalog (if there is one): ``find`` and
+    ``show ROOT -s ID`` must not point at a file that is gone. A failure is a warning:
+    the deletions are done and logged, and ``catalog --rebuild`` repairs it."""
+    import sqlite3
+
+    from archive_tool.bulk import catalog
+
+    if not gone or not os.path.exists(catalog.catalog_path(root)):
+        return
+    try:
+        catalog.replace_archives(root, [os.path.relpath(a.path, root) for a in gone], [])
+    except (sqlite3.Error, OSError) as e:
+        s["warnings"].append(f"catalog not updated: {e}")
 
 
 def _delete_in(by_dir: dict[str, list[Archived]], s: dict[str, Any], log: Any,
@@ -173,13 +225,7 @@ def _delete_in(by_dir: dict[str, list[Archived]], s: dict[str, Any], log: Any,
             if done:
                 os.fsync(dfd)  # the unlinks are durable before they are logged as done
             for a in done:
-                s["deleted"] += 1
-                s["bytes_freed"] += a.bytes
-                log.write(json.dumps({"archive": a.path, "bytes": a.bytes, "state": a.state,
-                                      "started": a.started, "time": time.time()}) + "\n")
-                log.flush()
-                if on_deleted is not None:
-                    on_deleted(a)
+                _log(a, s, log, on_deleted)
         finally:
             os.close(dfd)
 
@@ -219,7 +265,8 @@ def prune(
                 s["kept"][a.keep] = s["kept"].get(a.keep, 0) + 1
         s["selected"] = len(chosen)
         s["bytes"] = sum(a.bytes for a in chosen)
-        s["archives"] = [{k: v for k, v in asdict(a).items() if k not in ("keep", "dev", "ino")}
+        s["archives"] = [{k: v for k, v in asdict(a).items()
+                          if k not in ("keep", "dev", "ino") and (k != "pack" or v)}
                          for a in chosen]
         if not dry_run and chosen:
             from archive_tool.bulk.runlog import close_durably, open_stamped

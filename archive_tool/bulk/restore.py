@@ -151,9 +151,12 @@ def restore_tree(
     on_jobs: Callable[[int], None] | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> dict[str, Any]:
-    """Restore every session archive under *root* into its FINISHED_* dir (beside it).
-    An archive whose session dir already exists is skipped. *on_jobs* is told how many
-    restores will run, before they start (a progress bar's total)."""
+    """Restore every session archive under *root* into its FINISHED_* dir (beside it),
+    and every session inside a pack there (packrestore.py; packs are kept even with
+    *remove_archive*). An archive whose session dir already exists is skipped. *on_jobs*
+    is told how many restores will run, before they start (a progress bar's total)."""
+    from archive_tool.bulk import packrestore
+
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:
@@ -176,11 +179,14 @@ def restore_tree(
             except OSError:
                 pass
             jobs.append((e.path, dest))
+        in_packs = packrestore.plan(root_p, s, max_files, {d for _, d in jobs})
         if not dry_run:
             if on_jobs is not None:
-                on_jobs(len(jobs))
+                on_jobs(len(jobs) + len(in_packs))
             run_jobs(jobs, s, remove_archive=remove_archive, workers=workers, root=root_p,
                      on_result=on_result)
+            if not s["stopped"]:
+                packrestore.restore(root_p, in_packs, s, on_result)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 

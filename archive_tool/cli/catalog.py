@@ -1,8 +1,9 @@
-"""Commands on the catalog of a root: catalog (--rebuild), find."""
+"""Commands on the catalog and packs of a root: catalog (--rebuild), find, repack."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -63,3 +64,61 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
         where_ = r["archive"] + (f"::{r['name']}" if r["frame"] >= 0 else "")
         click.echo(f"{r['started'] or '-':19} {r['state'] or '-':16} {r['script'] or '-':20} "
                    f"{human_bytes(r['bytes_in']):>9} {where_}")
+
+
+@cli.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--merge", default=None, type=click.Choice(["weekly", "monthly", "all"]),
+              help="Also merge the packs of each FINISHED_* dir whose first session falls "
+                   "in the same week or month (or all of a dir's packs) into one pack.")
+@click.option("--drop", "drop", multiple=True, metavar="NAME|ID",
+              help="Delete this session from its pack (repeatable). Its frame is gone "
+                   "for good: this is retention, not restore.")
+@click.option("--execute", is_flag=True, help="Really repack (default: dry run, nothing changes).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as one JSON object on stdout, nothing else.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
+def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, as_json: bool,
+           quiet: bool) -> None:
+    """Rewrite packs under ROOT without the sessions restored from them, merge small packs.
+
+    A session whose dir exists again beside its pack holding the same bytes (restored
+    with `unpack --session`) is dropped from the pack; so is a session named by --drop.
+    Frames are copied still compressed; the new pack is verified like `verify`, made
+    durable and linked under a new name, the catalog updated, and only then the old pack
+    unlinked. Dry run unless --execute.
+
+    \b
+    Example: session-archive repack /data/runs --merge monthly --execute
+    Merging: --merge monthly turns a month's daily packs of a dir into 2026-11.pack.tar.zst.
+    """
+    from archive_tool.bulk.repack import repack as do_repack
+
+    def show(g: dict) -> None:
+        if quiet or as_json:
+            return
+        verb = "repacked" if execute else "would repack"
+        into = (f" into {g['new']}" if g["new"] else f" (kept: {g['reuse']})" if g["reuse"]
+                else " into a new pack" if g["kept"] else " (nothing kept: removed)")
+        click.echo(f"{verb} {', '.join(os.path.basename(p) for p in g['packs'])} in "
+                   f"{g['dir']}{into}: {g['kept']} kept, {len(g['dropped'])} dropped")
+        for d in g["dropped"]:
+            click.echo(f"  drop {d['session']} ({d['pack']}): {d['reason']}")
+
+    s = _call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
+    if as_json:
+        click.echo(json.dumps(s, sort_keys=True))
+    elif not quiet:
+        click.echo(f"{'' if execute else 'dry run: '}{len(s['groups'])} groups; packs "
+                   f"{s['packs_read']} read, {s['packs_written']} written, "
+                   f"{s['packs_removed']} removed; sessions {s['kept']} kept, "
+                   f"{s['dropped']} dropped; {human_bytes(s['bytes_before'])} -> "
+                   f"{human_bytes(s['bytes_after'])} in {s['elapsed']:.1f} s")
+        if not execute:
+            click.echo("Nothing was changed; add --execute to repack.")
+    for w in s["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+    for f in s["failures"][:20]:
+        click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+    if s["failed"]:
+        raise Failed(f"{s['failed']} failed")

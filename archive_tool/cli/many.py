@@ -308,7 +308,8 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
 @click.argument("root", type=click.Path())
 @click.option("--tree", is_flag=True,
               help="Restore every session archive anywhere under ROOT (those in FINISHED_* "
-                   "dirs) back into its dir, instead of only the archives directly in ROOT.")
+                   "dirs) back into its dir, instead of only the archives directly in ROOT; "
+                   "sessions inside packs too (packs are kept: `repack` drops them later).")
 @click.option("--undo", "undo", default=None, metavar="RUN|last",
               help="Undo one `sweep --execute` of ROOT: restore exactly the archives it wrote "
                    "(RUN as printed by that sweep, from ROOT/.session-archive/runs/), "

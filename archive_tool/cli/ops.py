@@ -41,8 +41,9 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
           include_latest: bool, execute: bool, as_json: bool, quiet: bool) -> None:
     """Delete old session archives under ROOT (retention). Dry run unless --execute.
 
-    Only <ID>[-<name>].<format> files in FINISHED_* dirs are considered; session dirs are
-    never touched. Per script, the K newest (--keep-last) and the newest successful run
+    Only <ID>[-<name>].<format> files in FINISHED_* dirs and the sessions inside packs
+    there (listed as PACK::SESSION; pruned by rewriting the pack without them, see
+    `repack`) are considered; session dirs are never touched. Per script, the K newest (--keep-last) and the newest successful run
     (unless --include-latest) are kept; of the rest, an archive goes when it matches every
     filter given. Deletions are fsynced and logged in ROOT/.session-archive/prune/.
 

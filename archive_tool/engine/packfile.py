@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,21 @@ class PackWriter:
         self.frames.append(f)
         return f
 
+    def add_frame(self, name: str, frame: bytes, dsize: int) -> FrameInfo:
+        """Append a frame copied, still compressed, from another pack (repack): no
+        recompression. Its read-back is checked against a digest of the compressed bytes,
+        and :func:`verify_pack` decompresses it (libzstd checks its XXH64)."""
+        if dsize > seekable.MAX_FRAME or dsize % tarfile.BLOCKSIZE:
+            raise ValueError("a pack frame is whole tar blocks below 4 GiB")
+        off = self._pos
+        self._write(frame)
+        self._entries.append((len(frame), dsize, seekable.frame_checksum(frame)))
+        self._digests.append(b"raw:" + _digest(frame))
+        self._tar_len += dsize
+        f = FrameInfo(name, len(self.frames), off, len(frame), dsize)
+        self.frames.append(f)
+        return f
+
     def finish(self) -> int:
         """End the tar stream, write the index and the seek table; returns the file size."""
         end = END_BLOCKS + tarfile.NUL * (-(self._tar_len + len(END_BLOCKS))
@@ -136,7 +152,11 @@ class PackWriter:
                 raise VerifyFailed(where, "seek table read back differs from what was written")
             for i, want in enumerate(self._digests[:-1]):
                 f = frames[i]
-                if _digest(seekable.read_frame(self.tmp.fd, f, where)) != want:
+                if want.startswith(b"raw:"):
+                    got = b"raw:" + _digest(os.pread(self.tmp.fd, f.csize, f.offset))
+                else:
+                    got = _digest(seekable.read_frame(self.tmp.fd, f, where))
+                if got != want:
                     raise VerifyFailed(where, f"frame at {f.offset} read back differs")
             names = _index(self.tmp.fd, frames, where)
         except CorruptArchive as e:
@@ -296,23 +316,35 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     return target
 
 
-def verify_pack(path: str | os.PathLike[str]) -> Any:
+def verify_pack(path: str | os.PathLike[str], fd: int | None = None,
+                on_frame: Callable[[int, str, bytes], None] | None = None) -> Any:
     """``verify`` of a pack: the whole tar stream as for any archive (read.verify_archive:
     every byte, checksums, member rules), plus what only a pack has: a valid seek table
     and index, every listed frame one whole zstd frame of the size the table says, and
     each session's frame holding only members below that session's own name (a reader
-    of one session must get that session and nothing else)."""
+    of one session must get that session and nothing else).
+
+    With *fd* the open file is read (not closed; an unnamed tmp has no path) and *path*
+    only names it. *on_frame(i, name, members)* sees each session's checked tar bytes
+    (repack makes the catalog rows from them instead of decompressing twice)."""
     from archive_tool.engine.read import verify_archive
 
     path = os.fspath(path)
-    info = verify_archive(path)
-    with Pack(path) as p:
+    stream = None
+    if fd is not None:
+        stream = os.dup(fd)  # verify_archive closes it
+        os.lseek(stream, 0, os.SEEK_SET)  # the stream is read from the fd's offset
+    info = verify_archive(path, stream)
+    with Pack(path, None if fd is None else os.dup(fd)) as p:
         for i, name in enumerate(p.names):
             if not is_session_name(name):
                 raise UnsafeArchive(path, f"index names {name!r}, not a session dir name")
-            for member, _off, _size, _typ in iter_tar(p.members(i)):
+            members = p.members(i)
+            for member, _off, _size, _typ in iter_tar(members):
                 if member.rstrip("/") != name and not member.startswith(name + "/"):
                     raise CorruptArchive(path, f"frame {i} ({name}) holds {member!r}")
+            if on_frame is not None:
+                on_frame(i, name, members)
         end = p.members(len(p.names))
         if end.strip(tarfile.NUL) or len(end) < len(END_BLOCKS):
             raise CorruptArchive(path, "the last data frame is not the tar end blocks")

@@ -326,14 +326,15 @@ class ArchiveInfo:
     top: str | None
 
 
-def verify_archive(path: str | os.PathLike[str]) -> ArchiveInfo:
+def verify_archive(path: str | os.PathLike[str], fd: int | None = None) -> ArchiveInfo:
     """Read an archive completely: every header, every byte, the compressor's checksum,
-    and every member's safety for restore. Raises CorruptArchive / UnsafeArchive."""
+    and every member's safety for restore. Raises CorruptArchive / UnsafeArchive.
+    With *fd* (closed on return) that open file is read; *path* only names it."""
     path = os.fspath(path)
     members = files = total = 0
     tops: set[str] = set()
     seen = MemberRules()
-    with open_tar(path) as (tf, reader):
+    with open_tar(path, fd) as (tf, reader):
         try:
             for m in iter_members(tf):
                 members += 1

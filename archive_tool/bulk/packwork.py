@@ -1,0 +1,229 @@
+"""The worker side of ``sweep --pack``: one worker builds, commits and deletes one pack.
+
+  1. per session: lock, scan, tar in memory, compress as its own frame into ONE unnamed
+     O_TMPFILE in the FINISHED_* dir, unlock (a pack of 10,000 sessions would otherwise
+     hold 10,000 dir fds; the delete below re-checks every source against its manifest);
+  2. end the tar stream, write the index and the seek table, read the whole tmp back
+     (every frame against a digest of the bytes it was made from);
+  3. one fsync, link() to the first free name (``<period>.pack.tar.zst``, then
+     ``<period>.2.pack.tar.zst`` ...: never overwrite), fsync the dir;
+  4. per session: lock again, commit.remove_source (rename to trash, re-check unchanged,
+     delete). A source that changed is kept (its earlier bytes stay in the pack).
+
+Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES), and, as
+root, sessions of another owner than their dir's, get a per-session archive as without
+--pack. Crash leftovers (a source a pack already holds, trash) are packresume.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from archive_tool import fs
+from archive_tool.bulk import catalog
+from archive_tool.bulk import sweep as _sweep
+from archive_tool.bulk.packplan import PackJob
+from archive_tool.bulk.packresume import Out, packed_names, resume
+from archive_tool.engine import commit, packfile, single
+from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
+from archive_tool.engine.tarwrite import CHUNK, write_tar
+from archive_tool.errors import ArchiveError, DiskFull, SourceChanged
+from archive_tool.lock import lock_session
+from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
+
+
+@dataclass
+class _Packed:
+    path: str
+    name: str
+    entries: list[Entry]
+    frame: packfile.FrameInfo
+    row: dict[str, Any]
+
+
+def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
+    """Write, verify, commit one pack and delete its sources; never raises."""
+    out: Out = []
+    try:
+        with fs.DirCache(opts.get("root")) as dirs:
+            _pack(job, opts, out, dirs)
+    except BaseException as e:  # noqa: BLE001 - a worker must never take the sweep down
+        done = {r.path for r, _ in out}
+        out += [(Result(p, FAILED, f"internal error: {e!r}"), None)
+                for p in job.paths if p not in done]
+    return out
+
+
+def _rel_dir(root: str, d: str) -> str:
+    rel = os.path.relpath(d, root)
+    return "" if rel == "." else rel
+
+
+def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> None:
+    root, level, cutoff_ns = opts["root"], opts["compresslevel"], opts["cutoff_ns"]
+    parent_fd = dirs.parent(job.paths[0])[0]
+    in_packs = packed_names(parent_fd, job.dir)
+    n = 1
+    while fs.lexists_at(parent_fd, packfile.pack_file_name(job.period, n)):
+        n += 1
+    final = os.path.join(job.dir, packfile.pack_file_name(job.period, n))
+    as_root = os.geteuid() == 0
+    dst = os.fstat(parent_fd)
+    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None)
+    big: list[str] = []
+    packed: list[_Packed] = []
+    mode = 0o644
+    try:
+        w = packfile.PackWriter(tmp, level)
+        for i, path in enumerate(job.paths):
+            name = os.path.basename(path)
+            if name in in_packs:
+                resumed = resume(parent_fd, path, name, in_packs[name])
+                if resumed is not None:
+                    out.append((resumed, None))
+                    continue
+                # The pack holds an earlier state of it: this state goes into a new pack.
+            try:
+                got = _add(w, parent_fd, path, name, cutoff_ns, as_root, dst,
+                           _rel_dir(root, job.dir))
+            except single.TooRecent:
+                out.append((Result(path, SKIPPED, "too recent"), None))
+                continue
+            except FileExistsError:
+                out.append((Result(path, SKIPPED, "archived meanwhile by another process"), None))
+                continue
+            except (ArchiveError, OSError) as e:
+                out.append((_sweep._fail(path, e), None))
+                if isinstance(e, DiskFull) or w.broken:
+                    # The tmp pack is unusable (or the disk full): nothing of it is
+                    # committed, every source stays; the rest is not attempted.
+                    why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
+                    out += [(Result(p, SKIPPED, f"not attempted: {why}"), None)
+                            for p in [q.path for q in packed] + job.paths[i + 1:]]
+                    return
+                continue
+            if got is None:
+                big.append(path)
+                continue
+            entries, frame, bits, row = got
+            mode &= bits
+            packed.append(_Packed(path, name, entries, frame, row))
+        if packed:
+            _commit_pack(w, tmp, packed, mode, out, root, job)
+    finally:
+        tmp.close()
+    if big:
+        for r in _per_session(big, opts, dirs):
+            row = None
+            if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
+                with contextlib.suppress(ArchiveError, OSError, ValueError):
+                    rel = _rel_dir(root, job.dir)
+                    fname = os.path.basename(r.path) + ".tar.zst"
+                    row = next(catalog.rows_of_file(root, rel, fname))
+            out.append((r, row))
+
+
+def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
+         cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str
+         ) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
+    """Session *name* as the pack's next frame; None: it goes to a per-session archive
+    (too big for memory, or, as root, owned by another user than the dir: a pack
+    belongs to one user, and single.py gives each archive its session's owner)."""
+    lock_fd = lock_session(parent_fd, name, path)
+    try:
+        entries = scan_fd(lock_fd, path)
+        if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
+            raise single.TooRecent(path)
+        size = content_bytes(entries)
+        if size > single.IN_MEMORY_LIMIT or len(entries) > single.IN_MEMORY_MAX_ENTRIES:
+            return None
+        if as_root and entries[0].uid != dst.st_uid:
+            return None
+        bits = single.archive_mode(entries, dst.st_gid, path, as_root)
+        parts: list[bytes] = []
+        write_tar(lock_fd, path, name, entries, parts.append, chunk=max(CHUNK, size + 1))
+        tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
+        frame = w.add(name, tar)
+        fs.race_point("pack-frame", path)
+        # The catalog row from the bytes in memory (the pack's name is set once published).
+        row = catalog.session_row(tar, name, rel_dir, "", frame.index, frame.offset,
+                                  frame.csize)
+        return entries, frame, bits, row
+    finally:
+        os.close(lock_fd)
+
+
+def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_Packed],
+                 mode: int, out: Out, root: str, job: PackJob) -> None:
+    paths = [p.path for p in packed]
+    try:
+        w.finish()
+        os.fchmod(tmp.fd, mode)
+        w.verify()
+        commit.make_durable([tmp])
+        fs.race_point("pack-publish", tmp.final)
+        while True:
+            try:
+                commit.publish(tmp)
+                break
+            except FileExistsError:  # another process took the name: take the next one
+                k = int(tmp.name[len(job.period) + 1:].split(".")[0]) + 1 \
+                    if tmp.name != packfile.pack_file_name(job.period) else 2
+                tmp.name = packfile.pack_file_name(job.period, k)
+                tmp.final = os.path.join(job.dir, tmp.name)
+        commit.fsync_dir(tmp.dir_fd, job.dir)
+    except (ArchiveError, OSError) as e:
+        out += [(_sweep._fail(p, e), None) for p in paths]
+        return
+    finally:
+        tmp.discard()
+    fs.race_point("pack-published", tmp.final)
+    arel = os.path.relpath(tmp.final, root)
+    for p in packed:
+        f = p.frame
+        row = p.row
+        row["archive"] = arel
+        try:
+            lock_fd = lock_session(tmp.dir_fd, p.name, p.path, archived_ok=True)
+        except (FileExistsError, ArchiveError, OSError) as e:
+            out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source could "
+                               f"not be locked again: {getattr(e, 'reason', e)}"), row))
+            continue
+        try:
+            commit.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
+                                 keep_archive=True)
+            out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], f.csize,
+                               len(p.entries)), row))
+        except SourceChanged as e:
+            out.append((Result(p.path, FAILED, f"{e.reason.split(';')[0]}; source kept (the "
+                               f"pack holds its earlier state)"), row))
+        except OSError as e:
+            out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source could "
+                               f"not be removed: {e.strerror or e}"), row))
+        finally:
+            os.close(lock_fd)
+
+
+def _per_session(paths: list[str], opts: dict[str, Any], dirs: fs.DirCache) -> list[Result]:
+    out: list[Result] = []
+    prepared: list[single.Prepared] = []
+    try:
+        for path in paths:
+            try:
+                prepared.append(single.prepare(path, "tar.zst", opts["compresslevel"],
+                                               cutoff_ns=opts["cutoff_ns"], dirs=dirs))
+            except single.TooRecent:
+                out.append(Result(path, SKIPPED, "too recent"))
+            except FileExistsError:
+                out.append(Result(path, SKIPPED, "archive appeared meanwhile"))
+            except (ArchiveError, OSError) as e:
+                out.append(_sweep._fail(path, e))
+        if prepared:
+            _sweep._commit(prepared, out, True)
+    finally:
+        for p in prepared:
+            p.unlock()
+    return out

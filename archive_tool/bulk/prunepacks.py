@@ -1,0 +1,88 @@
+"""Retention inside packs (prune.py's candidates and deletions for sessions in packs).
+
+A session inside ``<period>.pack.tar.zst`` is a candidate like a session's own archive:
+``path`` is ``PACK::SESSION``, ``bytes`` its compressed frame, age from its ID. Deleting it
+is a repack of its pack without it (repack.py: the other frames copied unchanged, the new
+pack verified, durable and catalogued before the old one is unlinked).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from archive_tool import fs
+from archive_tool.bulk.prune import Archived, started_at
+from archive_tool.errors import ArchiveError
+from archive_tool.summary import record_failure
+
+
+def scan_packs(root: str, now: float) -> list[Archived]:
+    """Every session inside a pack of a FINISHED_* dir, as a candidate like a session's
+    own archive (its bytes: its compressed frame). Read by fds from the root, seek table
+    and index only; a pack that does not read is skipped here (``repack`` and ``verify``
+    report it) and so never pruned."""
+    from archive_tool.bulk.repackplan import pack_dirs
+    from archive_tool.engine.packfile import Pack, is_pack_name
+
+    out = []
+    root_fd = fs.open_trusted_dir(root)
+    try:
+        for rel in pack_dirs(root, root_fd):
+            finished = os.path.join(root, rel) if rel else root
+            script = os.path.dirname(rel) if rel else os.path.dirname(finished)
+            try:
+                dfd = fs.open_beneath(root_fd, rel)
+            except OSError:
+                continue
+            try:
+                for e in fs.scandir_sorted(dfd):
+                    if not is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
+                        continue
+                    path = os.path.join(finished, e.name)
+                    try:
+                        with Pack(path, fs.open_file(e.name, dfd)) as p:
+                            mtime = os.fstat(p.fd).st_mtime
+                            sessions = [(n, p.frames.csize[i]) for i, n in enumerate(p.names)]
+                    except (ArchiveError, OSError):
+                        continue
+                    for name, csize in sessions:
+                        t = started_at(name)
+                        t = mtime if t is None else t
+                        out.append(Archived(
+                            path=f"{path}::{name}", script=script or ".",
+                            state=os.path.basename(finished), started=t,
+                            age_days=(now - t) / 86400, bytes=csize, pack=path))
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(root_fd)
+    return out
+
+
+def drop_from_packs(chosen: list[Archived], s: dict[str, Any], root: str,
+                    done_one: Callable[[Archived], None]) -> None:
+    """Sessions inside packs go by a repack of each pack holding one, without them
+    (repack.py: the new pack durable and catalogued before the old one is unlinked)."""
+    from archive_tool.bulk.repack import repack
+
+    want: dict[tuple[str, str], Archived] = {}
+    for a in chosen:
+        rel = os.path.relpath(os.path.dirname(a.pack), root)
+        want[("" if rel == "." else rel, a.path.rpartition("::")[2])] = a
+
+    def drop_fn(rel: str, name: str) -> str | None:
+        return "pruned" if (rel, name) in want else None
+
+    r = repack(root, dry_run=False, drop_fn=drop_fn, only_dropped=True, lock=False)
+    for f in r["failures"]:
+        record_failure(s, f["path"], f["reason"])
+    done = set()
+    for g in r["groups"]:
+        rel = os.path.relpath(g["dir"], root)
+        for d in g["dropped"]:
+            a = want.get(("" if rel == "." else rel, d["session"]))
+            if a is not None and d["reason"] == "pruned" and id(a) not in done:
+                done.add(id(a))
+                done_one(a)
