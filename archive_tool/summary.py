@@ -6,6 +6,7 @@ process folds them into a Summary dict, which the CLI prints and ``--json`` dump
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 ARCHIVED, SKIPPED, FAILED, RESUMED, CLEANED = "archived", "skipped", "failed", "resumed", "cleaned"
@@ -41,3 +42,17 @@ def record_failure(summary: dict[str, Any], path: str, reason: str) -> None:
     summary["failed"] += 1
     if len(summary["failures"]) < MAX_FAILURES_LISTED:
         summary["failures"].append({"path": path, "reason": reason})
+
+
+def count_restore(summary: dict[str, Any], r: Result,
+                  on_result: Callable[[Result], None] | None = None) -> None:
+    """One restore result into a restore Summary (archives and pack sessions alike)."""
+    if r.status == RESTORED:
+        summary["restored"] += 1
+        summary["bytes_out"] += r.bytes_out
+    elif r.status == SKIPPED:
+        summary["skipped"] += 1
+    else:
+        record_failure(summary, r.path, r.reason)
+    if on_result is not None:
+        on_result(r)

@@ -96,3 +96,22 @@ def world_dir():
     os.chmod(d, 0o755)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def crash_at(call: str) -> str:
+    """Python source for a child that runs *call* (argv[1] = the root) and dies with
+    os._exit(9) the argv[3]-th time it reaches the race point argv[2]: a crash at an exact
+    step, for the crash tests of pack and repack. Exit 3 if it got through."""
+    return f"""
+import os, sys
+from archive_tool import fs
+point, k, n = sys.argv[2], int(sys.argv[3]), [0]
+def hook(p, where):
+    if p == point:
+        n[0] += 1
+        if n[0] == k:
+            os._exit(9)
+fs.race_hook = hook
+{call}
+sys.exit(3)
+"""

@@ -17,7 +17,7 @@ from archive_tool.bulk import catalog
 from archive_tool.bulk.packsweep import pack_sweep, period_of
 from archive_tool.engine import packfile, seekable
 from archive_tool.summary import ARCHIVED, FAILED
-from tests.conftest import make_session, run_cli, snapshot
+from tests.conftest import crash_at, make_session, run_cli, snapshot
 
 DAY = "2026Y-11M-23D"
 
@@ -187,20 +187,8 @@ def test_a_source_changed_before_its_delete_is_kept_with_the_pack(tmp_path: Path
                      tmp_path) == new_state
 
 
-_CRASH = """
-import os, sys
-from archive_tool import fs
-from archive_tool.bulk.packsweep import pack_sweep
-point, k, n = sys.argv[2], int(sys.argv[3]), [0]
-def hook(p, where):
-    if p == point:
-        n[0] += 1
-        if n[0] == k:
-            os._exit(9)
-fs.race_hook = hook
-pack_sweep(sys.argv[1], "daily", dry_run=False, workers=1)
-sys.exit(3)
-"""
+_CRASH = crash_at("from archive_tool.bulk.packsweep import pack_sweep\n"
+                  'pack_sweep(sys.argv[1], "daily", dry_run=False, workers=1)')
 
 
 def _holdings(root: Path, tmp: Path) -> dict[str, list[dict]]:

@@ -18,7 +18,7 @@ from archive_tool.bulk import catalog
 from archive_tool.bulk.packsweep import pack_sweep
 from archive_tool.bulk.repack import repack
 from archive_tool.engine import packfile
-from tests.conftest import run_cli, snapshot
+from tests.conftest import crash_at, run_cli, snapshot
 from tests.test_pack import DAY, _holdings, _packs, _tree
 
 SUCCESS = "train_out/FINISHED_SUCCESS"
@@ -172,20 +172,8 @@ def test_a_pack_with_a_bad_seek_table_is_refused_and_nothing_is_deleted(
     assert _files(root) == files
 
 
-_CRASH = """
-import os, sys
-from archive_tool import fs
-from archive_tool.bulk.repack import repack
-point, k, n = sys.argv[2], int(sys.argv[3]), [0]
-def hook(p, where):
-    if p == point:
-        n[0] += 1
-        if n[0] == k:
-            os._exit(9)
-fs.race_hook = hook
-repack(sys.argv[1], merge="monthly", dry_run=False)
-sys.exit(3)
-"""
+_CRASH = crash_at("from archive_tool.bulk.repack import repack\n"
+                  'repack(sys.argv[1], merge="monthly", dry_run=False)')
 
 
 @pytest.mark.parametrize(("point", "k"), [

@@ -19,46 +19,18 @@ from archive_tool.engine import packfile
 from archive_tool.engine.restore import _restore_at, remove_dead_temps
 from archive_tool.errors import ArchiveError
 from archive_tool.names import is_session_name
-from archive_tool.summary import FAILED, RESTORED, SKIPPED, Result, record_failure
+from archive_tool.summary import FAILED, RESTORED, SKIPPED, Result, count_restore
 
 Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session name)
-
-
-def _sessions(root: str) -> list[tuple[str, str, list[tuple[str, int]]]]:
-    """(rel dir, pack, [(session, compressed size)]) of every readable pack."""
-    from archive_tool.bulk.repackplan import pack_dirs
-
-    out = []
-    root_fd = fs.open_trusted_dir(root)
-    try:
-        for rel in pack_dirs(root, root_fd):
-            try:
-                dfd = fs.open_beneath(root_fd, rel)
-            except OSError:
-                continue
-            try:
-                for e in fs.scandir_sorted(dfd):
-                    if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
-                        continue
-                    try:
-                        with packfile.Pack(os.path.join(root, rel, e.name),
-                                           fs.open_file(e.name, dfd)) as p:
-                            out.append((rel, e.name, [(n, p.frames.csize[i])
-                                                      for i, n in enumerate(p.names)]))
-                    except (ArchiveError, OSError):
-                        continue  # `verify` and `repack` report it
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(root_fd)
-    return out
 
 
 def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -> list[Job]:
     """Sessions in packs to restore, counted into *s* as restore_tree counts archives.
     *taken*: destinations already planned (a per-session archive of the same session)."""
+    from archive_tool.bulk.repackplan import pack_listings
+
     jobs: list[Job] = []
-    for rel, pack, sessions in _sessions(root):
+    for rel, pack, _mtime, sessions in pack_listings(root):
         for name, csize in sessions:
             s["scanned"] += 1
             dest = os.path.join(root, rel, name)
@@ -90,7 +62,7 @@ def restore(root: str, jobs: list[Job], s: dict[str, Any],
                 dfd = fs.open_beneath(root_fd, rel)
             except OSError as e:
                 for n in names:
-                    _account(s, Result(os.path.join(where, pack) + f"::{n}", FAILED,
+                    count_restore(s, Result(os.path.join(where, pack) + f"::{n}", FAILED,
                                        f"cannot open its dir: {e.strerror}"), on_result)
                 continue
             try:
@@ -109,7 +81,7 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
         p = packfile.Pack(path, fs.open_file(pack, dfd))
     except (ArchiveError, OSError) as e:
         for n in names:
-            _account(s, Result(f"{path}::{n}", FAILED, getattr(e, "reason", None)
+            count_restore(s, Result(f"{path}::{n}", FAILED, getattr(e, "reason", None)
                                or str(e)), on_result)
         return
     with p:
@@ -130,16 +102,6 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
             finally:
                 if fd >= 0:
                     os.close(fd)
-            _account(s, r, on_result)
+            count_restore(s, r, on_result)
 
 
-def _account(s: dict[str, Any], r: Result, on_result: Callable[[Result], None] | None) -> None:
-    if r.status == RESTORED:
-        s["restored"] += 1
-        s["bytes_out"] += r.bytes_out
-    elif r.status == SKIPPED:
-        s["skipped"] += 1
-    else:
-        record_failure(s, r.path, r.reason)
-    if on_result is not None:
-        on_result(r)

@@ -165,15 +165,7 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
         w.verify()
         commit.make_durable([tmp])
         fs.race_point("pack-publish", tmp.final)
-        while True:
-            try:
-                commit.publish(tmp)
-                break
-            except FileExistsError:  # another process took the name: take the next one
-                k = int(tmp.name[len(job.period) + 1:].split(".")[0]) + 1 \
-                    if tmp.name != packfile.pack_file_name(job.period) else 2
-                tmp.name = packfile.pack_file_name(job.period, k)
-                tmp.final = os.path.join(job.dir, tmp.name)
+        packfile.publish_free_name(tmp, job.period, job.dir)
         commit.fsync_dir(tmp.dir_fd, job.dir)
     except (ArchiveError, OSError) as e:
         out += [(_sweep._fail(p, e), None) for p in paths]

@@ -12,9 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool import fs
 from archive_tool.bulk.prune import Archived, started_at
-from archive_tool.errors import ArchiveError
 from archive_tool.summary import record_failure
 
 
@@ -23,41 +21,20 @@ def scan_packs(root: str, now: float) -> list[Archived]:
     own archive (its bytes: its compressed frame). Read by fds from the root, seek table
     and index only; a pack that does not read is skipped here (``repack`` and ``verify``
     report it) and so never pruned."""
-    from archive_tool.bulk.repackplan import pack_dirs
-    from archive_tool.engine.packfile import Pack, is_pack_name
+    from archive_tool.bulk.repackplan import pack_listings
 
     out = []
-    root_fd = fs.open_trusted_dir(root)
-    try:
-        for rel in pack_dirs(root, root_fd):
-            finished = os.path.join(root, rel) if rel else root
-            script = os.path.dirname(rel) if rel else os.path.dirname(finished)
-            try:
-                dfd = fs.open_beneath(root_fd, rel)
-            except OSError:
-                continue
-            try:
-                for e in fs.scandir_sorted(dfd):
-                    if not is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
-                        continue
-                    path = os.path.join(finished, e.name)
-                    try:
-                        with Pack(path, fs.open_file(e.name, dfd)) as p:
-                            mtime = os.fstat(p.fd).st_mtime
-                            sessions = [(n, p.frames.csize[i]) for i, n in enumerate(p.names)]
-                    except (ArchiveError, OSError):
-                        continue
-                    for name, csize in sessions:
-                        t = started_at(name)
-                        t = mtime if t is None else t
-                        out.append(Archived(
-                            path=f"{path}::{name}", script=script or ".",
-                            state=os.path.basename(finished), started=t,
-                            age_days=(now - t) / 86400, bytes=csize, pack=path))
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(root_fd)
+    for rel, pack, mtime, sessions in pack_listings(root):
+        finished = os.path.join(root, rel) if rel else root
+        script = os.path.dirname(rel) if rel else os.path.dirname(finished)
+        path = os.path.join(finished, pack)
+        for name, csize in sessions:
+            t = started_at(name)
+            t = mtime if t is None else t
+            out.append(Archived(
+                path=f"{path}::{name}", script=script or ".",
+                state=os.path.basename(finished), started=t,
+                age_days=(now - t) / 86400, bytes=csize, pack=path))
     return out
 
 

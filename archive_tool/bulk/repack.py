@@ -102,14 +102,7 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
             raise VerifyFailed(tmp.final, f"the new pack does not verify: {reason_of(e)}") from None
         commit.make_durable([tmp])
         fs.race_point("repack-publish", tmp.final)
-        while True:
-            try:
-                commit.publish(tmp)
-                break
-            except FileExistsError:  # another process took the name: the next one
-                n += 1
-                tmp.name = packfile.pack_file_name(g.base, n)
-                tmp.final = os.path.join(where, tmp.name)
+        packfile.publish_free_name(tmp, g.base, where)
         commit.fsync_dir(tmp.dir_fd, where)
     finally:
         tmp.close()

@@ -115,6 +115,36 @@ def _base(pack: str) -> str:
     return head if dot and n.isdigit() else stem
 
 
+def pack_listings(root: str) -> list[tuple[str, str, float, list[tuple[str, int]]]]:
+    """(rel dir, pack name, pack mtime, [(session, compressed frame size)]) of every pack
+    of every FINISHED_* dir below *root* that reads: seek table and index only, by fds
+    from the root. A pack that does not read is left out (``verify``/``repack`` say why)."""
+    out = []
+    root_fd = fs.open_trusted_dir(root)
+    try:
+        for rel in pack_dirs(root, root_fd):
+            try:
+                dfd = fs.open_beneath(root_fd, rel)
+            except OSError:
+                continue
+            try:
+                for e in fs.scandir_sorted(dfd):
+                    if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
+                        continue
+                    try:
+                        with packfile.Pack(os.path.join(root, rel, e.name),
+                                           fs.open_file(e.name, dfd)) as p:
+                            out.append((rel, e.name, os.fstat(p.fd).st_mtime,
+                                        [(n, p.frames.csize[k]) for k, n in enumerate(p.names)]))
+                    except (ArchiveError, OSError):
+                        continue
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(root_fd)
+    return out
+
+
 def pack_dirs(root: str, root_fd: int) -> list[str]:
     """FINISHED_* dirs (relative to *root*) holding packs, walked by fds: no symlink is
     followed, session dirs, RUNNING/ and hidden dirs are not entered."""

@@ -37,7 +37,15 @@ from archive_tool.names import (
     session_of_trash,
     split_archive_name,
 )
-from archive_tool.summary import FAILED, RESTORED, SKIPPED, Result, new_summary, record_failure
+from archive_tool.summary import (
+    FAILED,
+    RESTORED,
+    SKIPPED,
+    Result,
+    count_restore,
+    new_summary,
+    record_failure,
+)
 
 STATE_DIR = ".session-archive"
 
@@ -99,15 +107,7 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
 
     def absorb(results: list[Result]) -> None:
         for r in results:
-            if r.status == RESTORED:
-                s["restored"] += 1
-                s["bytes_out"] += r.bytes_out
-            elif r.status == SKIPPED:
-                s["skipped"] += 1
-            else:
-                record_failure(s, r.path, r.reason)
-            if on_result is not None:
-                on_result(r)
+            count_restore(s, r, on_result)
 
     def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
         # Each archive is kept (removed only after its restore is durable); a restore cut

@@ -46,6 +46,20 @@ def pack_file_name(period: str, n: int = 1) -> str:
     return f"{period}{PACK_SUFFIX}" if n == 1 else f"{period}.{n}{PACK_SUFFIX}"
 
 
+def publish_free_name(tmp: commit.TmpArchive, base: str, where: str) -> None:
+    """Link the durable tmp pack under its name, or if another process took it, the next
+    free one (``<base>.2.pack.tar.zst``, ``.3`` ...): never a rename over a pack."""
+    n = 1 if tmp.name == pack_file_name(base) else int(tmp.name[len(base) + 1:].split(".")[0])
+    while True:
+        try:
+            commit.publish(tmp)
+            return
+        except FileExistsError:
+            n += 1
+            tmp.name = pack_file_name(base, n)
+            tmp.final = os.path.join(where, tmp.name)
+
+
 def is_pack_name(name: str) -> bool:
     return name.endswith(PACK_SUFFIX) and not name.startswith(".")
 
