@@ -93,3 +93,44 @@ def test_zstd_reader_returns_every_frame_whatever_the_read_size(chunk: int, read
     assert got == data
     with pytest.raises(zstandard.ZstdError):
         ZstdFramesReader(io.BytesIO(blob[:-3]), chunk=chunk).read()
+
+
+_BOMB_CHILD = """
+import io, resource, sys
+import zstandard
+from archive_tool.engine.formats import ZstdFramesReader
+# ~10 KB of RLE blocks that decode to 300 MiB of zeros, made 1 MiB at a time so that the
+# baseline RSS below is small; cut inside the frame, or whole.
+c = zstandard.ZstdCompressor(write_checksum=True).compressobj()
+zeros = bytes(1 << 20)
+blob = b"".join([c.compress(zeros) for _ in range(300)] + [c.flush()])
+if sys.argv[1] == "cut":
+    blob = blob[:-2]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+r = ZstdFramesReader(io.BytesIO(blob))
+n = 0
+try:
+    while chunk := r.read(1 << 20):
+        n += len(chunk)
+    verdict = "ok"
+except zstandard.ZstdError:
+    verdict = "refused"
+print(verdict, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("kind", ["whole", "cut"])
+def test_zstd_reader_streams_a_decompression_bomb_in_bounded_memory(kind: str) -> None:
+    """A frame of RLE blocks expands 32,768x: the reader must hand it out a read at a time
+    (decompressobj, used before, returned 300 MB for one 8 KiB slice of input)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _BOMB_CHILD, kind], capture_output=True,
+                         text=True, check=True).stdout.split()
+    verdict, n, grew_kb = out[0], int(out[1]), int(out[2])
+    assert verdict == ("ok" if kind == "whole" else "refused")
+    if kind == "whole":
+        assert n == 300 << 20
+    # The compressed input is made before the baseline; 300 MiB passed through.
+    assert grew_kb < 48 * 1024, grew_kb
