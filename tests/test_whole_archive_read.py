@@ -53,16 +53,34 @@ def test_zstd_frame_declaring_more_than_the_bound_is_not_decoded_in_one_call(
     # the bound: a 10 KB frame declaring 300 MB took 300 MB of RSS.
     frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(8 << 20))
     calls = []
-    real = formats._ZSTD_ONE
+    real = formats._zstd_one()
 
     class Spy:
         def decompress(self, *a, **kw):
             calls.append(a)
             return real.decompress(*a, **kw)
 
-    monkeypatch.setattr(formats, "_ZSTD_ONE", Spy())
+    monkeypatch.setattr(formats, "_zstd_one", Spy)
     with pytest.raises(formats.OutputTooBig):
         formats.decompress_bytes(frame, "tar.zst", max_size=1 << 20)
     assert calls == []
     assert formats.decompress_bytes(frame, "tar.zst", max_size=8 << 20) == bytes(8 << 20)
     assert len(calls) == 1
+
+
+def test_codecs_round_trip_from_many_threads_at_once() -> None:
+    """A Dask worker runs tasks in threads: the reused zstd contexts are per thread
+    (python-zstandard's objects must not be shared by threads in flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def job(k: int) -> bool:
+        data = os.urandom(3000) + bytes([k]) * (200_000 + k)
+        ok = True
+        for fmt in ("tar.zst", "tar.gz"):
+            for _ in range(15):
+                packed = formats.compress_bytes([data[:1000], data[1000:]], fmt)
+                ok &= formats.decompress_bytes(packed, fmt, max_size=len(data)) == data
+        return ok
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(job, range(16)))

@@ -11,6 +11,7 @@ import gzip
 import io
 import lzma
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,12 +39,35 @@ def zstd_level(compresslevel: int) -> int:
     return _ZSTD_LEVELS[check_level(compresslevel)]
 
 
-def _zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
+# One compressor per level and thread, reused: a fresh ZstdCompressor sets up its context
+# on first use (0.5 % of a sweep, py-spy). Per thread because python-zstandard's objects
+# must not be used by two threads at once, and a Dask worker runs tasks in threads.
+_local = threading.local()
+
+
+def _new_zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
     # libzstd leaves the frame checksum off unless asked; the zstd CLI turns it on. We want
     # a corrupted archive to fail loudly on read, so it is always on.
-    return zstandard.ZstdCompressor(
-        level=zstd_level(compresslevel), write_checksum=True, write_content_size=True
-    )
+    return zstandard.ZstdCompressor(level=zstd_level(compresslevel), write_checksum=True,
+                                    write_content_size=True)
+
+
+def _zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
+    """The thread's compressor for one-shot use only: a stream left open on it would be
+    interleaved with the next caller's (stream writers get their own)."""
+    level = zstd_level(compresslevel)
+    cache = _local.__dict__.setdefault("cctx", {})
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = _new_zstd_compressor(compresslevel)
+    return c
+
+
+def _zstd_one() -> zstandard.ZstdDecompressor:
+    d = _local.__dict__.get("dctx")
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
 
 
 # Members that deflate cannot shrink, by their leading bytes: PNG, JPEG, GIF, WebP (RIFF
@@ -176,7 +200,7 @@ CODECS: dict[str, Codec] = {
         Codec("tar.zst", b"\x28\xb5\x2f\xfd",
               _zstd_bytes,
               lambda d, m: _unzstd(d, m),
-              lambda raw, lv: _zstd_compressor(lv).stream_writer(raw, closefd=False),
+              lambda raw, lv: _new_zstd_compressor(lv).stream_writer(raw, closefd=False),
               lambda raw: ZstdFramesReader(raw)),
         Codec("tar.gz", b"\x1f\x8b", _gzip_bytes,
               lambda d, m: _gunzip(d, m),
@@ -257,13 +281,12 @@ def _unzstd(data: bytes, max_size: int | None) -> bytes:
         declared = -1
     if max_size is not None and 0 <= declared <= max_size:
         try:
-            return _ZSTD_ONE.decompress(data, max_output_size=max_size, allow_extra_data=False)
+            return _zstd_one().decompress(data, max_output_size=max_size,
+                                          allow_extra_data=False)
         except zstandard.ZstdError:
             pass  # several frames, a cut, a lie about the size: the frame reader says which
     return _read_limited(ZstdFramesReader(io.BytesIO(data)), max_size)
 
-
-_ZSTD_ONE = zstandard.ZstdDecompressor()
 
 
 def _read_limited(f: IO[bytes], max_size: int | None) -> bytes:
