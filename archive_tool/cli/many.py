@@ -204,6 +204,7 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                 batch_size: int | None, finalize_stale: bool, stale_after: float | None,
                 kw: dict[str, Any]) -> None:
     from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.bulk.runlog import pack_sweep_logged
 
     # Options that mean nothing for packs are refused, not silently ignored.
     if kw["fmt"].lower() not in ("tar.zst", "tar.zstd", "tzst"):
@@ -217,7 +218,10 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
 
         executor = _call(DaskExecutor, scheduler)
         click.get_current_context().call_on_close(executor.shutdown)
-    summary = _call(pack_sweep, root, pack, dry_run=not execute, compresslevel=kw["level"],
+    # Executed, the run's manifest is written (runlog.py), so `extract --undo` can put it back.
+    args: dict[str, Any] = {} if execute else {"dry_run": True}
+    summary = _call(pack_sweep_logged if execute else pack_sweep, root, pack, **args,
+                    compresslevel=kw["level"],
                     workers=kw["workers"], older_than_days=kw["older_than_days"],
                     pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
                     use_fd=kw["use_fd"], shard=shard, executor=executor,
