@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from archive_tool.bulk.runlog import list_runs, read_run
 from archive_tool.engine import packfile
 from tests.conftest import crash_at, run_cli, snapshot
@@ -226,5 +228,29 @@ def test_a_session_a_crashed_run_left_packed_is_undone_by_the_run_that_resumed_i
     assert len(recs) == 4
     r = run_cli("extract", root, "--undo", "last", "--execute", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["restored"] == 4, r.stderr
+    for name, snap in before.items():
+        assert snapshot(root / _state(name) / name) == snap
+
+
+def test_a_session_too_big_for_a_pack_gets_an_archive_line_and_undo_removes_that_archive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archive_tool.bulk.restore import undo_run
+    from archive_tool.bulk.runlog import pack_sweep_logged
+    from archive_tool.engine import single
+
+    root = tmp_path / "root"
+    before = _tree(root, 4)
+    # Sessions made with extra=True hold 5 KB of random bytes: above this, their own archive.
+    monkeypatch.setattr(single, "IN_MEMORY_LIMIT", 4000)
+    s = pack_sweep_logged(root, "daily", workers=1)
+    assert s["archived"] == 4 and s["failed"] == 0
+    recs = {os.path.basename(x["session"]): x for x in _manifest(root, s["run"])}
+    big = {n for n in before if int(n[-8:-5]) % 2 == 0}
+    assert {n for n, x in recs.items() if "pack" not in x} == big
+    for n in big:
+        assert recs[n]["archive"] == str(root / _state(n) / f"{n}.tar.zst")
+    u = undo_run(root, "last", dry_run=False, workers=1)
+    assert (u["restored"], u["failed"]) == (4, 0)
+    assert not [p for p in root.rglob("*.tar.zst") if not p.name.endswith(".pack.tar.zst")]
     for name, snap in before.items():
         assert snapshot(root / _state(name) / name) == snap
