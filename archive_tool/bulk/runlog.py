@@ -189,7 +189,14 @@ def pack_sweep_logged(root: str | os.PathLike[str], pack: str | int, *,
                       **kwargs: Any) -> dict[str, Any]:
     """``pack_sweep(root, pack, dry_run=False, ...)`` that records its manifest, one line
     per packed session naming its pack (see the module doc); Summary as sweep_logged's."""
+    from archive_tool.bulk.packplan import parse_pack
     from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.bulk.plan import check_days, parse_shard
+
+    # Bad input is refused before the manifest's dir is made: it changes nothing.
+    parse_pack(pack)
+    check_days(kwargs.get("older_than_days"))
+    parse_shard(kwargs.get("shard"))
 
     def run(root_p: str, log: RunLog | None) -> dict[str, Any]:
         return pack_sweep(root_p, pack, dry_run=False, on_result=on_result,

@@ -317,7 +317,8 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
 @click.option("--undo", "undo", default=None, metavar="RUN|last",
               help="Undo one `sweep --execute` of ROOT: restore exactly the archives it wrote "
                    "(RUN as printed by that sweep, from ROOT/.session-archive/runs/), "
-                   "removing each archive once its restore is durable.")
+                   "removing each archive once its restore is durable (a --pack run's "
+                   "sessions come back from their packs, which are kept).")
 @click.option("--dest", "-d", type=click.Path(), default=None,
               help="Restore into DEST/<name>/ (default: beside each archive; flat mode only).")
 @click.option("--pattern", default=None,
