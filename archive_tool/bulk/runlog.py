@@ -151,7 +151,7 @@ class RunLog:
 
 
 def _pack_holding(root: str, session: str) -> str | None:
-    """The newest pack beside *session* that lists it, relative to *root*; read only,
+    """A pack beside *session* that lists it (last by name), relative to *root*; read only,
     packs opened by the dir's fd without following a symlink (rare: crash resumes only)."""
     parent, name = os.path.split(session)
     try:
