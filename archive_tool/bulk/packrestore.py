@@ -1,5 +1,8 @@
 """``extract ROOT --tree`` for sessions inside packs: each session of each pack in a
-FINISHED_* dir whose session dir does not exist comes back beside the pack.
+FINISHED_* dir whose session dir does not exist comes back beside the pack; and
+``extract ROOT --undo RUN`` for the sessions a ``sweep --pack`` run packed (the manifest
+lines naming a pack, runlog.py; :func:`plan_undo` refuses a line whose pack is not a
+plain path below the root or whose session is not beside it).
 
 Per session: its frame alone is read (packfile.Pack.session_fd, a memfd holding a plain
 tar of that session) and restored by engine/restore.py's extraction (temp dir, member
@@ -19,7 +22,14 @@ from archive_tool.engine import packfile
 from archive_tool.engine.restore import _restore_at, remove_dead_temps
 from archive_tool.errors import ArchiveError
 from archive_tool.names import is_session_name
-from archive_tool.summary import FAILED, RESTORED, SKIPPED, Result, count_restore
+from archive_tool.summary import (
+    FAILED,
+    RESTORED,
+    SKIPPED,
+    Result,
+    count_restore,
+    record_failure,
+)
 
 Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session name)
 
@@ -45,6 +55,42 @@ def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -
             s["bytes_in"] += csize
             jobs.append((rel, pack, name))
     return jobs
+
+
+def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[str]
+              ) -> Job | None:
+    """A manifest line naming a pack (runlog.py) as a job, counted into *s* as undo_run
+    counts archives; None when it is refused, skipped or its pack is gone."""
+    rel, session, archive = rec.get("pack"), rec["session"], rec["archive"]
+    if not isinstance(rel, str):
+        record_failure(s, archive, "manifest names no pack path; refused")
+        return None
+    parts = rel.split("/")
+    # The manifest is a plain file in the tree: its pack must be a plain path below the
+    # root, the line's own absolute paths agreeing with it.
+    if (os.path.isabs(rel) or os.path.normpath(rel) != rel or ".." in parts
+            or not packfile.is_pack_name(parts[-1]) or archive != os.path.join(root, rel)):
+        record_failure(s, archive, f"pack {rel!r} is not a pack path below {root}; refused")
+        return None
+    d, pack = os.path.split(rel)
+    name = os.path.basename(session)
+    if not is_session_name(name) or session != os.path.join(root, d, name):
+        # A forged line could otherwise make root restore another user's session into
+        # this user's dir.
+        record_failure(s, archive, f"manifest pairs it with {session}, not a session dir "
+                                   "beside the pack; refused")
+        return None
+    if session in planned or os.path.lexists(session):
+        s["skipped"] += 1
+        return None
+    if not os.path.lexists(archive):
+        record_failure(s, f"{archive}::{name}", "pack is gone; cannot restore " + session)
+        return None
+    planned.add(session)
+    s["candidates"] += 1
+    b = rec.get("bytes")
+    s["bytes_in"] += b if isinstance(b, int) and b > 0 else 0
+    return (d, pack, name)
 
 
 def restore(root: str, jobs: list[Job], s: dict[str, Any],
@@ -80,9 +126,9 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
     try:
         p = packfile.Pack(path, fs.open_file(pack, dfd))
     except (ArchiveError, OSError) as e:
+        why = getattr(e, "reason", None) or f"cannot open the pack: {e.strerror or e}"
         for n in names:
-            count_restore(s, Result(f"{path}::{n}", FAILED, getattr(e, "reason", None)
-                               or str(e)), on_result)
+            count_restore(s, Result(f"{path}::{n}", FAILED, why), on_result)
         return
     with p:
         ast = os.fstat(p.fd)
@@ -90,7 +136,12 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
             label = f"{path}::{n}"
             fd = -1
             try:
-                fd = p.session_fd(n)
+                # Exactly this name (find() also takes an ID, and "X-a" is a prefix of
+                # "X-a-b"): the last frame of it, as find() picks.
+                i = len(p.names) - 1 - p.names[::-1].index(n) if n in p.names else -1
+                if i < 0:
+                    raise ArchiveError(path, f"no session {n!r} in this pack")
+                fd = p.frame_fd(i)
                 total, tree_fd = _restore_at(label, fd, dfd, n, os.path.join(where, n), ast,
                                              None)
                 os.close(tree_fd)

@@ -71,9 +71,12 @@ def pack_sweep(
     catalog_rows: bool = True,
     finalize_stale: bool = False,
     stale_after: float | None = None,
+    on_packed: Callable[[Result, dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Sweep *root* into packs (see the module doc). Returns the Summary dict, with
-    ``packs`` (files written). The catalog (catalog.py) gets a row per packed session."""
+    ``packs`` (files written). The catalog (catalog.py) gets a row per packed session.
+    *on_packed(result, row)*: each result with its catalog row, whose ``archive`` names
+    the pack (runlog.RunLog.packed writes the run's manifest from it)."""
     import time
 
     t0 = time.monotonic()
@@ -114,6 +117,8 @@ def pack_sweep(
         def absorb(results: Out) -> None:
             for r, row in results:
                 acc.add(r)
+                if on_packed is not None:
+                    on_packed(r, row)
                 if row is not None:
                     rows.append(row)
                     written.add(row["archive"])

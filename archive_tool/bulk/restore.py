@@ -202,8 +202,11 @@ def undo_run(
 ) -> dict[str, Any]:
     """Undo one ``sweep --execute`` of *root*: restore exactly the archives its manifest
     lists (run name from ``.session-archive/runs/``, or ``last``) to the session dirs they
-    came from, removing each archive once its restore is durable. A session dir that exists
-    again is skipped (never overwritten); an archive that is gone is a failure."""
+    came from, removing each archive once its restore is durable. Sessions a pack sweep
+    put into packs come back from their frames (packrestore.py), the packs kept. A session
+    dir that exists again is skipped (never overwritten); an archive or pack that is gone
+    or unreadable is a failure (one per session)."""
+    from archive_tool.bulk import packrestore
     from archive_tool.bulk.runlog import read_run, run_path
 
     t0 = time.monotonic()
@@ -214,9 +217,16 @@ def undo_run(
     with RootLock(root_p) if not dry_run else contextlib.nullcontext():
         jobs: list[tuple[str, str]] = []
         kept: list[tuple[str, str]] = []
+        in_packs: list[packrestore.Job] = []
+        planned: set[str] = set()
         for rec in read_run(path):
             s["scanned"] += 1
             archive, session = rec["archive"], rec["session"]
+            if "pack" in rec:
+                job = packrestore.plan_undo(root_p, rec, s, planned)
+                if job is not None:
+                    in_packs.append(job)
+                continue
             inside = root_p + os.sep
             if not (archive.startswith(inside) and session.startswith(inside)):
                 # The manifest is a plain file in the tree; never restore outside it.
@@ -242,7 +252,7 @@ def undo_run(
             (kept if rec.get("status") == "resumed" else jobs).append((archive, session))
         if not dry_run:
             if on_jobs is not None:
-                on_jobs(len(jobs) + len(kept))
+                on_jobs(len(jobs) + len(kept) + len(in_packs))
             run_jobs(jobs, s, remove_archive=True, workers=workers, root=root_p,
                      on_result=on_result)
             if not s["stopped"]:
@@ -250,6 +260,11 @@ def undo_run(
                          on_result=on_result)
             else:
                 s["skipped"] += len(kept)  # not attempted
+            if not s["stopped"]:
+                # Packs are only read (never rewritten): `repack` drops these sessions later.
+                packrestore.restore(root_p, in_packs, s, on_result)
+            else:
+                s["skipped"] += len(in_packs)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 

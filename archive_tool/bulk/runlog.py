@@ -5,7 +5,15 @@
     {"session": "/abs/.../FINISHED_SUCCESS/<ID>-main", "archive": ".../<ID>-main.tar.zst",
      "bytes": 12345, "status": "archived"}
 
-``bytes`` is the archive's size. A line is written (and flushed) as each result comes
+``bytes`` is the archive's size. A session that ``sweep --pack`` put into a pack has a
+line that also names the pack, relative to the root (``"pack"``: the field that tells the
+two kinds apart; ``archive`` is the pack's absolute path, so code that knows no packs
+refuses the line, as it pairs a file with a dir not named after it)::
+
+    {"session": "/abs/.../FINISHED_SUCCESS/<ID>-main", "archive": "/abs/.../2026-W47.pack.tar.zst",
+     "pack": "a_out/FINISHED_SUCCESS/2026-W47.pack.tar.zst", "bytes": 2345, "status": "archived"}
+
+A line is written (and flushed) as each result comes
 back from a worker, i.e. after that batch's sources were deleted; the file is fsynced
 when the run ends. A crash between a batch's delete and its line loses only that line:
 the archive is still there, only ``extract --undo`` will not know it came from this run.
@@ -22,7 +30,8 @@ from typing import Any
 
 from archive_tool import fs
 from archive_tool.bulk.plan import existing_archive
-from archive_tool.errors import BadArgument
+from archive_tool.engine import packfile
+from archive_tool.errors import ArchiveError, BadArgument
 
 RUNS_DIR = os.path.join(fs.STATE_DIR, "runs")
 # Results whose source this run deleted: undo puts exactly these back.
@@ -81,22 +90,45 @@ class RunLog:
         self.name, self.path, self._f = open_stamped(root, "runs", now)
 
     def __call__(self, r: Any) -> None:
-        path, status = r[0], r[1]
-        if status in _UNDOABLE and self.error is None:
-            parent, name = os.path.split(path)
-            archive = existing_archive(parent, name)
-            try:
-                if archive is not None:
-                    self._f.write(json.dumps({"session": path, "archive": archive,
-                                              "bytes": r[4], "status": status}) + "\n")
-                    self._f.flush()
-                    self.count += 1
-            except OSError as e:
-                # A full disk must not stop the sweep (this runs inside its accounting);
-                # the run is then only partly undoable, which the summary says.
-                self.error = f"cannot write {self.path}: {e.strerror or e}"
+        if r[1] in _UNDOABLE and self.error is None:
+            self._archive_line(r)
         if self.inner is not None:
             self.inner(r)
+
+    def _archive_line(self, r: Any) -> None:
+        path = r[0]
+        archive = existing_archive(*os.path.split(path))
+        if archive is not None:
+            self._write({"session": path, "archive": archive, "bytes": r[4], "status": r[1]})
+
+    def packed(self, r: Any, row: dict[str, Any] | None) -> None:
+        """A pack sweep's result with its catalog row (``row["archive"]``: the file that
+        holds the session, relative to the root). Sessions the pack sweep gave their own
+        archive (too big for memory) get the per-session line; a resumed session (its
+        pack written by a crashed earlier run) has no row: its dir's packs are looked in."""
+        path, status = r[0], r[1]
+        if status not in _UNDOABLE or self.error is not None:
+            return
+        rel = row.get("archive") if row else None
+        if not (isinstance(rel, str) and packfile.is_pack_name(os.path.basename(rel))):
+            rel = None
+            if existing_archive(*os.path.split(path)) is None:
+                rel = _pack_holding(self.root, path)
+            if rel is None:
+                self._archive_line(r)
+                return
+        self._write({"session": path, "archive": os.path.join(self.root, rel), "pack": rel,
+                     "bytes": r[4], "status": status})
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        try:
+            self._f.write(json.dumps(rec) + "\n")
+            self._f.flush()
+            self.count += 1
+        except OSError as e:
+            # A full disk must not stop the sweep (this runs inside its accounting);
+            # the run is then only partly undoable, which the summary says.
+            self.error = f"cannot write {self.path}: {e.strerror or e}"
 
     def close(self) -> None:
         try:
@@ -118,12 +150,64 @@ class RunLog:
         self.close()
 
 
+def _pack_holding(root: str, session: str) -> str | None:
+    """A pack beside *session* that lists it (last by name), relative to *root*; read only,
+    packs opened by the dir's fd without following a symlink (rare: crash resumes only)."""
+    parent, name = os.path.split(session)
+    try:
+        dfd = fs.open_trusted_dir(parent)
+    except OSError:
+        return None
+    try:
+        packs = sorted(n for n in os.listdir(dfd) if packfile.is_pack_name(n))
+        for n in reversed(packs):
+            try:
+                with packfile.Pack(os.path.join(parent, n), fs.open_file(n, dfd)) as p:
+                    if name in p.names:
+                        return os.path.relpath(os.path.join(parent, n), root)
+            except (ArchiveError, OSError):
+                continue
+    finally:
+        os.close(dfd)
+    return None
+
+
 def sweep_logged(root: str | os.PathLike[str], *,
                  on_result: Callable[[Any], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """``sweep(root, dry_run=False, ...)`` that records its manifest; the Summary gains
     ``manifest`` (path) and ``run`` (the name ``undo_run`` takes) when anything was archived."""
-    from archive_tool.bulk.plan import check_root
     from archive_tool.bulk.sweep import sweep
+
+    def run(root_p: str, log: RunLog | None) -> dict[str, Any]:
+        return sweep(root_p, dry_run=False, on_result=log or on_result, **kwargs)
+
+    return _logged(root, on_result, run)
+
+
+def pack_sweep_logged(root: str | os.PathLike[str], pack: str | int, *,
+                      on_result: Callable[[Any], None] | None = None,
+                      **kwargs: Any) -> dict[str, Any]:
+    """``pack_sweep(root, pack, dry_run=False, ...)`` that records its manifest, one line
+    per packed session naming its pack (see the module doc); Summary as sweep_logged's."""
+    from archive_tool.bulk.packplan import parse_pack
+    from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.bulk.plan import check_days, parse_shard
+
+    # Bad input is refused before the manifest's dir is made: it changes nothing.
+    parse_pack(pack)
+    check_days(kwargs.get("older_than_days"))
+    parse_shard(kwargs.get("shard"))
+
+    def run(root_p: str, log: RunLog | None) -> dict[str, Any]:
+        return pack_sweep(root_p, pack, dry_run=False, on_result=on_result,
+                          on_packed=log.packed if log else None, **kwargs)
+
+    return _logged(root, on_result, run)
+
+
+def _logged(root: str | os.PathLike[str], on_result: Callable[[Any], None] | None,
+            run: Callable[[str, RunLog | None], dict[str, Any]]) -> dict[str, Any]:
+    from archive_tool.bulk.plan import check_root
 
     root_p = check_root(root)
     try:
@@ -131,12 +215,12 @@ def sweep_logged(root: str | os.PathLike[str], *,
     except OSError as e:
         # E.g. ROOT/.session-archive made by root's cron and this is the tree's owner:
         # archiving still goes ahead; only --undo of this run is lost, and said so.
-        summary = sweep(root_p, dry_run=False, on_result=on_result, **kwargs)
+        summary = run(root_p, None)
         summary["manifest_error"] = f"cannot create a run manifest in {runs_dir(root_p)}: " \
                                     f"{e.strerror or e}"
         return summary
     with log:
-        summary = sweep(root_p, dry_run=False, on_result=log, **kwargs)
+        summary = run(root_p, log)
     if log.count:
         summary["manifest"], summary["run"] = log.path, log.name
     if log.error:

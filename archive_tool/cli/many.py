@@ -204,6 +204,7 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                 batch_size: int | None, finalize_stale: bool, stale_after: float | None,
                 kw: dict[str, Any]) -> None:
     from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.bulk.runlog import pack_sweep_logged
 
     # Options that mean nothing for packs are refused, not silently ignored.
     if kw["fmt"].lower() not in ("tar.zst", "tar.zstd", "tzst"):
@@ -217,7 +218,10 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
 
         executor = _call(DaskExecutor, scheduler)
         click.get_current_context().call_on_close(executor.shutdown)
-    summary = _call(pack_sweep, root, pack, dry_run=not execute, compresslevel=kw["level"],
+    # Executed, the run's manifest is written (runlog.py), so `extract --undo` can put it back.
+    args: dict[str, Any] = {} if execute else {"dry_run": True}
+    summary = _call(pack_sweep_logged if execute else pack_sweep, root, pack, **args,
+                    compresslevel=kw["level"],
                     workers=kw["workers"], older_than_days=kw["older_than_days"],
                     pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
                     use_fd=kw["use_fd"], shard=shard, executor=executor,
@@ -313,7 +317,8 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
 @click.option("--undo", "undo", default=None, metavar="RUN|last",
               help="Undo one `sweep --execute` of ROOT: restore exactly the archives it wrote "
                    "(RUN as printed by that sweep, from ROOT/.session-archive/runs/), "
-                   "removing each archive once its restore is durable.")
+                   "removing each archive once its restore is durable (a --pack run's "
+                   "sessions come back from their packs, which are kept).")
 @click.option("--dest", "-d", type=click.Path(), default=None,
               help="Restore into DEST/<name>/ (default: beside each archive; flat mode only).")
 @click.option("--pattern", default=None,

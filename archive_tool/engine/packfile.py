@@ -258,6 +258,10 @@ class Pack:
         engine that takes an archive fd (list, cat, extract) reads it as a plain tar."""
         return _memfd(self.session_tar(session))
 
+    def frame_fd(self, i: int) -> int:
+        """:meth:`session_fd` of frame *i* (a caller that knows the exact frame)."""
+        return _memfd(self.members(i) + END_BLOCKS)
+
 
 def _memfd(data: bytes) -> int:
     fd = os.memfd_create("session", os.MFD_CLOEXEC)
