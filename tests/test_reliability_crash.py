@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from archive_tool.bulk.packsweep import pack_sweep
 from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
 from tests.reliability import assert_all_archived_once, check, finished, record, snapshot_sessions
@@ -32,8 +33,11 @@ _FALLBACK = (
 )
 
 
-def _start(root: Path, fmt: str, workers: int, fallback: bool, batch: int) -> subprocess.Popen:
-    args = [str(root), "--execute", "-q", "-f", fmt, "-j", str(workers), "--batch-size", str(batch)]
+def _start(root: Path, fmt: str, workers: int, fallback: bool, batch: int,
+           pack: str | None = None) -> subprocess.Popen:
+    args = [str(root), "--execute", "-q", "-j", str(workers)]
+    # --pack writes tar.zst packs and takes no batch size (a pack is the unit of work).
+    args += ["--pack", pack] if pack else ["-f", fmt, "--batch-size", str(batch)]
     cmd = ([sys.executable, "-c", _FALLBACK, *args] if fallback
            else [sys.executable, "-m", "archive_tool", "sweep", *args])
     # A process group of its own: the kill takes the sweeper, its forkserver and workers.
@@ -77,7 +81,7 @@ def run_kill_trials(tmp: Path, trials: int, sessions: int, seed: int) -> dict[st
     rng = random.Random(seed)
     work = _work_seconds(tmp, sessions)
     totals = {"trials": 0, "sessions_checked": 0, "lost": 0, "killed_mid_run": 0,
-              "both_after_kill": 0, "leftovers_after_kill": 0}
+              "both_after_kill": 0, "leftovers_after_kill": 0, "pack_trials": 0}
     for i in range(trials):
         root = tmp / f"t{i}"
         make_tree(root, sessions, seed=seed * 1000 + i)
@@ -85,7 +89,9 @@ def run_kill_trials(tmp: Path, trials: int, sessions: int, seed: int) -> dict[st
         fmt = rng.choice(["tar.zst", "tar.gz"])
         fallback = i % 4 == 3
         workers = 1 if fallback or i % 3 == 0 else 2
-        p = _start(root, fmt, workers, fallback, rng.choice([1, 4, 16]))
+        # Every fifth trial kills a pack sweep (issue 14): packs beside the sessions.
+        pack = rng.choice(["daily", "3"]) if i % 5 == 1 else None
+        p = _start(root, fmt, workers, fallback, rng.choice([1, 4, 16]), pack)
         if i % 8 == 7:
             time.sleep(rng.uniform(0.0, 0.5))  # during start-up
         elif _wait_for_lock(root, p):
@@ -104,9 +110,15 @@ def run_kill_trials(tmp: Path, trials: int, sessions: int, seed: int) -> dict[st
         totals["lost"] += len(rep.lost)
         totals["both_after_kill"] += rep.both
         totals["leftovers_after_kill"] += len(rep.leftovers)
-        assert rep.ok, f"trial {i} ({fmt}, -j{workers}, fallback={fallback}): {rep}"
-        # The kernel dropped the lock with the process: the next sweep runs and cleans up.
-        s = sweep(root, dry_run=False, workers=1, format=fmt)
+        assert rep.ok, (f"trial {i} ({fmt}, -j{workers}, fallback={fallback}, pack={pack}): "
+                        f"{rep}")
+        totals["pack_trials"] += pack is not None
+        # The kernel dropped the lock with the process: the next sweep runs and cleans up
+        # (a pack sweep after a pack sweep: it finishes sources a published pack holds).
+        if pack:
+            s = pack_sweep(root, pack, dry_run=False, workers=1)
+        else:
+            s = sweep(root, dry_run=False, workers=1, format=fmt)
         assert s["failed"] == 0, s["failures"]
         assert_all_archived_once(root, before)
     return totals
