@@ -163,3 +163,24 @@ def test_in_memory_verify_refuses_an_archive_cut_in_its_trailer(fmt: str, cut: i
     assert decompress_bytes(packed, fmt, max_size=len(tar)) == tar
     with pytest.raises(Exception):  # noqa: B017,PT011 - each codec has its own error type
         decompress_bytes(packed[:-cut], fmt, max_size=len(tar))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 128 << 10])
+@pytest.mark.parametrize("data", [
+    _one, _one + _one, _one + b"\0" * 600, b"",
+    _one[:-1], _one[:-8], _one[:40], _one + b"x", _one + b"\0\0x", _one + b"\x1f",
+    _one[:-6] + bytes([_one[-6] ^ 1]) + _one[-5:],
+], ids=["one", "two-members", "nul-padding", "empty", "cut-1", "cut-trailer", "cut-40",
+        "garbage", "garbage-after-nul", "half-magic", "crc-flip"])
+def test_streaming_gzip_reader_reads_exactly_as_gzipfile_does(data: bytes, chunk: int) -> None:
+    from archive_tool.engine.formats import GzipMembersReader
+
+    want = _gzipfile_reads(data)
+    for size in (-1, 1, 5000):
+        r = GzipMembersReader(io.BytesIO(data), chunk=chunk)
+        try:
+            got = (r.read(-1) if size < 0
+                   else b"".join(iter(lambda r=r, size=size: r.read(size), b"")))
+        except (OSError, EOFError, zlib.error):
+            got = None
+        assert got == want, (size, chunk)

@@ -205,7 +205,7 @@ CODECS: dict[str, Codec] = {
         Codec("tar.gz", b"\x1f\x8b", _gzip_bytes,
               lambda d, m: _gunzip(d, m),
               _GzipFileWriter,
-              lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+              lambda raw: GzipMembersReader(raw)),
         Codec("tar.xz", b"\xfd7zXZ\x00",
               lambda parts, lv: lzma.compress(b"".join(parts), preset=check_level(lv)),
               lambda d, m: _read_limited(lzma.LZMAFile(io.BytesIO(d)), m),
@@ -346,6 +346,75 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+
+
+class GzipMembersReader(io.RawIOBase):
+    """Every gzip member of *raw*, as GzipFile reads them (NUL padding after the last one
+    allowed, anything else refused), with 128 KiB input reads and each read(n) one zlib
+    call bounded to n bytes out. Python 3.11's GzipFile reads its input 8 KiB at a time
+    through a Python loop: the cost of a big tar.gz's verify or restore. zlib checks each
+    member's CRC32 and length; input that ends inside a member is an error."""
+
+    def __init__(self, raw: IO[bytes], chunk: int = 128 << 10) -> None:
+        self.raw = raw
+        self.chunk = chunk
+        self.d: Any = zlib.decompressobj(31)
+        self.tail = b""  # input read but not yet given to the decoder
+        self.started = False  # the current member has had input
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            out = []
+            while chunk := self.read(1 << 20):
+                out.append(chunk)
+            return b"".join(out)
+        while n and not self.done:
+            if self.d.eof:
+                self._next_member()
+                continue
+            if not self.tail:
+                self.tail = self.raw.read(self.chunk)
+                if not self.tail:
+                    if self.started:
+                        raise EOFError("compressed file ended before the end-of-stream "
+                                       "marker was reached")
+                    self.done = True  # no input at all: an empty stream, as GzipFile says
+                    break
+            self.started = True
+            data = self.d.decompress(self.tail, n)
+            # At a member's end zlib leaves the input after it in unused_data AND in
+            # unconsumed_tail (when the output cap was hit in the same call): one copy.
+            self.tail = b"" if self.d.eof else self.d.unconsumed_tail
+            if data:
+                return data
+        return b""
+
+    def _next_member(self) -> None:
+        rest = self.d.unused_data + self.tail
+        while True:
+            rest = rest.lstrip(b"\0")  # NUL padding between or after members, as GzipFile
+            if len(rest) >= 2:
+                break
+            more = self.raw.read(self.chunk)
+            if not more:
+                if rest:
+                    raise gzip.BadGzipFile("trailing garbage after the gzip stream")
+                self.done = True
+                return
+            rest += more
+        if not rest.startswith(b"\x1f\x8b"):
+            raise gzip.BadGzipFile("trailing garbage after the gzip stream")
+        self.d = zlib.decompressobj(31)
+        self.tail = rest
 
 
 class _FrameTap:
