@@ -348,7 +348,36 @@ def sniff_format(head: bytes) -> str | None:
 
 
 
-class GzipMembersReader(io.RawIOBase):
+class _Decoder(io.RawIOBase):
+    """A decompressing reader: subclasses give _read(n), at most n bytes, b"" at the end."""
+
+    done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def read(self, n: int | None = -1) -> bytes:
+        # tarfile reads through read(): serving bytes directly skips RawIOBase's
+        # bytearray + readinto round trip per call.
+        if self.done:
+            return b""
+        if n is None or n < 0:
+            out = []
+            while chunk := self._read(1 << 20):
+                out.append(chunk)
+            return b"".join(out)
+        return self._read(n)
+
+    def _read(self, n: int) -> bytes:
+        raise NotImplementedError
+
+
+class GzipMembersReader(_Decoder):
     """Every gzip member of *raw*, as GzipFile reads them (NUL padding after the last one
     allowed, anything else refused), with 128 KiB input reads and each read(n) one zlib
     call bounded to n bytes out. Python 3.11's GzipFile reads its input 8 KiB at a time
@@ -361,22 +390,8 @@ class GzipMembersReader(io.RawIOBase):
         self.d: Any = zlib.decompressobj(31)
         self.tail = b""  # input read but not yet given to the decoder
         self.started = False  # the current member has had input
-        self.done = False
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0:
-            out = []
-            while chunk := self.read(1 << 20):
-                out.append(chunk)
-            return b"".join(out)
+    def _read(self, n: int) -> bytes:
         while n and not self.done:
             if self.d.eof:
                 self._next_member()
@@ -513,7 +528,7 @@ class _Tapped:
         return data
 
 
-class ZstdFramesReader(io.RawIOBase):
+class ZstdFramesReader(_Decoder):
     """Decompress every zstd frame of *raw* in turn, in bounded memory; an input that ends
     inside a frame is an error.
 
@@ -534,25 +549,6 @@ class ZstdFramesReader(io.RawIOBase):
         self.chunk = chunk
         self.dec = zstandard.ZstdDecompressor().stream_reader(
             self.src, read_size=chunk, read_across_frames=True, closefd=False)
-        self.done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def read(self, n: int | None = -1) -> bytes:
-        if self.done:
-            return b""
-        if n is None or n < 0:
-            out = []
-            while chunk := self._read(1 << 20):
-                out.append(chunk)
-            return b"".join(out)
-        return self._read(n)
 
     def _read(self, n: int) -> bytes:
         data = self.dec.read(n) if n else b""
