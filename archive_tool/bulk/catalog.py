@@ -376,18 +376,11 @@ def find(root: str | os.PathLike[str], where: Iterable[str] = (), state: str | N
                 raise BadArgument(f"{op} compares numbers; {value!r} is not one")
             sql.append(f"AND s.sid IN (SELECT sid FROM kv WHERE key=? AND num {op} ?)")
             args += [key, num]
-    if state:
-        sql.append("AND s.state=?")
-        args.append(state)
-    if script:
-        sql.append("AND s.script=?")
-        args.append(script)
-    if since:
-        sql.append("AND s.started>=?")
-        args.append(since)
-    if until:
-        sql.append("AND s.started<?")
-        args.append(until)
+    for value, clause in ((state, "s.state=?"), (script, "s.script=?"),
+                          (since, "s.started>=?"), (until, "s.started<?")):
+        if value:
+            sql.append(f"AND {clause}")
+            args.append(value)
     sql.append("ORDER BY s.started, s.name, s.archive, s.frame")
     if limit:
         sql.append("LIMIT ?")
