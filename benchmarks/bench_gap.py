@@ -18,14 +18,14 @@ import datetime as dt
 import json
 import os
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 
 import corpus
-from corpus import WORK, fd_args, fresh_copy, log, rm_tree
+from bench_sweep import floor_cmd  # the same one-stream floor as the contenders table
+from corpus import WORK, fresh_copy, log, rm_tree
 
 HERE = corpus.HERE
 RESULTS = os.path.join(HERE, "results")
@@ -59,12 +59,6 @@ def run_variant(variant: str, root: str, fmt: str) -> None:
     print(json.dumps({"archived": s["archived"], "failed": s["failed"],
                       "seconds": round(time.perf_counter() - t0, 3),
                       "cpu_s": round(r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime, 3)}))
-
-
-def floor_cmd(root: str, out: str) -> str:
-    fd = " ".join(map(shlex.quote, ["fdfind", *fd_args(), "--print0", root]))
-    return (f"{fd} | tar --null -T - --remove-files -cf - 2>/dev/null | zstd -q -3 -T1"
-            f" > {shlex.quote(out)}")
 
 
 def main(argv: list[str] | None = None) -> int:
