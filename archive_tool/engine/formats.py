@@ -252,9 +252,9 @@ def _gunzip(data: bytes, max_size: int | None) -> bytes:
 
 
 def _unzstd(data: bytes, max_size: int | None) -> bytes:
-    """One frame that says its size (what we write) in one C call: feeding the decoder
-    8 KiB slices, as the streaming reader must to bound memory, was 10 % of a sweep's time
-    (py-spy, issue 15). Anything else — several frames, no content size, a cut or a bad
+    """One frame that says its size (what we write) in one C call: the streaming reader
+    (then an 8 KiB-slice decompressobj loop) was 10 % of a sweep's time (py-spy, issue 15).
+    Anything else — several frames, no content size, a cut or a bad
     checksum — goes through ZstdFramesReader, which gives the verdict."""
     # decompress() allocates the size the frame header declares, whatever max_output_size
     # says: a 9.6 KB frame declaring 300 MB took 300 MB of RSS. Only a declared size within
