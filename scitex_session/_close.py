@@ -9,7 +9,6 @@ import os
 import shutil
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -124,16 +123,45 @@ def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: boo
 def _finish_claimed(src: Path, config: dict[str, Any], exit_status: int | None,
                     remove_src_dir: bool, archive_format: str | None, save: bool,
                     before_move: Any, release: Any) -> dict[str, Any]:
-    fmt = _configured_format(config, archive_format)
-    dst = _sdir_out(config, src) / finished_state(exit_status) / src.name
-    # The saved config records where the run ends up, not where it ran.
-    config["SDIR_RUN"] = dst
-    if fmt:
-        config["ARCHIVE"] = dst.parent / archive_name(dst.name, fmt)
-    if save:
-        save_config(config, src / "CONFIGS")
+    # Every step before the move may fail (a format only a typo away, a full disk under
+    # CONFIG.yaml, a log that will not close): none of them may keep the run in RUNNING/,
+    # where it would look like a live or a dead-without-heartbeat run forever (issue 22).
+    # Each failure is said in one line and files the run under FINISHED_ERROR/.
+    errors: list[str] = []
+    try:
+        fmt = _configured_format(config, archive_format)
+    except ValueError as e:
+        errors.append(f"archive format: {e}")
+        fmt = None
+
+    def target() -> Path:
+        state = ERROR_STATE if errors else finished_state(exit_status)
+        return _sdir_out(config, src) / state / src.name
+
+    def record() -> None:
+        # The saved config records where the run ends up, not where it ran.
+        config["SDIR_RUN"] = target()
+        if fmt:
+            config["ARCHIVE"] = target().parent / archive_name(src.name, fmt)
+        if errors:
+            config["CLOSE_ERRORS"] = list(errors)
+        if save:
+            try:
+                save_config(config, src / "CONFIGS")
+            except Exception as e:  # noqa: BLE001 - the move below must still happen
+                if not any(x.startswith("saving CONFIG") for x in errors):
+                    errors.append(f"saving CONFIG: {_one_line(e)}")
+
+    n = len(errors)
+    record()
     if before_move is not None:
-        before_move()
+        try:
+            before_move()
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"flushing the logs: {_one_line(e)}")
+    if len(errors) != n:
+        record()  # again, now naming FINISHED_ERROR/ and what failed
+    dst = target()
     try:
         move_dir(src, dst, remove_src=remove_src_dir)
     except OSError:
@@ -142,10 +170,13 @@ def _finish_claimed(src: Path, config: dict[str, Any], exit_status: int | None,
         if save:
             save_config(config, src / "CONFIGS")
         raise
+    finally:
+        for msg in errors:
+            print(f"scitex_session: close of {src.name}: {msg}", file=sys.stderr)
     release()
     if remove_src_dir:
         _drop_empty_running(src)
-    if fmt:
+    if fmt and not errors:
         from .archive import archive_session_dir  # lazy: the engine is only needed here
 
         try:
@@ -153,14 +184,27 @@ def _finish_claimed(src: Path, config: dict[str, Any], exit_status: int | None,
             # The dir is gone; SDIR_RUN names what exists (the published package left
             # it naming the deleted dir). ARCHIVE stays for callers that read it.
             config["SDIR_RUN"] = config["ARCHIVE"]
-        except Exception:
-            # The finished dir is intact; record the truth in it and report.
+        except Exception as e:  # noqa: BLE001
+            # The run finished as it did; only its packing failed, and the dir is intact
+            # in its FINISHED_* state, where the next sweep archives it. Say so in one
+            # line and record the truth in the dir.
             config.pop("ARCHIVE", None)
+            config["CLOSE_ERRORS"] = [f"archiving as {fmt}: {_one_line(e)}"]
             if save and dst.is_dir():
-                save_config(config, dst / "CONFIGS")
-            print(f"scitex_session: archiving {dst} as {fmt} failed; the dir is kept:\n"
-                  f"{traceback.format_exc()}", file=sys.stderr)
+                try:
+                    save_config(config, dst / "CONFIGS")
+                except Exception:  # noqa: BLE001 - already reporting a failure
+                    pass
+            print(f"scitex_session: archiving {dst} as {fmt} failed, the dir is kept: "
+                  f"{_one_line(e)}", file=sys.stderr)
+    elif errors:
+        config.pop("ARCHIVE", None)
     return config
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def running2finished(
@@ -227,7 +271,6 @@ def close(
         except (OSError, ValueError):
             pass
 
-    state = finished_state(exit_status)
     try:
         # The tee stops after CONFIG is saved (its write is logged) and before the move
         # (no file is open inside the dir when it is renamed).
@@ -235,13 +278,17 @@ def close(
                 before_move=tee.uninstall if tee is not None else None)
     finally:
         if tee is not None:
-            tee.uninstall()  # idempotent; covers a failure before the move
+            try:
+                tee.uninstall()  # idempotent; covers a failure before the move
+            except Exception:  # noqa: BLE001 - _finish said it and filed the run an error
+                pass
         get_global_session_manager().close_session(
             CONFIG["ID"], status=_status_word(exit_status),
             exit_code=exit_status if exit_status is not None else 0)
         _hooks.fire_close(_status_word(exit_status), exit_status)
 
     where = CONFIG.get("ARCHIVE") or CONFIG["SDIR_RUN"]
+    state = Path(where).parent.name  # FINISHED_ERROR when a step of close itself failed
     word = {SUCCESS_STATE: "Script completed", ERROR_STATE: "Script failed"}.get(
         state, "Script finished")
     logger.info(f"{word}: {where}")

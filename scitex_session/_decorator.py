@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from archive_tool.names import ERROR_STATE
+
 from ._cli import build_parser
 
 
@@ -87,9 +89,15 @@ def _run_session(
     session_kwargs: dict[str, Any],
 ) -> tuple[Any, int]:
     from ._close import close
-    from ._start import start
+    from ._start import check_options, start
 
     start_kw, close_kw = _split_kwargs(session_kwargs)
+    try:
+        check_options(sdir_suffix, archive_format)
+    except ValueError as e:
+        # Before any run dir exists and before the function runs: one line, usage exit.
+        print(f"scitex_session: {func.__name__}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     sig = inspect.signature(func)
     params = list(sig.parameters.values())
     # `def main(args)`: the documented run() style gets the parsed namespace positionally.
@@ -102,9 +110,13 @@ def _run_session(
     else:
         namespace = build_parser(func, INJECTED).parse_args()
 
-    config, _out, err, plt, colors, rngg = start(
-        sys, None, file=_script_file(func), sdir_suffix=sdir_suffix or func.__name__,
-        args=namespace, agg=agg, verbose=verbose, **start_kw)
+    try:
+        config, _out, err, plt, colors, rngg = start(
+            sys, None, file=_script_file(func), sdir_suffix=sdir_suffix or func.__name__,
+            args=namespace, agg=agg, verbose=verbose, **start_kw)
+    except ValueError as e:  # ./config/*.yaml names an unknown SESSION.ARCHIVE_FORMAT
+        print(f"scitex_session: {func.__name__}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     from ._start import get_logger
 
@@ -132,6 +144,10 @@ def _run_session(
     def finish(code: int) -> None:
         close(config, verbose=verbose, notify=notify, exit_status=code,
               archive_format=archive_format, **close_kw)
+        if code == 0 and Path(config["SDIR_RUN"]).parent.name == ERROR_STATE:
+            # close() itself failed a step (said on stderr) and filed the run as an
+            # error: a scheduler must not see success.
+            raise SystemExit(1)
 
     status: int = 1
     term = _TermToExit()

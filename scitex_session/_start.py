@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from archive_tool.names import ID_REGEX, RUNNING_STATE, new_session_id, session_dir_name
+from archive_tool.errors import BadArgument
+from archive_tool.names import (
+    ID_REGEX,
+    RUNNING_STATE,
+    new_session_id,
+    normalize_format,
+    session_dir_name,
+)
 
 from . import _heartbeat, _hooks, _plt, _seed
 from ._config import DotDict, load_yaml_configs
@@ -116,6 +123,27 @@ def _claim_run_dir(path: Path) -> str:
     return m.group(0) if m else new_session_id()
 
 
+def check_options(sdir_suffix: str | None = None, archive_format: str | None = None,
+                  yaml_configs: dict[str, Any] | None = None) -> str | None:
+    """Refuse, before a run dir exists, every option that would otherwise only fail in
+    close(): an unknown archive format (the argument, or ``SESSION.ARCHIVE_FORMAT`` of
+    ``./config/*.yaml``) and a suffix that is not one path component. Returns the
+    canonical format. A ``BadArgument`` (a ValueError) names what is accepted.
+
+    Checked in close() only, a typo such as ``archive_format="zip"`` ran the whole script
+    and then left the run in RUNNING/ (issue 22)."""
+    if sdir_suffix is not None and (not isinstance(sdir_suffix, str) or not sdir_suffix
+                                    or "/" in sdir_suffix or "\0" in sdir_suffix
+                                    or sdir_suffix in (".", "..")):
+        raise BadArgument(f"sdir_suffix must be one non-empty path component without '/', "
+                          f"got {sdir_suffix!r}")
+    fmt = normalize_format(archive_format) if archive_format is not None else None
+    sess = (yaml_configs or {}).get("SESSION")
+    if isinstance(sess, dict) and sess.get("ARCHIVE_FORMAT") is not None:
+        normalize_format(sess["ARCHIVE_FORMAT"])
+    return fmt
+
+
 def _args_dict(args: Any) -> dict[str, Any]:
     if args is None:
         return {}
@@ -175,6 +203,8 @@ def start(
     t0 = time.monotonic()
     start_dt = _dt.datetime.now()
     script = Path(file).absolute() if file else _caller_file(_caller_depth).absolute()
+    yaml_configs = load_yaml_configs(Path.cwd() / "config")
+    check_options(sdir_suffix, None, yaml_configs)
     run_dir = given_run_dir(sdir)
     if run_dir is not None:
         sdir_out = run_dir.parent.parent
@@ -196,7 +226,7 @@ def start(
     config["SDIR_RUN"] = sdir_run
     config["ARGS"] = _args_dict(args)
     config["LIVENESS"] = _heartbeat.begin(sid, sdir_run, heartbeat_interval)
-    for key, value in load_yaml_configs(Path.cwd() / "config").items():
+    for key, value in yaml_configs.items():
         if key not in config:  # the session's own keys are authoritative
             config[key] = value
 
