@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("archive_tool", "scitex_session")
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("install")]
 
 
 def _run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None,

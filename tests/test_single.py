@@ -142,9 +142,15 @@ def test_unsafe_entries_are_refused_and_the_session_kept(tmp_path: Path, make: s
     if make == "fifo":
         os.mkfifo(src / "pipe")
     elif make == "socket":
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(src / "sock"))
-        s.close()
+        # Bound by a relative name: AF_UNIX paths are capped at 108 bytes, and pytest-xdist's
+        # tmp paths can be longer.
+        cwd = os.getcwd()
+        os.chdir(src)
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.bind("sock")
+        finally:
+            os.chdir(cwd)
     elif make == "device":
         if os.geteuid() != 0:
             pytest.skip("mknod of a device needs root (CI runs as root)")
