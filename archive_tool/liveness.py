@@ -37,3 +37,15 @@ def boot_id() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def pid_namespace() -> str | None:
+    """This process's PID namespace (``pid:[4026531836]``), or None where /proc lacks it.
+
+    A PID is only meaningful inside its namespace: a run in a container that shares the
+    host name but not the PID namespace looks "gone" from outside. The stale rule trusts
+    a missing PID only when both sides share the namespace."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None

@@ -21,7 +21,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from archive_tool.liveness import HEARTBEAT_NAME, MARKER_NAME, boot_id, hostname, proc_stat
+from archive_tool.liveness import (
+    HEARTBEAT_NAME,
+    MARKER_NAME,
+    boot_id,
+    hostname,
+    pid_namespace,
+    proc_stat,
+)
 from archive_tool.names import ERROR_STATE, RUNNING_STATE
 
 INTERVAL_ENV = "SCITEX_SESSION_HEARTBEAT"
@@ -57,6 +64,7 @@ def identity(interval: float) -> dict[str, Any]:
         "PID": os.getpid(),
         "PROC_START_TICKS": (proc_stat() or (None, None))[1],
         "BOOT_ID": boot_id(),
+        "PID_NS": pid_namespace(),
         "HEARTBEAT_INTERVAL": interval or None,
         "HEARTBEAT_FILE": HEARTBEAT_NAME if interval else None,
     }

@@ -465,3 +465,35 @@ def test_a_run_whose_dir_is_locked_is_skipped_not_moved(tmp_path: Path) -> None:
     assert (c["stale"], c["skipped"], c["finalized"]) == (1, 1, 0)
     assert "locked by another process" in c["runs"][0]["action"]
     assert run.is_dir()
+
+
+def test_sigkilled_run_on_this_host_is_stale_at_once(tmp_path: Path, runs: list[Run]) -> None:
+    # heartbeat_interval=3600: the old rule waited 10 hours before calling it stale.
+    run = Run(tmp_path)
+    runs.append(run)
+    assert stale.classify(run.dir).state == stale.LIVE
+    run.kill()
+    v = stale.classify(run.dir)
+    assert v.state == stale.STALE and "is gone" in v.reason, v
+    root = tmp_path / "exp_out"
+    s = _summary(run_cli("sweep", root, "--finalize-stale", "--execute", "--json", "-q"))
+    assert s["stale"]["finalized"] == 1 and s["archived"] == 1
+    assert tree(root) == {"FINISHED_ERROR": [f"{run.dir.name}.tar.zst"]}
+
+
+def test_dead_pid_in_another_pid_namespace_waits_for_the_heartbeat(
+        tmp_path: Path, runs: list[Run]) -> None:
+    """A container sharing the host name but not the PID namespace records PIDs that mean
+    nothing here: its run is judged by heartbeat age alone, as before."""
+    run = Run(tmp_path)
+    runs.append(run)
+    run.kill()
+    hb = run.dir / ".heartbeat"
+    ident = json.loads(hb.read_text())
+    assert ident["PID_NS"].startswith("pid:[")
+    for ns in ("pid:[1]", None):  # another namespace; an identity from before PID_NS
+        ident["PID_NS"] = ns
+        hb.write_text(json.dumps(ident))
+        assert stale.classify(run.dir).state == stale.LIVE
+        v = stale.classify(run.dir, now=time.time() + 11 * HOUR)
+        assert v.state == stale.STALE and "is gone" in v.reason

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from archive_tool import fs
 from archive_tool.errors import BadArgument
-from archive_tool.liveness import HEARTBEAT_NAME, boot_id, hostname, proc_stat
+from archive_tool.liveness import HEARTBEAT_NAME, boot_id, hostname, pid_namespace, proc_stat
 
 DEFAULT_INTERVAL = 60.0
 STALE_FACTOR = 10
@@ -62,6 +62,15 @@ class Verdict(NamedTuple):
     heartbeat: bool
     identity: dict[str, Any] | None
     dev_ino: tuple[int, int] | None = None  # the run dir judged (set by the tree walk)
+
+
+def _same_pid_namespace(ident: dict[str, Any]) -> bool:
+    # A PID read in another PID namespace (a container sharing the host name) names another
+    # process here, or none: only a run recorded in our namespace is judged by its PID
+    # before its heartbeat ages. Identities written before PID_NS was recorded wait for
+    # the threshold, as they always did.
+    ns = ident.get("PID_NS")
+    return isinstance(ns, str) and ns == pid_namespace()
 
 
 def _ago(seconds: float) -> str:
@@ -133,6 +142,13 @@ def _classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
         interval = DEFAULT_INTERVAL
     threshold = stale_after if stale_after is not None else STALE_FACTOR * interval
     age = now - hb_ns / 1e9
+    if ident.get("HOST") == host and _same_pid_namespace(ident):
+        # On this host a dead process is known at once: waiting out the heartbeat
+        # threshold showed a SIGKILLed run as "live" for 10 minutes (issue 26).
+        gone = process_gone(ident)
+        if gone is not None:
+            return Verdict(path, STALE, f"{gone} (heartbeat {_ago(age)} ago)", hb_ns, True,
+                           ident)
     if age < threshold:
         return Verdict(path, LIVE, f"heartbeat {_ago(age)} ago", hb_ns, True, ident)
     old = f"heartbeat {_ago(age)} old (threshold {_ago(threshold)})"
