@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -249,19 +250,33 @@ def test_heartbeat_that_moves_but_stays_stale_aborts_the_finalize(tmp_path):
 # --------------------------------------------- damaged archives on the streaming path
 
 
-@pytest.mark.parametrize("damage", ["byte-flipped", "truncated"])
+@pytest.mark.parametrize("damage", ["byte-flipped", "truncated", "byte-flipped-1mib-records"])
 @pytest.mark.parametrize("fmt", ["tar.gz", "tar.zst"])
 def test_unpack_of_a_damaged_archive_over_4_mib_refuses_and_leaves_nothing(
         tmp_path, fmt, damage):
+    """Over 4 MiB a restore streams. "1mib-records": GNU tar's `-b 2048` pads the tar to
+    1 MiB records, so tarfile stops reading ~1 MiB before the gzip CRC / zstd checksum:
+    only draining the decompressor to its end finds the flipped byte."""
     fin = tmp_path / "x_out" / "FINISHED_SUCCESS"
     session = make_session(fin, extra=False)
-    (session / "big.bin").write_bytes(os.urandom(5 << 20))  # incompressible: > 4 MiB packed
-    r = run_cli("pack", str(session), "-f", fmt)
-    assert r.returncode == 0, r.stderr
+    # Incompressible, and the same bytes every run: the flip lands in file data.
+    (session / "big.bin").write_bytes(random.Random(0).randbytes(5 << 20))
     archive = Path(f"{session}.{fmt}")
+    if damage.endswith("records"):
+        tool = ["gzip", "-1", "-c"] if fmt == "tar.gz" else ["zstd", "-1", "-c", "-q"]
+        if shutil.which("tar") is None or shutil.which(tool[0]) is None:
+            pytest.skip(f"GNU tar or {tool[0]} missing")
+        tar = subprocess.run(["tar", "-C", str(fin), "-b", "2048", "-cf", "-", session.name],
+                             capture_output=True, check=True).stdout
+        archive.write_bytes(subprocess.run(tool, input=tar, capture_output=True,
+                                           check=True).stdout)
+        shutil.rmtree(session)
+    else:
+        r = run_cli("pack", str(session), "-f", fmt)
+        assert r.returncode == 0, r.stderr
     data = bytearray(archive.read_bytes())
     assert len(data) > 4 << 20
-    if damage == "byte-flipped":
+    if damage.startswith("byte-flipped"):
         data[len(data) // 2] ^= 0x01
     else:
         del data[len(data) // 2:]
