@@ -287,3 +287,28 @@ def test_unpack_of_a_damaged_archive_over_4_mib_refuses_and_leaves_nothing(
         assert r.stderr.startswith(b"Error: ") and b"Traceback" not in r.stderr, r.stderr
         assert sorted(p.name for p in fin.iterdir()) == [archive.name]  # nothing left behind
         assert archive.read_bytes() == bytes(data)  # the archive kept as it was
+
+
+def test_a_failure_of_the_pack_sweeps_catalog_step_is_a_warning_not_a_traceback(
+        tmp_path, monkeypatch):
+    """The catalog is written after the packs are durable and their sources deleted: a
+    failure there (a full disk, a locked catalog) loses nothing, keeps the rows it had,
+    and is reported; `catalog --rebuild` then lists the new packs."""
+    root = tmp_path / "root"
+    _tree(root, 2, day="2026Y-11M-23D")
+    pack_sweep(root, "daily", dry_run=False, workers=1)
+    rows = catalog.all_rows(root)
+    _tree(root, 2, day="2026Y-11M-24D")
+
+    def broken_insert(conn, rows):  # noqa: ARG001
+        raise sqlite3.OperationalError("database or disk is full (planted)")
+
+    monkeypatch.setattr(catalog, "_insert", broken_insert)
+    s = pack_sweep(root, "daily", dry_run=False, workers=1)
+    assert s["failed"] == 0 and s["archived"] == 2, s
+    assert any("catalog not updated" in w for w in s["warnings"]), s["warnings"]
+    assert catalog.all_rows(root) == rows
+    monkeypatch.undo()
+    assert_catalog_sound(root, tmp_path, {r["name"] for r in rows})
+    catalog.rebuild(root)
+    assert len(catalog.all_rows(root)) == 4
