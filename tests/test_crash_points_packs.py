@@ -237,14 +237,14 @@ def logged_before_durable(model: cp.Model, unlinked: list[str], log_dir: str) ->
 @pytest.mark.parametrize("packs", [False, True], ids=["per-session", "in-packs"])
 @pytest.mark.parametrize("bug", [None, "no-dir-fsync"])
 def test_prune_keeps_what_it_keeps_and_logs_only_durable_deletes_at_every_crash_point(
-        tmp_path, skip_dir_fsync, packs, bug):
+        tmp_path, request, packs, bug):
     root = tmp_path / "root"
     old_frames, old = _prune_tree(root, packs)
     fin = root / "a_out" / "FINISHED_SUCCESS"
     kept_before = {p.name: p.read_bytes() for p in fin.iterdir() if p.is_file()
                    and split_archive_name(p.name) and not any(p.name.startswith(o) for o in old)}
     run = _run(tmp_path, root, cp.cli("prune", str(root), "--older-than", "30d", "--execute"),
-               preload=skip_dir_fsync if bug else None)
+               preload=request.getfixturevalue("skip_dir_fsync") if bug else None)
     log_dir = str(root / ".session-archive" / "prune")
     if packs:
         units = pack_frame_units(old_frames, set(old), root)
