@@ -470,10 +470,12 @@ class Model:
     def below(self, top: str) -> list[str]:
         return [p for p in self.ns if p == top or p.startswith(top + "/")]
 
-    def first_damage(self, original: str, allowed: Sequence[str]) -> tuple[float, str]:
+    def first_damage(self, original: str, allowed: Sequence[str],
+                     may_add: Sequence[str] = ()) -> tuple[float, str]:
         """First line where an operation that damages the pre-run tree at *original* was
         issued. Renaming its top between the names in *allowed* (a trash name the next run
-        puts back) is not damage; anything else that removes, rewrites or adds to it is."""
+        puts back) is not damage, nor adding an entry named in *may_add* to its top (a
+        finalized run's marker); anything else that removes, rewrites or adds to it is."""
         top = original
         mine = {id(o) for o in self._origins(original)}
         first: tuple[float, str] = (INF, "")
@@ -489,6 +491,8 @@ class Model:
             d = self.dirobj.get(key[0])
             if d is not None and id(d) in mine:
                 for e in evs:
+                    if e.add and key[1] in may_add and d.origin == top:
+                        continue
                     if e.add and e.call.start < first[0]:
                         first = (e.call.start, f"line {e.call.start + 1}: {e.call.text}")
         for oid in mine:
@@ -530,6 +534,7 @@ class Unit:
     original: str  # path before the run
     copies: list[str]  # final paths of the verified copy (all paths of a tree), may be []
     allowed: tuple[str, ...] = ()  # names the original may be renamed to (trash)
+    may_add: tuple[str, ...] = ()  # names that may be added to its top dir (a marker)
 
 
 @dataclass
@@ -557,7 +562,7 @@ def check(model: Model, units: Sequence[Unit], is_archive_name=None) -> Verdict:
     violations = []
     damaged = 0
     for u in units:
-        d, what = model.first_damage(u.original, u.allowed)
+        d, what = model.first_damage(u.original, u.allowed, u.may_add)
         if d == INF:
             continue
         damaged += 1

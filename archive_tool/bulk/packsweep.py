@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -51,6 +52,16 @@ def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
 
 
 # ----------------------------------------------------------------------- sweeping process
+
+
+def _add_rows(root: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The packs are durable and their sources gone by now: a catalog that cannot be
+    written (full disk, locked) is a warning, as for prune; the rows it had stay."""
+    try:
+        catalog.add_sessions(root, rows)
+    except sqlite3.Error as e:
+        summary["warnings"].append(f"catalog not updated: {e}; `session-archive catalog "
+                                   f"{root} --rebuild` lists every pack")
 
 
 def pack_sweep(
@@ -123,7 +134,7 @@ def pack_sweep(
                     rows.append(row)
                     written.add(row["archive"])
             if catalog_rows and len(rows) >= 1000:
-                catalog.add_sessions(root_p, rows)
+                _add_rows(root_p, rows, summary)
                 rows.clear()
 
         def lost(job: PackJob | list[Task], e: BaseException) -> Out:
@@ -136,7 +147,7 @@ def pack_sweep(
                               halt=lambda: f"disk full, sweep stopped: {acc.fatal}"
                               if acc.fatal else None)
             if catalog_rows:
-                catalog.add_sessions(root_p, rows)
+                _add_rows(root_p, rows, summary)
         if res.stopped:
             summary["stopped"] = res.stopped
         if res.signal is not None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -128,7 +129,12 @@ def run_group(root: str, dfd: int, g: Group) -> None:
             rows += _rows_of(where, g.dir, h, fds.get(h))
         if any(w.startswith("restored") for _, w in g.drops) and not fs.syncfs(dfd):
             os.sync()  # the restored dirs are the only copy once the old pack goes
-        catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs], rows)
+        try:
+            catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs], rows)
+        except sqlite3.Error as e:
+            # Rolled back whole: the old rows stand, so the old packs must stay too (the
+            # new one beside them is complete; the next repack only removes them).
+            raise ArchiveError(where, f"catalog not updated: {e}") from None
         fs.race_point("repack-catalog", where)
         for p in g.packs:
             st = fs.lstat_at(dfd, p)
