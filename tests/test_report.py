@@ -221,3 +221,55 @@ def test_report_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str])
     r = CliRunner().invoke(cli.cli, ["report", *args], catch_exceptions=False)
     assert r.exit_code == 2
     assert "Traceback" not in r.output
+
+
+def _du(paths: list[Path]) -> int:
+    """What `du -B1 --apparent-size=no` counts for these session dirs: st_blocks of every
+    inode below them."""
+    total = 0
+    for top in paths:
+        total += top.lstat().st_blocks * 512
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                total += (Path(dirpath) / name).lstat().st_blocks * 512
+    return total
+
+
+def test_report_counts_disk_like_du_and_the_archives_it_predicts(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_tree(str(root), 300, seed=5)
+    rep = build_report(root, sample=300)
+    sessions = [p for s in ("FINISHED_SUCCESS", "FINISHED_ERROR", "FINISHED")
+                for p in sessions_under(root, s)]
+    assert len(sessions) == rep["sessions"]
+    assert rep["disk_bytes_in"] == _du(sessions)
+    # Content bytes understate what the sessions cost: every small file takes a block.
+    assert rep["disk_bytes_in"] > 2 * rep["bytes_in"]
+    assert sum(r["disk_bytes"] for r in rep["subtrees"]) == rep["disk_bytes_in"]
+    sweep(root, dry_run=False, workers=1)
+    archives = [p for p in root.rglob("*.tar.zst") if p.is_file()]
+    real_after = sum(p.stat().st_blocks * 512 for p in archives)
+    assert 0.8 <= rep["estimated_disk_after"] / real_after <= 1.25, (rep["estimated_disk_after"],
+                                                                     real_after)
+    assert rep["disk_freed"] == rep["disk_bytes_in"] - rep["estimated_disk_after"] > 0
+
+
+def test_report_rolls_subtrees_up_per_project_with_shares(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_tree(str(root), 200, seed=9)
+    rep = build_report(root, sample=20)
+    projects = rep["projects"]
+    assert {p["project"] for p in projects} == {r["subtree"].split("/")[0]
+                                                for r in rep["subtrees"]}
+    assert len(projects) < len(rep["subtrees"])  # a project holds several scripts' subtrees
+    for key in ("sessions", "inodes", "disk_bytes", "estimated_disk_after"):
+        assert sum(p[key] for p in projects) == sum(r[key] for r in rep["subtrees"]), key
+    assert sum(p["inodes_freed"] for p in projects) == rep["inodes_freed"]
+    assert sum(p["share_inodes_freed"] for p in projects) == pytest.approx(1, abs=1e-4)
+    assert sum(p["share_disk_freed"] for p in projects) == pytest.approx(1, abs=1e-4)
+    freed = [p["disk_freed"] for p in projects]
+    assert freed == sorted(freed, reverse=True)
+    text = format_report(rep)
+    assert "project" in text and "inodes freed" in text and "disk freed" in text
+    assert f"{projects[0]['inodes_freed']:,}" in text
+    assert "on disk (du)" in text

@@ -415,14 +415,17 @@ def test_report_lists_live_and_stale_running_runs_per_subtree(
     r = run_cli("report", tmp_path, "--json", "--sample", "0")
     assert r.returncode == 0, r.stderr
     run = json.loads(r.stdout)["running"]
-    assert run["subtrees"] == [
-        {"subtree": "a/exp_out", "live": 1, "stale": 0, "no_heartbeat": 0},
+    assert run["subtrees"] == [  # stale first, though "b" sorts after "a"
         {"subtree": "b/exp_out", "live": 0, "stale": 1, "no_heartbeat": 0},
+        {"subtree": "a/exp_out", "live": 1, "stale": 0, "no_heartbeat": 0},
     ]
     assert [s["path"] for s in run["stale_runs"]] == [str(dead.dir)]
     text = run_cli("report", tmp_path, "--sample", "0").stdout.decode()
     assert "RUNNING runs: 1 live, 1 stale, 0 without heartbeat" in text
     assert f"stale: {dead.dir}" in text
+    table = text[text.index("RUNNING runs:"):].splitlines()
+    rows = [ln.split()[0] for ln in table if ln.endswith("_out") or "_out " in ln]
+    assert rows == ["b/exp_out", "a/exp_out"], table
     assert dead.dir.is_dir() and live.dir.is_dir()  # report changes nothing
 
 

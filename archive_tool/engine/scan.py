@@ -29,6 +29,7 @@ class Entry:
     uid: int
     gid: int
     linkname: str = ""
+    blocks: int = 0  # st_blocks (512-byte units): what the inode costs on disk, as du counts
 
     def fingerprint(self) -> tuple[int, int, int, int]:
         return (self.ino, self.size, self.mtime_ns, self.ctime_ns)
@@ -46,6 +47,7 @@ def _entry(rel: str, st: os.stat_result, kind: str, linkname: str = "") -> Entry
         st.st_uid,
         st.st_gid,
         linkname,
+        st.st_blocks,
     )
 
 
