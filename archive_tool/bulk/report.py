@@ -376,22 +376,13 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
         lines.append("age of newest file   " + "  ".join(
             f"{a['bucket']}: {human_count(a['sessions'])}" for a in r["ages"]))
     lines += _project_lines(r.get("projects") or [], max_rows)
-    rows = r["subtrees"]
-    if rows:
-        width = min(60, max(len("subtree"), *(len(s["subtree"]) for s in rows[:max_rows])))
-        lines.append("")
-        lines.append(f"{'subtree':<{width}}  {'sessions':>8}  {'inodes':>8}  {'on disk':>10}  "
-                     f"{'~after':>10}  {'ages (days)':>13}")
-        for s in rows[:max_rows]:
-            name = s["subtree"] if len(s["subtree"]) <= width else "…" + s["subtree"][-width + 1:]
-            span = f"{s['newest_days']:.0f}-{s['oldest_days']:.0f}"
-            lines.append(f"{name:<{width}}  {s['sessions']:>8,}  {s['inodes']:>8,}  "
-                         f"{human_bytes(s['disk_bytes']):>10}  "
-                         f"{human_bytes(s['estimated_disk_after']):>10}  {span:>13}")
-        if len(rows) > max_rows:
-            rest = rows[max_rows:]
-            lines.append(f"... {len(rest):,} more subtrees with "
-                         f"{sum(s['sessions'] for s in rest):,} sessions (--json lists all)")
+    lines += _table(r["subtrees"], "subtree", 60, max_rows, "subtrees", [
+        ("sessions", 8, lambda s: f"{s['sessions']:,}"),
+        ("inodes", 8, lambda s: f"{s['inodes']:,}"),
+        ("on disk", 10, lambda s: human_bytes(s["disk_bytes"])),
+        ("~after", 10, lambda s: human_bytes(s["estimated_disk_after"])),
+        ("ages (days)", 13, lambda s: f"{s['newest_days']:.0f}-{s['oldest_days']:.0f}"),
+    ])
     lines += _running_lines(r.get("running"), max_rows)
     for w in r["warnings"]:
         lines.append(f"warning: {w}")
@@ -407,22 +398,37 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f} %"
 
 
-def _project_lines(projects: list[dict[str, Any]], max_rows: int) -> list[str]:
-    if not projects:
+Column = tuple[str, int, Callable[[dict[str, Any]], str]]
+
+
+def _table(rows: list[dict[str, Any]], key: str, cap: int, max_rows: int, what: str,
+           columns: list[Column]) -> list[str]:
+    """A text table: *key* left-aligned (cut from the left past *cap*), then *columns*
+    (heading, width, cell) right-aligned; rows past *max_rows* summed in one line."""
+    if not rows:
         return []
-    width = min(40, max(len("project"), *(len(p["project"]) for p in projects[:max_rows])))
-    lines = ["", f"{'project':<{width}}  {'sessions':>8}  {'inodes freed':>12}  {'share':>5}  "
-             f"{'disk freed':>10}  {'share':>5}"]
-    for p in projects[:max_rows]:
-        name = p["project"] if len(p["project"]) <= width else "…" + p["project"][-width + 1:]
-        lines.append(f"{name:<{width}}  {p['sessions']:>8,}  {p['inodes_freed']:>12,}  "
-                     f"{_pct(p['share_inodes_freed']):>5}  {human_bytes(p['disk_freed']):>10}  "
-                     f"{_pct(p['share_disk_freed']):>5}")
-    if len(projects) > max_rows:
-        rest = projects[max_rows:]
-        lines.append(f"... {len(rest):,} more projects with "
-                     f"{sum(p['sessions'] for p in rest):,} sessions (--json lists all)")
+    width = min(cap, max(len(key), *(len(r[key]) for r in rows[:max_rows])))
+    lines = ["", f"{key:<{width}}" + "".join(f"  {h:>{w}}" for h, w, _ in columns)]
+    for r in rows[:max_rows]:
+        name = r[key] if len(r[key]) <= width else "…" + r[key][-width + 1:]
+        lines.append(f"{name:<{width}}" + "".join(f"  {cell(r):>{w}}" for _, w, cell in columns))
+    if len(rows) > max_rows:
+        rest = rows[max_rows:]
+        more = f"... {len(rest):,} more {what}"
+        if "sessions" in rest[0]:
+            more += f" with {sum(x['sessions'] for x in rest):,} sessions"
+        lines.append(more + " (--json lists all)")
     return lines
+
+
+def _project_lines(projects: list[dict[str, Any]], max_rows: int) -> list[str]:
+    return _table(projects, "project", 40, max_rows, "projects", [
+        ("sessions", 8, lambda p: f"{p['sessions']:,}"),
+        ("inodes freed", 12, lambda p: f"{p['inodes_freed']:,}"),
+        ("share", 5, lambda p: _pct(p["share_inodes_freed"])),
+        ("disk freed", 10, lambda p: human_bytes(p["disk_freed"])),
+        ("share", 5, lambda p: _pct(p["share_disk_freed"])),
+    ])
 
 
 def _running_lines(run: dict[str, Any] | None, max_rows: int) -> list[str]:
@@ -433,14 +439,11 @@ def _running_lines(run: dict[str, Any] | None, max_rows: int) -> list[str]:
              + ("" if run["stale_after"] is None else f" (stale after {run['stale_after']:g} s)")]
     for st in run["stale_runs"][:max_rows]:
         lines.append(f"stale: {st['path']} ({st['reason']})")
-    width = min(60, max(len("subtree"), *(len(s["subtree"]) for s in run["subtrees"])))
-    lines.append(f"{'subtree':<{width}}  {'live':>6}  {'stale':>6}  {'no heartbeat':>12}")
-    for s in run["subtrees"][:max_rows]:
-        name = s["subtree"] if len(s["subtree"]) <= width else "…" + s["subtree"][-width + 1:]
-        lines.append(f"{name:<{width}}  {s['live']:>6,}  {s['stale']:>6,}  "
-                     f"{s['no_heartbeat']:>12,}")
-    if len(run["subtrees"]) > max_rows:
-        lines.append(f"... {len(run['subtrees']) - max_rows} more subtrees (--json lists all)")
+    lines += _table(run["subtrees"], "subtree", 60, max_rows, "subtrees", [
+        ("live", 6, lambda s: f"{s['live']:,}"),
+        ("stale", 6, lambda s: f"{s['stale']:,}"),
+        ("no heartbeat", 12, lambda s: f"{s['no_heartbeat']:,}"),
+    ])[1:]  # right under the RUNNING line
     if run["stale"]:
         lines.append("`session-archive sweep ROOT --finalize-stale --execute` moves stale runs "
                      "to FINISHED_ERROR/ and archives them.")
@@ -459,6 +462,20 @@ def _top(items: list[dict[str, Any]], key: str, n: int) -> tuple[list[str], list
     return short[::-1], values[::-1]
 
 
+def _share_bars(ax: Any, projects: list[dict[str, Any]], key: str, top: int, total: float,
+                unit: float, fmt: Callable[[float], str], colour: str, xlabel: str,
+                title: str) -> None:
+    """Horizontal bars of *key* per project (top *top* and the rest as one), each labelled
+    with its value and share of *total*."""
+    names, values = _top(projects, key, top)
+    bars = ax.barh(names, [v / unit for v in values], color=colour)
+    ax.bar_label(bars, labels=[f"{fmt(v)} ({100 * v / (total or 1):.0f} %)" for v in values],
+                 fontsize=8, padding=2)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.margins(x=0.3)
+
+
 def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int = 12) -> None:
     """Draw *report* into a PNG at *path*, around what an operator decides from: inodes and
     disk a sweep frees per project (each with its share), the age histogram, and RUNNING
@@ -472,30 +489,18 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int =
     axes = fig.subplots(2, 2)
     projects = report.get("projects") or []
 
-    ax = axes[0][0]
-    names, values = _top(projects, "inodes_freed", top)
-    total = report["inodes_freed"] or 1
-    bars = ax.barh(names, values, color="tab:orange")
-    ax.bar_label(bars, labels=[f"{v:,.0f} ({100 * v / total:.0f} %)" for v in values],
-                 fontsize=8, padding=2)
-    ax.set_xlabel("inodes freed")
-    ax.set_title(f"inodes freed per project: {report['inodes_freed']:,} in all")
-    ax.margins(x=0.25)
-
-    ax = axes[0][1]
+    _share_bars(axes[0][0], projects, "inodes_freed", top, report["inodes_freed"], 1,
+                lambda v: f"{v:,.0f}", "tab:orange", "inodes freed",
+                f"inodes freed per project: {report['inodes_freed']:,} in all")
     if report.get("disk_freed") is None:
-        ax.text(0.5, 0.5, "no sessions sampled: no disk estimate", ha="center", va="center")
-        ax.set_axis_off()
+        axes[0][1].text(0.5, 0.5, "no sessions sampled: no disk estimate", ha="center",
+                        va="center")
+        axes[0][1].set_axis_off()
     else:
-        names, values = _top(projects, "disk_freed", top)
-        dtotal = report["disk_freed"] or 1
-        bars = ax.barh(names, [v / 2**20 for v in values], color="tab:purple")
-        ax.bar_label(bars, labels=[f"{human_bytes(v)} ({100 * v / dtotal:.0f} %)"
-                                   for v in values], fontsize=8, padding=2)
-        ax.set_xlabel("MiB on disk freed (du, estimated)")
-        ax.set_title(f"disk freed per project: {human_bytes(report['disk_bytes_in'])} -> "
-                     f"~{human_bytes(report['estimated_disk_after'])}")
-        ax.margins(x=0.3)
+        _share_bars(axes[0][1], projects, "disk_freed", top, report["disk_freed"], 2**20,
+                    human_bytes, "tab:purple", "MiB on disk freed (du, estimated)",
+                    f"disk freed per project: {human_bytes(report['disk_bytes_in'])} -> "
+                    f"~{human_bytes(report['estimated_disk_after'])}")
 
     ages = report["ages"]
     ax = axes[1][0]
@@ -527,6 +532,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int =
             left = [a + b for a, b in zip(left, vals, strict=True)]
         ax.legend(fontsize=8, loc="best")
         ax.set_xlabel("RUNNING runs")
+        ax.margins(x=0.1)
         ax.set_title(f"RUNNING runs: {run['stale']:,} stale, {run['no_heartbeat']:,} without "
                      f"heartbeat, {run['live']:,} live")
 
