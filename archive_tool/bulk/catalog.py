@@ -333,7 +333,7 @@ class Recorder:
         self.pending.clear()
         try:
             add_sessions(self.root, rows)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError, ArchiveError) as e:
             self.warnings.append(f"catalog not updated: {e}")
 
 
