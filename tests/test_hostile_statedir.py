@@ -480,3 +480,19 @@ def test_paths_from_state_files_follow_one_rule() -> None:
     with pytest.raises(UntrustedInput):
         untrusted.rel_below("/r", "/rx/y")
     assert untrusted.rel_below("/r", "/r/a/b") == "a/b"
+
+
+def test_pack_sweep_over_a_forged_catalog_archives_and_warns(tree: Tree) -> None:
+    db = _catalog_of_alice(tree)
+    as_user("import sqlite3\n"
+            f"c = sqlite3.connect({str(db)!r})\n"
+            "c.execute('CREATE TRIGGER t AFTER INSERT ON sessions BEGIN DELETE FROM kv; END')\n"
+            "c.commit()")
+    make_session(tree.fin, f"{SID2}-new", extra=False)
+    chown_tree(tree.root, USER)
+    r = run_cli("sweep", tree.root, "--pack", "weekly", "--execute", "--json")
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    [w] = json.loads(r.stdout)["warnings"]
+    assert w.startswith("catalog not updated") and "schema" in w, w
+    assert not (tree.fin / f"{SID2}-new").exists()
+    assert list(tree.fin.glob("*.pack.tar.zst"))
