@@ -496,3 +496,92 @@ def test_pack_sweep_over_a_forged_catalog_archives_and_warns(tree: Tree) -> None
     assert w.startswith("catalog not updated") and "schema" in w, w
     assert not (tree.fin / f"{SID2}-new").exists()
     assert list(tree.fin.glob("*.pack.tar.zst"))
+
+
+# ------------------------------------------------- 5 in a loop (CI: one trial; stress: more)
+
+STALE_ATTACKER = r"""
+import os, sys, time
+running, away, stop = sys.argv[1:4]
+moves = 0
+while not os.path.exists(stop):
+    for a, b in ((running, away), (away, running)):
+        try:
+            os.rename(a, b)
+            moves += 1
+        except OSError:
+            pass
+print(moves)
+"""
+
+
+def _stale_trial(base: Path, n_runs: int) -> dict:
+    t = Tree(base)
+    running = t.root / "proj_out" / "RUNNING"
+    names = [f"{SID3[:-4]}{k:04d}-dead" for k in range(n_runs)]
+    for n in names:
+        run = make_session(running, n, extra=False)
+        for p in [run, *run.rglob("*")]:
+            os.utime(p, (1e9, 1e9), follow_symlinks=False)
+    chown_tree(t.root, USER)
+    sticky = base / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "FINISHED_ERROR").mkdir()
+    os.chown(sticky / "FINISHED_ERROR", OTHER, OTHER)
+    stop = base / "stop"
+    attacker = subprocess.Popen(
+        ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", sys.executable,
+         "-c", STALE_ATTACKER, str(running), str(sticky / "RUNNING"), str(stop)],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(0.05)
+    counts = {"finalized": 0, "failed": 0}
+    try:
+        for _ in range(40):
+            c = stale.finalize_stale(str(t.root), dry_run=False, stale_after=0)
+            counts["finalized"] += c["finalized"]
+            counts["failed"] += c["failed"]
+    finally:
+        stop.touch()
+        os.chown(stop, USER, USER)
+        moves = int(attacker.communicate(timeout=60)[0].strip() or 0)
+    escapes = len(list((sticky / "FINISHED_ERROR").iterdir()))
+    escapes += 0 if t.untouched() else 1
+    where = [p.name for d in (running, sticky / "RUNNING", t.root / "proj_out" / "FINISHED_ERROR")
+             if d.is_dir() for p in d.iterdir()]
+    lost = len(set(names) - set(where)) + (len(where) - len(set(where)))
+    return {"runs": n_runs, "moves": moves, **counts, "escapes": escapes, "lost": lost}
+
+
+def _stale_loop(trials: int, n_runs: int) -> dict:
+    total = {"trials": 0, "runs": 0, "moves": 0, "finalized": 0, "failed": 0, "escapes": 0,
+             "lost": 0}
+    for _ in range(trials):
+        base = Path(tempfile.mkdtemp(prefix="staleloop-", dir="/tmp"))
+        os.chmod(base, 0o755)
+        try:
+            r = _stale_trial(base, n_runs)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        total["trials"] += 1
+        for k in r:
+            total[k] += r[k]
+        assert r["escapes"] == 0 and r["lost"] == 0, r
+    return total
+
+
+@pytest.mark.timeout(300)
+def test_finalize_stale_against_a_user_renaming_running_in_a_loop_moves_nothing_out() -> None:
+    total = _stale_loop(1, 20)
+    assert total["moves"] > 0, total  # the attacker really raced the finalizer
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(0)
+def test_finalize_stale_race_loop_many_trials() -> None:
+    from tests.reliability import record
+
+    trials = int(os.environ.get("STRESS_TRIALS", "300")) // 30 or 1
+    total = _stale_loop(trials, 50)
+    record("hostile-user stale loop (finalize-stale vs RUNNING/ renames)", total)
+    assert total["escapes"] == 0 and total["lost"] == 0
