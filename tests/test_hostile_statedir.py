@@ -585,3 +585,20 @@ def test_finalize_stale_race_loop_many_trials() -> None:
     total = _stale_loop(trials, 50)
     record("hostile-user stale loop (finalize-stale vs RUNNING/ renames)", total)
     assert total["escapes"] == 0 and total["lost"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["tar.zst", "tar.gz"])
+def test_a_big_archive_is_catalogued_streaming_with_the_same_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """An archive over the in-memory cap is streamed (bounded memory, no /dev/zero-style
+    blow-up from a huge file): its row must equal the one read in memory."""
+    fin = tmp_path / "p_out" / "FINISHED_SUCCESS"
+    s = make_session(fin, f"{SID}-big")
+    (s / "CONFIGS" / "CONFIG.yaml").write_text("ARGS:\n  lr: 0.01\nEXIT_STATUS: 0\n")
+    archive_one(s, format=fmt)
+    name = f"{SID}-big.{fmt}"
+    rel = "p_out/FINISHED_SUCCESS"
+    whole = list(catalog.rows_of_file(str(tmp_path), rel, name))
+    monkeypatch.setattr(catalog, "IN_MEMORY_CAP", 100)
+    streamed = list(catalog.rows_of_file(str(tmp_path), rel, name))
+    assert streamed == whole and whole[0]["config"] == {"ARGS.lr": 0.01, "EXIT_STATUS": 0}
