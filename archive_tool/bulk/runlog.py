@@ -22,6 +22,7 @@ the archive is still there, only ``extract --undo`` will not know it came from t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -31,7 +32,7 @@ from typing import Any
 from archive_tool import fs, untrusted
 from archive_tool.bulk.plan import existing_archive
 from archive_tool.engine import packfile
-from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
 
 RUNS_DIR = os.path.join(fs.STATE_DIR, "runs")
 # Results whose source this run deleted: undo puts exactly these back.
@@ -294,26 +295,43 @@ def read_run(path: str, runs_fd: int | None = None) -> list[dict[str, Any]]:
         except FileNotFoundError:
             raise BadArgument(f"no manifest {path}") from None
         try:
-            data = untrusted.read_capped(fd, untrusted.MANIFEST_CAP, path)
+            return _records(fd, path)
         finally:
             os.close(fd)
     finally:
         if runs_fd is None:
             os.close(d)
-    lines = data.split(b"\n")
+
+
+def _records(fd: int, path: str) -> list[dict[str, Any]]:
+    """Lines streamed (no copy of the whole file in memory), each at most
+    untrusted.MANIFEST_LINE_CAP bytes, the file at most untrusted.MANIFEST_CAP."""
+    cap, line_cap = untrusted.MANIFEST_CAP, untrusted.MANIFEST_LINE_CAP
+    if os.fstat(fd).st_size > cap:
+        raise UntrustedInput(path, f"larger than {cap >> 20} MiB; refused")
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            if len(line) > untrusted.MANIFEST_LINE_CAP:
-                raise ValueError
-            rec = json.loads(line.decode("utf-8"))
-            if not isinstance(rec.get("session"), str) or not isinstance(rec.get("archive"), str):
-                raise ValueError
-        except (ValueError, AttributeError, RecursionError):
-            if i == len(lines):
-                continue  # a crash mid-write tears at most the last line (no newline yet)
-            raise BadArgument(f"{path}:{i}: not a manifest line") from None
-        out.append(rec)
+    seen = 0
+    with os.fdopen(os.dup(fd), "rb") as f:
+        for i in itertools.count(1):
+            line = f.readline(line_cap + 1)
+            if not line:
+                break
+            seen += len(line)
+            if seen > cap:  # grew while read: cut off, not followed
+                raise UntrustedInput(path, f"larger than {cap >> 20} MiB; refused")
+            whole = line.endswith(b"\n")
+            if not line.strip():
+                continue
+            try:
+                if len(line) > line_cap:
+                    raise ValueError
+                rec = json.loads(line.decode("utf-8"))
+                if not isinstance(rec.get("session"), str) or \
+                        not isinstance(rec.get("archive"), str):
+                    raise ValueError
+            except (ValueError, AttributeError, RecursionError):
+                if not whole and len(line) <= line_cap:
+                    continue  # a crash mid-write tears at most the last line (no newline yet)
+                raise BadArgument(f"{path}:{i}: not a manifest line") from None
+            out.append(rec)
     return out
