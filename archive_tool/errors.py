@@ -23,6 +23,7 @@ __all__ = [
     "UnsupportedFormat",
     "BadArgument",
     "DaskUnavailable",
+    "UntrustedInput",
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
@@ -125,3 +126,9 @@ class DurabilityError(ArchiveError):
 class DiskFull(ArchiveError):
     """ENOSPC/EDQUOT while writing an archive: the tmp is removed, the source kept, and a
     sweep stops feeding new work."""
+
+
+class UntrustedInput(ArchiveError):
+    """Something the tree's owner wrote (the state dir, a catalog row, a manifest line)
+    names a path outside the tree, a symlink, a FIFO, a file of another user, or is not
+    in the shape we write: refused (untrusted.py)."""

@@ -10,31 +10,28 @@ Config keys are flattened (``ARGS.lr``) into a key/value table with an index, so
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import re
 import sqlite3
+import stat
 import tarfile
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import yaml
-
-from archive_tool import fs
+from archive_tool import fs, untrusted
 from archive_tool.engine import packfile
-from archive_tool.engine.formats import decompress_bytes
-from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.engine.formats import OutputTooBig, decompress_bytes
+from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
 from archive_tool.names import FINISHED_STATES, ID_REGEX, is_session_name, split_archive_name
 
 CATALOG_NAME = "catalog.sqlite"
 CATALOG = os.path.join(fs.STATE_DIR, CATALOG_NAME)
 CONFIG_NAMES = ("CONFIGS/CONFIG.yaml", "CONFIGS/CONFIG.json")
 _ID = re.compile(rf"^({ID_REGEX})")
-# libyaml's safe loader when PyYAML has it: the pure-Python one was most of a pack
-# sweep's CPU per session (a profile: 2.9 ms of a ~5 ms session).
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ID_TIME = re.compile(r"^(\d{4})Y-(\d{2})M-(\d{2})D-(\d{2})h(\d{2})m(\d{2})s_")
 COLUMNS = ("id", "name", "script", "state", "started", "exit_status", "bytes_in", "tar_bytes",
            "bytes_out", "inodes", "archive", "frame", "offset")
@@ -78,17 +75,34 @@ def _scalar(v: Any) -> Any:
 
 
 def read_config(members: bytes, top: str) -> dict[str, Any]:
-    """The flattened CONFIG of one session from its tar bytes ({} if absent/unparsable)."""
+    """The flattened CONFIG of one session from its tar bytes ({} if absent, unparsable or
+    refused by untrusted.load_config: too big, too deep, YAML aliases). Never raises: a
+    hostile CONFIG costs its own session its parsed config, nothing else."""
     wanted = {f"{top}/{c}": c for c in CONFIG_NAMES}
     for name, off, size, typ in packfile.iter_tar(members):
         if name in wanted and typ in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            raw = members[off:off + size]
-            try:
-                doc = json.loads(raw) if name.endswith(".json") else yaml.load(raw, _LOADER)  # noqa: S506 - a safe loader
-            except (ValueError, yaml.YAMLError):
-                return {}
-            return {k: _scalar(v) for k, v in flatten(doc).items()}
+            return config_of(members[off:off + size], name.endswith(".json"))
     return {}
+
+
+def config_of(raw: bytes, is_json: bool) -> dict[str, Any]:
+    """A CONFIG file's bytes as the catalog's flat key/value dict ({} if refused)."""
+    doc = untrusted.load_config(raw, is_json)
+    if doc is None:
+        return {}
+    try:
+        flat = flatten(doc)
+        if len(flat) > untrusted.CONFIG_KEYS:
+            return {}
+        out = {}
+        for k, v in flat.items():
+            v = _scalar(v)
+            if isinstance(v, str) and len(v) > untrusted.CONFIG_VALUE_CAP:
+                continue  # one huge value is left out, not stored
+            out[k] = v
+        return out
+    except (RecursionError, MemoryError, ValueError, TypeError):
+        return {}
 
 
 def started_of(name: str) -> str | None:
@@ -104,20 +118,46 @@ def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: in
     """One catalog row from a session's tar members. *rel_dir*: the session's directory
     below the root (``<script>_out/<STATE>``); *archive*: the file, relative to the root;
     *frame* -1 for a per-session archive."""
+    files = [(s, t) for _, _, s, t in packfile.iter_tar(members)]
+    return _row(name, rel_dir, archive, frame, offset, bytes_out, read_config(members, name),
+                sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
+                len(members), len(files))
+
+
+def _row(name: str, rel_dir: str, archive: str, frame: int, offset: int, bytes_out: int,
+         cfg: dict[str, Any], bytes_in: int, tar_bytes: int, inodes: int) -> dict[str, Any]:
     parts = rel_dir.split("/") if rel_dir else []
     state = parts[-1] if parts and parts[-1] in FINISHED_STATES else None
     script = parts[-2] if len(parts) >= 2 else None
-    cfg = read_config(members, name)
-    files = [(s, t) for _, _, s, t in packfile.iter_tar(members)]
     m = _ID.match(name)
     ex = cfg.get("EXIT_STATUS")
     return {
         "id": m.group(1) if m else name, "name": name, "script": script, "state": state,
         "started": started_of(name), "exit_status": ex if isinstance(ex, int) else None,
-        "bytes_in": sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
-        "tar_bytes": len(members), "bytes_out": bytes_out, "inodes": len(files),
-        "archive": archive, "frame": frame, "offset": offset, "config": cfg,
+        "bytes_in": bytes_in, "tar_bytes": tar_bytes, "bytes_out": bytes_out,
+        "inodes": inodes, "archive": archive, "frame": frame, "offset": offset,
+        "config": cfg,
     }
+
+
+def _expected_schema() -> set[tuple[Any, ...]]:
+    """sqlite_master of a catalog as we create it: what a catalog file must hold."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(_SCHEMA)
+        return set(mem.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    finally:
+        mem.close()
+
+
+_EXPECTED: set[tuple[Any, ...]] | None = None
+
+
+def expected_schema() -> set[tuple[Any, ...]]:
+    global _EXPECTED
+    if _EXPECTED is None:
+        _EXPECTED = _expected_schema()
+    return _EXPECTED
 
 
 def connect(root: str | os.PathLike[str], name: str = CATALOG_NAME) -> sqlite3.Connection:
@@ -126,16 +166,63 @@ def connect(root: str | os.PathLike[str], name: str = CATALOG_NAME) -> sqlite3.C
     of ours). SQLite is handed ``/proc/self/fd/N`` of the file we checked, so it opens that
     inode, not whatever the name points to by then; its journal stays in memory (a journal
     file beside a /proc path cannot exist), which costs nothing that matters: the catalog
-    is rebuildable from the archives (``catalog --rebuild``)."""
+    is rebuildable from the archives (``catalog --rebuild``). The file is the tree owner's
+    to forge: untrusted.guard_catalog checks its schema and bounds every query."""
     d = fs.open_state_dir(os.fspath(root))
     try:
         fd = fs.open_state_file(d, name)
     finally:
         os.close(d)
+    label = os.path.join(os.fspath(root), fs.STATE_DIR, name)
     try:
         conn = sqlite3.connect(f"/proc/self/fd/{fd}", timeout=60)
-        conn.execute("PRAGMA journal_mode=MEMORY")
-        conn.executescript(_SCHEMA)  # opens the file now, while our fd pins it
+        try:
+            conn.execute("PRAGMA trusted_schema=OFF")
+            conn.execute("PRAGMA journal_mode=MEMORY")
+            conn.executescript(_SCHEMA)  # opens the file now, while our fd pins it
+            untrusted.guard_catalog(conn, expected_schema(), label)
+        except sqlite3.Error as e:
+            conn.close()
+            raise untrusted.query_refusal(label, e) from None
+        except BaseException:
+            conn.close()
+            raise
+    finally:
+        os.close(fd)
+    return conn
+
+
+def connect_ro(root: str | os.PathLike[str]) -> sqlite3.Connection:
+    """The catalog of *root* for reading only: the file must be a regular file (no
+    symlink, no FIFO) owned by the tree's owner, root or us, in a state dir of theirs; a
+    read-only connection on that inode, guarded (untrusted.guard_catalog). BadArgument
+    when there is none."""
+    root = os.fspath(root)
+    path = catalog_path(root)
+    missing = BadArgument(f"no catalog at {path}; run `session-archive catalog "
+                          f"{root} --rebuild` or sweep with --pack")
+    d = untrusted.open_state_sub(root)
+    if d is None:
+        raise missing
+    try:
+        rfd = fs.open_trusted_dir(root)
+        try:
+            allowed = untrusted.owners(rfd)
+        finally:
+            os.close(rfd)
+        try:
+            fd = untrusted.open_state_file(d, CATALOG_NAME, path, allowed)
+        except FileNotFoundError:
+            raise missing from None
+    finally:
+        os.close(d)
+    try:
+        conn = sqlite3.connect(f"file:/proc/self/fd/{fd}?mode=ro", uri=True)
+        try:
+            untrusted.guard_catalog(conn, expected_schema(), path)
+        except BaseException:
+            conn.close()
+            raise
     finally:
         os.close(fd)
     return conn
@@ -246,41 +333,98 @@ class Recorder:
         self.pending.clear()
         try:
             add_sessions(self.root, rows)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError, ArchiveError) as e:
             self.warnings.append(f"catalog not updated: {e}")
 
 
 # ------------------------------------------------------------------------------ rebuild
 
 
-def _archives(root: str) -> Iterator[tuple[str, str]]:
-    """(dir relative to root, file name) of every pack and session archive below root."""
-    for d, subdirs, files in os.walk(root):
-        rel = os.path.relpath(d, root)
-        rel = "" if rel == "." else rel
-        subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
-        for f in sorted(files):
-            if packfile.is_pack_name(f):
-                yield rel, f
-            else:
-                named = split_archive_name(f)
-                if named and is_session_name(named[0]):
-                    yield rel, f
+# A per-session archive is read into memory up to this size (compressed, and its tar);
+# a bigger one is streamed (bounded memory), its row made from the member headers.
+IN_MEMORY_CAP = 64 * 1024 * 1024
+_REBUILD_TMP = re.compile(rf"^{re.escape(CATALOG_NAME)}\.rebuild-(\d+)$")
 
 
-def rows_of_file(root: str, rel: str, fname: str) -> Iterator[dict[str, Any]]:
+def _archives(root_fd: int) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(dir relative to root, file name, lstat) of every pack and session archive below
+    the root: a walk by dir fds that never follows a symlink (a link to another user's
+    archive is not read), skips hidden dirs and dirs on another filesystem; only regular
+    files are yielded."""
+    dev = os.fstat(root_fd).st_dev
+    stack: list[tuple[str, int]] = [("", os.dup(root_fd))]
+    while stack:
+        rel, fd = stack.pop()
+        try:
+            try:
+                entries = fs.scandir_sorted(fd)
+            except OSError:
+                continue  # unreadable: skipped, as discovery skips it
+            subdirs = []
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if not e.name.startswith(".") and st.st_dev == dev:
+                        subdirs.append((e.name, st))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # symlinks, FIFOs, devices: never opened
+                if packfile.is_pack_name(e.name):
+                    yield rel, e.name, st
+                else:
+                    named = split_archive_name(e.name)
+                    if named and is_session_name(named[0]):
+                        yield rel, e.name, st
+            for name, st in reversed(subdirs):
+                try:
+                    child = fs.open_dir(name, fd, st)
+                except OSError:
+                    continue
+                stack.append((f"{rel}/{name}" if rel else name, child))
+        finally:
+            os.close(fd)
+
+
+def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
+                 ) -> Iterator[dict[str, Any]]:
+    """The rows of one pack or session archive *rel*/*fname* below *root*, opened by dir
+    fds below it (untrusted.open_file_below: O_NOFOLLOW, regular, the root's device)."""
     path = os.path.join(root, rel, fname)
     arel = os.path.join(rel, fname)
+    own = root_fd is None
+    rfd = fs.open_trusted_dir(root) if own else root_fd
+    try:
+        try:
+            fd = untrusted.open_file_below(rfd, arel)  # type: ignore[arg-type]
+        except OSError as e:
+            raise untrusted.refusal(path, e) from None
+    finally:
+        if own:
+            os.close(rfd)  # type: ignore[arg-type]
     if packfile.is_pack_name(fname):
-        with packfile.Pack(path) as p:
+        with packfile.Pack(path, fd) as p:
             for i, name in enumerate(p.names):
                 f = p.frames[i]
                 yield session_row(p.members(i), name, rel, arel, i, f.offset, f.csize)
         return
     name, fmt = split_archive_name(fname)  # type: ignore[misc]
-    with open(path, "rb") as fh:
-        data = fh.read()
-    tar = decompress_bytes(data, fmt)
+    size = os.fstat(fd).st_size
+    if size > IN_MEMORY_CAP:
+        yield _streamed_row(fd, path, name, rel, arel, size)
+        return
+    try:
+        data = untrusted.read_capped(fd, IN_MEMORY_CAP, path)
+        try:
+            tar = decompress_bytes(data, fmt, IN_MEMORY_CAP)
+        except OutputTooBig:
+            os.lseek(fd, 0, os.SEEK_SET)
+            yield _streamed_row(os.dup(fd), path, name, rel, arel, size)
+            return
+    finally:
+        os.close(fd)
     # The members without the end-of-archive blocks: what a pack frame of it would hold.
     end = max((o + s + (-s % tarfile.BLOCKSIZE) for _, o, s, _ in packfile.iter_tar(tar)),
               default=0)
@@ -288,9 +432,51 @@ def rows_of_file(root: str, rel: str, fname: str) -> Iterator[dict[str, Any]]:
     yield session_row(members, name, rel, arel, -1, 0, len(data))
 
 
+def _streamed_row(fd: int, path: str, name: str, rel: str, arel: str, size: int
+                  ) -> dict[str, Any]:
+    """A big archive's row by streaming it (memory bounded): member headers counted as
+    iter_tar counts them, the CONFIG read if it is within untrusted.CONFIG_CAP."""
+    from archive_tool.engine.read import iter_members, open_tar
+
+    wanted = {f"{name}/{c}" for c in CONFIG_NAMES}
+    cfg: dict[str, Any] | None = None
+    bytes_in = inodes = end = 0
+    with open_tar(path, fd) as (tf, _reader):
+        for m in iter_members(tf):
+            inodes += 1
+            if m.isfile():
+                bytes_in += m.size
+            end = m.offset_data + m.size + (-m.size % tarfile.BLOCKSIZE)
+            if (cfg is None and m.name in wanted and m.isfile()
+                    and m.size <= untrusted.CONFIG_CAP):
+                f = tf.extractfile(m)
+                cfg = config_of(f.read() if f else b"", m.name.endswith(".json"))
+    return _row(name, rel, arel, -1, 0, size, cfg or {}, bytes_in, end, inodes)
+
+
+def _remove_dead_rebuilds(d: int) -> None:
+    """``catalog.sqlite.rebuild-PID`` files of rebuilds that were killed (PID gone): a
+    killed rebuild leaves its temp, the next one removes it."""
+    for e in fs.scandir_sorted(d):
+        m = _REBUILD_TMP.match(e.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive: another rebuild at work
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        fs.unlink_at(d, e.name)
+
+
 def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Build the catalog from the packs and archives alone, into a new file that then
-    replaces the old one (a reader never sees a half-built catalog)."""
+    replaces the old one (a reader never sees a half-built catalog). Archives are found by
+    a walk by dir fds that never follows a symlink and opened O_NOFOLLOW|O_NONBLOCK,
+    regular files only; the temp catalog is removed if the rebuild fails, and a killed
+    rebuild's temp by the next one."""
     from archive_tool.bulk.plan import check_root
 
     root = check_root(root)  # it writes below root: the same refusals as a sweep
@@ -301,27 +487,41 @@ def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     tmp = f"{CATALOG_NAME}.rebuild-{os.getpid()}"
     d = fs.open_state_dir(root)
     try:
+        _remove_dead_rebuilds(d)
         fs.unlink_at(d, tmp)
     finally:
         os.close(d)
-    conn = connect(root, tmp)
-    files = rows = 0
-    errors: list[str] = []
+    done = False
     try:
-        for rel, fname in _archives(root):
-            try:
-                rows += add_rows(conn, list(rows_of_file(root, rel, fname)))
-                files += 1
-            except (ArchiveError, OSError, ValueError) as e:
-                errors.append(f"{os.path.join(rel, fname)}: {e}")
+        conn = connect(root, tmp)
+        files = rows = 0
+        errors: list[str] = []
+        rfd = fs.open_trusted_dir(root)
+        try:
+            for rel, fname, _st in _archives(rfd):
+                try:
+                    rows += add_rows(conn, list(rows_of_file(root, rel, fname, rfd)))
+                    files += 1
+                except (ArchiveError, OSError, ValueError) as e:
+                    errors.append(f"{os.path.join(rel, fname)}: {e}")
+        finally:
+            os.close(rfd)
+            conn.close()
+        d = fs.open_state_dir(root)
+        try:
+            fs.rename_at(d, tmp, CATALOG_NAME)
+            done = True
+            os.fsync(d)
+        finally:
+            os.close(d)
     finally:
-        conn.close()
-    d = fs.open_state_dir(root)
-    try:
-        fs.rename_at(d, tmp, CATALOG_NAME)
-        os.fsync(d)
-    finally:
-        os.close(d)
+        if not done:
+            with contextlib.suppress(OSError):
+                d = fs.open_state_dir(root)
+                try:
+                    fs.unlink_at(d, tmp)
+                finally:
+                    os.close(d)
     return {"catalog": final, "files": files, "sessions": rows, "errors": errors,
             "elapsed": round(time.monotonic() - t0, 3)}
 
@@ -356,9 +556,6 @@ def find(root: str | os.PathLike[str], where: Iterable[str] = (), state: str | N
     filters = [parse_where(w) for w in where]  # bad input is reported before a missing file
     since = _day(since, "--since") if since else None
     until = _day(until, "--until") if until else None
-    if not os.path.exists(path):
-        raise BadArgument(f"no catalog at {path}; run `session-archive catalog "
-                          f"{os.fspath(root)} --rebuild` or sweep with --pack")
     cols = ", ".join(f"s.{c}" for c in COLUMNS) + (", s.config" if config else "")
     sql = [f"SELECT {cols} FROM sessions s WHERE 1"]  # noqa: S608 - column names are ours
     args: list[Any] = []
@@ -385,40 +582,63 @@ def find(root: str | os.PathLike[str], where: Iterable[str] = (), state: str | N
     if limit:
         sql.append("LIMIT ?")
         args.append(limit)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_ro(root)
     conn.row_factory = sqlite3.Row
     try:
         rows = conn.execute(" ".join(sql), args).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            if config:
+                d["config"] = json.loads(d["config"])
+            out.append(d)
+    except sqlite3.Error as e:
+        raise untrusted.query_refusal(path, e) from None
+    except (ValueError, RecursionError):
+        raise UntrustedInput(path, "a row's config is not JSON we wrote; refused") from None
     finally:
         conn.close()
-    out = []
-    for r in rows:
-        d = dict(r)
-        if config:
-            d["config"] = json.loads(d["config"])
-        out.append(d)
     return out
 
 
 def locate(root: str | os.PathLike[str], session: str) -> dict[str, Any]:
     """The catalog row of *session* (its dir name or ID) under *root*: where to read it.
-    The newest row when the session was archived more than once."""
+    The newest row when the session was archived more than once. The row is the tree
+    owner's to forge: its ``archive`` must be a plain relative path (untrusted.check_rel),
+    to be opened only by :func:`open_located` (dir fds below the root)."""
     path = catalog_path(root)
-    if not os.path.exists(path):
-        raise BadArgument(f"no catalog at {path}; run `session-archive catalog "
-                          f"{os.fspath(root)} --rebuild` or sweep with --pack")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_ro(root)
     conn.row_factory = sqlite3.Row
     try:
         r = conn.execute("SELECT * FROM sessions WHERE name=? OR id=? ORDER BY sid DESC "
                          "LIMIT 1", (session, session)).fetchone()
+    except sqlite3.Error as e:
+        raise untrusted.query_refusal(path, e) from None
     finally:
         conn.close()
     if r is None:
         raise ArchiveError(os.fspath(root), f"no session {session!r} in the catalog")
     d = dict(r)
+    untrusted.check_rel(d["archive"], f"catalog row of {session!r}: archive")
+    name = d["name"]
+    if not (isinstance(name, str) and is_session_name(name)
+            and all(isinstance(d[k], int) for k in ("frame", "offset", "bytes_out",
+                                                     "tar_bytes"))):
+        raise UntrustedInput(path, f"catalog row of {session!r} is not one we write; refused")
     d["path"] = os.path.join(os.fspath(root), d["archive"])
     return d
+
+
+def open_located(root: str | os.PathLike[str], row: dict[str, Any]) -> int:
+    """The archive or pack of a :func:`locate` row, opened below *root* by dir fds
+    (O_NOFOLLOW, regular, the root's device): never wherever a forged row points."""
+    rfd = fs.open_trusted_dir(root)
+    try:
+        return untrusted.open_file_below(rfd, row["archive"])
+    except OSError as e:
+        raise untrusted.refusal(row["path"], e) from None
+    finally:
+        os.close(rfd)
 
 
 def all_rows(root: str | os.PathLike[str]) -> list[dict[str, Any]]:

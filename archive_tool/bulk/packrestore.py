@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, untrusted
 from archive_tool.engine import packfile
 from archive_tool.engine.restore import _restore_at, remove_dead_temps
 from archive_tool.errors import ArchiveError
@@ -80,12 +80,32 @@ def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[st
         record_failure(s, archive, f"manifest pairs it with {session}, not a session dir "
                                    "beside the pack; refused")
         return None
-    if session in planned or os.path.lexists(session):
+    if session in planned:
         s["skipped"] += 1
         return None
-    if not os.path.lexists(archive):
-        record_failure(s, f"{archive}::{name}", "pack is gone; cannot restore " + session)
+    # Looked at through dir fds below the root (untrusted.py), not by the path: a
+    # symlinked dir in the line must not make root probe outside the tree.
+    try:
+        rfd = fs.open_trusted_dir(root)
+        try:
+            dfd = untrusted.open_dir_below(rfd, d)
+        finally:
+            os.close(rfd)
+    except FileNotFoundError:
+        dfd = -1
+    except OSError as e:
+        record_failure(s, archive, untrusted.refusal(archive, e).reason)
         return None
+    try:
+        if dfd >= 0 and fs.lexists_at(dfd, name):
+            s["skipped"] += 1
+            return None
+        if dfd < 0 or not fs.lexists_at(dfd, pack):
+            record_failure(s, f"{archive}::{name}", "pack is gone; cannot restore " + session)
+            return None
+    finally:
+        if dfd >= 0:
+            os.close(dfd)
     planned.add(session)
     s["candidates"] += 1
     b = rec.get("bytes")

@@ -32,7 +32,7 @@ from archive_tool.bulk.packplan import (  # noqa: F401 - part of this module's A
 from archive_tool.bulk.packresume import cleanup
 from archive_tool.bulk.packwork import Out, process_pack
 from archive_tool.bulk.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
-from archive_tool.errors import BadArgument
+from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.summary import FAILED, Result, new_summary, record_failure
 
@@ -52,16 +52,6 @@ def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
 
 
 # ----------------------------------------------------------------------- sweeping process
-
-
-def _add_rows(root: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """The packs are durable and their sources gone by now: a catalog that cannot be
-    written (full disk, locked) is a warning, as for prune; the rows it had stay."""
-    try:
-        catalog.add_sessions(root, rows)
-    except sqlite3.Error as e:
-        summary["warnings"].append(f"catalog not updated: {e}; `session-archive catalog "
-                                   f"{root} --rebuild` lists every pack")
 
 
 def pack_sweep(
@@ -134,7 +124,7 @@ def pack_sweep(
                     rows.append(row)
                     written.add(row["archive"])
             if catalog_rows and len(rows) >= 1000:
-                _add_rows(root_p, rows, summary)
+                _catalog(root_p, rows, summary)
                 rows.clear()
 
         def lost(job: PackJob | list[Task], e: BaseException) -> Out:
@@ -147,7 +137,7 @@ def pack_sweep(
                               halt=lambda: f"disk full, sweep stopped: {acc.fatal}"
                               if acc.fatal else None)
             if catalog_rows:
-                _add_rows(root_p, rows, summary)
+                _catalog(root_p, rows, summary)
         if res.stopped:
             summary["stopped"] = res.stopped
         if res.signal is not None:
@@ -163,3 +153,16 @@ def pack_sweep(
         summary["skipped_reasons"][k] = summary["skipped_reasons"].get(k, 0) + v
     summary["elapsed"] = round(time.monotonic() - t0, 3)
     return summary
+
+
+def _catalog(root: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Rows into the catalog; a catalog that cannot take them (a forged file refused by
+    untrusted.guard_catalog, a full disk) is a warning: the packs are already safe and
+    ``catalog --rebuild`` makes the rows again."""
+    try:
+        catalog.add_sessions(root, rows)
+    except (ArchiveError, OSError, sqlite3.Error) as e:
+        msg = (f"catalog not updated: {e}; `session-archive catalog {root} --rebuild` "
+               f"lists every pack")
+        if msg not in summary["warnings"]:
+            summary["warnings"].append(msg)

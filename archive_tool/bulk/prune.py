@@ -39,7 +39,7 @@ from typing import Any
 from archive_tool import fs
 from archive_tool.bulk.plan import check_root
 from archive_tool.bulk.restore import iter_session_archives
-from archive_tool.errors import BadArgument
+from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
 from archive_tool.summary import new_summary, record_failure
@@ -190,7 +190,7 @@ def _uncatalog(root: str, gone: list[Archived], s: dict[str, Any]) -> None:
         return
     try:
         catalog.replace_archives(root, [os.path.relpath(a.path, root) for a in gone], [])
-    except (sqlite3.Error, OSError) as e:
+    except (sqlite3.Error, OSError, ArchiveError) as e:
         s["warnings"].append(f"catalog not updated: {e}")
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, untrusted
 from archive_tool.bulk.executors import default_workers, run_batches
 from archive_tool.bulk.plan import check_root
 from archive_tool.engine.restore import (
@@ -28,7 +29,7 @@ from archive_tool.engine.restore import (
     remove_dead_temps,
     restore_pending,
 )
-from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
 from archive_tool.lock import RootLock
 from archive_tool.names import (
     FINISHED_STATES,
@@ -207,49 +208,34 @@ def undo_run(
     dir that exists again is skipped (never overwritten); an archive or pack that is gone
     or unreadable is a failure (one per session)."""
     from archive_tool.bulk import packrestore
-    from archive_tool.bulk.runlog import read_run, run_path
+    from archive_tool.bulk.runlog import open_run
 
     t0 = time.monotonic()
     root_p = check_root(root)
     s = new_restore_summary(root_p, dry_run, "undo")
-    path = run_path(root_p, run)
+    path, records = open_run(root_p, run)
     s["run"] = os.path.basename(path)[:-len(".jsonl")]
     with RootLock(root_p) if not dry_run else contextlib.nullcontext():
         jobs: list[tuple[str, str]] = []
         kept: list[tuple[str, str]] = []
         in_packs: list[packrestore.Job] = []
         planned: set[str] = set()
-        for rec in read_run(path):
-            s["scanned"] += 1
-            archive, session = rec["archive"], rec["session"]
-            if "pack" in rec:
-                job = packrestore.plan_undo(root_p, rec, s, planned)
+        root_fd = fs.open_trusted_dir(root_p)
+        try:
+            for rec in records:
+                s["scanned"] += 1
+                if "pack" in rec:
+                    job = packrestore.plan_undo(root_p, rec, s, planned)
+                    if job is not None:
+                        in_packs.append(job)
+                    continue
+                job = _plan_undo_line(root_p, root_fd, rec, s)
                 if job is not None:
-                    in_packs.append(job)
-                continue
-            inside = root_p + os.sep
-            if not (archive.startswith(inside) and session.startswith(inside)):
-                # The manifest is a plain file in the tree; never restore outside it.
-                record_failure(s, archive, f"not under {root_p}; refused")
-                continue
-            named = split_archive_name(os.path.basename(archive))
-            if named is None or session != os.path.join(os.path.dirname(archive), named[0]):
-                # A forged line could otherwise make root restore another user's archive
-                # into this user's dir (and, with the undo's unlink, delete it).
-                record_failure(s, archive, f"manifest pairs it with {session}, not the "
-                                           "session dir beside it; refused")
-                continue
-            if os.path.lexists(session):
-                s["skipped"] += 1
-                continue
-            if not os.path.isfile(archive):
-                record_failure(s, archive, "archive is gone; cannot restore " + session)
-                continue
-            s["candidates"] += 1
-            s["bytes_in"] += os.path.getsize(archive)
-            # "resumed": the archive existed before this run (which only deleted the
-            # verified source), so putting the run back keeps it.
-            (kept if rec.get("status") == "resumed" else jobs).append((archive, session))
+                    # "resumed": the archive existed before this run (which only deleted
+                    # the verified source), so putting the run back keeps it.
+                    (kept if rec.get("status") == "resumed" else jobs).append(job)
+        finally:
+            os.close(root_fd)
         if not dry_run:
             if on_jobs is not None:
                 on_jobs(len(jobs) + len(kept) + len(in_packs))
@@ -267,6 +253,55 @@ def undo_run(
                 s["skipped"] += len(in_packs)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
+
+
+def _plan_undo_line(root: str, root_fd: int, rec: dict[str, Any], s: dict[str, Any]
+                    ) -> tuple[str, str] | None:
+    """A manifest line (the tree owner's to forge, untrusted.py) as an (archive, session)
+    job, or None, counted into *s*. Both paths must be plain paths below the root (no
+    ``..``: refused, never normalised), the session the dir beside its archive; the
+    archive is looked at through dir fds below the root: a regular file on the root's
+    device. The restore then reaches both the same way (run_jobs with *root*)."""
+    archive, session = rec["archive"], rec["session"]
+    try:
+        arel = untrusted.rel_below(root, archive, "manifest archive")
+        untrusted.rel_below(root, session, "manifest session")
+    except UntrustedInput as e:
+        record_failure(s, e.path, e.reason)
+        return None
+    named = split_archive_name(os.path.basename(archive))
+    if named is None or session != os.path.join(os.path.dirname(archive), named[0]):
+        # A forged line could otherwise make root restore another user's archive
+        # into this user's dir (and, with the undo's unlink, delete it).
+        record_failure(s, archive, f"manifest pairs it with {session}, not the "
+                                   "session dir beside it; refused")
+        return None
+    try:
+        dfd = untrusted.open_dir_below(root_fd, os.path.dirname(arel))
+    except FileNotFoundError:
+        record_failure(s, archive, "archive is gone; cannot restore " + session)
+        return None
+    except OSError as e:
+        record_failure(s, archive, untrusted.refusal(archive, e).reason)
+        return None
+    try:
+        if fs.lexists_at(dfd, named[0]):
+            s["skipped"] += 1
+            return None
+        try:
+            st = fs.lstat_at(dfd, os.path.basename(arel))
+        except FileNotFoundError:
+            record_failure(s, archive, "archive is gone; cannot restore " + session)
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
+            record_failure(s, archive, "is not a regular file on the root's filesystem; "
+                                       "refused")
+            return None
+    finally:
+        os.close(dfd)
+    s["candidates"] += 1
+    s["bytes_in"] += st.st_size
+    return archive, session
 
 
 # ------------------------------------------------------------------------ flat restore

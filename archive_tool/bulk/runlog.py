@@ -22,16 +22,17 @@ the archive is still there, only ``extract --undo`` will not know it came from t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, untrusted
 from archive_tool.bulk.plan import existing_archive
 from archive_tool.engine import packfile
-from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
 
 RUNS_DIR = os.path.join(fs.STATE_DIR, "runs")
 # Results whose source this run deleted: undo puts exactly these back.
@@ -228,42 +229,109 @@ def _logged(root: str | os.PathLike[str], on_result: Callable[[Any], None] | Non
     return summary
 
 
+def _runs_fd(root: str) -> int | None:
+    """fd of the runs dir, None if absent. The dir is the tree owner's: never through a
+    symlink, only if theirs (or root's, or ours); untrusted.open_state_sub."""
+    return untrusted.open_state_sub(root, "runs")
+
+
+def _names(runs_fd: int | None) -> list[str]:
+    if runs_fd is None:
+        return []
+    return sorted(n[:-len(".jsonl")] for n in os.listdir(runs_fd) if n.endswith(".jsonl"))
+
+
 def list_runs(root: str) -> list[str]:
     """Run names, oldest first (the UTC stamp sorts as text)."""
+    fd = _runs_fd(root)
     try:
-        names = os.listdir(runs_dir(root))
-    except FileNotFoundError:
-        return []
-    return sorted(n[:-len(".jsonl")] for n in names if n.endswith(".jsonl"))
+        return _names(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
-def run_path(root: str, run: str) -> str:
-    """The manifest for *run*: a name from list_runs (with or without .jsonl), or
-    ``last``. ValueError with the known names otherwise."""
-    runs = list_runs(root)
+def _pick(root: str, run: str, runs: list[str]) -> str:
     name = run[:-len(".jsonl")] if run.endswith(".jsonl") else run
     if name == "last" and runs:
         name = runs[-1]
     if name not in runs:
         known = ", ".join(runs[-5:]) or "none"
         raise BadArgument(f"no sweep run {run!r} under {runs_dir(root)} (latest: {known})")
-    return os.path.join(runs_dir(root), name + ".jsonl")
+    return name
 
 
-def read_run(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+def run_path(root: str, run: str) -> str:
+    """The manifest for *run*: a name from list_runs (with or without .jsonl), or
+    ``last``. ValueError with the known names otherwise."""
+    return os.path.join(runs_dir(root), _pick(root, run, list_runs(root)) + ".jsonl")
+
+
+def open_run(root: str, run: str) -> tuple[str, list[dict[str, Any]]]:
+    """(path, records) of *run* under *root*, the dir and file reached by fds without
+    following a symlink, the file a regular one of the tree's owner, root or us, capped
+    (untrusted.py); what ``extract --undo`` reads."""
+    fd = _runs_fd(root)
+    try:
+        name = _pick(root, run, _names(fd))
+        path = os.path.join(runs_dir(root), name + ".jsonl")
+        return path, read_run(path, fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def read_run(path: str, runs_fd: int | None = None) -> list[dict[str, Any]]:
+    """The records of the manifest *path* (in the dir *runs_fd* when given, else its
+    parent as named). Read from a regular file only, opened O_NOFOLLOW|O_NONBLOCK (a FIFO
+    never blocks, even a dry run), owned by the dir's owner, root or us, at most
+    untrusted.MANIFEST_CAP bytes; an error names the line, never its content."""
+    parent, name = os.path.split(path)
+    d = fs.open_trusted_dir(parent or ".") if runs_fd is None else runs_fd
+    try:
+        allowed = {os.fstat(d).st_uid, 0, os.geteuid()}
         try:
-            rec = json.loads(line)
-            if not isinstance(rec.get("session"), str) or not isinstance(rec.get("archive"), str):
-                raise ValueError
-        except (ValueError, AttributeError):
-            if i == len(lines):
-                continue  # a crash mid-write tears at most the last line (no newline yet)
-            raise BadArgument(f"{path}:{i}: not a manifest line") from None
-        out.append(rec)
+            fd = untrusted.open_state_file(d, name, path, allowed)
+        except FileNotFoundError:
+            raise BadArgument(f"no manifest {path}") from None
+        try:
+            return _records(fd, path)
+        finally:
+            os.close(fd)
+    finally:
+        if runs_fd is None:
+            os.close(d)
+
+
+def _records(fd: int, path: str) -> list[dict[str, Any]]:
+    """Lines streamed (no copy of the whole file in memory), each at most
+    untrusted.MANIFEST_LINE_CAP bytes, the file at most untrusted.MANIFEST_CAP."""
+    cap, line_cap = untrusted.MANIFEST_CAP, untrusted.MANIFEST_LINE_CAP
+    if os.fstat(fd).st_size > cap:
+        raise UntrustedInput(path, f"larger than {cap >> 20} MiB; refused")
+    out = []
+    seen = 0
+    with os.fdopen(os.dup(fd), "rb") as f:
+        for i in itertools.count(1):
+            line = f.readline(line_cap + 1)
+            if not line:
+                break
+            seen += len(line)
+            if seen > cap:  # grew while read: cut off, not followed
+                raise UntrustedInput(path, f"larger than {cap >> 20} MiB; refused")
+            whole = line.endswith(b"\n")
+            if not line.strip():
+                continue
+            try:
+                if len(line) > line_cap:
+                    raise ValueError
+                rec = json.loads(line.decode("utf-8"))
+                if not isinstance(rec.get("session"), str) or \
+                        not isinstance(rec.get("archive"), str):
+                    raise ValueError
+            except (ValueError, AttributeError, RecursionError):
+                if not whole and len(line) <= line_cap:
+                    continue  # a crash mid-write tears at most the last line (no newline yet)
+                raise BadArgument(f"{path}:{i}: not a manifest line") from None
+            out.append(rec)
     return out

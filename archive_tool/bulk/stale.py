@@ -22,13 +22,15 @@ The engine never imports ``scitex_session``; the heartbeat file is defined in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from archive_tool import fs
 from archive_tool.bulk.staleness import (  # noqa: F401 - re-exported for callers
@@ -61,22 +63,36 @@ class Skipped(Exception):
     heartbeat moved); the next sweep looks again."""
 
 
+class Refused(OSError):
+    """The dirs of this run were moved or replaced while it was finalized (a swap by the
+    tree's owner): the run is left where it was, or moved back; never moved elsewhere."""
+
+
+class Held(NamedTuple):
+    """The dir fds a finalize works between, opened by the walk from the root: the
+    ``<script>_out`` dir and its ``RUNNING/``; *out_rel* is the out dir below the root."""
+    root_fd: int
+    out_fd: int
+    out_rel: str
+    running_fd: int
+
+
 def _judged(root: str, stale_after: float | None,
-            now: float | None) -> Iterator[tuple[int, Verdict]]:
-    """(fd of its RUNNING dir, verdict) for every session dir directly under a ``RUNNING/``
-    below *root*. Walked by directory fds, never through a symlink (:mod:`fs`: a cron
-    sweep as root over users' trees). FINISHED_* and session dirs are not entered (a
-    RUNNING dir is their sibling), so this stays cheap on a tree of finished sessions.
-    The RUNNING fd stays open until the consumer asks for the next run."""
+            now: float | None) -> Iterator[tuple[Held, Verdict]]:
+    """(the dir fds it lives in, verdict) for every session dir directly under a
+    ``RUNNING/`` below *root*. Walked by directory fds, never through a symlink (:mod:`fs`:
+    a cron sweep as root over users' trees). FINISHED_* and session dirs are not entered
+    (a RUNNING dir is their sibling), so this stays cheap on a tree of finished sessions.
+    The fds stay open until the consumer asks for the next run."""
     fd = fs.open_trusted_dir(root)
     try:
-        yield from _walk(fd, root, stale_after, now, hostname())
+        yield from _walk(fd, fd, root, "", stale_after, now, hostname())
     finally:
         os.close(fd)
 
 
-def _walk(fd: int, path: str, stale_after: float | None, now: float | None,
-          host: str) -> Iterator[tuple[int, Verdict]]:
+def _walk(root_fd: int, fd: int, path: str, rel: str, stale_after: float | None,
+          now: float | None, host: str) -> Iterator[tuple[Held, Verdict]]:
     try:
         entries = fs.scandir_sorted(fd)
     except OSError:
@@ -90,14 +106,16 @@ def _walk(fd: int, path: str, stale_after: float | None, now: float | None,
             continue
         sub = os.path.join(path, e.name)
         if e.name == RUNNING_STATE:
-            yield from _runs_in(fd, sub, st, stale_after, now, host)
+            for rfd, v in _runs_in(fd, sub, st, stale_after, now, host):
+                yield Held(root_fd, fd, rel, rfd), v
         elif e.name not in FINISHED_STATES and not is_session_name(e.name):
             try:
                 child = fs.open_dir(e.name, fd, st)
             except OSError:
                 continue
             try:
-                yield from _walk(child, sub, stale_after, now, host)
+                yield from _walk(root_fd, child, sub, f"{rel}/{e.name}" if rel else e.name,
+                                 stale_after, now, host)
             finally:
                 os.close(child)
 
@@ -159,18 +177,19 @@ def _open_error_dir(out_fd: int) -> int:
     return os.open(ERROR_STATE, _DIR_FLAGS, dir_fd=out_fd)
 
 
-def finalize_one(running_fd: int, v: Verdict, stale_after: float | None = None) -> str:
-    """Move the stale run *v* (a child of *running_fd*) to the sibling ``FINISHED_ERROR/``
-    with its marker; returns the new path. Raises Skipped (benign: look again next time)
-    or OSError."""
+def finalize_one(held: Held, v: Verdict, stale_after: float | None = None) -> str:
+    """Move the stale run *v* (a child of ``held.running_fd``) to the sibling
+    ``FINISHED_ERROR/`` with its marker; returns the new path. Raises Skipped (benign:
+    look again next time), Refused (its dirs were swapped) or OSError."""
+    running_fd = held.running_fd
     name = os.path.basename(v.path)
     try:
         rfd = fs.open_dir(name, running_fd)
     except FileNotFoundError:
         raise Skipped("finished meanwhile") from None
     try:
-        held = os.fstat(rfd)
-        if v.dev_ino is not None and (held.st_dev, held.st_ino) != v.dev_ino:
+        held_st = os.fstat(rfd)
+        if v.dev_ino is not None and (held_st.st_dev, held_st.st_ino) != v.dev_ino:
             raise Skipped("another dir took its name meanwhile")
         try:
             fcntl.flock(rfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -180,7 +199,7 @@ def finalize_one(running_fd: int, v: Verdict, stale_after: float | None = None) 
             now_st = fs.lstat_at(running_fd, name)
         except FileNotFoundError:
             now_st = None
-        if now_st is None or not fs.same_file(now_st, held):
+        if now_st is None or not fs.same_file(now_st, held_st):
             raise Skipped("finished meanwhile")
         if _hook is not None:
             _hook("locked", v.path)
@@ -191,13 +210,42 @@ def finalize_one(running_fd: int, v: Verdict, stale_after: float | None = None) 
                           else "written to during the check")
         if again.state != STALE:
             raise Skipped(f"no longer stale: {again.reason}")
-        return _move(rfd, running_fd, os.path.dirname(os.path.dirname(v.path)), name,
-                     again, now)
+        return _move(rfd, held, os.path.dirname(os.path.dirname(v.path)), name, again, now)
     finally:
         os.close(rfd)
 
 
-def _move(rfd: int, pfd: int, out: str, name: str, v: Verdict, now: float) -> str:
+def _in_place(held: Held, dfd: int | None) -> bool:
+    """Whether the dirs we hold are still where the walk found them: the out dir at its
+    path below the root, its ``RUNNING`` entry the RUNNING fd, and (with *dfd*) its
+    ``FINISHED_ERROR`` entry that fd (dev/inode each)."""
+    try:
+        at = fs.open_beneath(held.root_fd, held.out_rel) if held.out_rel \
+            else os.dup(held.root_fd)
+    except OSError:
+        return False
+    try:
+        if not fs.same_file(os.fstat(at), os.fstat(held.out_fd)):
+            return False
+        if not fs.same_file(fs.lstat_at(held.out_fd, RUNNING_STATE),
+                            os.fstat(held.running_fd)):
+            return False
+        return dfd is None or fs.same_file(fs.lstat_at(held.out_fd, ERROR_STATE),
+                                           os.fstat(dfd))
+    except OSError:
+        return False
+    finally:
+        os.close(at)
+
+
+def _move(rfd: int, held: Held, out: str, name: str, v: Verdict, now: float) -> str:
+    """renameat from the RUNNING fd to FINISHED_ERROR opened in the out dir fd the walk
+    holds (never through ``..``: a RUNNING dir renamed elsewhere meanwhile has another
+    parent), with the dirs checked in place before and after; a swap found after the
+    move moves the run back and is a refusal."""
+    pfd = held.running_fd
+    if not _in_place(held, None):
+        raise Refused(errno.ESTALE, "its RUNNING/ dir was moved or replaced; refused")
     wrote = False
     try:
         mfd = os.open(MARKER_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -209,31 +257,39 @@ def _move(rfd: int, pfd: int, out: str, name: str, v: Verdict, now: float) -> st
         try:
             os.write(mfd, _marker(v, now))
             if os.geteuid() == 0:
-                held = os.fstat(rfd)
-                os.fchown(mfd, held.st_uid, held.st_gid)
+                st = os.fstat(rfd)
+                os.fchown(mfd, st.st_uid, st.st_gid)
             os.fsync(mfd)
         finally:
             os.close(mfd)
-    # The FINISHED_ERROR/ beside the RUNNING/ dir we hold, whatever the path now names.
-    ofd = os.open("..", _DIR_FLAGS, dir_fd=pfd)
+    dfd = -1
     try:
-        dfd = _open_error_dir(ofd)
-        try:
-            try:
-                fs.rename_noreplace_at(pfd, name, dfd, name)
-            except OSError:
-                if wrote:
-                    os.unlink(MARKER_NAME, dir_fd=rfd)
-                raise
-            # The run is now FINISHED_ERROR/<name>: make both directory entries durable
-            # before a sweep archives (and deletes) it.
-            os.fsync(dfd)
-            os.fsync(pfd)
-        finally:
+        dfd = _open_error_dir(held.out_fd)
+        if not _in_place(held, dfd):
+            raise Refused(errno.ESTALE, "its dirs were moved or replaced; refused")
+        if _hook is not None:
+            _hook("before-rename", os.path.join(out, RUNNING_STATE, name))
+        fs.rename_noreplace_at(pfd, name, dfd, name)
+        if not _in_place(held, dfd):
+            # Swapped between the check and the rename: put it back where it was.
+            fs.rename_noreplace_at(dfd, name, pfd, name)
+            raise Refused(errno.ESTALE, "its dirs were moved or replaced during the move; "
+                                        "moved back, refused")
+    except OSError:
+        if wrote:
+            with contextlib.suppress(OSError):
+                os.unlink(MARKER_NAME, dir_fd=rfd)
+        if dfd >= 0:
             os.close(dfd)
-        os.fsync(ofd)
+        raise
+    try:
+        # The run is now FINISHED_ERROR/<name>: make both directory entries durable
+        # before a sweep archives (and deletes) it.
+        os.fsync(dfd)
+        os.fsync(pfd)
+        os.fsync(held.out_fd)
     finally:
-        os.close(ofd)
+        os.close(dfd)
     return os.path.join(out, ERROR_STATE, name)
 
 
@@ -258,7 +314,7 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
     if stale_after is not None and stale_after < 0:
         raise BadArgument(f"stale_after must be >= 0, got {stale_after}")
     counts = new_counts()
-    for running_fd, v in _judged(root, stale_after, now):
+    for held, v in _judged(root, stale_after, now):
         path = v.path
         counts["running"] += 1
         if v.state == LIVE:
@@ -274,7 +330,7 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
         if _hook is not None:
             _hook("classified", path)
         try:
-            dest = finalize_one(running_fd, v, stale_after)
+            dest = finalize_one(held, v, stale_after)
         except Skipped as e:
             counts["skipped"] += 1
             _note(counts, "runs", {"path": path, "reason": v.reason, "action": f"skipped: {e}"})

@@ -75,14 +75,21 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
             raise click.BadParameter("a pack is never rewritten; not with --session",
                                      param_hint="--remove-archive")
         if os.path.isdir(archive):
-            from archive_tool.bulk.catalog import locate
+            from archive_tool.bulk.catalog import locate, open_located
 
-            row = _call(locate, archive, session)
+            root = os.path.abspath(archive)
+            row = _call(locate, root, session)
+            # The row is the tree owner's to forge: the file is opened below the root by
+            # dir fds, never by the path it names (untrusted.py).
+            fd = _call(open_located, root, row)
             if row["frame"] < 0:  # a per-session archive
-                click.echo(str(_call(restore_one, row["path"], dest,
+                os.close(fd)
+                click.echo(str(_call(restore_one, row["path"], dest, follow=False, root=root,
                                      keep_special=keep_setuid)))
                 return
-            archive, session = row["path"], row["name"]
+            click.echo(_call(restore_session, row["path"], row["name"], dest,
+                             keep_special=keep_setuid, fd=fd, root=root))
+            return
         click.echo(_call(restore_session, archive, session, dest, keep_special=keep_setuid))
         return
 
@@ -145,14 +152,20 @@ def show(archive: str, member: str | None, session: str | None) -> None:
         from archive_tool.engine import packfile
 
         if os.path.isdir(archive):
-            from archive_tool.bulk.catalog import locate
+            from archive_tool.bulk.catalog import locate, open_located
 
-            r = locate(archive, session)
+            root = os.path.abspath(archive)
+            r = locate(root, session)
+            # Opened below the root by dir fds, not by the path a forged row names.
+            fd = open_located(root, r)
             if r["frame"] < 0:
-                return r["path"], None
-            return (f"{r['path']}::{r['name']}",
-                    packfile.session_fd_at(r["path"], r["name"], r["offset"], r["bytes_out"],
-                                           r["tar_bytes"]))
+                return r["path"], fd
+            try:
+                return (f"{r['path']}::{r['name']}",
+                        packfile.session_fd_at(r["path"], r["name"], r["offset"],
+                                               r["bytes_out"], r["tar_bytes"], fd=fd))
+            finally:
+                os.close(fd)
         return f"{archive}::{session}", packfile.session_fd(archive, session)
 
     if member is not None:

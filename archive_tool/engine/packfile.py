@@ -276,24 +276,43 @@ def _memfd(data: bytes) -> int:
     return fd
 
 
-def session_fd_at(pack: str, name: str, offset: int, csize: int, dsize: int) -> int:
+def session_fd_at(pack: str, name: str, offset: int, csize: int, dsize: int,
+                  fd: int | None = None) -> int:
     """Session *name* of *pack* from where the catalog says its frame is: one pread and
     one decompression, no seek table or index read. The frame must start with *name*'s
-    own members (a catalog older than the pack falls back to the index)."""
+    own members (a catalog older than the pack falls back to the index). *fd*: the pack
+    opened by the caller (below a root by dir fds); stays the caller's."""
+    if fd is not None:
+        own = os.dup(fd)
+        try:
+            return _session_fd_at(pack, name, offset, csize, dsize, own)
+        finally:
+            os.close(own)
     try:
         fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise ArchiveError(pack, f"cannot open: {e.strerror or e}") from None
     try:
+        return _session_fd_at(pack, name, offset, csize, dsize, fd)
+    finally:
+        os.close(fd)
+
+
+def _session_fd_at(pack: str, name: str, offset: int, csize: int, dsize: int,
+                   fd: int) -> int:
+    # Catalog numbers are the tree owner's to forge: a frame outside the file is not read
+    # (os.pread would allocate a forged size up front); read_frame checks the rest.
+    size = os.fstat(fd).st_size
+    try:
+        if not (0 <= offset and 0 < csize <= size - offset and 0 <= dsize):
+            raise CorruptArchive(pack, "catalog frame outside the pack")
         data = seekable.read_frame(fd, seekable.Frame(offset, csize, dsize, None), pack)
         first = iter_tar(data[:tarfile.BLOCKSIZE * 8])[:1]
         if first and first[0][0].rstrip("/") == name:
             return _memfd(data + END_BLOCKS)
     except CorruptArchive:
         pass
-    finally:
-        os.close(fd)
-    with Pack(pack) as p:
+    with Pack(pack, os.dup(fd)) as p:
         return p.session_fd(name)
 
 
@@ -305,16 +324,19 @@ def session_fd(pack: str | os.PathLike[str], session: str) -> int:
 
 def restore_session(pack: str | os.PathLike[str], session: str,
                     dest: str | os.PathLike[str] | None = None, *,
-                    keep_special: bool = False) -> str:
+                    keep_special: bool = False, fd: int | None = None,
+                    root: str | None = None) -> str:
     """Restore one session of *pack* as a session dir (default: beside the pack, under the
     session's name), through restore.py's extraction (same member rules, temp dir, one
-    rename, never overwrite). The pack is only read: it is never rewritten."""
+    rename, never overwrite). The pack is only read: it is never rewritten. *fd*: the
+    pack opened by the caller (taken over); *root*: the pack is below it (a catalog
+    row), so the destination dir is reached below it by dir fds too."""
     from archive_tool.engine import restore
 
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     pack = os.path.abspath(os.fspath(pack))
-    with Pack(pack) as p:
+    with Pack(pack, fd) as p:
         name = p.names[p.find(session)]
         # The name comes from the file and becomes a path: a hostile index ("ID-/../x")
         # must not choose where the restore lands.
@@ -326,8 +348,9 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     target = os.path.abspath(os.fspath(dest)) if dest is not None else \
         os.path.join(os.path.dirname(pack), name)
     try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)  # as restore_one does
-        with restore._parent(target, None, ArchiveError(target, "no such directory")) \
+        if root is None:
+            os.makedirs(os.path.dirname(target), exist_ok=True)  # as restore_one does
+        with restore._parent(target, root, ArchiveError(target, "no such directory")) \
                 as (parent_fd, dname):
             _total, tree_fd = restore._restore_at(label, fd, parent_fd, dname, target, ast,
                                                   None, keep_special)
