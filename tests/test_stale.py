@@ -1,6 +1,6 @@
 """Runs that die: heartbeat + identity recorded by real decorated scripts, stale RUNNING runs
 finalized into FINISHED_ERROR/ and archived, live ones never touched. Races are made
-deterministic with ``archive_tool.bulk.stale._hook`` and /proc/locks, not with sleeps."""
+deterministic with ``archive_tool.stale.finalize._hook`` and /proc/locks, not with sleeps."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import yaml
 import zstandard
 
 from archive_tool import liveness as liveness_mod
-from archive_tool.bulk import stale
 from archive_tool.errors import BadArgument
+from archive_tool.stale import finalize as stale
 from tests.conftest import run_cli
 from tests.session_scripts.helpers import load_config, run_script, write_script
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from archive_tool import api
-from archive_tool.bulk import sweep as sweep_mod
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
 from archive_tool.engine.read import verify_archive
 from archive_tool.engine.scan import scan_session
 from archive_tool.errors import BadRoot, DangerousRoot
 from archive_tool.names import is_session_name
+from archive_tool.sweep import sessions as sweep_mod
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import BACKENDS, HAS_FD, SID, make_session, needs_gnu_tar, snapshot
 
 S = "FINISHED_SUCCESS"
@@ -289,7 +289,7 @@ def test_sweep_at_a_scripts_top_level_stops_with_a_hint_and_loses_nothing(tmp_pa
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import json\n"
-        "from archive_tool.bulk.sweep import sweep\n"
+        "from archive_tool.sweep.sessions import sweep\n"
         f"s = sweep({str(root)!r}, dry_run=False, workers=2)\n"
         "print(json.dumps({k: s[k] for k in ('archived', 'failed', 'stopped')}))\n"
     )

@@ -291,7 +291,7 @@ def rows_of_file(root: str, rel: str, fname: str) -> Iterator[dict[str, Any]]:
 def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Build the catalog from the packs and archives alone, into a new file that then
     replaces the old one (a reader never sees a half-built catalog)."""
-    from archive_tool.bulk.plan import check_root
+    from archive_tool.sweep.plan import check_root
 
     root = check_root(root)  # it writes below root: the same refusals as a sweep
     if not os.path.isdir(root):

@@ -87,7 +87,7 @@ def _days(_ctx: click.Context, param: click.Parameter, value: float | None) -> f
 
 
 def _stale_after(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    from archive_tool.bulk.stale import parse_duration
+    from archive_tool.stale.finalize import parse_duration
 
     try:
         return None if value is None else parse_duration(value)

@@ -23,7 +23,7 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
     \b
     Example: session-archive catalog /data/runs --rebuild
     """
-    from archive_tool.bulk.catalog import rebuild as do_rebuild
+    from archive_tool.catalog.catalog import rebuild as do_rebuild
 
     res = _call(do_rebuild, root)
     if as_json:
@@ -54,7 +54,7 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
     \b
     Example: session-archive find /data/runs --where ARGS.lr=0.01 --state FINISHED_SUCCESS --since 2026-10-01
     """
-    from archive_tool.bulk.catalog import find as do_find
+    from archive_tool.catalog.catalog import find as do_find
 
     rows = _call(do_find, root, where, state, since, until, script, limit, config=as_json)
     if as_json:
@@ -92,7 +92,7 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
     Example: session-archive repack /data/runs --merge monthly --execute
     Merging: --merge monthly turns a month's daily packs of a dir into 2026-11.pack.tar.zst.
     """
-    from archive_tool.bulk.repack import repack as do_repack
+    from archive_tool.retention.repack import repack as do_repack
 
     def show(g: dict) -> None:
         if quiet or as_json:

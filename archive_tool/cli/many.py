@@ -154,15 +154,15 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
                workers: int | None, older_than_days: float | None, pattern: str | None,
                max_dirs: int | None, track_bytes: bool, use_fd: bool, as_json: bool,
                quiet: bool, verbose: bool, progress: bool | None, **extra: Any) -> None:
-    from archive_tool.bulk.sweep import sweep
+    from archive_tool.sweep.sessions import sweep
 
     on_candidate = (lambda p: click.echo(p, err=as_json)) if verbose and not execute else None
 
     def count() -> int:
         # A second, cheap walk (discovery + name/age filters, no reads) so the bar gets a
         # total and an ETA; the sweep itself streams discovery and never knows it upfront.
-        from archive_tool.bulk.discover import Discovery
-        from archive_tool.bulk.plan import Planner, check_root, parse_shard
+        from archive_tool.sweep.discover import Discovery
+        from archive_tool.sweep.plan import Planner, check_root, parse_shard
 
         root_p = check_root(root)
         planner = Planner(root_p, flat, fmt, pattern, older_than_days, max_dirs or None,
@@ -172,7 +172,7 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     show = execute and want_progress(quiet, progress)
     recorder = None
     if extra.pop("catalog", False) and execute:
-        from archive_tool.bulk.catalog import Recorder
+        from archive_tool.catalog.catalog import Recorder
 
         recorder = Recorder(root, fmt)
     with progress_bar(show, "archiving", count=count) as bar:
@@ -189,7 +189,7 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
             pattern=pattern, max_dirs=max_dirs or None, track_bytes=track_bytes, use_fd=use_fd,
             on_result=on_result, on_candidate=on_candidate, **extra)
         if execute and not flat and extra.get("remove_src", True):
-            from archive_tool.bulk.runlog import sweep_logged
+            from archive_tool.sweep.runlog import sweep_logged
 
             summary = _call(sweep_logged, root, **args)
         else:
@@ -203,8 +203,8 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
 def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, scheduler: str | None,
                 batch_size: int | None, finalize_stale: bool, stale_after: float | None,
                 kw: dict[str, Any]) -> None:
-    from archive_tool.bulk.packsweep import pack_sweep
-    from archive_tool.bulk.runlog import pack_sweep_logged
+    from archive_tool.sweep.packsweep import pack_sweep
+    from archive_tool.sweep.runlog import pack_sweep_logged
 
     # Options that mean nothing for packs are refused, not silently ignored.
     if kw["fmt"].lower() not in ("tar.zst", "tar.zstd", "tzst"):
@@ -214,7 +214,7 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                                  param_hint="--batch-size")
     executor = None
     if scheduler:
-        from archive_tool.bulk.executors import DaskExecutor
+        from archive_tool.sweep.executors import DaskExecutor
 
         executor = _call(DaskExecutor, scheduler)
         click.get_current_context().call_on_close(executor.shutdown)
@@ -269,7 +269,7 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     \b
     Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
     """
-    from archive_tool.bulk.sweep import DEFAULT_BATCH
+    from archive_tool.sweep.sessions import DEFAULT_BATCH
 
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
@@ -282,7 +282,7 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     if finalize_stale:
         extra.update(finalize_stale=True, stale_after=stale_after)
     if scheduler:
-        from archive_tool.bulk.executors import DaskExecutor
+        from archive_tool.sweep.executors import DaskExecutor
 
         ex = _call(DaskExecutor, scheduler)
         click.get_current_context().call_on_close(ex.shutdown)
@@ -356,7 +356,7 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
         raise BadInput("--dest and --pattern apply to flat mode only (not --tree/--undo)")
     if undo and max_files:
         raise BadInput("--undo restores a whole run; --max-files does not apply")
-    from archive_tool.bulk.restore import restore_many, restore_tree, undo_run
+    from archive_tool.restore.many import restore_many, restore_tree, undo_run
 
     with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
         hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}

@@ -31,8 +31,8 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
     \b
     Example: session-archive pack main_out/FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main
     """
-    from archive_tool.bulk.plan import check_pack_target
     from archive_tool.engine.single import archive_one
+    from archive_tool.sweep.plan import check_pack_target
 
     _call(check_pack_target, directory, force)
     path = _call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
@@ -75,7 +75,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
             raise click.BadParameter("a pack is never rewritten; not with --session",
                                      param_hint="--remove-archive")
         if os.path.isdir(archive):
-            from archive_tool.bulk.catalog import locate
+            from archive_tool.catalog.catalog import locate
 
             row = _call(locate, archive, session)
             if row["frame"] < 0:  # a per-session archive
@@ -145,7 +145,7 @@ def show(archive: str, member: str | None, session: str | None) -> None:
         from archive_tool.engine import packfile
 
         if os.path.isdir(archive):
-            from archive_tool.bulk.catalog import locate
+            from archive_tool.catalog.catalog import locate
 
             r = locate(archive, session)
             if r["frame"] < 0:

@@ -50,8 +50,8 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
     \b
     Example: session-archive prune /data/runs --older-than 180d --keep-last 5 --execute
     """
-    from archive_tool.bulk.prune import parse_age
-    from archive_tool.bulk.prune import prune as do_prune
+    from archive_tool.retention.prune import parse_age
+    from archive_tool.retention.prune import prune as do_prune
 
     days = _call(parse_age, older_than) if older_than is not None else None
 
@@ -119,7 +119,7 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
     \b
     Example: session-archive report /data/runs --older-than-days 7 --plot runs.png
     """
-    from archive_tool.bulk.report import build_report, format_report, plot_report
+    from archive_tool.catalog.report import build_report, format_report, plot_report
 
     rep = _call(build_report, root, older_than_days=older_than_days, format=fmt,
                 compresslevel=level, use_fd=use_fd, sample=sample, seed=seed,

@@ -37,7 +37,7 @@ Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session
 def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -> list[Job]:
     """Sessions in packs to restore, counted into *s* as restore_tree counts archives.
     *taken*: destinations already planned (a per-session archive of the same session)."""
-    from archive_tool.bulk.repackplan import pack_listings
+    from archive_tool.retention.repackplan import pack_listings
 
     jobs: list[Job] = []
     for rel, pack, _mtime, sessions in pack_listings(root):

@@ -37,12 +37,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk.plan import check_root
-from archive_tool.bulk.restore import iter_session_archives
 from archive_tool.errors import BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
+from archive_tool.restore.many import iter_session_archives
 from archive_tool.summary import new_summary, record_failure
+from archive_tool.sweep.plan import check_root
 
 PRUNE_DIR = os.path.join(".session-archive", "prune")
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([hdwy]?)\s*$")
@@ -99,7 +99,7 @@ def scan(root: str, now: float | None = None) -> list[Archived]:
             path=e.path, script=script,
             state=os.path.basename(finished), started=t, age_days=(now - t) / 86400,
             bytes=st.st_size, dev=st.st_dev, ino=st.st_ino))
-    from archive_tool.bulk.prunepacks import scan_packs
+    from archive_tool.retention.prunepacks import scan_packs
 
     return out + scan_packs(root, now)
 
@@ -154,7 +154,7 @@ def _delete(chosen: list[Archived], s: dict[str, Any], log: Any,
             on_deleted: Callable[[Archived], None] | None, root: str) -> None:
     in_packs = [a for a in chosen if a.pack]
     if in_packs:
-        from archive_tool.bulk.prunepacks import drop_from_packs
+        from archive_tool.retention.prunepacks import drop_from_packs
 
         drop_from_packs(in_packs, s, root, lambda a: _log(a, s, log, on_deleted))
     by_dir: dict[str, list[Archived]] = defaultdict(list)
@@ -184,7 +184,7 @@ def _uncatalog(root: str, gone: list[Archived], s: dict[str, Any]) -> None:
     the deletions are done and logged, and ``catalog --rebuild`` repairs it."""
     import sqlite3
 
-    from archive_tool.bulk import catalog
+    from archive_tool.catalog import catalog
 
     if not gone or not os.path.exists(catalog.catalog_path(root)):
         return
@@ -269,7 +269,7 @@ def prune(
                           if k not in ("keep", "dev", "ino") and (k != "pack" or v)}
                          for a in chosen]
         if not dry_run and chosen:
-            from archive_tool.bulk.runlog import close_durably, open_stamped
+            from archive_tool.sweep.runlog import close_durably, open_stamped
 
             _name, s["log"], log = open_stamped(root_p, "prune", now)
             try:

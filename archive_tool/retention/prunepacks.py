@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool.bulk.prune import Archived, started_at
+from archive_tool.retention.prune import Archived, started_at
 from archive_tool.summary import record_failure
 
 
@@ -21,7 +21,7 @@ def scan_packs(root: str, now: float) -> list[Archived]:
     own archive (its bytes: its compressed frame). Read by fds from the root, seek table
     and index only; a pack that does not read is skipped here (``repack`` and ``verify``
     report it) and so never pruned."""
-    from archive_tool.bulk.repackplan import pack_listings
+    from archive_tool.retention.repackplan import pack_listings
 
     out = []
     for rel, pack, mtime, sessions in pack_listings(root):
@@ -42,7 +42,7 @@ def drop_from_packs(chosen: list[Archived], s: dict[str, Any], root: str,
                     done_one: Callable[[Archived], None]) -> None:
     """Sessions inside packs go by a repack of each pack holding one, without them
     (repack.py: the new pack durable and catalogued before the old one is unlinked)."""
-    from archive_tool.bulk.repack import repack
+    from archive_tool.retention.repack import repack
 
     want: dict[tuple[str, str], Archived] = {}
     for a in chosen:

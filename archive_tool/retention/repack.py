@@ -35,9 +35,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import catalog
-from archive_tool.bulk.plan import check_root
-from archive_tool.bulk.repackplan import (  # noqa: F401 - part of this module's API
+from archive_tool.catalog import catalog
+from archive_tool.engine import commit, packfile
+from archive_tool.errors import ArchiveError, VerifyFailed
+from archive_tool.lock import RootLock
+from archive_tool.retention.repackplan import (  # noqa: F401 - part of this module's API
     MERGE_MODES,
     DropFn,
     Group,
@@ -47,10 +49,8 @@ from archive_tool.bulk.repackplan import (  # noqa: F401 - part of this module's
     plan_dir,
     reason_of,
 )
-from archive_tool.engine import commit, packfile
-from archive_tool.errors import ArchiveError, VerifyFailed
-from archive_tool.lock import RootLock
 from archive_tool.summary import new_summary, record_failure
+from archive_tool.sweep.plan import check_root
 
 
 def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:

@@ -31,7 +31,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk.staleness import (  # noqa: F401 - re-exported for callers
+from archive_tool.errors import BadArgument
+from archive_tool.liveness import MARKER_NAME, hostname
+from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
+from archive_tool.stale.staleness import (  # noqa: F401 - re-exported for callers
     DEFAULT_INTERVAL,
     LIVE,
     STALE,
@@ -43,9 +46,6 @@ from archive_tool.bulk.staleness import (  # noqa: F401 - re-exported for caller
     parse_duration,
     process_gone,
 )
-from archive_tool.errors import BadArgument
-from archive_tool.liveness import MARKER_NAME, hostname
-from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
 
 MAX_LISTED = 1000
 

@@ -1,6 +1,6 @@
 """The staleness rule for one RUNNING run dir, judged through an fd: heartbeat age, and
 for a run on this host whether its process is gone (PID, start time, boot ID). The walk
-over a tree and the finalizing move live in :mod:`archive_tool.bulk.stale`."""
+over a tree and the finalizing move live in :mod:`archive_tool.stale.finalize`."""
 
 from __future__ import annotations
 

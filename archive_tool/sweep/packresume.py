@@ -13,8 +13,6 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import sweep as _sweep
-from archive_tool.bulk.plan import Task
 from archive_tool.engine import commit, packfile
 from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
@@ -22,6 +20,8 @@ from archive_tool.errors import ArchiveError
 from archive_tool.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
+from archive_tool.sweep import sessions as _sweep
+from archive_tool.sweep.plan import Task
 
 Out = list[tuple[Result, dict[str, Any] | None]]
 

@@ -17,23 +17,24 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool.bulk import catalog, stale
-from archive_tool.bulk import sweep as _sweep
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.executors import run_batches
-from archive_tool.bulk.packplan import (  # noqa: F401 - part of this module's API
+from archive_tool.catalog import catalog
+from archive_tool.errors import BadArgument
+from archive_tool.lock import RootLock
+from archive_tool.stale import finalize as stale
+from archive_tool.summary import FAILED, Result, new_summary, record_failure
+from archive_tool.sweep import sessions as _sweep
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.executors import run_batches
+from archive_tool.sweep.packplan import (  # noqa: F401 - part of this module's API
     MAX_PACK_SESSIONS,
     PackJob,
     parse_pack,
     period_of,
     plan_packs,
 )
-from archive_tool.bulk.packresume import cleanup
-from archive_tool.bulk.packwork import Out, process_pack
-from archive_tool.bulk.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
-from archive_tool.errors import BadArgument
-from archive_tool.lock import RootLock
-from archive_tool.summary import FAILED, Result, new_summary, record_failure
+from archive_tool.sweep.packresume import cleanup
+from archive_tool.sweep.packwork import Out, process_pack
+from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
 
 
 def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:

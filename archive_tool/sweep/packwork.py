@@ -23,16 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import catalog
-from archive_tool.bulk import sweep as _sweep
-from archive_tool.bulk.packplan import PackJob
-from archive_tool.bulk.packresume import Out, packed_names, resume
+from archive_tool.catalog import catalog
 from archive_tool.engine import commit, packfile, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, write_tar
 from archive_tool.errors import ArchiveError, DiskFull, SourceChanged
 from archive_tool.lock import lock_session
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
+from archive_tool.sweep import sessions as _sweep
+from archive_tool.sweep.packplan import PackJob
+from archive_tool.sweep.packresume import Out, packed_names, resume
 
 
 @dataclass

@@ -18,24 +18,13 @@ from itertools import islice
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import stale
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
-from archive_tool.bulk.plan import (
-    CLEANUP,
-    FINISH,
-    Planner,
-    Task,
-    check_days,
-    check_root,
-    parse_shard,
-)
 from archive_tool.engine import commit, single, tarwrite
 from archive_tool.engine.read import check_members, detect_format_fd
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
 from archive_tool.errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
 from archive_tool.lock import RootLock, lock_session
 from archive_tool.names import FORMATS, normalize_format, session_of_trash
+from archive_tool.stale import finalize as stale
 from archive_tool.summary import (  # noqa: F401 - re-exported: callers of 0.1 import them from here
     ARCHIVED,
     CLEANED,
@@ -46,6 +35,17 @@ from archive_tool.summary import (  # noqa: F401 - re-exported: callers of 0.1 i
     Result,
     new_summary,
     record_failure,
+)
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
+from archive_tool.sweep.plan import (
+    CLEANUP,
+    FINISH,
+    Planner,
+    Task,
+    check_days,
+    check_root,
+    parse_shard,
 )
 
 DEFAULT_BATCH = 128
@@ -401,4 +401,4 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
 
 
 # Bulk restore lives in restore.py; kept importable from here for callers of 0.1.
-from archive_tool.bulk.restore import restore_batch, restore_many  # noqa: E402, F401
+from archive_tool.restore.many import restore_batch, restore_many  # noqa: E402, F401
