@@ -19,6 +19,7 @@ from archive_tool.engine.read import verify_archive
 from archive_tool.engine.scan import scan_session
 from archive_tool.errors import BadRoot, DangerousRoot
 from archive_tool.names import is_session_name
+from archive_tool.restore.many import restore_many
 from archive_tool.sweep import sessions as sweep_mod
 from archive_tool.sweep.discover import Discovery
 from archive_tool.sweep.sessions import sweep
@@ -322,7 +323,7 @@ def test_bulk_restore_with_a_dead_worker_stops_keeps_every_archive_and_reports(t
     for i in range(6):
         api.archive_session_dir(make_session(flat, f"{SID[:-4]}R{i:03d}-main"), format="tar.zst")
     before = snapshot(flat)
-    s = sweep_mod.restore_many(flat, dry_run=False, executor=_DyingPool(), batch_size=2)
+    s = restore_many(flat, dry_run=False, executor=_DyingPool(), batch_size=2)
     assert s["restored"] == 0 and s["failed"] == 2 and s["skipped"] == 4, s
     assert all("worker lost" in f["reason"] for f in s["failures"])
     assert s["stopped"].startswith("a worker process died or could not start")

@@ -22,7 +22,6 @@ from archive_tool.errors import BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, Result, new_summary, record_failure
-from archive_tool.sweep import sessions as _sweep
 from archive_tool.sweep.discover import Discovery
 from archive_tool.sweep.executors import run_batches
 from archive_tool.sweep.packplan import (  # noqa: F401 - part of this module's API
@@ -35,6 +34,8 @@ from archive_tool.sweep.packplan import (  # noqa: F401 - part of this module's 
 from archive_tool.sweep.packresume import cleanup
 from archive_tool.sweep.packwork import Out, process_pack
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
+from archive_tool.sweep.sessions import process_batch
+from archive_tool.sweep.step import Accounts
 
 
 def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
@@ -47,7 +48,7 @@ def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
         if t.kind == "cleanup":
             out += cleanup(t, opts)
         else:
-            out += [(r, None) for r in _sweep.process_batch([t], opts)]
+            out += [(r, None) for r in process_batch([t], opts)]
     return out
 
 
@@ -106,7 +107,7 @@ def pack_sweep(
         jobs.append(others)
     packs = plan_packs([t for t in tasks if t.kind == ARCHIVE], mode)
     jobs += packs
-    acc = _sweep._Accounts(summary, True, on_result)
+    acc = Accounts(summary, True, on_result)
     if dry_run:
         summary["packs"] = len(packs)
     else:
