@@ -27,6 +27,7 @@ from archive_tool.engine import packfile
 from archive_tool.engine.formats import decompress_bytes
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.names import FINISHED_STATES, ID_REGEX, is_session_name, split_archive_name
+from archive_tool.sweep.plan import check_root
 
 CATALOG_NAME = "catalog.sqlite"
 CATALOG = os.path.join(fs.STATE_DIR, CATALOG_NAME)
@@ -291,8 +292,6 @@ def rows_of_file(root: str, rel: str, fname: str) -> Iterator[dict[str, Any]]:
 def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     """Build the catalog from the packs and archives alone, into a new file that then
     replaces the old one (a reader never sees a half-built catalog)."""
-    from archive_tool.sweep.plan import check_root
-
     root = check_root(root)  # it writes below root: the same refusals as a sweep
     if not os.path.isdir(root):
         raise BadArgument(f"not a directory: {root}")

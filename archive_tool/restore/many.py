@@ -35,6 +35,7 @@ from archive_tool.names import (
     session_of_trash,
     split_archive_name,
 )
+from archive_tool.restore import packrestore
 from archive_tool.summary import (
     FAILED,
     RESTORED,
@@ -44,8 +45,10 @@ from archive_tool.summary import (
     new_summary,
     record_failure,
 )
+from archive_tool.sweep.discover import iter_archives
 from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.plan import check_root
+from archive_tool.sweep.runlog import read_run, run_path
 
 STATE_DIR = ".session-archive"
 
@@ -155,8 +158,6 @@ def restore_tree(
     and every session inside a pack there (packrestore.py; packs are kept even with
     *remove_archive*). An archive whose session dir already exists is skipped. *on_jobs*
     is told how many restores will run, before they start (a progress bar's total)."""
-    from archive_tool.restore import packrestore
-
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:
@@ -206,9 +207,6 @@ def undo_run(
     put into packs come back from their frames (packrestore.py), the packs kept. A session
     dir that exists again is skipped (never overwritten); an archive or pack that is gone
     or unreadable is a failure (one per session)."""
-    from archive_tool.restore import packrestore
-    from archive_tool.sweep.runlog import read_run, run_path
-
     t0 = time.monotonic()
     root_p = check_root(root)
     s = new_restore_summary(root_p, dry_run, "undo")
@@ -292,8 +290,6 @@ def restore_many(
     beside the archive), on the same pool loop as the sweep, each through a temp dir and a
     rename. *accept(name)*, when given, must also be true for an archive to be considered.
     Returns the Summary (kind "restore")."""
-    from archive_tool.sweep.discover import iter_archives
-
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:

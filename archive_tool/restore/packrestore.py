@@ -22,6 +22,7 @@ from archive_tool.engine import packfile
 from archive_tool.engine.restore import _restore_at, remove_dead_temps
 from archive_tool.errors import ArchiveError
 from archive_tool.names import is_session_name
+from archive_tool.retention.repackplan import pack_listings
 from archive_tool.summary import (
     FAILED,
     RESTORED,
@@ -37,8 +38,6 @@ Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session
 def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -> list[Job]:
     """Sessions in packs to restore, counted into *s* as restore_tree counts archives.
     *taken*: destinations already planned (a per-session archive of the same session)."""
-    from archive_tool.retention.repackplan import pack_listings
-
     jobs: list[Job] = []
     for rel, pack, _mtime, sessions in pack_listings(root):
         for name, csize in sessions:
