@@ -7,7 +7,8 @@ import os
 
 import click
 
-from archive_tool.cli import Failed, _call, cli
+from archive_tool.cli.common import Failed, call
+from archive_tool.cli.group import cli
 from archive_tool.units import human_bytes
 
 
@@ -25,7 +26,7 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
     """
     from archive_tool.catalog.catalog import rebuild as do_rebuild
 
-    res = _call(do_rebuild, root)
+    res = call(do_rebuild, root)
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
     else:
@@ -56,7 +57,7 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
     """
     from archive_tool.catalog.catalog import find as do_find
 
-    rows = _call(do_find, root, where, state, since, until, script, limit, config=as_json)
+    rows = call(do_find, root, where, state, since, until, script, limit, config=as_json)
     if as_json:
         click.echo(json.dumps(rows, sort_keys=True))
         return
@@ -105,7 +106,7 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
         for d in g["dropped"]:
             click.echo(f"  drop {d['session']} ({d['pack']}): {d['reason']}")
 
-    s = _call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
+    s = call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet:

@@ -1,12 +1,6 @@
-"""``session-archive``: parse -> call one library function -> print -> exit code.
-
-Exit codes (every command): 0 done; 1 some item failed (or the sweep was stopped by a full
-disk); 2 bad usage or input (missing/dangerous root, unknown format, bad numbers);
-3 an explicit cap (--max-dirs / --max-files) left work undone ("stopped at N of M" on
-stderr); 75 another sweep holds the lock (``flock -E 75`` convention); 128+N stopped by
-signal N.
-Expected failures print one ``Error: ...`` line on stderr, never a traceback.
-"""
+"""What the command modules share: the error-to-exit-code mapping of one library call
+(:func:`call`), the two click exceptions with their exit codes, and option types and
+callbacks used by more than one command."""
 
 from __future__ import annotations
 
@@ -15,7 +9,6 @@ from typing import Any, TypeVar
 
 import click
 
-from archive_tool import __version__
 from archive_tool.errors import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -25,9 +18,10 @@ from archive_tool.errors import (
     LockBusy,
 )
 from archive_tool.names import FORMATS
+from archive_tool.stale.staleness import parse_duration
+from archive_tool.sweep.plan import MAX_DAYS
 
 T = TypeVar("T")
-
 
 
 class Failed(click.ClickException):
@@ -38,16 +32,16 @@ class BadInput(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one library call, turning its expected exceptions into one-line CLI errors with
     the exit code each carries (errors.py). Anything else is a bug: it keeps its
     traceback instead of passing for "bad usage"."""
     try:
         return fn(*args, **kwargs)
     except LockBusy as e:
-        raise _exit(f"another sweep holds {e.path}", e.exit_code) from None
+        raise exit_with(f"another sweep holds {e.path}", e.exit_code) from None
     except (ArchiveError, BadArgument, DaskUnavailable) as e:
-        raise _exit(str(e), e.exit_code) from None
+        raise exit_with(str(e), e.exit_code) from None
     except FileExistsError as e:
         raise Failed(f"{e.filename}: already exists; refusing to overwrite") from None
     except PermissionError as e:
@@ -56,7 +50,7 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise Failed(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
 
 
-def _exit(message: str, code: int) -> click.ClickException:
+def exit_with(message: str, code: int) -> click.ClickException:
     e = click.ClickException(message)
     e.exit_code = code
     return e
@@ -65,17 +59,15 @@ def _exit(message: str, code: int) -> click.ClickException:
 FORMAT = click.Choice(FORMATS, case_sensitive=False)
 
 
-def _nonneg(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+def nonneg_option(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if value is not None and value < 0:
         raise click.BadParameter(f"must be >= 0, got {value}", param=param)
     return value
 
 
-def _days(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+def days_option(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     # float() accepts inf and nan, and 1e300 days overflows the cutoff in nanoseconds:
     # all three were tracebacks or a message about integers.
-    from archive_tool.api import MAX_DAYS
-
     if value is None:
         return None
     if value != value:  # NaN
@@ -86,9 +78,7 @@ def _days(_ctx: click.Context, param: click.Parameter, value: float | None) -> f
     return value
 
 
-def _stale_after(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    from archive_tool.stale.finalize import parse_duration
-
+def stale_after_option(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     try:
         return None if value is None else parse_duration(value)
     except ValueError as e:
@@ -99,25 +89,3 @@ STALE_AFTER_HELP = ("Threshold for RUNNING runs: heartbeat (or, without one, the
                     "write) older than D: 2d, 6h, 30m, 90s; a bare number is days. "
                     "[default: 10 x the run's heartbeat interval; runs without "
                     "heartbeat never]")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="session-archive")
-def cli() -> None:
-    """Archive finished experiment-session dirs into single verified, durable files.
-
-    Each finished session dir (<ID>-<name>/ under FINISHED_SUCCESS, FINISHED_ERROR or
-    FINISHED) becomes one <ID>-<name>.tar.zst (or .tar.gz, .tar, .tar.xz) beside it; the
-    source is deleted only after the archive is verified and on stable storage.
-
-    \b
-    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
-    """
-
-
-def main() -> None:
-    cli(prog_name="session-archive")
-
-
-# The commands register themselves on the group when imported (one module a stage).
-from archive_tool.cli import catalog, many, one, ops  # noqa: E402, F401

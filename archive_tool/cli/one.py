@@ -6,13 +6,8 @@ import os
 
 import click
 
-from archive_tool.cli import (
-    FORMAT,
-    BadInput,
-    Failed,
-    _call,
-    cli,
-)
+from archive_tool.cli.common import FORMAT, BadInput, Failed, call
+from archive_tool.cli.group import cli
 from archive_tool.errors import ArchiveError
 from archive_tool.units import human_bytes, human_count
 
@@ -34,8 +29,8 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
     from archive_tool.engine.single import archive_one
     from archive_tool.sweep.plan import check_pack_target
 
-    _call(check_pack_target, directory, force)
-    path = _call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
+    call(check_pack_target, directory, force)
+    path = call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
     click.echo(str(path))
 
 
@@ -77,16 +72,16 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
         if os.path.isdir(archive):
             from archive_tool.catalog.catalog import locate
 
-            row = _call(locate, archive, session)
+            row = call(locate, archive, session)
             if row["frame"] < 0:  # a per-session archive
-                click.echo(str(_call(restore_one, row["path"], dest,
+                click.echo(str(call(restore_one, row["path"], dest,
                                      keep_special=keep_setuid)))
                 return
             archive, session = row["path"], row["name"]
-        click.echo(_call(restore_session, archive, session, dest, keep_special=keep_setuid))
+        click.echo(call(restore_session, archive, session, dest, keep_special=keep_setuid))
         return
 
-    click.echo(str(_call(restore_one, archive, dest, remove_archive,
+    click.echo(str(call(restore_one, archive, dest, remove_archive,
                          keep_special=keep_setuid)))
 
 
@@ -157,8 +152,8 @@ def show(archive: str, member: str | None, session: str | None) -> None:
 
     if member is not None:
         out = click.get_binary_stream("stdout")
-        label, fd = _call(opened)
-        _call(copy_member, label, member, out, fd=fd)
+        label, fd = call(opened)
+        call(copy_member, label, member, out, fd=fd)
         out.flush()
         return
 
@@ -168,4 +163,4 @@ def show(archive: str, member: str | None, session: str | None) -> None:
             link = f" -> {m.linkname}" if m.linkname else ""
             click.echo(f"{m.kind} {m.size:>12} {m.name}{link}")
 
-    _call(listing)
+    call(listing)

@@ -25,8 +25,9 @@ from typing import Any
 
 import zstandard
 
-from archive_tool.engine import commit, seekable
+from archive_tool.engine import commit, restore, seekable
 from archive_tool.engine.formats import zstd_level
+from archive_tool.engine.read import verify_archive
 from archive_tool.errors import (
     ArchiveError,
     BadArgument,
@@ -309,8 +310,6 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     """Restore one session of *pack* as a session dir (default: beside the pack, under the
     session's name), through restore.py's extraction (same member rules, temp dir, one
     rename, never overwrite). The pack is only read: it is never rewritten."""
-    from archive_tool.engine import restore
-
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     pack = os.path.abspath(os.fspath(pack))
@@ -327,9 +326,9 @@ def restore_session(pack: str | os.PathLike[str], session: str,
         os.path.join(os.path.dirname(pack), name)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)  # as restore_one does
-        with restore._parent(target, None, ArchiveError(target, "no such directory")) \
+        with restore.open_parent(target, None, ArchiveError(target, "no such directory")) \
                 as (parent_fd, dname):
-            _total, tree_fd = restore._restore_at(label, fd, parent_fd, dname, target, ast,
+            _total, tree_fd = restore.restore_at(label, fd, parent_fd, dname, target, ast,
                                                   None, keep_special)
             os.close(tree_fd)
     finally:
@@ -348,8 +347,6 @@ def verify_pack(path: str | os.PathLike[str], fd: int | None = None,
     With *fd* the open file is read (not closed; an unnamed tmp has no path) and *path*
     only names it. *on_frame(i, name, members)* sees each session's checked tar bytes
     (repack makes the catalog rows from them instead of decompressing twice)."""
-    from archive_tool.engine.read import verify_archive
-
     path = os.fspath(path)
     stream = None
     if fd is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from archive_tool import fs
 from archive_tool.engine import packfile
-from archive_tool.engine.restore import _restore_at, remove_dead_temps
+from archive_tool.engine.restore import remove_dead_temps, restore_at
 from archive_tool.errors import ArchiveError
 from archive_tool.names import is_session_name
 from archive_tool.retention.repackplan import pack_listings
@@ -141,7 +141,7 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
                 if i < 0:
                     raise ArchiveError(path, f"no session {n!r} in this pack")
                 fd = p.frame_fd(i)
-                total, tree_fd = _restore_at(label, fd, dfd, n, os.path.join(where, n), ast,
+                total, tree_fd = restore_at(label, fd, dfd, n, os.path.join(where, n), ast,
                                              None)
                 os.close(tree_fd)
                 r = Result(label, RESTORED, "", 0, total)

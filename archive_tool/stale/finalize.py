@@ -41,8 +41,8 @@ from archive_tool.stale.staleness import (  # noqa: F401 - re-exported for calle
     STALE_FACTOR,
     UNKNOWN,
     Verdict,
-    _classify_fd,
     classify,
+    classify_fd,
     parse_duration,
     process_gone,
 )
@@ -118,7 +118,7 @@ def _runs_in(parent_fd: int, running: str, expect: os.stat_result, stale_after: 
                 continue  # finished (moved away) since it was listed, or unreadable
             try:
                 st = os.fstat(dfd)
-                v = _classify_fd(dfd, os.path.join(running, e.name), stale_after,
+                v = classify_fd(dfd, os.path.join(running, e.name), stale_after,
                                  time.time() if now is None else now, host)
             except OSError:
                 continue
@@ -185,7 +185,7 @@ def finalize_one(running_fd: int, v: Verdict, stale_after: float | None = None) 
         if _hook is not None:
             _hook("locked", v.path)
         now = time.time()
-        again = _classify_fd(rfd, v.path, stale_after, now, hostname())
+        again = classify_fd(rfd, v.path, stale_after, now, hostname())
         if again.mark_ns != v.mark_ns:
             raise Skipped("heartbeat moved during the check" if v.heartbeat
                           else "written to during the check")
