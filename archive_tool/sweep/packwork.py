@@ -24,6 +24,7 @@ from typing import Any
 
 from archive_tool import fs
 from archive_tool.catalog import catalog
+from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, write_tar
@@ -149,7 +150,7 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
         frame = w.add(name, tar)
         fs.race_point("pack-frame", path)
         # The catalog row from the bytes in memory (the pack's name is set once published).
-        row = catalog.session_row(tar, name, rel_dir, "", frame.index, frame.offset,
+        row = session_row(tar, name, rel_dir, "", frame.index, frame.offset,
                                   frame.csize)
         return entries, frame, bits, row
     finally:
