@@ -6,6 +6,9 @@ other processes send them back as plain data, but a caller of the library may pi
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
     "ArchiveError",
     "SourceChanged",
@@ -23,6 +26,7 @@ __all__ = [
     "UnsupportedFormat",
     "BadArgument",
     "DaskUnavailable",
+    "disk_error",
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
@@ -125,3 +129,14 @@ class DurabilityError(ArchiveError):
 class DiskFull(ArchiveError):
     """ENOSPC/EDQUOT while writing an archive: the tmp is removed, the source kept, and a
     sweep stops feeding new work."""
+
+
+# A full disk or quota: the sweep stops feeding work (DiskFull) instead of failing on.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_error(path: str, e: OSError, what: str) -> ArchiveError:
+    """An OSError from writing *path* as ours: DiskFull for ENOSPC/EDQUOT, else ArchiveError."""
+    if e.errno in DISK_FULL_ERRNOS:
+        return DiskFull(path, f"{what}: {os.strerror(e.errno)}")
+    return ArchiveError(path, f"{what}: {e.strerror or e}")

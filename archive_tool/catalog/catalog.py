@@ -24,6 +24,7 @@ from archive_tool import fs
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import packfile
 from archive_tool.engine.formats import decompress_bytes
+from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.names import is_session_name, split_archive_name
 from archive_tool.sweep.plan import check_root
@@ -214,7 +215,7 @@ def rows_of_file(root: str, rel: str, fname: str) -> Iterator[dict[str, Any]]:
         data = fh.read()
     tar = decompress_bytes(data, fmt)
     # The members without the end-of-archive blocks: what a pack frame of it would hold.
-    end = max((o + s + (-s % tarfile.BLOCKSIZE) for _, o, s, _ in packfile.iter_tar(tar)),
+    end = max((o + s + (-s % tarfile.BLOCKSIZE) for _, o, s, _ in iter_tar(tar)),
               default=0)
     members = tar[:end]
     yield session_row(members, name, rel, arel, -1, 0, len(data))

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from archive_tool.engine import packfile
+from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.names import FINISHED_STATES, ID_REGEX
 
 CONFIG_NAMES = ("CONFIGS/CONFIG.yaml", "CONFIGS/CONFIG.json")
@@ -45,7 +45,7 @@ def _scalar(v: Any) -> Any:
 def read_config(members: bytes, top: str) -> dict[str, Any]:
     """The flattened CONFIG of one session from its tar bytes ({} if absent/unparsable)."""
     wanted = {f"{top}/{c}": c for c in CONFIG_NAMES}
-    for name, off, size, typ in packfile.iter_tar(members):
+    for name, off, size, typ in iter_tar(members):
         if name in wanted and typ in (tarfile.REGTYPE, tarfile.AREGTYPE):
             raw = members[off:off + size]
             try:
@@ -73,7 +73,7 @@ def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: in
     state = parts[-1] if parts and parts[-1] in FINISHED_STATES else None
     script = parts[-2] if len(parts) >= 2 else None
     cfg = read_config(members, name)
-    files = [(s, t) for _, _, s, t in packfile.iter_tar(members)]
+    files = [(s, t) for _, _, s, t in iter_tar(members)]
     m = _ID.match(name)
     ex = cfg.get("EXIT_STATUS")
     return {

@@ -130,7 +130,8 @@ def show(archive: str, member: str | None, session: str | None) -> None:
     Example: session-archive show RUN.tar.zst CONFIGS/CONFIG.yaml
     From a pack: session-archive show 2026-11-23.pack.tar.zst -s 2026Y-11M-23D-18h39m23s_KYwP CONFIGS/CONFIG.yaml
     """
-    from archive_tool.engine.read import copy_member, list_members
+    from archive_tool.engine.extract import copy_member
+    from archive_tool.engine.read import list_members
 
     _not_a_dir(archive, session)
 

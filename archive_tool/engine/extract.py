@@ -1,6 +1,7 @@
 """Extract one archive member by member into a fresh temp dir, every entry created
 relative to a dir fd (fs.py): the restore's safety without tarfile's extraction
-machinery (see :func:`extract_into`)."""
+machinery (see :func:`extract_into`); and one member's bytes to a stream
+(:func:`copy_member`, ``unpack --member``) under the same member rule."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import errno
 import os
 import tarfile
 from collections import OrderedDict
+from typing import IO
 
 from archive_tool import fs
-from archive_tool.engine import commit
 from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
 from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
-from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
+from archive_tool.errors import (
+    ArchiveError,
+    ArchiveTooLarge,
+    CorruptArchive,
+    UnsafeArchive,
+    disk_error,
+)
 
 
 class MultiTop(Exception):
@@ -199,7 +206,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
         raise UnsafeArchive(archive, f"refused: duplicate member {e.filename!r}") from None
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise commit.disk_error(archive, e, "cannot restore") from None
+            raise disk_error(archive, e, "cannot restore") from None
         if isinstance(e, tarfile.TarError) or "unexpected end" in str(e):
             raise CorruptArchive(archive, f"corrupt archive: {e}") from None
         raise ArchiveError(archive, f"cannot restore: {e.strerror or e}") from None
@@ -244,3 +251,38 @@ def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, 
 
 
 _ZEROS = bytes(CHUNK)
+
+
+def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes],
+                fd: int | None = None) -> int:
+    """Write the bytes of one file member to *out*. *member* may be the full name or the
+    name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written.
+    *fd*: an archive opened by the caller, as for list_members."""
+    path = os.fspath(path)
+    want = member.strip("/")
+    seen = MemberRules()
+    with open_tar(path, fd) as (tf, _reader):
+        try:
+            for m in iter_members(tf):
+                why = seen.unsafe(m)
+                if why:
+                    raise UnsafeArchive(path, f"refused on restore: {why}")
+                name = member_path(m.name)
+                below = name.split("/", 1)[1] if "/" in name else None
+                if want not in (name, below):
+                    continue
+                if not m.isfile():
+                    raise ArchiveError(path, f"member {member!r} is not a regular file")
+                src = tf.extractfile(m)
+                n = 0
+                while True:
+                    b = src.read(CHUNK)
+                    if not b:
+                        return n
+                    out.write(b)
+                    n += len(b)
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise CorruptArchive(path, f"corrupt archive: {e}") from None
+    raise ArchiveError(path, f"no member {member!r} in archive")

@@ -28,12 +28,14 @@ import zstandard
 from archive_tool.engine import commit, restore, seekable
 from archive_tool.engine.formats import zstd_level
 from archive_tool.engine.read import verify_archive
+from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import (
     ArchiveError,
     BadArgument,
     CorruptArchive,
     UnsafeArchive,
     VerifyFailed,
+    disk_error,
 )
 from archive_tool.names import is_session_name
 
@@ -107,7 +109,7 @@ class PackWriter:
                 view = view[os.write(self.tmp.fd, view):]
         except OSError as e:
             self.broken = True
-            raise commit.disk_error(self.tmp.final, e, "cannot write pack") from None
+            raise disk_error(self.tmp.final, e, "cannot write pack") from None
         self._pos += len(data)
 
     def _frame(self, data: bytes) -> tuple[int, int]:
@@ -375,42 +377,3 @@ def split_pack_ref(ref: str) -> tuple[str, str] | None:
     if not sep or not pack or not session:
         return None
     return pack, session
-
-
-def iter_tar(buf: bytes) -> list[tuple[str, int, int, bytes]]:
-    """(name, data offset, size, typeflag) of each member of in-memory tar bytes — a
-    minimal walker (ustar + PAX ``path``), enough to find a config file in bytes the
-    sweep already holds, without tarfile's per-member cost."""
-    out = []
-    pos = 0
-    pax_name: str | None = None
-    n = len(buf)
-    while pos + tarfile.BLOCKSIZE <= n:
-        h = buf[pos:pos + tarfile.BLOCKSIZE]
-        if h == tarfile.NUL * tarfile.BLOCKSIZE:
-            break
-        try:
-            size = int(h[124:136].rstrip(b"\0 ") or b"0", 8)
-        except ValueError:
-            break
-        typ = h[156:157]
-        data = pos + tarfile.BLOCKSIZE
-        if typ == tarfile.XHDTYPE:
-            pax_name = _pax_path(buf[data:data + size])
-        else:
-            name = h[0:100].split(b"\0", 1)[0]
-            prefix = h[345:500].split(b"\0", 1)[0]
-            full = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
-            out.append((pax_name or full, data, size, typ))
-            pax_name = None
-        pos = data + size + (-size % tarfile.BLOCKSIZE)
-    return out
-
-
-def _pax_path(rec: bytes) -> str | None:
-    for line in rec.split(b"\n"):
-        _, _, kv = line.partition(b" ")
-        k, _, v = kv.partition(b"=")
-        if k == b"path":
-            return v.decode("utf-8", "surrogateescape")
-    return None
