@@ -140,6 +140,24 @@ def test_only_outside_callers_use_the_compat_paths():
     assert not bad, "\n".join(bad)
 
 
+def test_function_level_imports_of_the_library_only_in_cli_commands():
+    """Inside the library a function-level import of another module hid a circle (issue
+    27); only the CLI's commands import the library late, so `--help` loads no engine."""
+    bad = []
+    for mod, path in MODULES.items():
+        if mod.startswith("archive_tool.cli."):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [_resolve(mod, node)])
+                bad += [f"{mod}:{node.lineno} imports {n}" for n in names
+                        if n.split(".")[0] == "archive_tool"]
+    assert not bad, "\n".join(bad)
+
+
 def test_no_module_over_400_lines():
     big = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, big

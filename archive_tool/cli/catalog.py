@@ -7,6 +7,8 @@ import os
 
 import click
 
+# Library imports sit inside the commands, on purpose: `--help` and shell completion
+# (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
 from archive_tool.cli.common import Failed, call
 from archive_tool.cli.group import cli
 from archive_tool.units import human_bytes

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+# Library imports sit inside the commands, on purpose: `--help` and shell completion
+# (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
 from archive_tool.cli.common import (
     FORMAT,
     STALE_AFTER_HELP,

@@ -21,6 +21,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from archive_tool import fs
@@ -131,8 +132,6 @@ def durability(default: str = DEFAULT_DURABILITY) -> str:
 def _parallel_fsync(fds: list[int]) -> None:
     """fsync every fd, up to 16 at once: concurrent fsyncs on ext4/xfs share journal
     commits (the kernel's own group commit), serial ones pay one commit each."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=min(16, len(fds))) as pool:
         for f in [pool.submit(os.fsync, fd) for fd in fds]:
             f.result()  # the first OSError fails the batch

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -79,8 +80,6 @@ def pack_sweep(
     ``packs`` (files written). The catalog (catalog.py) gets a row per packed session.
     *on_packed(result, row)*: each result with its catalog row, whose ``archive`` names
     the pack (runlog.RunLog.packed writes the run's manifest from it)."""
-    import time
-
     t0 = time.monotonic()
     mode = parse_pack(pack)
     check_days(older_than_days)
