@@ -16,7 +16,8 @@ from archive_tool import fs
 from archive_tool.catalog import catalog
 from archive_tool.engine import packfile, seekable
 from archive_tool.summary import ARCHIVED, FAILED
-from archive_tool.sweep.packsweep import pack_sweep, period_of
+from archive_tool.sweep.packplan import period_of
+from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import crash_at, make_session, run_cli, snapshot
 
 DAY = "2026Y-11M-23D"

@@ -22,6 +22,7 @@ import zstandard
 from archive_tool import liveness as liveness_mod
 from archive_tool.errors import BadArgument
 from archive_tool.stale import finalize as stale
+from archive_tool.stale import staleness
 from tests.conftest import run_cli
 from tests.session_scripts.helpers import load_config, run_script, write_script
 
@@ -206,12 +207,12 @@ def test_heartbeat_can_be_disabled_and_a_bad_env_value_never_fails_the_run(tmp_p
 def test_proc_stat_start_time_tells_a_reused_pid_from_the_original() -> None:
     state, ticks = liveness_mod.proc_stat()  # type: ignore[misc]
     me = {"PID": os.getpid(), "PROC_START_TICKS": ticks, "BOOT_ID": liveness_mod.boot_id()}
-    assert state == "R" and stale.process_gone(me) is None
-    assert "another process" in stale.process_gone({**me, "PROC_START_TICKS": ticks - 1})
-    assert "rebooted" in stale.process_gone({**me, "BOOT_ID": "not-this-boot"})
+    assert state == "R" and staleness.process_gone(me) is None
+    assert "another process" in staleness.process_gone({**me, "PROC_START_TICKS": ticks - 1})
+    assert "rebooted" in staleness.process_gone({**me, "BOOT_ID": "not-this-boot"})
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                        capture_output=True, text=True, check=True)
-    assert "is gone" in stale.process_gone({"PID": int(p.stdout), "PROC_START_TICKS": 1})
+    assert "is gone" in staleness.process_gone({"PID": int(p.stdout), "PROC_START_TICKS": 1})
 
 
 # ------------------------------------------------------------------------ finalizing
@@ -277,7 +278,7 @@ def test_run_on_another_host_with_a_fresh_heartbeat_is_left_alone(
     assert (s["stale"]["live"], s["stale"]["finalized"]) == (1, 0)
     assert run.dir.is_dir()
     # Only the heartbeat speaks for another host: once it is old, the run is stale there.
-    v = stale.classify(run.dir, now=time.time() + 11 * HOUR)
+    v = staleness.classify(run.dir, now=time.time() + 11 * HOUR)
     assert v.state == stale.STALE and "other-node-7" in v.reason
     assert run.finish().returncode == 0
 
@@ -397,7 +398,7 @@ def test_stale_after_needs_finalize_stale_and_a_duration(tmp_path: Path) -> None
     assert r.returncode == 2 and b"--finalize-stale" in r.stderr
     r = run_cli("sweep", tmp_path, "--finalize-stale", "--stale-after", "soon")
     assert r.returncode == 2 and b"duration" in r.stderr and b"Traceback" not in r.stderr
-    assert stale.parse_duration("2") == 2 * 86400 and stale.parse_duration("90s") == 90
+    assert staleness.parse_duration("2") == 2 * 86400 and staleness.parse_duration("90s") == 90
     with pytest.raises(BadArgument):
         stale.finalize_stale(str(tmp_path), stale_after=-1)
 

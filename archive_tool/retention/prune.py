@@ -1,7 +1,7 @@
 """Retention: delete old session archives, ``session-archive prune ROOT``.
 
 Only archives a sweep made are considered: ``<ID>[-<name>].<format>`` regular files whose
-parent is a FINISHED_* dir (``tree_restore.iter_session_archives``). Session dirs, RUNNING/
+parent is a FINISHED_* dir (``restore.many.iter_session_archives``). Session dirs, RUNNING/
 and anything else are never touched.
 
 Age is taken from the session ID (``2026Y-11M-23D-18h39m23s``, local time: when the run

@@ -40,8 +40,7 @@ from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile
 from archive_tool.errors import ArchiveError, VerifyFailed
 from archive_tool.lock import RootLock
-from archive_tool.retention.repackplan import (  # noqa: F401 - part of this module's API
-    MERGE_MODES,
+from archive_tool.retention.repackplan import (
     DropFn,
     Group,
     PackFds,

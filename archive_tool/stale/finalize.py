@@ -34,17 +34,12 @@ from archive_tool import fs
 from archive_tool.errors import BadArgument
 from archive_tool.liveness import MARKER_NAME, hostname
 from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
-from archive_tool.stale.staleness import (  # noqa: F401 - re-exported for callers
-    DEFAULT_INTERVAL,
+from archive_tool.stale.staleness import (
     LIVE,
     STALE,
-    STALE_FACTOR,
     UNKNOWN,
     Verdict,
-    classify,
     classify_fd,
-    parse_duration,
-    process_gone,
 )
 
 MAX_LISTED = 1000

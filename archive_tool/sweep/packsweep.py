@@ -25,11 +25,9 @@ from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
 from archive_tool.sweep.executors import run_batches
-from archive_tool.sweep.packplan import (  # noqa: F401 - part of this module's API
-    MAX_PACK_SESSIONS,
+from archive_tool.sweep.packplan import (
     PackJob,
     parse_pack,
-    period_of,
     plan_packs,
 )
 from archive_tool.sweep.packresume import cleanup
