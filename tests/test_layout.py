@@ -178,3 +178,19 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(mod):
     r = subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_old_bulk_paths_still_import_the_moved_modules():
+    """0.1.x scripts' `archive_tool.bulk.<module>` imports keep working through 0.2, and
+    name the very module objects (a monkeypatch through either path hits the same code)."""
+    r = subprocess.run([sys.executable, "-c", (
+        "import importlib, archive_tool.bulk as b\n"
+        "from archive_tool.bulk.sweep import sweep\n"
+        "from archive_tool.bulk import catalog, stale\n"
+        "from archive_tool.sweep.sessions import sweep as new_sweep\n"
+        "assert sweep is new_sweep and stale.finalize_stale and catalog.find\n"
+        "for old, new in b.MOVED.items():\n"
+        "    assert importlib.import_module('archive_tool.bulk.' + old)"
+        " is importlib.import_module(new), old\n")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
