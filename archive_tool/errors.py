@@ -10,6 +10,7 @@ import errno
 import os
 
 __all__ = [
+    "disk_error",
     "ArchiveError",
     "SourceChanged",
     "UnsafeSource",
@@ -26,7 +27,6 @@ __all__ = [
     "UnsupportedFormat",
     "BadArgument",
     "DaskUnavailable",
-    "disk_error",
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
@@ -34,6 +34,16 @@ EXIT_FAILED, EXIT_USAGE, EXIT_CAPPED, EXIT_LOCKED = 1, 2, 3, 75
 # 3: a --max-dirs/--max-files cap stopped the run with work left (cron notices).
 # GNU tar / BSD sysexits convention: 75 (EX_TEMPFAIL) is "try again later", what `flock -E 75`
 # cron wrappers expect for "another run holds the lock".
+
+# A full disk or quota: the sweep stops feeding work (DiskFull) instead of failing on.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_error(path: str, e: OSError, what: str) -> ArchiveError:
+    """An OSError from writing *path* as ours: DiskFull for ENOSPC/EDQUOT, else ArchiveError."""
+    if e.errno in DISK_FULL_ERRNOS:
+        return DiskFull(path, f"{what}: {os.strerror(e.errno)}")
+    return ArchiveError(path, f"{what}: {e.strerror or e}")
 
 
 class BadArgument(ValueError):
@@ -129,14 +139,3 @@ class DurabilityError(ArchiveError):
 class DiskFull(ArchiveError):
     """ENOSPC/EDQUOT while writing an archive: the tmp is removed, the source kept, and a
     sweep stops feeding new work."""
-
-
-# A full disk or quota: the sweep stops feeding work (DiskFull) instead of failing on.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def disk_error(path: str, e: OSError, what: str) -> ArchiveError:
-    """An OSError from writing *path* as ours: DiskFull for ENOSPC/EDQUOT, else ArchiveError."""
-    if e.errno in DISK_FULL_ERRNOS:
-        return DiskFull(path, f"{what}: {os.strerror(e.errno)}")
-    return ArchiveError(path, f"{what}: {e.strerror or e}")
