@@ -158,6 +158,20 @@ def test_function_level_imports_of_the_library_only_in_cli_commands():
     assert not bad, "\n".join(bad)
 
 
+def test_the_command_line_loads_no_engine_until_a_command_runs():
+    """Why the CLI's imports sit inside its commands: `--help` and every shell-completion
+    TAB start this program; they load click and the option helpers, not the engine."""
+    r = subprocess.run([sys.executable, "-c", (
+        "import sys\n"
+        "from archive_tool.cli.app import cli\n"
+        "assert cli.commands\n"
+        "late = [m for m in sys.modules if m.startswith(('archive_tool.engine',"
+        " 'archive_tool.catalog', 'archive_tool.retention', 'archive_tool.restore'))"
+        " or m in ('zstandard', 'yaml', 'sqlite3', 'tqdm')]\n"
+        "assert not late, late\n")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
 def test_no_module_over_400_lines():
     big = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, big
