@@ -34,11 +34,14 @@ from archive_tool.sweep.plan import Task
 
 
 def fail(path: str, e: BaseException) -> Result:
+    """*e* as *path*'s FAILED Result; a full disk is fatal (the sweep stops feeding work)."""
     reason = e.reason if isinstance(e, ArchiveError) else (getattr(e, "strerror", None) or str(e))
     return Result(path, FAILED, reason, fatal=isinstance(e, DiskFull))
 
 
 def commit_group(prepared: list[single.Prepared], out: list[Result], remove_src: bool) -> None:
+    """Commit a batch's prepared archives together, then (with *remove_src*) delete their
+    sources; one Result each, appended to *out*. A failed sync keeps every source."""
     try:
         commit.make_durable([p.tmp for p in prepared])
     except DurabilityError as e:
@@ -99,6 +102,9 @@ def cleanup(t: Task, dirs: fs.DirCache) -> Result:
 
 
 class Accounts:
+    """The sweeping process's side: each Result into the Summary (counts, bytes, skip
+    reasons, failures), passed on to *on_result*; ``fatal`` set by the first full disk."""
+
     def __init__(self, summary: dict[str, Any], track_bytes: bool,
                  on_result: Callable[[Result], None] | None) -> None:
         self.s = summary
