@@ -12,15 +12,10 @@ from collections import OrderedDict
 from typing import IO
 
 from archive_tool import fs
+from archive_tool.engine import commit
 from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
 from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
-from archive_tool.errors import (
-    ArchiveError,
-    ArchiveTooLarge,
-    CorruptArchive,
-    UnsafeArchive,
-    disk_error,
-)
+from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 
 
 class MultiTop(Exception):
@@ -206,7 +201,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
         raise UnsafeArchive(archive, f"refused: duplicate member {e.filename!r}") from None
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_error(archive, e, "cannot restore") from None
+            raise commit.disk_error(archive, e, "cannot restore") from None
         if isinstance(e, tarfile.TarError) or "unexpected end" in str(e):
             raise CorruptArchive(archive, f"corrupt archive: {e}") from None
         raise ArchiveError(archive, f"cannot restore: {e.strerror or e}") from None

@@ -35,7 +35,6 @@ from archive_tool.errors import (
     CorruptArchive,
     UnsafeArchive,
     VerifyFailed,
-    disk_error,
 )
 from archive_tool.names import is_session_name
 
@@ -109,7 +108,7 @@ class PackWriter:
                 view = view[os.write(self.tmp.fd, view):]
         except OSError as e:
             self.broken = True
-            raise disk_error(self.tmp.final, e, "cannot write pack") from None
+            raise commit.disk_error(self.tmp.final, e, "cannot write pack") from None
         self._pos += len(data)
 
     def _frame(self, data: bytes) -> tuple[int, int]:

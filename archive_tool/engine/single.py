@@ -27,7 +27,7 @@ from archive_tool.engine.formats import compress_bytes, decompress_bytes, open_c
 from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
-from archive_tool.errors import SourceUnreadable, UnsafeSource, VerifyFailed, disk_error
+from archive_tool.errors import SourceUnreadable, UnsafeSource, VerifyFailed
 from archive_tool.lock import lock_session
 from archive_tool.names import archive_name, normalize_format
 
@@ -165,7 +165,7 @@ def _write_all(fd: int, data: bytes, final: str) -> None:
             n = os.write(fd, view)
             view = view[n:]
     except OSError as e:
-        raise disk_error(final, e, "cannot write archive") from None
+        raise commit.disk_error(final, e, "cannot write archive") from None
 
 
 def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
