@@ -1,3 +1,3 @@
-from archive_tool.cli import main
+from archive_tool.cli.app import main
 
 main()

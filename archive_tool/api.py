@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from archive_tool.bulk.plan import MAX_DAYS, check_days  # noqa: F401 - part of this module's API
-from archive_tool.bulk.restore import restore_many
-from archive_tool.bulk.sweep import sweep
 from archive_tool.engine.restore import restore_one
 from archive_tool.engine.single import archive_one
 from archive_tool.names import is_session_name, split_archive_name
+from archive_tool.restore.many import restore_many
+from archive_tool.sweep.plan import MAX_DAYS, check_days  # noqa: F401 - part of this module's API
+from archive_tool.sweep.sessions import sweep
 
 
 def archive_session_dir(
@@ -62,7 +62,7 @@ def archive_existing(
     """Bulk compress every session-shaped direct child of *root* (flat mode).
 
     *pattern* keeps names containing it. Keyword extras are forwarded to
-    :func:`archive_tool.bulk.sweep.sweep` (``workers=``, ``executor=``, ``shard=``,
+    :func:`archive_tool.sweep.sessions.sweep` (``workers=``, ``executor=``, ``shard=``,
     ``compresslevel=``, ``remove_src=``, ``batch_size=``). Returns the Summary dict:
     scanned, candidates, archived, skipped, failed, bytes_in, bytes_out (0 unless
     *track_bytes*), inodes_in, elapsed, failures, ...

@@ -6,7 +6,11 @@ other processes send them back as plain data, but a caller of the library may pi
 
 from __future__ import annotations
 
+import errno
+import os
+
 __all__ = [
+    "disk_error",
     "ArchiveError",
     "SourceChanged",
     "UnsafeSource",
@@ -31,6 +35,16 @@ EXIT_FAILED, EXIT_USAGE, EXIT_CAPPED, EXIT_LOCKED = 1, 2, 3, 75
 # 3: a --max-dirs/--max-files cap stopped the run with work left (cron notices).
 # GNU tar / BSD sysexits convention: 75 (EX_TEMPFAIL) is "try again later", what `flock -E 75`
 # cron wrappers expect for "another run holds the lock".
+
+# A full disk or quota: the sweep stops feeding work (DiskFull) instead of failing on.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_error(path: str, e: OSError, what: str) -> ArchiveError:
+    """An OSError from writing *path* as ours: DiskFull for ENOSPC/EDQUOT, else ArchiveError."""
+    if e.errno in DISK_FULL_ERRNOS:
+        return DiskFull(path, f"{what}: {os.strerror(e.errno)}")
+    return ArchiveError(path, f"{what}: {e.strerror or e}")
 
 
 class BadArgument(ValueError):

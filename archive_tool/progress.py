@@ -32,7 +32,7 @@ class Bar:
     """A tqdm bar whose total may arrive later, from another thread."""
 
     def __init__(self, desc: str, total: int | None) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy, heavy: a quiet or piped run never draws a bar
 
         self._bar = tqdm(desc=desc, total=total, unit=" sessions", file=sys.stderr,
                          dynamic_ncols=True, smoothing=0.1)

@@ -27,8 +27,8 @@ import sys
 import time
 from concurrent.futures import wait
 
-from archive_tool.bulk.executors import DaskExecutor
-from archive_tool.bulk.sweep import DEFAULT_BATCH, sweep
+from archive_tool.sweep.executors import DaskExecutor
+from archive_tool.sweep.sessions import DEFAULT_BATCH, sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

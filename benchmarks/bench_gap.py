@@ -50,7 +50,7 @@ def _apply(variant: str) -> None:
 
 def run_variant(variant: str, root: str, fmt: str) -> None:
     _apply(variant)
-    from archive_tool.bulk.sweep import sweep
+    from archive_tool.sweep.sessions import sweep
 
     t0 = time.perf_counter()
     s = sweep(root, dry_run=False, format=fmt, workers=1)

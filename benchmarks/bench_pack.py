@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work"))
 
 from archive_tool import demo  # noqa: E402
-from archive_tool.bulk import catalog  # noqa: E402
-from archive_tool.bulk.packsweep import pack_sweep  # noqa: E402
-from archive_tool.bulk.sweep import sweep  # noqa: E402
+from archive_tool.catalog import catalog  # noqa: E402
 from archive_tool.engine import packfile  # noqa: E402
-from archive_tool.engine.read import copy_member  # noqa: E402
+from archive_tool.engine.extract import copy_member  # noqa: E402
+from archive_tool.sweep.packsweep import pack_sweep  # noqa: E402
+from archive_tool.sweep.sessions import sweep  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -32,11 +32,11 @@ WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work"))
 import zstandard  # noqa: E402
 
 from archive_tool import demo, fs  # noqa: E402
-from archive_tool.bulk.packsweep import pack_sweep  # noqa: E402
-from archive_tool.bulk.repack import repack  # noqa: E402
 from archive_tool.engine import packfile  # noqa: E402
 from archive_tool.engine.formats import zstd_level  # noqa: E402
 from archive_tool.names import new_session_id, session_dir_name  # noqa: E402
+from archive_tool.retention.repack import repack  # noqa: E402
+from archive_tool.sweep.packsweep import pack_sweep  # noqa: E402
 
 FIN = os.path.join("proj", "train_out", "FINISHED_SUCCESS")
 

@@ -205,7 +205,7 @@ def run_proc(cmd: list[str] | str, capture: bool = False, env: dict | None = Non
 
 
 def left_sessions(root: str, flat: bool = False) -> int:
-    from archive_tool.bulk.discover import Discovery
+    from archive_tool.sweep.discover import Discovery
 
     return sum(1 for _ in Discovery(root, flat, use_fd=HAVE_FD).paths())
 
@@ -330,8 +330,8 @@ def _time_min(fn, repeat: int = 3) -> float:
 def discovery_times(root: str, repeat: int = 3) -> dict:
     """Best of *repeat* (warm cache): fd's own run, our fd-backed and scandir discovery
     (consumed in this process, as the sweep consumes them), and GNU find."""
-    from archive_tool.bulk.discover import Discovery
     from archive_tool.names import DISCOVERY_REGEX, RUNNING_STATE
+    from archive_tool.sweep.discover import Discovery
 
     body = DISCOVERY_REGEX.lstrip("^").rstrip("$")
     find = (f"find {shlex.quote(root)} -name {RUNNING_STATE} -prune -o -type d -regextype posix-extended"

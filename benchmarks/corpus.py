@@ -159,7 +159,7 @@ def copy_vs_generate(n: int, seed: int = 0) -> dict:
 
 
 def fd_args(flat: bool = False) -> list[str]:
-    """The arguments our fd backend passes (archive_tool.bulk.discover), for baselines that
+    """The arguments our fd backend passes (archive_tool.sweep.discover), for baselines that
     must archive exactly the same sessions."""
     args = ["-u", "--type", "d", "--prune", "--color", "never"]
     if flat:

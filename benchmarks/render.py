@@ -258,7 +258,7 @@ def render(picked: dict[str, tuple[str, dict]], with_plots: bool = True) -> str:
                      "time of our `compress`.")
         L.append("")
         L.append("Commands (ROOT = the fresh copy; ours run in a fresh `python benchmarks/run_sweep.py "
-                 "ROOT '<kwargs>'`, i.e. `archive_tool.bulk.sweep.sweep(ROOT, dry_run=False, **kwargs)`):\n")
+                 "ROOT '<kwargs>'`, i.e. `archive_tool.sweep.sessions.sweep(ROOT, dry_run=False, **kwargs)`):\n")
         L.append("```")
         for k, v in sec["commands"].items():
             L.append(f"{k}:\n    {v}")

@@ -1,4 +1,4 @@
-"""Run one ``archive_tool.bulk.sweep.sweep`` in this (fresh) process and print one JSON line:
+"""Run one ``archive_tool.sweep.sessions.sweep`` in this (fresh) process and print one JSON line:
 the Summary's counts, the wall time of the call, and peak RSS of this process and of its
 worker processes (``ru_maxrss`` of RUSAGE_SELF / RUSAGE_CHILDREN: the children figure is
 the largest single worker, reaped through the forkserver).
@@ -43,9 +43,13 @@ def main(argv: list[str]) -> None:
     t_import = time.perf_counter()
     import archive_tool
     try:
-        from archive_tool.bulk.sweep import restore_many, sweep
-    except ImportError:  # an engine checkout from before the subpackages (bench_ab.py --a)
-        from archive_tool.sweep import restore_many, sweep  # type: ignore[no-redef]
+        from archive_tool.restore.many import restore_many
+        from archive_tool.sweep.sessions import sweep
+    except ImportError:  # an engine checkout of an older layout (bench_ab.py --a)
+        try:  # bulk/ (before issue 27)
+            from archive_tool.bulk.sweep import restore_many, sweep  # type: ignore[no-redef]
+        except ImportError:  # flat (before the subpackages)
+            from archive_tool.sweep import restore_many, sweep  # type: ignore[no-redef]
 
     t0 = time.perf_counter()
     marks: list[tuple[int, float]] = []

@@ -105,7 +105,7 @@ def _drop_empty_running(src: Path) -> None:
 
 def _finish(config: dict[str, Any], exit_status: int | None, remove_src_dir: bool,
             archive_format: str | None, save: bool, before_move: Any = None) -> dict[str, Any]:
-    # Locked against a stale-run finalizer (archive_tool.bulk.stale), following the dir if one
+    # Locked against a stale-run finalizer (archive_tool.stale.finalize), following the dir if one
     # moved it first; released before archiving, which takes the same lock itself.
     run_dir = Path(config["SDIR_RUN"])
     claim = _heartbeat.claim_run_dir(run_dir, _sdir_out(config, run_dir))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.discover import find_fd
+from archive_tool.sweep.discover import find_fd
 
 SID = "2026Y-11M-23D-18h39m23s_KYwP"
 FORMATS = ["tar.zst", "tar.gz", "tar.xz", "tar"]
@@ -81,7 +81,7 @@ def as_nobody(code: str) -> str:
     """Python source that imports the CLI first, then drops to nobody (65534) and runs
     *code*: as root nothing is unreadable, and nobody cannot read root's Python install."""
     return (
-        "import os, sys, click, click._textwrap, tqdm, archive_tool.cli, archive_tool.engine.single, archive_tool.bulk.sweep,"
+        "import os, sys, click, click._textwrap, tqdm, archive_tool.cli, archive_tool.engine.single, archive_tool.sweep.sessions,"
         " archive_tool.engine.restore, archive_tool.engine.read\n"
         "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n" + code
     )

@@ -149,7 +149,7 @@ def pack_frame_units(old: dict[str, dict[str, bytes]], gone: set[str], root: Pat
 
 
 def _daily_packs(root: Path) -> dict[str, dict[str, bytes]]:
-    from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.sweep.packsweep import pack_sweep
 
     from .test_pack import _tree
 
@@ -318,7 +318,7 @@ def test_extract_undo_of_a_pack_run_keeps_every_session_at_every_crash_point(tmp
 # The finalize's own fsyncs (marker, the new FINISHED_ERROR/ and both dirs of the rename)
 # made no-ops in Python: the sweep's commit then fsyncs only FINISHED_ERROR/ itself.
 NO_FINALIZE_FSYNC = ("import os, types\n"
-                     "from archive_tool.bulk import stale\n"
+                     "from archive_tool.stale import finalize as stale\n"
                      "stale.os = types.SimpleNamespace(**{**vars(os), 'fsync': lambda fd: None})")
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.executors import DaskExecutor, DaskUnavailable
-from archive_tool.bulk.sweep import process_batch, sweep
 from archive_tool.demo import make_tree
 from archive_tool.engine.read import list_members, verify_archive
 from archive_tool.names import split_archive_name
+from archive_tool.sweep.executors import DaskExecutor, DaskUnavailable
+from archive_tool.sweep.sessions import process_batch, sweep
 
 from .conftest import run_cli
 
@@ -88,8 +88,8 @@ def test_dask_sweep_leaves_the_same_tree_as_the_local_pool(
 @pytest.mark.dask
 def test_dask_pack_sweep_writes_the_same_packs_as_the_local_pool(
         tmp_path: Path, dask_ex: DaskExecutor) -> None:
-    from archive_tool.bulk.packsweep import pack_sweep
     from archive_tool.engine.packfile import Pack
+    from archive_tool.sweep.packsweep import pack_sweep
 
     local_root, dask_root = _twins(tmp_path, 120, seed=7)
     local = pack_sweep(local_root, "weekly", dry_run=False, workers=2)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import scitex_session as stx
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.sweep import sweep
 from archive_tool.names import is_session_name
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.sessions import sweep
 from scitex_session import _close, _start
 from tests.conftest import BACKENDS, SID, make_session, run_cli, snapshot
 from tests.session_scripts.helpers import load_config, run_script, states, write_script

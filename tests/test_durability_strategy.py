@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from archive_tool import fs
-from archive_tool.bulk.sweep import sweep
 from archive_tool.engine import commit
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import make_session, snapshot
 from tests.test_restore_group_commit import _break_sync
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.sweep import sweep
 from archive_tool.engine.single import archive_one
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import make_session, run_cli, snapshot
 
 

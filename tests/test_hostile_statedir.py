@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk import catalog, stale
+from archive_tool.catalog import catalog
+from archive_tool.stale import finalize as stale
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import UntrustedInput
 from tests.conftest import SID, make_session, run_cli, snapshot

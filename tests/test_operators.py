@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from archive_tool.bulk.runlog import list_runs
 from archive_tool.cli import cli
 from archive_tool.demo import make_tree
 from archive_tool.lock import lock_path
 from archive_tool.names import new_session_id
 from archive_tool.progress import want_progress
+from archive_tool.sweep.runlog import list_runs
 from archive_tool.units import human_bytes, human_count
 from tests.conftest import make_session
 
@@ -347,7 +347,7 @@ def test_a_sweep_that_cannot_write_its_manifest_still_archives_and_says_so(
 
 
 def test_a_full_disk_under_the_manifest_never_raises_into_the_sweep(tmp_path: Path) -> None:
-    from archive_tool.bulk.runlog import RunLog
+    from archive_tool.sweep.runlog import RunLog
 
     [d] = flat_sessions(tmp_path / "a_out" / "FINISHED_SUCCESS", 1)
     Path(f"{d}.tar.zst").write_bytes(b"x")
@@ -374,7 +374,7 @@ def test_readme_documents_every_operator_option_and_exit_code_3() -> None:
 
 
 def test_two_runs_in_one_second_get_separate_manifests(tmp_path: Path) -> None:
-    from archive_tool.bulk.runlog import RunLog, read_run, run_path
+    from archive_tool.sweep.runlog import RunLog, read_run, run_path
 
     out = tmp_path / "a_out" / "FINISHED_SUCCESS"
     a, b = flat_sessions(out, 2)
@@ -392,7 +392,7 @@ def test_two_runs_in_one_second_get_separate_manifests(tmp_path: Path) -> None:
 
 def test_a_torn_last_manifest_line_is_ignored_but_a_torn_middle_line_is_an_error(
         tmp_path: Path) -> None:
-    from archive_tool.bulk.runlog import read_run
+    from archive_tool.sweep.runlog import read_run
 
     good = json.dumps({"session": "/r/s", "archive": "/r/s.tar.zst", "bytes": 1})
     p = tmp_path / "run.jsonl"

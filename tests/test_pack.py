@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from archive_tool import fs
-from archive_tool.bulk import catalog
-from archive_tool.bulk.packsweep import pack_sweep, period_of
+from archive_tool.catalog import catalog
 from archive_tool.engine import packfile, seekable
 from archive_tool.summary import ARCHIVED, FAILED
+from archive_tool.sweep.packplan import period_of
+from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import crash_at, make_session, run_cli, snapshot
 
 DAY = "2026Y-11M-23D"
@@ -187,7 +188,7 @@ def test_a_source_changed_before_its_delete_is_kept_with_the_pack(tmp_path: Path
                      tmp_path) == new_state
 
 
-_CRASH = crash_at("from archive_tool.bulk.packsweep import pack_sweep\n"
+_CRASH = crash_at("from archive_tool.sweep.packsweep import pack_sweep\n"
                   'pack_sweep(sys.argv[1], "daily", dry_run=False, workers=1)')
 
 

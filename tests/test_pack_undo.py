@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.runlog import list_runs, read_run
 from archive_tool.engine import packfile
+from archive_tool.sweep.runlog import list_runs, read_run
 from tests.conftest import crash_at, run_cli, snapshot
 from tests.test_pack import DAY, _packs, _tree
 
@@ -211,7 +211,7 @@ def test_undo_of_a_run_whose_pack_does_not_read_fails_its_sessions_only(
             assert snapshot(root / SUCCESS / name) == snap
 
 
-_CRASH = crash_at("from archive_tool.bulk.packsweep import pack_sweep\n"
+_CRASH = crash_at("from archive_tool.sweep.packsweep import pack_sweep\n"
                   'pack_sweep(sys.argv[1], "daily", dry_run=False, workers=1)')
 
 
@@ -236,9 +236,9 @@ def test_a_session_a_crashed_run_left_packed_is_undone_by_the_run_that_resumed_i
 
 def test_a_session_too_big_for_a_pack_gets_an_archive_line_and_undo_removes_that_archive(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from archive_tool.bulk.restore import undo_run
-    from archive_tool.bulk.runlog import pack_sweep_logged
     from archive_tool.engine import single
+    from archive_tool.restore.many import undo_run
+    from archive_tool.sweep.runlog import pack_sweep_logged
 
     root = tmp_path / "root"
     before = _tree(root, 4)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk import catalog, prune, stale
-from archive_tool.bulk.packsweep import pack_sweep
-from archive_tool.bulk.repack import repack
+from archive_tool.catalog import catalog
+from archive_tool.retention import prune
+from archive_tool.stale import finalize as stale
+from archive_tool.sweep.packsweep import pack_sweep
+from archive_tool.retention.repack import repack
 from archive_tool.engine import packfile
 from archive_tool.names import new_session_id
 
@@ -164,7 +166,7 @@ def test_catalog_after_a_pack_sweep_stopped_at_each_step_is_sound(tmp_path, poin
     assert len(known) == 3
     _tree(root, 3, day="2026Y-11M-24D")
     make_session(root / SUCCESS, "2026Y-11M-23D-11h00m00s_S100-main")  # a 2nd pack of day 1
-    call = ("from archive_tool.bulk.packsweep import pack_sweep\n"
+    call = ("from archive_tool.sweep.packsweep import pack_sweep\n"
             'pack_sweep(sys.argv[1], "daily", dry_run=False, workers=1)')
     r = subprocess.run([sys.executable, "-c", _child(call, how), str(root), point, str(k)],
                        capture_output=True, timeout=120)
@@ -181,7 +183,7 @@ def test_catalog_after_a_repack_stopped_at_each_step_is_sound(tmp_path, point, k
     pack_sweep(root, "daily", dry_run=False, workers=1)
     known = {r["name"] for r in catalog.all_rows(root)}
     assert len(known) == 6
-    call = ("from archive_tool.bulk.repack import repack\n"
+    call = ("from archive_tool.retention.repack import repack\n"
             'repack(sys.argv[1], merge="monthly", dry_run=False)')
     r = subprocess.run([sys.executable, "-c", _child(call, how), str(root), point, str(k)],
                        capture_output=True, timeout=120)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from archive_tool.bulk.prune import parse_age, started_at
 from archive_tool.cli import cli
 from archive_tool.lock import lock_path
 from archive_tool.names import new_session_id
+from archive_tool.retention.prune import parse_age, started_at
 from tests.conftest import make_session
 
 DAY = 86400.0
@@ -191,7 +191,7 @@ def test_prune_of_a_finished_dir_itself_still_keeps_its_newest_success(
 def packed(tmp_path: Path) -> dict[tuple[str, str, int], str]:
     """RUNS swept into packs (one per FINISHED_* dir: `--pack 100`), plus one old
     per-session archive beside them; returns (script, state, days) -> session name."""
-    from archive_tool.bulk.packsweep import pack_sweep
+    from archive_tool.sweep.packsweep import pack_sweep
 
     now = time.time()
     made = {}
@@ -239,7 +239,7 @@ def test_prune_dry_run_lists_sessions_inside_packs_with_their_pack(
 
 def test_prune_execute_repacks_packs_without_the_pruned_sessions(
         tmp_path: Path, packed: dict) -> None:
-    from archive_tool.bulk import catalog
+    from archive_tool.catalog import catalog
 
     frames = _in_packs(tmp_path)
     r = invoke("prune", tmp_path, "--older-than", "180d", "--keep-last", "1", "--execute",
@@ -261,7 +261,7 @@ def test_prune_execute_repacks_packs_without_the_pruned_sessions(
 
 
 def test_pruned_archives_leave_the_catalog(tmp_path: Path) -> None:
-    from archive_tool.bulk import catalog
+    from archive_tool.catalog import catalog
 
     now = time.time()
     names = []

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
 from archive_tool.engine import single
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import SID, make_session
 from tests.reliability import assert_all_archived_once, check, finished, snapshot_sessions
 from tests.test_reliability_crash import _reap_group, _start, _wait_for_lock

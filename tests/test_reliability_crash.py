@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.packsweep import pack_sweep
-from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
+from archive_tool.sweep.packsweep import pack_sweep
+from archive_tool.sweep.sessions import sweep
 from tests.reliability import assert_all_archived_once, check, finished, record, snapshot_sessions
 
 # Runs the CLI with O_TMPFILE disabled for the tree's filesystem: the named ``.tmp``

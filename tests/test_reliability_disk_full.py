@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
+from archive_tool.sweep.sessions import sweep
 from tests.reliability import assert_all_archived_once, check, snapshot_sessions
 from tests.test_reliability_crash import _FALLBACK
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from archive_tool.bulk.sweep import sweep
 from archive_tool.engine import commit
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import ArchiveError
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import SID, make_session
 from tests.reliability import assert_all_archived_once, check, record, snapshot_sessions
 

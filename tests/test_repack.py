@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.bulk import catalog
-from archive_tool.bulk.packsweep import pack_sweep
-from archive_tool.bulk.repack import repack
+from archive_tool.catalog import catalog
 from archive_tool.engine import packfile
+from archive_tool.retention.repack import repack
+from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import crash_at, run_cli, snapshot
 from tests.test_pack import DAY, _holdings, _packs, _tree
 
@@ -172,7 +172,7 @@ def test_a_pack_with_a_bad_seek_table_is_refused_and_nothing_is_deleted(
     assert _files(root) == files
 
 
-_CRASH = crash_at("from archive_tool.bulk.repack import repack\n"
+_CRASH = crash_at("from archive_tool.retention.repack import repack\n"
                   'repack(sys.argv[1], merge="monthly", dry_run=False)')
 
 
@@ -285,7 +285,7 @@ def test_repack_follows_no_symlink_and_waits_for_no_sweep(tmp_path: Path) -> Non
 _LOW_FDS = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
-from archive_tool.bulk.repack import repack
+from archive_tool.retention.repack import repack
 s = repack(sys.argv[1], merge="all", dry_run=False)
 print(s["failures"])
 sys.exit(1 if s["failed"] or s["packs_removed"] != 160 else 0)

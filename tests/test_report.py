@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from archive_tool import cli
-from archive_tool.bulk.report import AGE_BUCKETS, build_report, format_report
-from archive_tool.bulk.sweep import sweep
+from archive_tool.catalog.report import AGE_BUCKETS, build_report, format_report
 from archive_tool.demo import make_tree
 from archive_tool.names import is_session_name, trash_name
+from archive_tool.sweep.sessions import sweep
 
 from .conftest import BACKENDS, snapshot
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from archive_tool import fs
-from archive_tool.bulk.restore import restore_many, restore_tree
 from archive_tool.engine import commit
 from archive_tool.engine.restore import restore_one
 from archive_tool.engine.single import archive_one
+from archive_tool.restore.many import restore_many, restore_tree
 from tests.conftest import make_session, snapshot
 
 IDS = [f"2026Y-11M-23D-18h39m{s:02d}s_KYwP" for s in range(10, 15)]

@@ -94,7 +94,7 @@ def test_next_restore_removes_a_killed_restores_temp_dir_but_not_a_live_one(arch
 
 
 def test_bulk_restore_removes_leftovers_once_per_directory(tmp_path: Path) -> None:
-    from archive_tool.bulk.restore import restore_many
+    from archive_tool.restore.many import restore_many
 
     fin = tmp_path / "FINISHED_SUCCESS"
     names = [f"2026Y-11M-23D-18h39m23s_K{k:03d}-main" for k in range(3)]

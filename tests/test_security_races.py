@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from archive_tool import fs
-from archive_tool.bulk.sweep import sweep
 from archive_tool.engine.restore import restore_one
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import ArchiveError, BadRoot
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import SID, make_session, run_cli, snapshot
 
 USER = 4242  # a uid with no account: nothing on the machine belongs to it
@@ -180,7 +180,7 @@ def test_lock_file_created_by_root_does_not_lock_out_the_owner(tree: Tree) -> No
     assert lock.stat().st_uid == USER  # handed to the tree's owner
     make_session(tree.fin, f"{SID[:-4]}ABCD-main")
     chown_tree(user_root)
-    code = ("from archive_tool.bulk.sweep import sweep\n"
+    code = ("from archive_tool.sweep.sessions import sweep\n"
             f"s = sweep({str(user_root)!r}, dry_run=False, workers=1, use_fd=False)\n"
             "assert s['archived'] == 1, s")
     as_user(f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n" + code)
@@ -227,13 +227,13 @@ def test_state_dir_planted_as_a_symlink_gets_no_file_outside(tree: Tree) -> None
 
 
 def sweep_logged_as_root(root: Path) -> dict:
-    from archive_tool.bulk.runlog import sweep_logged
+    from archive_tool.sweep.runlog import sweep_logged
 
     return sweep_logged(str(root), workers=1, use_fd=False)
 
 
 def test_catalog_planted_as_a_symlink_is_never_written_through(tree: Tree) -> None:
-    from archive_tool.bulk import catalog
+    from archive_tool.catalog import catalog
 
     user_root = tree.root / "alice"
     state = user_root / ".session-archive"

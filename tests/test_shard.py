@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archive_tool.bulk.plan import Planner, parse_shard, shard_key, shard_of, slurm_shard
-from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
 from archive_tool.engine.single import archive_one
 from archive_tool.lock import RootLock
 from archive_tool.names import trash_name
+from archive_tool.sweep.plan import Planner, parse_shard, shard_key, shard_of, slurm_shard
+from archive_tool.sweep.sessions import sweep
 
 from .conftest import run_cli
 

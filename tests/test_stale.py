@@ -1,6 +1,6 @@
 """Runs that die: heartbeat + identity recorded by real decorated scripts, stale RUNNING runs
 finalized into FINISHED_ERROR/ and archived, live ones never touched. Races are made
-deterministic with ``archive_tool.bulk.stale._hook`` and /proc/locks, not with sleeps."""
+deterministic with ``archive_tool.stale.finalize._hook`` and /proc/locks, not with sleeps."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import yaml
 import zstandard
 
 from archive_tool import liveness as liveness_mod
-from archive_tool.bulk import stale
 from archive_tool.errors import BadArgument
+from archive_tool.stale import finalize as stale
+from archive_tool.stale import staleness
 from tests.conftest import run_cli
 from tests.session_scripts.helpers import load_config, run_script, write_script
 
@@ -206,12 +207,12 @@ def test_heartbeat_can_be_disabled_and_a_bad_env_value_never_fails_the_run(tmp_p
 def test_proc_stat_start_time_tells_a_reused_pid_from_the_original() -> None:
     state, ticks = liveness_mod.proc_stat()  # type: ignore[misc]
     me = {"PID": os.getpid(), "PROC_START_TICKS": ticks, "BOOT_ID": liveness_mod.boot_id()}
-    assert state == "R" and stale.process_gone(me) is None
-    assert "another process" in stale.process_gone({**me, "PROC_START_TICKS": ticks - 1})
-    assert "rebooted" in stale.process_gone({**me, "BOOT_ID": "not-this-boot"})
+    assert state == "R" and staleness.process_gone(me) is None
+    assert "another process" in staleness.process_gone({**me, "PROC_START_TICKS": ticks - 1})
+    assert "rebooted" in staleness.process_gone({**me, "BOOT_ID": "not-this-boot"})
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                        capture_output=True, text=True, check=True)
-    assert "is gone" in stale.process_gone({"PID": int(p.stdout), "PROC_START_TICKS": 1})
+    assert "is gone" in staleness.process_gone({"PID": int(p.stdout), "PROC_START_TICKS": 1})
 
 
 # ------------------------------------------------------------------------ finalizing
@@ -277,7 +278,7 @@ def test_run_on_another_host_with_a_fresh_heartbeat_is_left_alone(
     assert (s["stale"]["live"], s["stale"]["finalized"]) == (1, 0)
     assert run.dir.is_dir()
     # Only the heartbeat speaks for another host: once it is old, the run is stale there.
-    v = stale.classify(run.dir, now=time.time() + 11 * HOUR)
+    v = staleness.classify(run.dir, now=time.time() + 11 * HOUR)
     assert v.state == stale.STALE and "other-node-7" in v.reason
     assert run.finish().returncode == 0
 
@@ -397,7 +398,7 @@ def test_stale_after_needs_finalize_stale_and_a_duration(tmp_path: Path) -> None
     assert r.returncode == 2 and b"--finalize-stale" in r.stderr
     r = run_cli("sweep", tmp_path, "--finalize-stale", "--stale-after", "soon")
     assert r.returncode == 2 and b"duration" in r.stderr and b"Traceback" not in r.stderr
-    assert stale.parse_duration("2") == 2 * 86400 and stale.parse_duration("90s") == 90
+    assert staleness.parse_duration("2") == 2 * 86400 and staleness.parse_duration("90s") == 90
     with pytest.raises(BadArgument):
         stale.finalize_stale(str(tmp_path), stale_after=-1)
 
@@ -474,10 +475,10 @@ def test_sigkilled_run_on_this_host_is_stale_at_once(tmp_path: Path, runs: list[
     # heartbeat_interval=3600: the old rule waited 10 hours before calling it stale.
     run = Run(tmp_path)
     runs.append(run)
-    assert stale.classify(run.dir).state == stale.LIVE
+    assert staleness.classify(run.dir).state == staleness.LIVE
     run.kill()
-    v = stale.classify(run.dir)
-    assert v.state == stale.STALE and "is gone" in v.reason, v
+    v = staleness.classify(run.dir)
+    assert v.state == staleness.STALE and "is gone" in v.reason, v
     root = tmp_path / "exp_out"
     s = _summary(run_cli("sweep", root, "--finalize-stale", "--execute", "--json", "-q"))
     assert s["stale"]["finalized"] == 1 and s["archived"] == 1
@@ -497,6 +498,6 @@ def test_dead_pid_in_another_pid_namespace_waits_for_the_heartbeat(
     for ns in ("pid:[1]", None):  # another namespace; an identity from before PID_NS
         ident["PID_NS"] = ns
         hb.write_text(json.dumps(ident))
-        assert stale.classify(run.dir).state == stale.LIVE
-        v = stale.classify(run.dir, now=time.time() + 11 * HOUR)
-        assert v.state == stale.STALE and "is gone" in v.reason
+        assert staleness.classify(run.dir).state == staleness.LIVE
+        v = staleness.classify(run.dir, now=time.time() + 11 * HOUR)
+        assert v.state == staleness.STALE and "is gone" in v.reason

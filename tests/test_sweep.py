@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 from archive_tool import api
-from archive_tool.bulk import sweep as sweep_mod
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.sweep import sweep
 from archive_tool.demo import make_tree
 from archive_tool.engine.read import verify_archive
 from archive_tool.engine.scan import scan_session
 from archive_tool.errors import BadRoot, DangerousRoot
 from archive_tool.names import is_session_name
+from archive_tool.restore.many import restore_many
+from archive_tool.sweep import sessions as sweep_mod
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.sessions import sweep
 from tests.conftest import BACKENDS, HAS_FD, SID, make_session, needs_gnu_tar, snapshot
 
 S = "FINISHED_SUCCESS"
@@ -289,7 +290,7 @@ def test_sweep_at_a_scripts_top_level_stops_with_a_hint_and_loses_nothing(tmp_pa
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import json\n"
-        "from archive_tool.bulk.sweep import sweep\n"
+        "from archive_tool.sweep.sessions import sweep\n"
         f"s = sweep({str(root)!r}, dry_run=False, workers=2)\n"
         "print(json.dumps({k: s[k] for k in ('archived', 'failed', 'stopped')}))\n"
     )
@@ -322,7 +323,7 @@ def test_bulk_restore_with_a_dead_worker_stops_keeps_every_archive_and_reports(t
     for i in range(6):
         api.archive_session_dir(make_session(flat, f"{SID[:-4]}R{i:03d}-main"), format="tar.zst")
     before = snapshot(flat)
-    s = sweep_mod.restore_many(flat, dry_run=False, executor=_DyingPool(), batch_size=2)
+    s = restore_many(flat, dry_run=False, executor=_DyingPool(), batch_size=2)
     assert s["restored"] == 0 and s["failed"] == 2 and s["skipped"] == 4, s
     assert all("worker lost" in f["reason"] for f in s["failures"])
     assert s["stopped"].startswith("a worker process died or could not start")

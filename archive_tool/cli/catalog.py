@@ -7,7 +7,10 @@ import os
 
 import click
 
-from archive_tool.cli import Failed, _call, cli
+# Library imports sit inside the commands, on purpose: `--help` and shell completion
+# (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
+from archive_tool.cli.common import Failed, call
+from archive_tool.cli.group import cli
 from archive_tool.units import human_bytes
 
 
@@ -23,9 +26,9 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
     \b
     Example: session-archive catalog /data/runs --rebuild
     """
-    from archive_tool.bulk.catalog import rebuild as do_rebuild
+    from archive_tool.catalog.catalog import rebuild as do_rebuild
 
-    res = _call(do_rebuild, root)
+    res = call(do_rebuild, root)
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
     else:
@@ -54,9 +57,9 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
     \b
     Example: session-archive find /data/runs --where ARGS.lr=0.01 --state FINISHED_SUCCESS --since 2026-10-01
     """
-    from archive_tool.bulk.catalog import find as do_find
+    from archive_tool.catalog.catalog import find as do_find
 
-    rows = _call(do_find, root, where, state, since, until, script, limit, config=as_json)
+    rows = call(do_find, root, where, state, since, until, script, limit, config=as_json)
     if as_json:
         click.echo(json.dumps(rows, sort_keys=True))
         return
@@ -92,7 +95,7 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
     Example: session-archive repack /data/runs --merge monthly --execute
     Merging: --merge monthly turns a month's daily packs of a dir into 2026-11.pack.tar.zst.
     """
-    from archive_tool.bulk.repack import repack as do_repack
+    from archive_tool.retention.repack import repack as do_repack
 
     def show(g: dict) -> None:
         if quiet or as_json:
@@ -105,7 +108,7 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
         for d in g["dropped"]:
             click.echo(f"  drop {d['session']} ({d['pack']}): {d['reason']}")
 
-    s = _call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
+    s = call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet:

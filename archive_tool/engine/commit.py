@@ -21,24 +21,23 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from archive_tool import fs
 from archive_tool.engine.scan import DIR, FILE, Entry
-from archive_tool.errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
+from archive_tool.errors import (
+    DISK_FULL_ERRNOS,
+    DurabilityError,
+    SourceChanged,
+    disk_error,
+)
 from archive_tool.names import TMP_SUFFIX, trash_name
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 # Filesystems without O_TMPFILE answer with one of these (ext4/xfs/btrfs/tmpfs have it;
 # NFS, Lustre, overlayfs on old kernels do not).
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 _no_tmpfile_devs: set[int] = set()
-
-
-def disk_error(path: str, e: OSError, what: str) -> ArchiveError:
-    if e.errno in _DISK_FULL:
-        return DiskFull(path, f"{what}: {os.strerror(e.errno)}")
-    return ArchiveError(path, f"{what}: {e.strerror or e}")
 
 
 @dataclass(slots=True)
@@ -85,7 +84,7 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
         try:
             fd = fs.open_tmpfile(dir_fd)
         except OSError as e:
-            if e.errno in _DISK_FULL or e.errno not in _NO_TMPFILE:
+            if e.errno in DISK_FULL_ERRNOS or e.errno not in _NO_TMPFILE:
                 raise disk_error(final, e, "cannot create archive") from None
             _no_tmpfile_devs.add(st_dev)
     if fd < 0:
@@ -133,8 +132,6 @@ def durability(default: str = DEFAULT_DURABILITY) -> str:
 def _parallel_fsync(fds: list[int]) -> None:
     """fsync every fd, up to 16 at once: concurrent fsyncs on ext4/xfs share journal
     commits (the kernel's own group commit), serial ones pay one commit each."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=min(16, len(fds))) as pool:
         for f in [pool.submit(os.fsync, fd) for fd in fds]:
             f.result()  # the first OSError fails the batch

@@ -1,6 +1,7 @@
 """Extract one archive member by member into a fresh temp dir, every entry created
 relative to a dir fd (fs.py): the restore's safety without tarfile's extraction
-machinery (see :func:`extract_into`)."""
+machinery (see :func:`extract_into`); and one member's bytes to a stream
+(:func:`copy_member`, ``unpack --member``) under the same member rule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import errno
 import os
 import tarfile
 from collections import OrderedDict
+from typing import IO
 
 from archive_tool import fs
 from archive_tool.engine import commit
@@ -244,3 +246,38 @@ def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, 
 
 
 _ZEROS = bytes(CHUNK)
+
+
+def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes],
+                fd: int | None = None) -> int:
+    """Write the bytes of one file member to *out*. *member* may be the full name or the
+    name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written.
+    *fd*: an archive opened by the caller, as for list_members."""
+    path = os.fspath(path)
+    want = member.strip("/")
+    seen = MemberRules()
+    with open_tar(path, fd) as (tf, _reader):
+        try:
+            for m in iter_members(tf):
+                why = seen.unsafe(m)
+                if why:
+                    raise UnsafeArchive(path, f"refused on restore: {why}")
+                name = member_path(m.name)
+                below = name.split("/", 1)[1] if "/" in name else None
+                if want not in (name, below):
+                    continue
+                if not m.isfile():
+                    raise ArchiveError(path, f"member {member!r} is not a regular file")
+                src = tf.extractfile(m)
+                n = 0
+                while True:
+                    b = src.read(CHUNK)
+                    if not b:
+                        return n
+                    out.write(b)
+                    n += len(b)
+        except ArchiveError:
+            raise
+        except Exception as e:
+            raise CorruptArchive(path, f"corrupt archive: {e}") from None
+    raise ArchiveError(path, f"no member {member!r} in archive")

@@ -25,8 +25,10 @@ from typing import Any
 
 import zstandard
 
-from archive_tool.engine import commit, seekable
+from archive_tool.engine import commit, restore, seekable
 from archive_tool.engine.formats import zstd_level
+from archive_tool.engine.read import verify_archive
+from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import (
     ArchiveError,
     BadArgument,
@@ -331,8 +333,6 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     rename, never overwrite). The pack is only read: it is never rewritten. *fd*: the
     pack opened by the caller (taken over); *root*: the pack is below it (a catalog
     row), so the destination dir is reached below it by dir fds too."""
-    from archive_tool.engine import restore
-
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     pack = os.path.abspath(os.fspath(pack))
@@ -350,9 +350,9 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     try:
         if root is None:
             os.makedirs(os.path.dirname(target), exist_ok=True)  # as restore_one does
-        with restore._parent(target, root, ArchiveError(target, "no such directory")) \
+        with restore.open_parent(target, root, ArchiveError(target, "no such directory")) \
                 as (parent_fd, dname):
-            _total, tree_fd = restore._restore_at(label, fd, parent_fd, dname, target, ast,
+            _total, tree_fd = restore.restore_at(label, fd, parent_fd, dname, target, ast,
                                                   None, keep_special)
             os.close(tree_fd)
     finally:
@@ -371,8 +371,6 @@ def verify_pack(path: str | os.PathLike[str], fd: int | None = None,
     With *fd* the open file is read (not closed; an unnamed tmp has no path) and *path*
     only names it. *on_frame(i, name, members)* sees each session's checked tar bytes
     (repack makes the catalog rows from them instead of decompressing twice)."""
-    from archive_tool.engine.read import verify_archive
-
     path = os.fspath(path)
     stream = None
     if fd is not None:
@@ -401,42 +399,3 @@ def split_pack_ref(ref: str) -> tuple[str, str] | None:
     if not sep or not pack or not session:
         return None
     return pack, session
-
-
-def iter_tar(buf: bytes) -> list[tuple[str, int, int, bytes]]:
-    """(name, data offset, size, typeflag) of each member of in-memory tar bytes — a
-    minimal walker (ustar + PAX ``path``), enough to find a config file in bytes the
-    sweep already holds, without tarfile's per-member cost."""
-    out = []
-    pos = 0
-    pax_name: str | None = None
-    n = len(buf)
-    while pos + tarfile.BLOCKSIZE <= n:
-        h = buf[pos:pos + tarfile.BLOCKSIZE]
-        if h == tarfile.NUL * tarfile.BLOCKSIZE:
-            break
-        try:
-            size = int(h[124:136].rstrip(b"\0 ") or b"0", 8)
-        except ValueError:
-            break
-        typ = h[156:157]
-        data = pos + tarfile.BLOCKSIZE
-        if typ == tarfile.XHDTYPE:
-            pax_name = _pax_path(buf[data:data + size])
-        else:
-            name = h[0:100].split(b"\0", 1)[0]
-            prefix = h[345:500].split(b"\0", 1)[0]
-            full = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
-            out.append((pax_name or full, data, size, typ))
-            pax_name = None
-        pos = data + size + (-size % tarfile.BLOCKSIZE)
-    return out
-
-
-def _pax_path(rec: bytes) -> str | None:
-    for line in rec.split(b"\n"):
-        _, _, kv = line.partition(b" ")
-        k, _, v = kv.partition(b"=")
-        if k == b"path":
-            return v.decode("utf-8", "surrogateescape")
-    return None

@@ -383,38 +383,3 @@ def list_members(path: str | os.PathLike[str], fd: int | None = None) -> Iterato
             raise
         except Exception as e:
             raise CorruptArchive(path, f"corrupt archive: {e}") from None
-
-
-def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes],
-                fd: int | None = None) -> int:
-    """Write the bytes of one file member to *out*. *member* may be the full name or the
-    name below the top-level directory (``CONFIGS/CONFIG.yaml``). Returns bytes written.
-    *fd*: an archive opened by the caller, as for list_members."""
-    path = os.fspath(path)
-    want = member.strip("/")
-    seen = MemberRules()
-    with open_tar(path, fd) as (tf, _reader):
-        try:
-            for m in iter_members(tf):
-                why = seen.unsafe(m)
-                if why:
-                    raise UnsafeArchive(path, f"refused on restore: {why}")
-                name = member_path(m.name)
-                below = name.split("/", 1)[1] if "/" in name else None
-                if want not in (name, below):
-                    continue
-                if not m.isfile():
-                    raise ArchiveError(path, f"member {member!r} is not a regular file")
-                src = tf.extractfile(m)
-                n = 0
-                while True:
-                    b = src.read(CHUNK)
-                    if not b:
-                        return n
-                    out.write(b)
-                    n += len(b)
-        except ArchiveError:
-            raise
-        except Exception as e:
-            raise CorruptArchive(path, f"corrupt archive: {e}") from None
-    raise ArchiveError(path, f"no member {member!r} in archive")

@@ -24,6 +24,7 @@ from archive_tool import fs
 from archive_tool.engine import commit
 from archive_tool.engine.extract import MultiTop, extract_into
 from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool.engine.tarwrite import source_members
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, BadArgument
 from archive_tool.names import split_archive_name
 
@@ -131,7 +132,7 @@ def restore_pending(
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
     archive = os.path.abspath(os.fspath(archive_path))
     dest = os.path.abspath(os.fspath(dest_dir)) if dest_dir is not None else default_dest(archive)
-    with _parent(archive, root, ArchiveError(archive, "no such archive"), dirs) \
+    with open_parent(archive, root, ArchiveError(archive, "no such archive"), dirs) \
             as (adir_fd, aname):
         afd = -1
         try:
@@ -150,12 +151,12 @@ def restore_pending(
             parent = os.path.dirname(dest)
             if root is None:
                 os.makedirs(parent, exist_ok=True)
-            with _parent(dest, root, ArchiveError(dest, "no such directory: " + parent),
+            with open_parent(dest, root, ArchiveError(dest, "no such directory: " + parent),
                          dirs) as (parent_fd, dname):
                 if clean:
                     remove_dead_temps(parent_fd, os.path.dirname(dest), only=dname)
                 try:
-                    total, tree_fd = _restore_at(archive, afd, parent_fd, dname, dest, ast,
+                    total, tree_fd = restore_at(archive, afd, parent_fd, dname, dest, ast,
                                                  max_bytes, keep_special)
                 except FileExistsError:
                     if not finish_existing:
@@ -217,8 +218,6 @@ def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: 
                       ) -> tuple[int, int]:
     """(content bytes, fd) of an existing *dest* that holds exactly the archive's members
     and bytes; FileExistsError when it differs (then nothing is removed)."""
-    from archive_tool.engine.tarwrite import source_members
-
     try:
         tree_fd = fs.open_dir(dname, parent_fd)
     except OSError:
@@ -238,7 +237,7 @@ def _already_restored(archive: str, afd: int, parent_fd: int, dname: str, dest: 
 
 
 @contextmanager
-def _parent(path: str, root: str | None, missing: Exception,
+def open_parent(path: str, root: str | None, missing: Exception,
             dirs: fs.DirCache | None = None) -> Iterator[tuple[int, str]]:
     """(fd of *path*'s directory, basename): below *root* walked by fds (through *dirs*,
     a batch's cache of opened dirs, when given), else as given."""
@@ -261,7 +260,7 @@ def _parent(path: str, root: str | None, missing: Exception,
         os.close(fd)
 
 
-def _restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
+def restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
                 ast: os.stat_result, max_bytes: int | None,
                 keep_special: bool = False) -> tuple[int, int]:
     """Extract into a fresh temp dir in *parent_fd*, rename it to *dname*; returns

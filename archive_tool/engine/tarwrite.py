@@ -1,5 +1,6 @@
 """The tar stream of one session, written by us: headers built from our own lstat
-(cached user/group names), file bytes read through dir fds (fs.py) with change detection.
+(cached user/group names), file bytes read through dir fds (fs.py) with change detection;
+and :func:`iter_tar`, the minimal walk back over such bytes in memory (catalog rows, packs).
 
 tarfile's gettarinfo calls pwd/grp per member and spends ~40 us per header; a profile
 showed that as a large share of per-session cost, so headers for ordinary members are one
@@ -223,3 +224,42 @@ def source_members(top_fd: int, src: str) -> tuple[list[Entry], list[tuple[str, 
 
 def _discard(_b: bytes) -> None:
     pass
+
+
+def iter_tar(buf: bytes) -> list[tuple[str, int, int, bytes]]:
+    """(name, data offset, size, typeflag) of each member of in-memory tar bytes — a
+    minimal walker (ustar + PAX ``path``), enough to find a config file in bytes the
+    sweep already holds, without tarfile's per-member cost."""
+    out = []
+    pos = 0
+    pax_name: str | None = None
+    n = len(buf)
+    while pos + tarfile.BLOCKSIZE <= n:
+        h = buf[pos:pos + tarfile.BLOCKSIZE]
+        if h == tarfile.NUL * tarfile.BLOCKSIZE:
+            break
+        try:
+            size = int(h[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            break
+        typ = h[156:157]
+        data = pos + tarfile.BLOCKSIZE
+        if typ == tarfile.XHDTYPE:
+            pax_name = _pax_path(buf[data:data + size])
+        else:
+            name = h[0:100].split(b"\0", 1)[0]
+            prefix = h[345:500].split(b"\0", 1)[0]
+            full = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+            out.append((pax_name or full, data, size, typ))
+            pax_name = None
+        pos = data + size + (-size % tarfile.BLOCKSIZE)
+    return out
+
+
+def _pax_path(rec: bytes) -> str | None:
+    for line in rec.split(b"\n"):
+        _, _, kv = line.partition(b" ")
+        k, _, v = kv.partition(b"=")
+        if k == b"path":
+            return v.decode("utf-8", "surrogateescape")
+    return None

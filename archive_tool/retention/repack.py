@@ -36,10 +36,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import catalog
-from archive_tool.bulk.plan import check_root
-from archive_tool.bulk.repackplan import (  # noqa: F401 - part of this module's API
-    MERGE_MODES,
+from archive_tool.catalog import catalog
+from archive_tool.catalog.rows import session_row
+from archive_tool.engine import commit, packfile
+from archive_tool.errors import ArchiveError, VerifyFailed
+from archive_tool.lock import RootLock
+from archive_tool.retention.repackplan import (
     DropFn,
     Group,
     PackFds,
@@ -48,10 +50,8 @@ from archive_tool.bulk.repackplan import (  # noqa: F401 - part of this module's
     plan_dir,
     reason_of,
 )
-from archive_tool.engine import commit, packfile
-from archive_tool.errors import ArchiveError, VerifyFailed
-from archive_tool.lock import RootLock
 from archive_tool.summary import new_summary, record_failure
+from archive_tool.sweep.plan import check_root
 
 
 def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:
     crash may have come before the catalog step that would have listed it."""
     with packfile.Pack(os.path.join(where, pack), os.dup(fd)) as p:
         arel = os.path.join(rel, pack)
-        return [catalog.session_row(p.members(i), n, rel, arel, i, p.frames.offset[i],
+        return [session_row(p.members(i), n, rel, arel, i, p.frames.offset[i],
                                     p.frames.csize[i]) for i, n in enumerate(p.names)]
 
 
@@ -95,7 +95,7 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
 
         def row(i: int, name: str, members: bytes) -> None:
             fi = w.frames[i]
-            rows.append(catalog.session_row(members, name, g.dir, "", i, fi.offset, fi.csize))
+            rows.append(session_row(members, name, g.dir, "", i, fi.offset, fi.csize))
 
         try:
             packfile.verify_pack(tmp.final, tmp.fd, on_frame=row)

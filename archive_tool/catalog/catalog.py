@@ -2,7 +2,7 @@
 without opening any archive.
 
 ``<root>/.session-archive/catalog.sqlite``. Rows are derived from a session's tar bytes
-only (:func:`session_row`): a sweep fills them from the bytes it already holds in memory,
+only (rows.py's :func:`session_row`): a sweep fills them from the bytes it already holds in memory,
 ``rebuild`` from the packs and archives on disk; the two give the same rows.
 Config keys are flattened (``ARGS.lr``) into a key/value table with an index, so a
 ``--where`` filter is an index lookup, not a JSON parse per row.
@@ -23,16 +23,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from archive_tool import fs, untrusted
+from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
 from archive_tool.engine import packfile
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
+from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
-from archive_tool.names import FINISHED_STATES, ID_REGEX, is_session_name, split_archive_name
+from archive_tool.names import is_session_name, split_archive_name
+from archive_tool.sweep.plan import check_root
 
 CATALOG_NAME = "catalog.sqlite"
 CATALOG = os.path.join(fs.STATE_DIR, CATALOG_NAME)
-CONFIG_NAMES = ("CONFIGS/CONFIG.yaml", "CONFIGS/CONFIG.json")
-_ID = re.compile(rf"^({ID_REGEX})")
-_ID_TIME = re.compile(r"^(\d{4})Y-(\d{2})M-(\d{2})D-(\d{2})h(\d{2})m(\d{2})s_")
 COLUMNS = ("id", "name", "script", "state", "started", "exit_status", "bytes_in", "tar_bytes",
            "bytes_out", "inodes", "archive", "frame", "offset")
 _SCHEMA = """
@@ -53,91 +53,6 @@ CREATE INDEX IF NOT EXISTS s_name ON sessions (name);
 
 def catalog_path(root: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(root), CATALOG)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"ARGS": {"lr": 0.01}}`` -> ``{"ARGS.lr": 0.01}``; lists stay JSON values."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict):
-                out.update(flatten(v, key))
-            else:
-                out[key] = v
-    return out
-
-
-def _scalar(v: Any) -> Any:
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    return json.dumps(v, default=str, sort_keys=True)
-
-
-def read_config(members: bytes, top: str) -> dict[str, Any]:
-    """The flattened CONFIG of one session from its tar bytes ({} if absent, unparsable or
-    refused by untrusted.load_config: too big, too deep, YAML aliases). Never raises: a
-    hostile CONFIG costs its own session its parsed config, nothing else."""
-    wanted = {f"{top}/{c}": c for c in CONFIG_NAMES}
-    for name, off, size, typ in packfile.iter_tar(members):
-        if name in wanted and typ in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            return config_of(members[off:off + size], name.endswith(".json"))
-    return {}
-
-
-def config_of(raw: bytes, is_json: bool) -> dict[str, Any]:
-    """A CONFIG file's bytes as the catalog's flat key/value dict ({} if refused)."""
-    doc = untrusted.load_config(raw, is_json)
-    if doc is None:
-        return {}
-    try:
-        flat = flatten(doc)
-        if len(flat) > untrusted.CONFIG_KEYS:
-            return {}
-        out = {}
-        for k, v in flat.items():
-            v = _scalar(v)
-            if isinstance(v, str) and len(v) > untrusted.CONFIG_VALUE_CAP:
-                continue  # one huge value is left out, not stored
-            out[k] = v
-        return out
-    except (RecursionError, MemoryError, ValueError, TypeError):
-        return {}
-
-
-def started_of(name: str) -> str | None:
-    m = _ID_TIME.match(name)
-    if not m:
-        return None
-    y, mo, d, h, mi, s = m.groups()
-    return f"{y}-{mo}-{d}T{h}:{mi}:{s}"
-
-
-def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: int,
-                offset: int, bytes_out: int) -> dict[str, Any]:
-    """One catalog row from a session's tar members. *rel_dir*: the session's directory
-    below the root (``<script>_out/<STATE>``); *archive*: the file, relative to the root;
-    *frame* -1 for a per-session archive."""
-    files = [(s, t) for _, _, s, t in packfile.iter_tar(members)]
-    return _row(name, rel_dir, archive, frame, offset, bytes_out, read_config(members, name),
-                sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
-                len(members), len(files))
-
-
-def _row(name: str, rel_dir: str, archive: str, frame: int, offset: int, bytes_out: int,
-         cfg: dict[str, Any], bytes_in: int, tar_bytes: int, inodes: int) -> dict[str, Any]:
-    parts = rel_dir.split("/") if rel_dir else []
-    state = parts[-1] if parts and parts[-1] in FINISHED_STATES else None
-    script = parts[-2] if len(parts) >= 2 else None
-    m = _ID.match(name)
-    ex = cfg.get("EXIT_STATUS")
-    return {
-        "id": m.group(1) if m else name, "name": name, "script": script, "state": state,
-        "started": started_of(name), "exit_status": ex if isinstance(ex, int) else None,
-        "bytes_in": bytes_in, "tar_bytes": tar_bytes, "bytes_out": bytes_out,
-        "inodes": inodes, "archive": archive, "frame": frame, "offset": offset,
-        "config": cfg,
-    }
 
 
 def _expected_schema() -> set[tuple[Any, ...]]:
@@ -426,7 +341,7 @@ def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
     finally:
         os.close(fd)
     # The members without the end-of-archive blocks: what a pack frame of it would hold.
-    end = max((o + s + (-s % tarfile.BLOCKSIZE) for _, o, s, _ in packfile.iter_tar(tar)),
+    end = max((o + s + (-s % tarfile.BLOCKSIZE) for _, o, s, _ in iter_tar(tar)),
               default=0)
     members = tar[:end]
     yield session_row(members, name, rel, arel, -1, 0, len(data))
@@ -451,7 +366,7 @@ def _streamed_row(fd: int, path: str, name: str, rel: str, arel: str, size: int
                     and m.size <= untrusted.CONFIG_CAP):
                 f = tf.extractfile(m)
                 cfg = config_of(f.read() if f else b"", m.name.endswith(".json"))
-    return _row(name, rel, arel, -1, 0, size, cfg or {}, bytes_in, end, inodes)
+    return make_row(name, rel, arel, -1, 0, size, cfg or {}, bytes_in, end, inodes)
 
 
 def _remove_dead_rebuilds(d: int) -> None:
@@ -477,8 +392,6 @@ def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     a walk by dir fds that never follows a symlink and opened O_NOFOLLOW|O_NONBLOCK,
     regular files only; the temp catalog is removed if the rebuild fails, and a killed
     rebuild's temp by the next one."""
-    from archive_tool.bulk.plan import check_root
-
     root = check_root(root)  # it writes below root: the same refusals as a sweep
     if not os.path.isdir(root):
         raise BadArgument(f"not a directory: {root}")

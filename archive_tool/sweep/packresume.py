@@ -13,8 +13,6 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import sweep as _sweep
-from archive_tool.bulk.plan import Task
 from archive_tool.engine import commit, packfile
 from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
@@ -22,6 +20,8 @@ from archive_tool.errors import ArchiveError
 from archive_tool.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
+from archive_tool.sweep import step
+from archive_tool.sweep.plan import Task
 
 Out = list[tuple[Result, dict[str, Any] | None]]
 
@@ -52,7 +52,7 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Resu
     except FileExistsError as e:
         return Result(path, SKIPPED, e.strerror)
     except (ArchiveError, OSError) as e:
-        return _sweep._fail(path, e)
+        return step.fail(path, e)
     try:
         entries = scan_fd(lock_fd, path)
         parts: list[bytes] = []
@@ -66,7 +66,7 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Resu
         commit.fsync_dir(parent_fd, os.path.dirname(path))
         commit.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
     except (ArchiveError, OSError) as e:
-        return _sweep._fail(path, e)
+        return step.fail(path, e)
     finally:
         os.close(lock_fd)
     return Result(path, RESUMED, "", content_bytes(entries), 0, len(entries))
@@ -74,7 +74,7 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Resu
 
 def cleanup(t: Task, opts: dict[str, Any]) -> Out:
     """``.<name>.deleting``: removed if a pack in its dir (or an archive) holds the
-    session, else renamed back (sweep._cleanup's rule, packs included)."""
+    session, else renamed back (step.cleanup's rule, packs included)."""
     with fs.DirCache(opts.get("root")) as dirs:
         try:
             parent_fd, trash = dirs.parent(t.path)
@@ -91,5 +91,5 @@ def cleanup(t: Task, opts: dict[str, Any]) -> Out:
         except FileExistsError as e:
             return [(Result(t.path, SKIPPED, e.strerror), None)]
         except (ArchiveError, OSError) as e:
-            return [(_sweep._fail(t.path, e), None)]
-        return [(_sweep._cleanup(t, dirs), None)]
+            return [(step.fail(t.path, e), None)]
+        return [(step.cleanup(t, dirs), None)]

@@ -1,5 +1,6 @@
-"""Drive many sessions: discover -> plan -> batches over an executor -> group commit ->
-accounting. The worker side (:func:`process_batch`) returns plain tuples and never raises.
+"""The sweep with one archive per session: discover -> plan -> batches over an executor ->
+accounting (step.Accounts). The worker side (:func:`process_batch`) prepares each archive,
+then hands the batch to step.commit_group; it returns plain tuples and never raises.
 
 Per batch, in the worker: write and verify every archive into unnamed tmp files, make all
 of them durable together (parallel fsyncs, or one syncfs: commit.DURABILITY_ENV), link
@@ -18,10 +19,24 @@ from itertools import islice
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import stale
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
-from archive_tool.bulk.plan import (
+from archive_tool.engine import commit, single, tarwrite
+from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
+from archive_tool.errors import ArchiveError, BadArgument, DiskFull
+from archive_tool.lock import RootLock, lock_session
+from archive_tool.names import normalize_format
+from archive_tool.stale import finalize as stale
+from archive_tool.summary import (
+    FAILED,
+    RESUMED,
+    SKIPPED,
+    Result,
+    new_summary,
+    record_failure,
+)
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.executors import default_workers, run_batches
+from archive_tool.sweep.plan import (
     CLEANUP,
     FINISH,
     Planner,
@@ -30,23 +45,7 @@ from archive_tool.bulk.plan import (
     check_root,
     parse_shard,
 )
-from archive_tool.engine import commit, single, tarwrite
-from archive_tool.engine.read import check_members, detect_format_fd
-from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
-from archive_tool.errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
-from archive_tool.lock import RootLock, lock_session
-from archive_tool.names import FORMATS, normalize_format, session_of_trash
-from archive_tool.summary import (  # noqa: F401 - re-exported: callers of 0.1 import them from here
-    ARCHIVED,
-    CLEANED,
-    FAILED,
-    MAX_FAILURES_LISTED,
-    RESUMED,
-    SKIPPED,
-    Result,
-    new_summary,
-    record_failure,
-)
+from archive_tool.sweep.step import Accounts, cleanup, commit_group, fail
 
 DEFAULT_BATCH = 128
 
@@ -66,11 +65,6 @@ def process_batch(tasks: list[Task], opts: dict[str, Any]) -> list[Result]:
     return out
 
 
-def _fail(path: str, e: BaseException) -> Result:
-    reason = e.reason if isinstance(e, ArchiveError) else (getattr(e, "strerror", None) or str(e))
-    return Result(path, FAILED, reason, fatal=isinstance(e, DiskFull))
-
-
 def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
              dirs: fs.DirCache) -> None:
     fmt, level, cutoff_ns = opts["format"], opts["compresslevel"], opts["cutoff_ns"]
@@ -78,7 +72,7 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
     try:
         for i, t in enumerate(tasks):
             if t.kind == CLEANUP:
-                out.append(_cleanup(t, dirs))
+                out.append(cleanup(t, dirs))
             elif t.kind == FINISH:
                 if opts.get("remove_src", True):
                     out.append(_finish(t, dirs))
@@ -93,7 +87,7 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                 except FileExistsError:
                     out.append(Result(t.path, SKIPPED, "archive appeared meanwhile"))
                 except (ArchiveError, OSError) as e:
-                    out.append(_fail(t.path, e))
+                    out.append(fail(t.path, e))
                     if isinstance(e, DiskFull):
                         # No point writing more archives into a full filesystem: the rest of
                         # the batch is reported as not attempted, sources untouched.
@@ -101,46 +95,10 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                                 for u in tasks[i + 1:]]
                         break
         if prepared:
-            _commit(prepared, out, opts.get("remove_src", True))
+            commit_group(prepared, out, opts.get("remove_src", True))
     finally:
         for p in prepared:
             p.unlock()
-
-
-def _commit(prepared: list[single.Prepared], out: list[Result], remove_src: bool) -> None:
-    try:
-        commit.make_durable([p.tmp for p in prepared])
-    except DurabilityError as e:
-        out += [_fail(p.src, e) for p in prepared]
-        return
-    published: list[single.Prepared] = []
-    for p in prepared:
-        try:
-            commit.publish(p.tmp)
-            published.append(p)
-        except FileExistsError:
-            out.append(Result(p.src, SKIPPED, "archived concurrently by another process"))
-        except ArchiveError as e:
-            out.append(_fail(p.src, e))
-        finally:
-            p.tmp.discard()
-    try:
-        commit.fsync_dirs(p.tmp for p in published)
-    except DurabilityError as e:
-        # Archives are named but maybe not durable: keep every source (state: source +
-        # archive; the next sweep verifies the archive and finishes).
-        out += [_fail(p.src, e) for p in published]
-        return
-    for p in published:
-        try:
-            if remove_src:
-                commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src)
-            out.append(Result(p.src, ARCHIVED, "", p.bytes_in, p.bytes_out, p.inodes))
-        except SourceChanged as e:
-            out.append(_fail(p.src, e))
-        except OSError as e:
-            out.append(Result(p.src, FAILED, f"archived to {p.final} but the source could not "
-                              f"be removed: {e.strerror or e}"))
 
 
 def _finish(t: Task, dirs: fs.DirCache) -> Result:
@@ -154,7 +112,7 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
     except FileExistsError as e:
         return Result(t.path, SKIPPED, e.strerror)
     except (ArchiveError, OSError) as e:
-        return _fail(t.path, e)
+        return fail(t.path, e)
     try:
         entries, expected = tarwrite.source_members(lock_fd, t.path)
         afd = fs.open_file(arch_name, parent_fd)
@@ -170,34 +128,10 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
         return Result(t.path, FAILED, f"an archive already exists ({arch_name}) and does not "
                       f"match the source; both kept: {e.reason}")
     except OSError as e:
-        return _fail(t.path, e)
+        return fail(t.path, e)
     finally:
         os.close(lock_fd)
     return Result(t.path, RESUMED, "", content_bytes(entries), size, len(entries))
-
-
-def _cleanup(t: Task, dirs: fs.DirCache) -> Result:
-    """A ``.<name>.deleting`` dir: a crash interrupted deleting a committed source."""
-    try:
-        parent_fd, trash = dirs.parent(t.path)
-        # The archiver that made this trash may still be deleting it (it holds the lock).
-        lock_fd = lock_session(parent_fd, trash, t.path, archived_ok=True)
-    except FileExistsError as e:
-        return Result(t.path, SKIPPED, e.strerror)
-    except (ArchiveError, OSError) as e:
-        return Result(t.path, FAILED, f"cannot clean up: {_fail(t.path, e).reason}")
-    try:
-        name = session_of_trash(trash)
-        assert name is not None
-        if any(fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS):
-            fs.rmtree_at(parent_fd, trash)
-            return Result(t.path, CLEANED, "leftover of an interrupted delete removed")
-        fs.rename_noreplace_at(parent_fd, trash, parent_fd, name)
-        return Result(t.path, CLEANED, "no archive found: restored the session dir")
-    except OSError as e:
-        return Result(t.path, FAILED, f"cannot clean up: {e.strerror or e}")
-    finally:
-        os.close(lock_fd)
 
 
 # ----------------------------------------------------------------------- sweeping process
@@ -216,36 +150,6 @@ def _batches(tasks: Iterator[Task], size: int, workers: int) -> Iterator[list[Ta
         yield first[i:i + size]
     while chunk := list(islice(tasks, size)):
         yield chunk
-
-
-class _Accounts:
-    def __init__(self, summary: dict[str, Any], track_bytes: bool,
-                 on_result: Callable[[Result], None] | None) -> None:
-        self.s = summary
-        self.track_bytes = track_bytes
-        self.on_result = on_result
-        self.fatal: str | None = None
-
-    def add(self, r: Result) -> None:
-        path, status, reason, b_in, b_out, inodes, fatal = r
-        s = self.s
-        if status in (ARCHIVED, RESUMED):
-            s[status] += 1
-            s["inodes_in"] += inodes
-            if self.track_bytes:
-                s["bytes_in"] += b_in
-                s["bytes_out"] += b_out
-        elif status == SKIPPED:
-            s["skipped"] += 1
-            s["skipped_reasons"][reason] = s["skipped_reasons"].get(reason, 0) + 1
-        elif status == CLEANED:
-            s["cleaned"] += 1
-        else:
-            record_failure(s, path, reason)
-            if fatal and self.fatal is None:
-                self.fatal = f"{path}: {reason}"
-        if self.on_result is not None:
-            self.on_result(r)
 
 
 def sweep(
@@ -305,7 +209,7 @@ def sweep(
     disc = Discovery(root_p, flat, use_fd)
     planner = Planner(root_p, flat, fmt, pattern, older_than_days, max_dirs, shard_t)
     tasks = planner.tasks(disc.paths())
-    acc = _Accounts(summary, track_bytes, on_result)
+    acc = Accounts(summary, track_bytes, on_result)
     if dry_run:
         _dry_run(tasks, planner, summary, track_bytes, on_candidate)
     else:
@@ -367,7 +271,7 @@ def _dry_run(tasks: Iterable[Task], planner: Planner, summary: dict[str, Any],
             on_candidate(t.path)
 
 
-def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: int | None,
+def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: int | None,
              executor: Executor | None, batch_size: int,
              on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
     slots: Callable[[], int] | None = getattr(executor, "slots", None)
@@ -399,6 +303,3 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
     if out.signal is not None:
         acc.s["signal"] = out.signal
 
-
-# Bulk restore lives in restore.py; kept importable from here for callers of 0.1.
-from archive_tool.bulk.restore import restore_batch, restore_many  # noqa: E402, F401

@@ -30,9 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 from archive_tool import fs, untrusted
-from archive_tool.bulk.plan import existing_archive
 from archive_tool.engine import packfile
 from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
+from archive_tool.sweep.packplan import parse_pack
+from archive_tool.sweep.packsweep import pack_sweep
+from archive_tool.sweep.plan import check_days, check_root, existing_archive, parse_shard
+from archive_tool.sweep.sessions import sweep
 
 RUNS_DIR = os.path.join(fs.STATE_DIR, "runs")
 # Results whose source this run deleted: undo puts exactly these back.
@@ -177,8 +180,6 @@ def sweep_logged(root: str | os.PathLike[str], *,
                  on_result: Callable[[Any], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """``sweep(root, dry_run=False, ...)`` that records its manifest; the Summary gains
     ``manifest`` (path) and ``run`` (the name ``undo_run`` takes) when anything was archived."""
-    from archive_tool.bulk.sweep import sweep
-
     def run(root_p: str, log: RunLog | None) -> dict[str, Any]:
         return sweep(root_p, dry_run=False, on_result=log or on_result, **kwargs)
 
@@ -190,10 +191,6 @@ def pack_sweep_logged(root: str | os.PathLike[str], pack: str | int, *,
                       **kwargs: Any) -> dict[str, Any]:
     """``pack_sweep(root, pack, dry_run=False, ...)`` that records its manifest, one line
     per packed session naming its pack (see the module doc); Summary as sweep_logged's."""
-    from archive_tool.bulk.packplan import parse_pack
-    from archive_tool.bulk.packsweep import pack_sweep
-    from archive_tool.bulk.plan import check_days, parse_shard
-
     # Bad input is refused before the manifest's dir is made: it changes nothing.
     parse_pack(pack)
     check_days(kwargs.get("older_than_days"))
@@ -208,8 +205,6 @@ def pack_sweep_logged(root: str | os.PathLike[str], pack: str | int, *,
 
 def _logged(root: str | os.PathLike[str], on_result: Callable[[Any], None] | None,
             run: Callable[[str, RunLog | None], dict[str, Any]]) -> dict[str, Any]:
-    from archive_tool.bulk.plan import check_root
-
     root_p = check_root(root)
     try:
         log = RunLog(root_p, on_result)

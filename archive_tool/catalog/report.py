@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import stale
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.plan import Planner, check_days, check_root
-from archive_tool.bulk.sweep import scan_candidates
 from archive_tool.engine.formats import check_level, compress_bytes, open_compressed_writer
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns
 from archive_tool.engine.single import IN_MEMORY_LIMIT
 from archive_tool.engine.tarwrite import tar_header, write_tar
 from archive_tool.errors import ArchiveError, BadArgument, SourceUnreadable
 from archive_tool.names import normalize_format
+from archive_tool.stale import finalize as stale
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.plan import Planner, check_days, check_root
+from archive_tool.sweep.sessions import scan_candidates
 from archive_tool.units import human_bytes, human_count
 
 DAY = 86400.0

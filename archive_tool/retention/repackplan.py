@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk.packplan import period_of
 from archive_tool.engine import packfile, seekable
 from archive_tool.engine.scan import scan_fd
 from archive_tool.engine.tarwrite import write_tar
@@ -34,6 +33,7 @@ from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import lock_session
 from archive_tool.names import FINISHED_STATES, RUNNING_STATE, is_session_name
 from archive_tool.summary import record_failure
+from archive_tool.sweep.packplan import period_of
 
 MERGE_MODES = ("weekly", "monthly", "all")
 DropFn = Callable[[str, str], "str | None"]  # (dir relative to root, session name) -> why

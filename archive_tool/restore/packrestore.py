@@ -19,9 +19,10 @@ from typing import Any
 
 from archive_tool import fs, untrusted
 from archive_tool.engine import packfile
-from archive_tool.engine.restore import _restore_at, remove_dead_temps
+from archive_tool.engine.restore import remove_dead_temps, restore_at
 from archive_tool.errors import ArchiveError
 from archive_tool.names import is_session_name
+from archive_tool.retention.repackplan import pack_listings
 from archive_tool.summary import (
     FAILED,
     RESTORED,
@@ -37,8 +38,6 @@ Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session
 def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -> list[Job]:
     """Sessions in packs to restore, counted into *s* as restore_tree counts archives.
     *taken*: destinations already planned (a per-session archive of the same session)."""
-    from archive_tool.bulk.repackplan import pack_listings
-
     jobs: list[Job] = []
     for rel, pack, _mtime, sessions in pack_listings(root):
         for name, csize in sessions:
@@ -162,7 +161,7 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
                 if i < 0:
                     raise ArchiveError(path, f"no session {n!r} in this pack")
                 fd = p.frame_fd(i)
-                total, tree_fd = _restore_at(label, fd, dfd, n, os.path.join(where, n), ast,
+                total, tree_fd = restore_at(label, fd, dfd, n, os.path.join(where, n), ast,
                                              None)
                 os.close(tree_fd)
                 r = Result(label, RESTORED, "", 0, total)

@@ -1,6 +1,6 @@
 """The staleness rule for one RUNNING run dir, judged through an fd: heartbeat age, and
 for a run on this host whether its process is gone (PID, start time, boot ID). The walk
-over a tree and the finalizing move live in :mod:`archive_tool.bulk.stale`."""
+over a tree and the finalizing move live in :mod:`archive_tool.stale.finalize`."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _newest_mtime_ns(dfd: int) -> int:
     return newest
 
 
-def _classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
+def classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
                  host: str) -> Verdict:
     ident, hb_ns = _read_heartbeat(dfd)
     if hb_ns is None:
@@ -169,7 +169,7 @@ def classify(path: str | os.PathLike[str], stale_after: float | None = None,
     p = os.fspath(path)
     dfd = os.open(p, _DIR_FLAGS)
     try:
-        return _classify_fd(dfd, p, stale_after, time.time() if now is None else now,
+        return classify_fd(dfd, p, stale_after, time.time() if now is None else now,
                             hostname())
     finally:
         os.close(dfd)

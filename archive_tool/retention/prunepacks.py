@@ -12,7 +12,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool.bulk.prune import Archived, started_at
+from archive_tool.retention.archived import Archived, started_at
+from archive_tool.retention.repack import repack
+from archive_tool.retention.repackplan import pack_listings
 from archive_tool.summary import record_failure
 
 
@@ -21,8 +23,6 @@ def scan_packs(root: str, now: float) -> list[Archived]:
     own archive (its bytes: its compressed frame). Read by fds from the root, seek table
     and index only; a pack that does not read is skipped here (``repack`` and ``verify``
     report it) and so never pruned."""
-    from archive_tool.bulk.repackplan import pack_listings
-
     out = []
     for rel, pack, mtime, sessions in pack_listings(root):
         finished = os.path.join(root, rel) if rel else root
@@ -42,8 +42,6 @@ def drop_from_packs(chosen: list[Archived], s: dict[str, Any], root: str,
                     done_one: Callable[[Archived], None]) -> None:
     """Sessions inside packs go by a repack of each pack holding one, without them
     (repack.py: the new pack durable and catalogued before the old one is unlinked)."""
-    from archive_tool.bulk.repack import repack
-
     want: dict[tuple[str, str], Archived] = {}
     for a in chosen:
         rel = os.path.relpath(os.path.dirname(a.pack), root)

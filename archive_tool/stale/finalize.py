@@ -33,21 +33,16 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from archive_tool import fs
-from archive_tool.bulk.staleness import (  # noqa: F401 - re-exported for callers
-    DEFAULT_INTERVAL,
-    LIVE,
-    STALE,
-    STALE_FACTOR,
-    UNKNOWN,
-    Verdict,
-    _classify_fd,
-    classify,
-    parse_duration,
-    process_gone,
-)
 from archive_tool.errors import BadArgument
 from archive_tool.liveness import MARKER_NAME, hostname
 from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
+from archive_tool.stale.staleness import (
+    LIVE,
+    STALE,
+    UNKNOWN,
+    Verdict,
+    classify_fd,
+)
 
 MAX_LISTED = 1000
 
@@ -136,7 +131,7 @@ def _runs_in(parent_fd: int, running: str, expect: os.stat_result, stale_after: 
                 continue  # finished (moved away) since it was listed, or unreadable
             try:
                 st = os.fstat(dfd)
-                v = _classify_fd(dfd, os.path.join(running, e.name), stale_after,
+                v = classify_fd(dfd, os.path.join(running, e.name), stale_after,
                                  time.time() if now is None else now, host)
             except OSError:
                 continue
@@ -204,7 +199,7 @@ def finalize_one(held: Held, v: Verdict, stale_after: float | None = None) -> st
         if _hook is not None:
             _hook("locked", v.path)
         now = time.time()
-        again = _classify_fd(rfd, v.path, stale_after, now, hostname())
+        again = classify_fd(rfd, v.path, stale_after, now, hostname())
         if again.mark_ns != v.mark_ns:
             raise Skipped("heartbeat moved during the check" if v.heartbeat
                           else "written to during the check")

@@ -21,8 +21,6 @@ from concurrent.futures import Executor
 from typing import Any
 
 from archive_tool import fs, untrusted
-from archive_tool.bulk.executors import default_workers, run_batches
-from archive_tool.bulk.plan import check_root
 from archive_tool.engine.restore import (
     Pending,
     remove_archives,
@@ -38,6 +36,7 @@ from archive_tool.names import (
     session_of_trash,
     split_archive_name,
 )
+from archive_tool.restore import packrestore
 from archive_tool.summary import (
     FAILED,
     RESTORED,
@@ -47,6 +46,10 @@ from archive_tool.summary import (
     new_summary,
     record_failure,
 )
+from archive_tool.sweep.discover import iter_archives
+from archive_tool.sweep.executors import default_workers, run_batches
+from archive_tool.sweep.plan import check_root
+from archive_tool.sweep.runlog import open_run
 
 STATE_DIR = ".session-archive"
 
@@ -156,8 +159,6 @@ def restore_tree(
     and every session inside a pack there (packrestore.py; packs are kept even with
     *remove_archive*). An archive whose session dir already exists is skipped. *on_jobs*
     is told how many restores will run, before they start (a progress bar's total)."""
-    from archive_tool.bulk import packrestore
-
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:
@@ -207,9 +208,6 @@ def undo_run(
     put into packs come back from their frames (packrestore.py), the packs kept. A session
     dir that exists again is skipped (never overwritten); an archive or pack that is gone
     or unreadable is a failure (one per session)."""
-    from archive_tool.bulk import packrestore
-    from archive_tool.bulk.runlog import open_run
-
     t0 = time.monotonic()
     root_p = check_root(root)
     s = new_restore_summary(root_p, dry_run, "undo")
@@ -327,8 +325,6 @@ def restore_many(
     beside the archive), on the same pool loop as the sweep, each through a temp dir and a
     rename. *accept(name)*, when given, must also be true for an archive to be considered.
     Returns the Summary (kind "restore")."""
-    from archive_tool.bulk.discover import iter_archives
-
     t0 = time.monotonic()
     root_p = check_root(root)
     if max_files is not None and max_files < 0:

@@ -14,27 +14,28 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool.bulk import catalog, stale
-from archive_tool.bulk import sweep as _sweep
-from archive_tool.bulk.discover import Discovery
-from archive_tool.bulk.executors import run_batches
-from archive_tool.bulk.packplan import (  # noqa: F401 - part of this module's API
-    MAX_PACK_SESSIONS,
-    PackJob,
-    parse_pack,
-    period_of,
-    plan_packs,
-)
-from archive_tool.bulk.packresume import cleanup
-from archive_tool.bulk.packwork import Out, process_pack
-from archive_tool.bulk.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
+from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
+from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, Result, new_summary, record_failure
+from archive_tool.sweep.discover import Discovery
+from archive_tool.sweep.executors import run_batches
+from archive_tool.sweep.packplan import (
+    PackJob,
+    parse_pack,
+    plan_packs,
+)
+from archive_tool.sweep.packresume import cleanup
+from archive_tool.sweep.packwork import Out, process_pack
+from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
+from archive_tool.sweep.sessions import process_batch
+from archive_tool.sweep.step import Accounts
 
 
 def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
@@ -47,7 +48,7 @@ def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
         if t.kind == "cleanup":
             out += cleanup(t, opts)
         else:
-            out += [(r, None) for r in _sweep.process_batch([t], opts)]
+            out += [(r, None) for r in process_batch([t], opts)]
     return out
 
 
@@ -78,8 +79,6 @@ def pack_sweep(
     ``packs`` (files written). The catalog (catalog.py) gets a row per packed session.
     *on_packed(result, row)*: each result with its catalog row, whose ``archive`` names
     the pack (runlog.RunLog.packed writes the run's manifest from it)."""
-    import time
-
     t0 = time.monotonic()
     mode = parse_pack(pack)
     check_days(older_than_days)
@@ -106,7 +105,7 @@ def pack_sweep(
         jobs.append(others)
     packs = plan_packs([t for t in tasks if t.kind == ARCHIVE], mode)
     jobs += packs
-    acc = _sweep._Accounts(summary, True, on_result)
+    acc = Accounts(summary, True, on_result)
     if dry_run:
         summary["packs"] = len(packs)
     else:

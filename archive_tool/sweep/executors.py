@@ -75,7 +75,7 @@ def _start_forkserver() -> None:
     status travels through the forkserver, the pool read every worker as dead: the sweep
     reported the in-flight batches as lost and then hung (tests/test_reliability_crash.py).
     """
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver  # lazy: only a local process pool starts one
 
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may touch handlers; started lazily as before
@@ -112,7 +112,7 @@ class DaskExecutor(Executor):
     def __init__(self, address: str | os.PathLike[str] | Any, *,
                  timeout: float | None = None) -> None:
         try:
-            from distributed import Client
+            from distributed import Client  # lazy, optional and heavy: the dask extra
         except ImportError:
             raise DaskUnavailable(DASK_EXTRA_HINT) from None
         kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}

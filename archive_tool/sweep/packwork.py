@@ -23,16 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk import catalog
-from archive_tool.bulk import sweep as _sweep
-from archive_tool.bulk.packplan import PackJob
-from archive_tool.bulk.packresume import Out, packed_names, resume
+from archive_tool.catalog import catalog
+from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, write_tar
 from archive_tool.errors import ArchiveError, DiskFull, SourceChanged
 from archive_tool.lock import lock_session
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
+from archive_tool.sweep.packplan import PackJob
+from archive_tool.sweep.packresume import Out, packed_names, resume
+from archive_tool.sweep.step import commit_group, fail
 
 
 @dataclass
@@ -96,7 +97,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                 out.append((Result(path, SKIPPED, "archived meanwhile by another process"), None))
                 continue
             except (ArchiveError, OSError) as e:
-                out.append((_sweep._fail(path, e), None))
+                out.append((fail(path, e), None))
                 if isinstance(e, DiskFull) or w.broken:
                     # The tmp pack is unusable (or the disk full): nothing of it is
                     # committed, every source stays; the rest is not attempted.
@@ -149,7 +150,7 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
         frame = w.add(name, tar)
         fs.race_point("pack-frame", path)
         # The catalog row from the bytes in memory (the pack's name is set once published).
-        row = catalog.session_row(tar, name, rel_dir, "", frame.index, frame.offset,
+        row = session_row(tar, name, rel_dir, "", frame.index, frame.offset,
                                   frame.csize)
         return entries, frame, bits, row
     finally:
@@ -168,7 +169,7 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
         packfile.publish_free_name(tmp, job.period, job.dir)
         commit.fsync_dir(tmp.dir_fd, job.dir)
     except (ArchiveError, OSError) as e:
-        out += [(_sweep._fail(p, e), None) for p in paths]
+        out += [(fail(p, e), None) for p in paths]
         return
     finally:
         tmp.discard()
@@ -212,9 +213,9 @@ def _per_session(paths: list[str], opts: dict[str, Any], dirs: fs.DirCache) -> l
             except FileExistsError:
                 out.append(Result(path, SKIPPED, "archive appeared meanwhile"))
             except (ArchiveError, OSError) as e:
-                out.append(_sweep._fail(path, e))
+                out.append(fail(path, e))
         if prepared:
-            _sweep._commit(prepared, out, True)
+            commit_group(prepared, out, True)
     finally:
         for p in prepared:
             p.unlock()

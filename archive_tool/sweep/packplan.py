@@ -9,8 +9,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from archive_tool.bulk.plan import Task
 from archive_tool.errors import BadArgument
+from archive_tool.sweep.plan import Task
 
 # A day's or week's sessions of one dir beyond this go to further packs (.2, .3 ...):
 # bounds one worker's job and the index a reader loads.

@@ -1,7 +1,7 @@
 """Retention: delete old session archives, ``session-archive prune ROOT``.
 
 Only archives a sweep made are considered: ``<ID>[-<name>].<format>`` regular files whose
-parent is a FINISHED_* dir (``tree_restore.iter_session_archives``). Session dirs, RUNNING/
+parent is a FINISHED_* dir (``restore.many.iter_session_archives``). Session dirs, RUNNING/
 and anything else are never touched.
 
 Age is taken from the session ID (``2026Y-11M-23D-18h39m23s``, local time: when the run
@@ -29,20 +29,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import stat
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.bulk.plan import check_root
-from archive_tool.bulk.restore import iter_session_archives
+from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
 from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
+from archive_tool.restore.many import iter_session_archives
+from archive_tool.retention.archived import Archived, started_at
+from archive_tool.retention.prunepacks import drop_from_packs, scan_packs
 from archive_tool.summary import new_summary, record_failure
+from archive_tool.sweep.plan import check_root
+from archive_tool.sweep.runlog import close_durably, open_stamped
 
 PRUNE_DIR = os.path.join(".session-archive", "prune")
 _AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([hdwy]?)\s*$")
@@ -55,28 +60,6 @@ def parse_age(text: str) -> float:
     if not m:
         raise BadArgument(f"age must look like 180d, 12w, 36h or 1y, got {text!r}")
     return float(m.group(1)) * _UNIT_DAYS[m.group(2)]
-
-
-def started_at(session_name: str) -> float | None:
-    """Epoch seconds of the ID's timestamp (local time, as ``names.new_session_id``)."""
-    try:
-        return time.mktime(time.strptime(session_name[:23], "%YY-%mM-%dD-%Hh%Mm%Ss"))
-    except (ValueError, OverflowError):
-        return None
-
-
-@dataclass
-class Archived:
-    path: str
-    script: str  # the <script>_out dir, relative to the root
-    state: str
-    started: float
-    age_days: float
-    bytes: int
-    keep: str = ""  # why it is kept, or "" when selected
-    dev: int = 0
-    ino: int = 0
-    pack: str = ""  # a session inside a pack: the pack's path (``path`` is PACK::SESSION)
 
 
 def scan(root: str, now: float | None = None) -> list[Archived]:
@@ -99,8 +82,6 @@ def scan(root: str, now: float | None = None) -> list[Archived]:
             path=e.path, script=script,
             state=os.path.basename(finished), started=t, age_days=(now - t) / 86400,
             bytes=st.st_size, dev=st.st_dev, ino=st.st_ino))
-    from archive_tool.bulk.prunepacks import scan_packs
-
     return out + scan_packs(root, now)
 
 
@@ -154,8 +135,6 @@ def _delete(chosen: list[Archived], s: dict[str, Any], log: Any,
             on_deleted: Callable[[Archived], None] | None, root: str) -> None:
     in_packs = [a for a in chosen if a.pack]
     if in_packs:
-        from archive_tool.bulk.prunepacks import drop_from_packs
-
         drop_from_packs(in_packs, s, root, lambda a: _log(a, s, log, on_deleted))
     by_dir: dict[str, list[Archived]] = defaultdict(list)
     for a in chosen:
@@ -182,10 +161,6 @@ def _uncatalog(root: str, gone: list[Archived], s: dict[str, Any]) -> None:
     """Rows of deleted archives leave the catalog (if there is one): ``find`` and
     ``show ROOT -s ID`` must not point at a file that is gone. A failure is a warning:
     the deletions are done and logged, and ``catalog --rebuild`` repairs it."""
-    import sqlite3
-
-    from archive_tool.bulk import catalog
-
     if not gone or not os.path.exists(catalog.catalog_path(root)):
         return
     try:
@@ -269,8 +244,6 @@ def prune(
                           if k not in ("keep", "dev", "ino") and (k != "pack" or v)}
                          for a in chosen]
         if not dry_run and chosen:
-            from archive_tool.bulk.runlog import close_durably, open_stamped
-
             _name, s["log"], log = open_stamped(root_p, "prune", now)
             try:
                 _delete(chosen, s, log, on_deleted, root_p)
