@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from archive_tool.catalog import catalog
-from archive_tool.stale import finalize as stale
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import UntrustedInput
+from archive_tool.stale import finalize as stale
 from tests.conftest import SID, make_session, run_cli, snapshot
 
 USER = 4242  # alice: a uid with no account

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from archive_tool.catalog import catalog
-from archive_tool.retention import prune
-from archive_tool.stale import finalize as stale
-from archive_tool.sweep.packsweep import pack_sweep
-from archive_tool.retention.repack import repack
 from archive_tool.engine import packfile
 from archive_tool.names import new_session_id
+from archive_tool.retention import prune
+from archive_tool.retention.repack import repack
+from archive_tool.stale import finalize as stale
+from archive_tool.sweep.packsweep import pack_sweep
 
 from . import crashpoints as cp
 from .conftest import crash_at, make_session, run_cli, snapshot
