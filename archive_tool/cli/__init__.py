@@ -120,4 +120,4 @@ def main() -> None:
 
 
 # The commands register themselves on the group when imported (one module a stage).
-from archive_tool.cli import catalog, many, one, ops  # noqa: E402, F401
+from archive_tool.cli import catalog, many, mount, one, ops  # noqa: E402, F401
