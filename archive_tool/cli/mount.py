@@ -27,7 +27,7 @@ def _size(_ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--allow-other", is_flag=True,
               help="Let other users see the mount; the kernel enforces each file's archived "
                    "owner and mode (default_permissions is always on).")
-@click.option("--cache-size", default="256M", show_default=True, callback=_size,
+@click.option("--cache-size", default="64M", show_default=True, callback=_size,
               help="Decoded sessions kept (LRU): decoded tar + index, e.g. 64M, 2G.")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None,
               help="Append refusals and errors here [default: stderr with --foreground, "

@@ -181,7 +181,7 @@ def _logging(foreground: bool, log_file: str | None) -> None:
 
 
 def mount(root: str, mountpoint: str, *, foreground: bool = False, allow_other: bool = False,
-          cache_bytes: int = 256 << 20, ttl: float = 1.0, log_file: str | None = None) -> None:
+          cache_bytes: int = 64 << 20, ttl: float = 1.0, log_file: str | None = None) -> None:
     """Mount ROOT read-only at *mountpoint* as it looked before the sweeps; returns when
     unmounted (``fusermount3 -u``, SIGTERM, SIGINT). Without *foreground* libfuse
     detaches into the background once the mount is up."""

@@ -29,6 +29,7 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -54,6 +55,8 @@ from archive_tool.names import (
 )
 
 log = logging.getLogger("archive_tool.mount")
+# Real dirs whose listing is kept (LRU); each holds an lstat per entry.
+MAX_DIRS = 20_000
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -103,7 +106,7 @@ def _hidden_state(name: str) -> bool:
 
 
 class View:
-    def __init__(self, root: str | os.PathLike[str], cache_bytes: int = 256 << 20,
+    def __init__(self, root: str | os.PathLike[str], cache_bytes: int = 64 << 20,
                  ttl: float = 1.0, tmp_dir: str | None = None) -> None:
         self.root = os.path.abspath(os.fspath(root))
         try:
@@ -112,7 +115,8 @@ class View:
             raise BadRoot(self.root, f"cannot open: {e.strerror or e}") from None
         self.ttl = ttl
         self.tmp_dir = tmp_dir
-        self.dirs: dict[str, DirState] = {}
+        # Bounded too: a live tree of millions of dirs must not pin a stat per entry.
+        self.dirs: OrderedDict[str, DirState] = OrderedDict()
         self.packs: dict[str, PackIndex] = {}
         self.cache = LRU(cache_bytes)
         # Refused sessions by source identity: logged once, not decoded again until the
@@ -132,8 +136,10 @@ class View:
     def dir_state(self, rel: str) -> DirState:
         now = time.monotonic()
         ds = self.dirs.get(rel)
-        if ds is not None and now - ds.checked < self.ttl:
-            return ds
+        if ds is not None:
+            self.dirs.move_to_end(rel)
+            if now - ds.checked < self.ttl:
+                return ds
         try:
             fd = self._open_dir(rel)
         except OSError as e:
@@ -150,6 +156,8 @@ class View:
         finally:
             os.close(fd)
         self.dirs[rel] = ds
+        while len(self.dirs) > MAX_DIRS:
+            self.dirs.popitem(last=False)
         return ds
 
     def _list(self, rel: str, fd: int, ident: tuple[int, int, int, int], now: float) -> DirState:
@@ -305,8 +313,7 @@ class View:
             return Node(False, inner, None, tree, entry)
         if not rel:
             return Node(True, "", os.fstat(self.root_fd))
-        parent, _, name = rel.rpartition("/")
-        return Node(True, rel, self.dirs[parent].live[name])
+        return Node(True, rel, st)
 
     def _session_retry(self, rel: str, name: str, src: Source) -> SessionTree:
         try:
