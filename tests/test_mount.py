@@ -170,6 +170,14 @@ def test_mount_shows_the_swept_tree_as_it_was_before_the_sweep(swept, mounts, tm
     assert _sha(mnt) == sha
 
 
+def test_a_cache_smaller_than_one_session_still_serves_every_byte(swept, mounts, tmp_path) -> None:
+    root, before, sha, changed = swept
+    mnt = tmp_path / "mnt"
+    mounts(root, mnt, "--cache-size", "1K")  # every session evicted as the next is decoded
+    assert _sha(mnt) == sha
+    assert _same_listing(before, _find(mnt), changed) == []
+
+
 def test_an_analysis_script_reads_results_csv_by_its_original_path(swept, mounts, tmp_path) -> None:
     root, before, sha, _ = swept
     csvs = sorted(p for p in sha if p.endswith("/results.csv") and "FINISHED_SUCCESS" in p)
@@ -310,9 +318,19 @@ def test_a_sweep_while_mounted_shows_within_seconds_and_open_files_keep_reading(
     f.close()
     settle(lambda: _sha(mnt) == before)
 
-    # Restore one session by hand: the live dir shows through again, the rest from the pack.
+    # Restore one session, then repack (drops the restored one: a new pack, the old one
+    # unlinked) while a file of another session is open from the old pack.
+    f = open(mparent / names[2] / "bin.dat", "rb")
+    head = f.read(10)
     r = run_cli("unpack", parent / "2026-11-23.pack.tar.zst", "-s", names[1])
     assert r.returncode == 0, r.stderr
+    r = run_cli("repack", root, "--execute", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in parent.glob("*.pack.tar.zst")) == ["2026-11-23.2.pack.tar.zst"]
+    assert hashlib.sha256(head + f.read()).hexdigest() == \
+        before[f"train_out/FINISHED_SUCCESS/{names[2]}/bin.dat"]
+    f.close()
+    settle(lambda: _sha(mnt) == before)
     assert (parent / names[1]).is_dir()
     (parent / names[1] / "logs" / "stdout.log").write_text("changed after restore\n")
     settle(lambda: (mparent / names[1] / "logs" / "stdout.log").read_text()
@@ -324,12 +342,16 @@ def test_a_sweep_while_mounted_shows_within_seconds_and_open_files_keep_reading(
     settle(lambda: os.listdir(mparent) == [])
 
 
-def test_sigterm_unmounts_cleanly(tmp_path, mounts) -> None:
+@pytest.mark.parametrize("how", ["fusermount3 -u", "SIGTERM"])
+def test_unmount_is_clean(tmp_path, mounts, how) -> None:
     root = tmp_path / "root"
     make_session(root / "a_out" / "FINISHED_SUCCESS")
     mnt = tmp_path / "mnt"
     m = mounts(root, mnt)
-    m.proc.send_signal(signal.SIGTERM)
+    if how == "SIGTERM":
+        m.proc.send_signal(signal.SIGTERM)
+    else:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
     assert m.proc.wait(10) == 0
     assert not os.path.ismount(mnt) and not _stale(mnt)
 
@@ -345,6 +367,22 @@ def test_a_killed_mount_is_taken_over_by_the_next(tmp_path, mounts) -> None:
     assert _stale(mnt)  # what a killed FUSE process leaves: ENOTCONN
     mounts(root, mnt)
     assert (mnt / d.relative_to(root) / "CONFIGS" / "CONFIG.yaml").read_text() == "ID: x\nSEED: 42\n"
+
+
+def test_without_foreground_the_mount_detaches_and_serves(tmp_path) -> None:
+    root = tmp_path / "root"
+    d = make_session(root / "a_out" / "FINISHED_SUCCESS")
+    run_cli("sweep", root, "--execute", "--quiet")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = run_cli("mount", root, mnt, "--log", tmp_path / "log")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert (mnt / d.relative_to(root) / "CONFIGS" / "CONFIG.yaml").read_text() == \
+            "ID: x\nSEED: 42\n"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+    assert not os.path.ismount(mnt)
 
 
 def test_without_the_mount_extra_a_one_line_error(tmp_path) -> None:
