@@ -11,7 +11,8 @@ Measured, in interleaved repetitions:
   the same again (warm: the mount's cache and the kernel's attribute cache filled);
 - the mount process's peak RSS (VmHWM) after the cold listing;
 - ``cat`` of one small file (CONFIGS/CONFIG.yaml of a session in the middle of the pack)
-  on a fresh mount of a second tree: --cat-sessions small ("demo" shape) sessions in ONE
+  on a fresh mount of a second tree (also ``ls -R`` of it before the sweep and of a fresh
+  mount after, and that mount's peak RSS): --cat-sessions small ("demo" shape) sessions in ONE
   FINISHED_SUCCESS dir, pack-swept into one pack: the ``cat`` process's wall time, and
   the open+read in this process alone (median of --reps fresh mounts).
 
@@ -123,6 +124,9 @@ def main() -> None:
                 os.rename(os.path.join(d, n), os.path.join(one, n))
             ds.clear()
     shutil.rmtree(os.path.join(WORK, "cat-src"))
+    ls_one_dir_orig = []
+    for _ in range(a.reps + 1):
+        ls_one_dir_orig.append(timed(["ls", "-R", cat_root]))
     cli("sweep", cat_root, "--execute", "--quiet", "--pack", "10000")
     pack = [f for f in os.listdir(one) if f.endswith(packfile.PACK_SUFFIX)]
     biggest = os.path.join(one, max(pack, key=lambda f: os.path.getsize(os.path.join(one, f))))
@@ -151,6 +155,9 @@ def main() -> None:
             with open(os.path.join(m.mnt, small), "rb") as f:
                 f.read()
             row["cat_pack_cold_read_s"] = time.perf_counter() - t
+        with Mounted(cat_root, os.path.join(WORK, "mnt-cat")) as m:
+            row["ls_pack_dir_cold_s"] = timed(["ls", "-R", m.mnt])
+            row["rss_pack_dir_mb"] = m.hwm_mb()
         log(json.dumps(row))
         runs.append(row)
 
@@ -165,6 +172,9 @@ def main() -> None:
         "cat_target": {"pack": os.path.relpath(biggest, cat_root), "sessions_in_pack":
                        pack_sessions, "pack_bytes": os.path.getsize(biggest), "file": small},
         "runs": runs, "median": med,
+        # the cat tree before its sweep (first run cold-ish, then warm): all sessions in one dir
+        "ls_pack_dir_orig_s": ls_one_dir_orig,
+        "ratio_ls_pack_dir_cold": med["ls_pack_dir_cold_s"] / min(ls_one_dir_orig[1:]),
         "ratio_ls_single_cold": med["ls_single_cold_s"] / med["ls_orig_s"],
         "ratio_ls_packed_cold": med["ls_packed_cold_s"] / med["ls_orig_s"],
         "ratio_ls_single_warm": med["ls_single_warm_s"] / med["ls_orig_s"],

@@ -252,6 +252,29 @@ def _hostile_tar_gz(path: Path, members: list[tuple[str, bytes]]) -> None:
             tf.addfile(ti, io.BytesIO(data))
 
 
+def test_a_gnu_tar_archive_with_a_hard_link_reads_as_its_dir(tmp_path) -> None:
+    from archive_tool.mount.view import View
+
+    parent = tmp_path / "root" / "x_out" / "FINISHED"
+    d = make_session(parent, f"{SID}_GNU1-main")
+    os.link(d / "bin.dat", d / "bin-again.dat")
+    before = _sha(d)
+    subprocess.run(["tar", "-czf", f"{d.name}.tar.gz", d.name], cwd=parent, check=True)
+    shutil.rmtree(d)
+    v = View(tmp_path / "root")
+    try:
+        rel = f"/x_out/FINISHED/{d.name}"
+        got = {}
+        for path in before:
+            node = v.resolve(f"{rel}/{path}")
+            got[path] = hashlib.sha256(node.tree.blob.pread(node.entry.size, node.entry.offset)
+                                       ).hexdigest()
+        assert got == before
+        assert [n for n, _m in v.listdir("/x_out/FINISHED")] == [d.name]  # the .tar.gz hidden
+    finally:
+        v.close()
+
+
 def test_hostile_archives_are_refused_one_session_at_a_time(tmp_path, mounts) -> None:
     root = tmp_path / "root"
     parent = root / "train_out" / "FINISHED_SUCCESS"
@@ -317,6 +340,8 @@ def test_a_sweep_while_mounted_shows_within_seconds_and_open_files_keep_reading(
     assert head + f.read() == (("epoch 1\nepoch 2\n" * 50).encode())  # open across the sweep
     f.close()
     settle(lambda: _sha(mnt) == before)
+    assert os.readlink(mparent / names[0] / "latest.log") == "logs/stdout.log"
+    assert (mparent / names[0] / "latest.log").read_text() == "epoch 1\nepoch 2\n" * 50
 
     # Restore one session, then repack (drops the restored one: a new pack, the old one
     # unlinked) while a file of another session is open from the old pack.
