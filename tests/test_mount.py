@@ -384,14 +384,17 @@ def test_unmount_is_clean(tmp_path, mounts, how) -> None:
 def test_a_killed_mount_is_taken_over_by_the_next(tmp_path, mounts) -> None:
     root = tmp_path / "root"
     d = make_session(root / "a_out" / "FINISHED_SUCCESS")
-    run_cli("sweep", root, "--execute", "--quiet")
+    r = run_cli("sweep", root, "--execute", "--quiet")
+    assert r.returncode == 0, r.stderr
     mnt = tmp_path / "mnt"
     m = mounts(root, mnt)
     m.proc.kill()
     m.proc.wait()
     assert _stale(mnt)  # what a killed FUSE process leaves: ENOTCONN
-    mounts(root, mnt)
-    assert (mnt / d.relative_to(root) / "CONFIGS" / "CONFIG.yaml").read_text() == "ID: x\nSEED: 42\n"
+    m2 = mounts(root, mnt)
+    got = mnt / d.relative_to(root) / "CONFIGS" / "CONFIG.yaml"
+    assert got.exists(), (os.listdir(mnt), m2.log.read_text() if m2.log.exists() else "")
+    assert got.read_text() == "ID: x\nSEED: 42\n"
 
 
 def test_without_foreground_the_mount_detaches_and_serves(tmp_path) -> None:

@@ -195,10 +195,12 @@ class View:
             idx = self._pack_index(rel, fd, name, st)
             if idx is None:
                 continue
-            src = Source(name, "pack", idx.ident)
             for i, sess in enumerate(idx.names):
-                if sess not in archives or archives[sess].fmt == "pack":
-                    archives[sess] = src._replace(frame=i)
+                old = archives.get(sess)
+                if old is None or old.fmt == "pack":
+                    # tuple.__new__: Source(...)/_replace cost ~1 us each, 40 % of listing
+                    # a 10k-session pack's dir (cProfile).
+                    archives[sess] = tuple.__new__(Source, (name, "pack", idx.ident, i))
         for sess, src in archives.items():
             if sess not in ds.live:
                 ds.archived[sess] = src
