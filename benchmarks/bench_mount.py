@@ -10,6 +10,8 @@ Measured, in interleaved repetitions:
   each swept copy (cold: first listing after the mount came up, nothing decoded yet) and
   the same again (warm: the mount's cache and the kernel's attribute cache filled);
 - the mount process's peak RSS (VmHWM) after the cold listing;
+- the same walk done on a fresh ``View`` in this process (listdir + resolve of each dir):
+  the Python share of the cost, without FUSE's kernel round trips;
 - ``cat`` of one small file (CONFIGS/CONFIG.yaml of a session in the middle of the pack)
   on a fresh mount of a second tree (also ``ls -R`` of it before the sweep and of a fresh
   mount after, and that mount's peak RSS): --cat-sessions small ("demo" shape) sessions in ONE
@@ -83,6 +85,26 @@ class Mounted:
         self.proc.wait(30)
 
 
+def view_walk(root: str) -> float:
+    """What ``ls -R`` asks of the mount, done on a fresh View in this process: our share
+    of the cost, without FUSE's round trips through the kernel."""
+    from archive_tool.mount.view import View
+
+    t = time.perf_counter()
+    v = View(root)
+
+    def walk(path: str) -> None:
+        for name, mode in v.listdir(path):
+            if mode & 0o170000 == 0o040000:
+                sub = f"{path.rstrip('/')}/{name}"
+                v.resolve(sub)
+                walk(sub)
+
+    walk("/")
+    v.close()
+    return time.perf_counter() - t
+
+
 def count(root: str) -> tuple[int, int]:
     dirs = files = 0
     for _d, ds, fs in os.walk(root):
@@ -143,6 +165,7 @@ def main() -> None:
         timed(["ls", "-R", orig])  # warm the page cache the same way every time
         row["ls_orig_s"] = timed(["ls", "-R", orig])
         for name, root in (("single", single), ("packed", packed)):
+            row[f"view_walk_{name}_s"] = view_walk(root)
             with Mounted(root, os.path.join(WORK, f"mnt-{name}")) as m:
                 row[f"ls_{name}_cold_s"] = timed(["ls", "-R", m.mnt])
                 row[f"rss_{name}_mb"] = m.hwm_mb()
