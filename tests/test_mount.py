@@ -413,6 +413,14 @@ def test_without_foreground_the_mount_detaches_and_serves(tmp_path) -> None:
     assert not os.path.ismount(mnt)
 
 
+def test_a_mount_point_inside_root_is_refused(tmp_path) -> None:
+    root = tmp_path / "root"
+    (root / "mnt").mkdir(parents=True)
+    r = run_cli("mount", root, root / "mnt", "--foreground")
+    assert r.returncode == 2
+    assert b"may not be inside ROOT" in r.stderr and not os.path.ismount(root / "mnt")
+
+
 def test_without_the_mount_extra_a_one_line_error(tmp_path) -> None:
     code = ("import sys; sys.modules['mfusepy'] = None\n"
             "from archive_tool.cli import main\n"

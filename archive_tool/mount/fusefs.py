@@ -187,6 +187,11 @@ def mount(root: str, mountpoint: str, *, foreground: bool = False, allow_other: 
     detaches into the background once the mount is up."""
     fuse = _binding()
     mountpoint = os.path.abspath(mountpoint)
+    real_root, real_mnt = os.path.realpath(root), os.path.realpath(mountpoint)
+    if os.path.commonpath([real_root, real_mnt]) == real_root:
+        # Listing ROOT would walk into the mount itself: a single-threaded daemon waiting
+        # on its own request hangs (and the view would recurse).
+        raise BadArgument(f"{mountpoint}: the mount point may not be inside ROOT ({root})")
     view = View(root, cache_bytes=cache_bytes, ttl=ttl)
     try:
         _take_over(mountpoint)
