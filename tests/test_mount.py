@@ -239,8 +239,7 @@ def test_allow_other_enforces_each_archived_owner_and_mode(world_dir, mounts) ->
         f"print(open({str(mnt / public.relative_to(root))!r}).read(), end='')\n"
         f"try:\n    open({str(m_secret)!r}).read(); print('LEAK')\n"
         "except PermissionError:\n    print('denied')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout == "for everyone\ndenied\n", r.stderr
 
 
