@@ -274,6 +274,31 @@ def test_a_gnu_tar_archive_with_a_hard_link_reads_as_its_dir(tmp_path) -> None:
         v.close()
 
 
+def test_a_big_archive_is_decoded_into_a_temp_file_and_reads_back(tmp_path) -> None:
+    from archive_tool.engine.read import WHOLE_ARCHIVE_MAX
+    from archive_tool.mount.view import View
+
+    root = tmp_path / "root"
+    d = make_session(root / "x_out" / "FINISHED_SUCCESS", f"{SID}_BIG1-main", extra=False)
+    (d / "weights.bin").write_bytes(os.urandom(WHOLE_ARCHIVE_MAX + (1 << 20)))  # incompressible
+    before = _sha(d)
+    r = run_cli("sweep", root, "--execute", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (d.parent / f"{d.name}.tar.zst").stat().st_size > WHOLE_ARCHIVE_MAX
+    v = View(root, tmp_dir=str(tmp_path))
+    try:
+        rel = f"/x_out/FINISHED_SUCCESS/{d.name}"
+        got = {}
+        for path in before:
+            node = v.resolve(f"{rel}/{path}")
+            got[path] = hashlib.sha256(node.tree.blob.pread(node.entry.size, node.entry.offset)
+                                       ).hexdigest()
+        assert node.tree.blob.file is not None  # streamed to a temp file, not kept in memory
+        assert got == before
+    finally:
+        v.close()
+
+
 def test_hostile_archives_are_refused_one_session_at_a_time(tmp_path, mounts) -> None:
     root = tmp_path / "root"
     parent = root / "train_out" / "FINISHED_SUCCESS"
@@ -289,12 +314,14 @@ def test_hostile_archives_are_refused_one_session_at_a_time(tmp_path, mounts) ->
     junk = f"{SID}_JUNK-main"
     (parent / f"{junk}.tar.zst").write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(200))
     (parent / "2026-11-23.pack.tar.zst").write_bytes(os.urandom(300))  # not a pack at all
+    empty = f"{SID}_EMPT-main"
+    _hostile_tar_gz(parent / f"{empty}.tar.gz", [])  # a valid tar with no member at all
 
     mnt = tmp_path / "mnt"
     m = mounts(root, mnt)
     mparent = mnt / parent.relative_to(root)
-    assert sorted(os.listdir(mparent)) == sorted([good.name, escape, other, junk])
-    for bad in (escape, other, junk):
+    assert sorted(os.listdir(mparent)) == sorted([good.name, escape, other, junk, empty])
+    for bad in (escape, other, junk, empty):
         with pytest.raises(OSError) as e:
             os.listdir(mparent / bad)
         assert e.value.errno == errno.EIO
@@ -302,7 +329,7 @@ def test_hostile_archives_are_refused_one_session_at_a_time(tmp_path, mounts) ->
     assert (mparent / good.name / "logs" / "stdout.log").read_text() == "epoch 1\nepoch 2\n" * 50
     assert m.proc.poll() is None
     log = m.log.read_text()
-    for bad in (escape, other, junk):
+    for bad in (escape, other, junk, empty):
         assert f"{bad}.tar" in log and "refused" in log
     assert "pack refused" in log
 

@@ -75,7 +75,9 @@ class Blob:
     def fileobj(self) -> IO[bytes]:
         if self.data is not None:
             return io.BytesIO(self.data)
-        return os.fdopen(os.dup(self.file.fileno()), "rb")  # type: ignore[union-attr]
+        f = os.fdopen(os.dup(self.file.fileno()), "rb")  # type: ignore[union-attr]
+        f.seek(0)  # a dup shares the offset, left at the end by the decode that wrote it
+        return f
 
     def __del__(self) -> None:
         if self.file is not None:
@@ -154,6 +156,8 @@ def index_session(name: str, blob: Blob, where: str, fallback_mtime_ns: int = 0)
         raise
     except Exception as e:  # tarfile and decoder errors: a damaged archive
         raise CorruptArchive(where, f"corrupt archive: {e}") from None
+    if not entries:
+        raise CorruptArchive(where, "empty archive")
     # Directories the archive implies without a member of their own (e.g. written by
     # another tar): shown 0755, root-owned; our writer always stores them.
     children: dict[str, list[str]] = {}
