@@ -162,7 +162,8 @@ class View:
 
     def _list(self, rel: str, fd: int, ident: tuple[int, int, int, int], now: float) -> DirState:
         ds = DirState(now, ident)
-        finished = os.path.basename(rel) in FINISHED_STATES
+        # ROOT itself may be a FINISHED_* dir (mount just one script's runs).
+        finished = os.path.basename(rel or self.root) in FINISHED_STATES
         archives: dict[str, Source] = {}
         packs: list[tuple[str, os.stat_result]] = []
         trash: list[str] = []
