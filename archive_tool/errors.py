@@ -28,6 +28,7 @@ __all__ = [
     "BadArgument",
     "DaskUnavailable",
     "UntrustedInput",
+    "MountUnavailable",
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
@@ -66,6 +67,12 @@ class UnsupportedFormat(BadArgument):
 
 class DaskUnavailable(RuntimeError):
     """The ``dask`` extra is missing, or the scheduler cannot be reached."""
+
+    exit_code = EXIT_USAGE
+
+
+class MountUnavailable(RuntimeError):
+    """``mount`` needs the ``mount`` extra (mfusepy) and libfuse 3, and one is missing."""
 
     exit_code = EXIT_USAGE
 

@@ -6,7 +6,7 @@ cli/common.py) and in the import below."""
 from __future__ import annotations
 
 # Imported for their effect: each module registers its commands on the group.
-from archive_tool.cli import catalog, many, one, ops  # noqa: F401
+from archive_tool.cli import catalog, many, mount, one, ops  # noqa: F401
 from archive_tool.cli.group import cli
 
 
