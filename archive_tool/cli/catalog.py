@@ -74,12 +74,16 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
 @click.option("--drop", "drop", multiple=True, metavar="NAME|ID",
               help="Delete this session from its pack (repeatable). Its frame is gone "
                    "for good: this is retention, not restore.")
+@click.option("--salvage", is_flag=True,
+              help="Instead: read every pack frame by frame and replace each damaged one "
+                   "by a clean pack of the sessions that still read; the damaged file is "
+                   "kept as .<name>.damaged.")
 @click.option("--execute", is_flag=True, help="Really repack (default: dry run, nothing changes).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
-def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, as_json: bool,
-           quiet: bool) -> None:
+def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, execute: bool,
+           as_json: bool, quiet: bool) -> None:
     """Rewrite packs under ROOT without the sessions restored from them, merge small packs.
 
     A session whose dir exists again beside its pack holding the same bytes (restored
@@ -105,7 +109,8 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
         for d in g["dropped"]:
             click.echo(f"  drop {d['session']} ({d['pack']}): {d['reason']}")
 
-    s = _call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
+    s = _call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show,
+              salvage=salvage)
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -86,8 +87,31 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
         click.echo(_call(restore_session, archive, session, dest, keep_special=keep_setuid))
         return
 
-    click.echo(str(_call(restore_one, archive, dest, remove_archive,
-                         keep_special=keep_setuid)))
+    from archive_tool.engine.packfile import is_pack_name
+    from archive_tool.errors import ArchiveTooLarge, CorruptArchive, UnsafeArchive
+
+    def attempt() -> tuple[str, Any]:
+        try:
+            return str(restore_one(archive, dest, remove_archive, keep_special=keep_setuid)), None
+        except CorruptArchive as e:
+            if (isinstance(e, UnsafeArchive | ArchiveTooLarge) or remove_archive
+                    or not is_pack_name(os.path.basename(archive))):
+                raise
+        # A damaged pack: every session whose frame still reads comes back, one dir each
+        # below the destination; the lost ones are named (issue 26).
+        from archive_tool.engine.packsalvage import restore_readable
+
+        return "", restore_readable(archive, dest, keep_special=keep_setuid)
+
+    path, salvaged = _call(attempt)
+    if salvaged is None:
+        click.echo(path)
+        return
+    restored, found = salvaged
+    for p in restored:
+        click.echo(p)
+    click.echo(f"damaged pack {archive}: {found.summary()}", err=True)
+    raise Failed(f"{len(found.lost):,} sessions lost, {len(restored):,} restored")
 
 
 @cli.command()
@@ -106,17 +130,30 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
 
     bad = 0
     for a in archives:
+        is_pack = is_pack_name(os.path.basename(a))
         try:
             # A pack also gets its seek table, index and per-session frames checked.
-            info = (verify_pack if is_pack_name(os.path.basename(a)) else verify_archive)(a)
+            info = (verify_pack if is_pack else verify_archive)(a)
         except ArchiveError as e:
             bad += 1
             click.echo(f"BAD {e}", err=False)
+            if is_pack:
+                click.echo(f"    salvage: {_salvage_line(a)}")
             continue
         if not quiet:
             click.echo(f"ok  {a}: {human_count(info.members)} members, {human_bytes(info.bytes)}")
     if bad:
         raise Failed(f"{bad} of {len(archives)} archives failed verification")
+
+
+def _salvage_line(pack: str) -> str:
+    """Which sessions of a damaged pack are lost, read frame by frame (packsalvage)."""
+    from archive_tool.engine.packsalvage import salvage
+
+    try:
+        return salvage(pack).summary()
+    except ArchiveError as e:
+        return f"cannot read it: {e.reason}"
 
 
 @cli.command()
