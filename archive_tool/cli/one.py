@@ -115,19 +115,37 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
 
 
 @cli.command()
-@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--quiet", "-q", is_flag=True, help="Print only the bad archives.")
-def verify(archives: tuple[str, ...], quiet: bool) -> None:
+@click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
+              help="Processes verifying a tree at once [default: one per CPU].")
+@click.option("--json", "as_json", is_flag=True,
+              help="A tree: print its summary as one JSON object on stdout, nothing else.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar on stderr for a tree [default: when stderr is a terminal].")
+def verify(archives: tuple[str, ...], quiet: bool, workers: int | None, as_json: bool,
+           progress: bool | None) -> None:
     """Read each ARCHIVE completely: headers, data, checksums, restore safety.
 
-    Prints one line per bad archive; exits 1 if any is bad.
+    An ARCHIVE that is a directory is a tree: every session archive and pack in its
+    FINISHED_* dirs is verified on the worker pool, with a summary line. A damaged pack
+    also gets a salvage line: which of its sessions are lost, how many still read.
+
+    Prints one line per bad archive; exits 1 if any is bad, naming them.
 
     \b
     Example: session-archive verify -q main_out/FINISHED_SUCCESS/*.tar.zst
+    A tree:  session-archive verify /data/runs -j 4
     """
     from archive_tool.engine.packfile import is_pack_name, verify_pack
     from archive_tool.engine.read import verify_archive
 
+    trees = [a for a in archives if os.path.isdir(a)]
+    if trees:
+        if len(trees) != len(archives):
+            raise BadInput("give either directories (trees) or archives, not both")
+        _verify_trees(trees, quiet, workers, as_json, progress)
+        return
     bad = 0
     for a in archives:
         is_pack = is_pack_name(os.path.basename(a))
@@ -144,6 +162,42 @@ def verify(archives: tuple[str, ...], quiet: bool) -> None:
             click.echo(f"ok  {a}: {human_count(info.members)} members, {human_bytes(info.bytes)}")
     if bad:
         raise Failed(f"{bad} of {len(archives)} archives failed verification")
+
+
+def _verify_trees(trees: list[str], quiet: bool, workers: int | None, as_json: bool,
+                  progress: bool | None) -> None:
+    import json
+
+    from archive_tool.bulk.verifytree import verify_tree
+    from archive_tool.progress import progress_bar, want_progress
+
+    bad: list[str] = []
+    for root in trees:
+        with progress_bar(want_progress(quiet or as_json, progress), "verify") as bar:
+            def on_result(r: Any) -> None:
+                if bar is not None:
+                    bar.tick()
+                if r.error is not None and not as_json:
+                    click.echo(f"BAD {r.path}: {r.error}")
+
+            s = _call(verify_tree, root, workers=workers, on_result=on_result,
+                      on_total=bar.set_total if bar is not None else None)
+        bad += [f["path"] for f in s["failures"]]
+        if as_json:
+            click.echo(json.dumps(s, sort_keys=True))
+        elif not quiet or s["bad"]:
+            click.echo(f"verified {human_count(s['checked'])} archives under {s['root']} "
+                       f"({human_count(s['packs'])} packs): {human_count(s['ok'])} ok, "
+                       f"{human_count(s['bad'])} bad; {human_count(s['members'])} members, "
+                       f"{human_bytes(s['bytes'])} in {s['elapsed']:.1f} s")
+        if s["signal"]:
+            click.echo(f"Error: {s['stopped']}", err=True)
+            click.get_current_context().exit(128 + s["signal"])
+        if s["stopped"]:
+            raise Failed(s["stopped"])
+    if bad:
+        names = ", ".join(bad[:10]) + (f" and {len(bad) - 10:,} more" if len(bad) > 10 else "")
+        raise Failed(f"{len(bad):,} archives failed verification: {names}")
 
 
 def _salvage_line(pack: str) -> str:
