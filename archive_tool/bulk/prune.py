@@ -45,15 +45,17 @@ from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_nam
 from archive_tool.summary import new_summary, record_failure
 
 PRUNE_DIR = os.path.join(".session-archive", "prune")
-_AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([hdwy]?)\s*$")
-_UNIT_DAYS = {"h": 1 / 24, "d": 1.0, "": 1.0, "w": 7.0, "y": 365.0}
+_AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdwy]?)\s*$")
+_UNIT_DAYS = {"s": 1 / 86400, "m": 1 / 1440, "h": 1 / 24, "d": 1.0, "": 1.0, "w": 7.0,
+              "y": 365.0}
 
 
 def parse_age(text: str) -> float:
-    """``"180d"`` -> 180.0 days; ``h``, ``d`` (default), ``w``, ``y`` units."""
+    """``"180d"`` -> 180.0 days; ``s``, ``m`` (minutes), ``h``, ``d`` (default), ``w``,
+    ``y`` units: the one age syntax of every command's --older-than."""
     m = _AGE.match(text)
     if not m:
-        raise BadArgument(f"age must look like 180d, 12w, 36h or 1y, got {text!r}")
+        raise BadArgument(f"age must look like 180d, 12h, 30m, 2w or 1y, got {text!r}")
     return float(m.group(1)) * _UNIT_DAYS[m.group(2)]
 
 

@@ -86,6 +86,20 @@ def _days(_ctx: click.Context, param: click.Parameter, value: float | None) -> f
     return value
 
 
+def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--older-than AGE`` (7d, 12h, 30m, 90s, 2w, 1y; a bare number is days) in days,
+    with the bounds of --older-than-days. One parser for every command (prune's)."""
+    from archive_tool.bulk.prune import parse_age
+
+    if value is None:
+        return None
+    try:
+        days = parse_age(value)
+    except BadArgument as e:
+        raise click.BadParameter(str(e), param=param) from None
+    return _days(ctx, param, days)
+
+
 def _stale_after(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     from archive_tool.bulk.stale import parse_duration
 

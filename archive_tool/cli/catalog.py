@@ -7,34 +7,54 @@ import os
 
 import click
 
-from archive_tool.cli import Failed, _call, cli
-from archive_tool.units import human_bytes
+from archive_tool.cli import BadInput, Failed, _call, cli
+from archive_tool.units import human_bytes, human_count
 
 
 @cli.command("catalog")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option("--rebuild", is_flag=True, required=True,
+@click.option("--rebuild", is_flag=True,
               help="Rebuild ROOT/.session-archive/catalog.sqlite from the packs and session "
                    "archives under ROOT alone (replaces the old one atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
-    """Rebuild the catalog of ROOT (one row per archived session).
+    """Print what the catalog of ROOT holds, or rebuild it (one row per archived session).
 
     \b
-    Example: session-archive catalog /data/runs --rebuild
+    Example: session-archive catalog /data/runs
+             session-archive catalog /data/runs --rebuild
     """
     from archive_tool.bulk.catalog import rebuild as do_rebuild
 
+    if not rebuild:
+        _print_state(root, as_json)
+        return
     res = _call(do_rebuild, root)
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
     else:
-        click.echo(f"catalog {res['catalog']}: {res['sessions']} sessions from {res['files']} "
-                   f"files in {res['elapsed']:.1f} s")
+        click.echo(f"catalog {res['catalog']}: {human_count(res['sessions'])} sessions from "
+                   f"{human_count(res['files'])} files in {res['elapsed']:.1f} s")
     for e in res["errors"]:
         click.echo(f"failed: {e}", err=True)
     if res["errors"]:
         raise Failed(f"{len(res['errors'])} files could not be read")
+
+
+def _print_state(root: str, as_json: bool) -> None:
+    from archive_tool.bulk.catalogstate import catalog_state
+
+    st = _call(catalog_state, root)
+    if as_json:
+        click.echo(json.dumps(st, sort_keys=True))
+    elif not st["exists"]:
+        click.echo(f"no catalog at {st['catalog']}; `catalog --rebuild` makes one from the "
+                   "archives and packs (and `sweep --catalog`/`--pack` fill it)")
+    else:
+        click.echo(f"catalog {st['catalog']}: {human_count(st['sessions'])} sessions in "
+                   f"{human_count(st['packs'])} packs and {human_count(st['archives'])} "
+                   f"archives, {human_bytes(st['bytes_out'])} archived; file "
+                   f"{human_bytes(st['file_bytes'])}, updated {st['modified']}")
 
 
 @cli.command()
@@ -45,7 +65,8 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
 @click.option("--script", default=None, help="The <script>_out dir name.")
 @click.option("--since", default=None, metavar="DATE", help="Started on or after DATE.")
 @click.option("--until", default=None, metavar="DATE", help="Started before DATE.")
-@click.option("--limit", type=click.IntRange(1, None), default=None)
+@click.option("--limit", type=click.IntRange(1, None), default=None,
+              help="Print at most N rows [default: all].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of rows.")
 def find(root: str, where: tuple[str, ...], state: str | None, script: str | None,
          since: str | None, until: str | None, limit: int | None, as_json: bool) -> None:
@@ -79,11 +100,13 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
                    "by a clean pack of the sessions that still read; the damaged file is "
                    "kept as .<name>.damaged.")
 @click.option("--execute", is_flag=True, help="Really repack (default: dry run, nothing changes).")
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Only say what would be done (the default without --execute).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
 def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, execute: bool,
-           as_json: bool, quiet: bool) -> None:
+           dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Rewrite packs under ROOT without the sessions restored from them, merge small packs.
 
     A session whose dir exists again beside its pack holding the same bytes (restored
@@ -98,6 +121,8 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, e
     """
     from archive_tool.bulk.repack import repack as do_repack
 
+    if dry_run and execute:
+        raise BadInput("--dry-run and --execute contradict each other; give one")
     def show(g: dict) -> None:
         if quiet or as_json:
             return
@@ -114,10 +139,11 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, e
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet:
-        click.echo(f"{'' if execute else 'dry run: '}{len(s['groups'])} groups; packs "
-                   f"{s['packs_read']} read, {s['packs_written']} written, "
-                   f"{s['packs_removed']} removed; sessions {s['kept']} kept, "
-                   f"{s['dropped']} dropped; {human_bytes(s['bytes_before'])} -> "
+        c, g = human_count, len(s["groups"])
+        click.echo(f"{'' if execute else 'dry run: '}{c(g)} group{'' if g == 1 else 's'}; "
+                   f"packs {c(s['packs_read'])} read, {c(s['packs_written'])} written, "
+                   f"{c(s['packs_removed'])} removed; sessions {c(s['kept'])} kept, "
+                   f"{c(s['dropped'])} dropped; {human_bytes(s['bytes_before'])} -> "
                    f"{human_bytes(s['bytes_after'])} in {s['elapsed']:.1f} s")
         if not execute:
             click.echo("Nothing was changed; add --execute to repack.")

@@ -13,6 +13,7 @@ from archive_tool.cli import (
     STALE_AFTER_HELP,
     BadInput,
     Failed,
+    _age,
     _call,
     _days,
     _nonneg,
@@ -117,17 +118,36 @@ def _stale_text(st: dict[str, Any] | None, verbose: bool) -> str:
     return text + "\n"
 
 
+def _no_contradiction(dry_run: bool, execute: bool) -> None:
+    if dry_run and execute:
+        raise BadInput("--dry-run and --execute contradict each other; give one")
+
+
+def _one_age(kw: dict[str, Any]) -> None:
+    """--older-than AGE into older_than_days (the hidden --older-than-days is the same
+    knob in days; both at once is a usage error)."""
+    age = kw.pop("older_than", None)
+    if age is not None:
+        if kw.get("older_than_days") is not None:
+            raise BadInput("--older-than and --older-than-days are the same filter; give one")
+        kw["older_than_days"] = age
+
+
 def _sweep_options(default_format: str) -> Callable[[T], T]:
     def deco(f: T) -> T:
         opts = [
             click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
-                         show_default=True),
+                         show_default=True, help="Archive format of each session."),
             click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
                          help="Compression level on gzip's 1..9 scale."),
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
                          help="Worker processes [default: CPU count]."),
+            click.option("--older-than", "older_than", default=None, metavar="AGE",
+                         callback=_age,
+                         help="Only sessions whose dir and newest file are older than AGE: "
+                              "7d, 12h, 30m, 2w, 1y; a bare number is days."),
             click.option("--older-than-days", type=float, default=None, callback=_days,
-                         help="Only sessions whose dir and newest file are older."),
+                         hidden=True, help="Old spelling of --older-than (a number of days)."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
             click.option("--max-dirs", type=int, default=None, callback=_nonneg,
                          help="Archive at most N sessions; when more remain, say so on "
@@ -232,6 +252,8 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
 @cli.command()
 @click.argument("root", type=click.Path())
 @click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Only say what would be done (the default without --execute).")
 @_sweep_options("tar.zst")
 @click.option("--shard", default=None, metavar="K/N|auto",
               help="Take only shard K of N (0 <= K < N) by a stable hash of each session's "
@@ -256,7 +278,7 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
 @click.option("--catalog", is_flag=True,
               help="Also add a row per archived session to ROOT/.session-archive/"
                    "catalog.sqlite (always on with --pack).")
-def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
+def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
           pack: str | None = None, catalog: bool = False, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
@@ -267,10 +289,12 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     a manifest to ROOT/.session-archive/runs/<UTC time>.jsonl that `extract --undo` reads.
 
     \b
-    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
+    Example: session-archive sweep /data/runs --execute --older-than 1d --quiet
     """
     from archive_tool.bulk.sweep import DEFAULT_BATCH
 
+    _no_contradiction(dry_run, execute)
+    _one_age(kw)
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
     if pack is not None:
@@ -293,7 +317,8 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
 
 @cli.command()
 @click.argument("root", type=click.Path())
-@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--dry-run/--no-dry-run", "-n", default=True, show_default=True,
+              help="Only say what would be done; --no-dry-run archives.")
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
 @click.option("--remove-src/--no-remove-src", default=True, show_default=True,
               help="Delete each session dir once its archive is committed.")
@@ -305,6 +330,7 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
     \b
     Example: session-archive compress main_out/FINISHED_SUCCESS --no-dry-run
     """
+    _one_age(kw)
     _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
 
 
@@ -329,14 +355,18 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
 @click.option("--max-files", type=int, default=None, callback=_nonneg,
               help="Restore at most N archives; when more remain, say so on stderr and "
                    "exit 3 [default: no cap].")
-@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--dry-run/--no-dry-run", "-n", default=True, show_default=True,
+              help="Only say what would be done; --no-dry-run restores.")
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
 @click.option("--track-bytes/--no-track-bytes", default=False,
               help="Report the archives' bytes.")
-@click.option("--workers", "-j", type=click.IntRange(1, None), default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
-@click.option("--verbose", "-v", is_flag=True)
+@click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
+              help="Worker processes [default: CPU count].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the Summary as one JSON object on stdout, nothing else.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar, no summary unless something failed.")
+@click.option("--verbose", "-v", is_flag=True, help="List every failure (default: the first 20).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only when stderr is a TTY].")
 def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: str | None,

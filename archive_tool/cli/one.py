@@ -1,7 +1,8 @@
-"""Commands on one session or archive: pack, unpack, verify, show."""
+"""Commands on one session or archive: archive (old name: pack), unpack, verify, show."""
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -18,19 +19,23 @@ from archive_tool.errors import ArchiveError
 from archive_tool.units import human_bytes, human_count
 
 
-@cli.command()
+@cli.command("archive")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True)
+@click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
+              help="Archive format.")
 @click.option("--keep-source", is_flag=True, help="Keep the session dir after archiving.")
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Compression level on gzip's 1..9 scale.")
 @click.option("--force", is_flag=True,
               help="Pack a dir under RUNNING/ or one not named like a session.")
-def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -> None:
+def archive_cmd(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -> None:
     """Archive one session DIRECTORY into DIRECTORY.<format> beside it.
 
+    (Called `pack` before issue 26; that name still works. Packs of many sessions are
+    `sweep --pack`.)
+
     \b
-    Example: session-archive pack main_out/FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main
+    Example: session-archive archive main_out/FINISHED_SUCCESS/2026Y-11M-23D-18h39m23s_KYwP-main
     """
     from archive_tool.bulk.plan import check_pack_target
     from archive_tool.engine.single import archive_one
@@ -38,6 +43,13 @@ def pack(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -
     _call(check_pack_target, directory, force)
     path = _call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
     click.echo(str(path))
+
+
+# The old name of `archive`, kept working for scripts and cron lines, hidden from --help:
+# `pack` read like the multi-session packs of `sweep --pack` (issue 26).
+_pack_alias = copy.copy(archive_cmd)
+_pack_alias.hidden = True
+cli.add_command(_pack_alias, "pack")
 
 
 def _not_a_dir(archive: str, session: str | None) -> None:
