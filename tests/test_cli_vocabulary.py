@@ -100,3 +100,14 @@ def test_catalog_alone_prints_its_state(tmp_path) -> None:
 
     st = json.loads(run_cli("catalog", root, "--json").stdout)
     assert (st["sessions"], st["packs"], st["exists"]) == (6, 2, True)
+
+
+def test_level_help_states_the_real_zstd_levels_of_the_one_scale() -> None:
+    from archive_tool.cli import LEVEL_HELP
+    from archive_tool.engine.formats import _ZSTD_LEVELS
+
+    assert ",".join(map(str, _ZSTD_LEVELS.values())) in LEVEL_HELP
+    assert f"default 1 = zstd {_ZSTD_LEVELS[1]}" in LEVEL_HELP
+    for name in ("sweep", "compress", "archive", "report"):
+        opt = next(p for p in cli.commands[name].params if "--level" in p.opts)
+        assert opt.help == LEVEL_HELP and opt.default == 1

@@ -109,6 +109,13 @@ def _stale_after(_ctx: click.Context, param: click.Parameter, value: Any) -> Any
         raise click.BadParameter(str(e), param=param) from None
 
 
+# The engine's one level scale (formats.py); the help says what it means per codec, so
+# "--level 1" and the README's "zstd level 3" are visibly the same thing (issue 26).
+LEVEL_HELP = ("Compression level on one 1..9 scale for every format: gzip and xz use it "
+              "as is; tar.zst maps 1,2,3,4,5,6,7,8,9 to zstd 3,4,5,6,7,9,12,15,19 "
+              "(default 1 = zstd 3, zstd's own default).")
+
+
 STALE_AFTER_HELP = ("Threshold for RUNNING runs: heartbeat (or, without one, the newest "
                     "write) older than D: 2d, 6h, 30m, 90s; a bare number is days. "
                     "[default: 10 x the run's heartbeat interval; runs without "

@@ -10,6 +10,7 @@ import click
 
 from archive_tool.cli import (
     FORMAT,
+    LEVEL_HELP,
     STALE_AFTER_HELP,
     BadInput,
     Failed,
@@ -139,7 +140,7 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
             click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
                          show_default=True, help="Archive format of each session."),
             click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-                         help="Compression level on gzip's 1..9 scale."),
+                         help=LEVEL_HELP),
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
                          help="Worker processes [default: CPU count]."),
             click.option("--older-than", "older_than", default=None, metavar="AGE",

@@ -10,6 +10,7 @@ import click
 
 from archive_tool.cli import (
     FORMAT,
+    LEVEL_HELP,
     BadInput,
     Failed,
     _call,
@@ -25,7 +26,7 @@ from archive_tool.units import human_bytes, human_count
               help="Archive format.")
 @click.option("--keep-source", is_flag=True, help="Keep the session dir after archiving.")
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="Compression level on gzip's 1..9 scale.")
+              help=LEVEL_HELP)
 @click.option("--force", is_flag=True,
               help="Pack a dir under RUNNING/ or one not named like a session.")
 def archive_cmd(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -> None:

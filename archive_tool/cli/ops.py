@@ -10,6 +10,7 @@ import click
 
 from archive_tool.cli import (
     FORMAT,
+    LEVEL_HELP,
     STALE_AFTER_HELP,
     BadInput,
     Failed,
@@ -103,7 +104,7 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
 @click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
               help="Archive format to estimate the size for.")
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="Compression level on gzip's 1..9 scale.")
+              help=LEVEL_HELP)
 @click.option("--sample", type=click.IntRange(0, None), default=50, show_default=True,
               help="Sessions compressed in memory for the size estimate (0 = none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the sample.")
