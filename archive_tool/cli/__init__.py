@@ -45,7 +45,8 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except LockBusy as e:
-        raise _exit(f"another sweep holds {e.path}", e.exit_code) from None
+        raise _exit(f"another sweep holds {e.path}{getattr(e, 'holder', '')}",
+                    e.exit_code) from None
     except (ArchiveError, BadArgument, DaskUnavailable) as e:
         raise _exit(str(e), e.exit_code) from None
     except FileExistsError as e:

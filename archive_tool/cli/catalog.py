@@ -8,6 +8,7 @@ import os
 import click
 
 from archive_tool.cli import BadInput, Failed, _call, cli
+from archive_tool.cli.dryrun import LIST_HELP, echo_items
 from archive_tool.units import human_bytes, human_count
 
 
@@ -105,8 +106,9 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
+@click.option("--list", "-v", "--verbose", "as_list", is_flag=True, help=LIST_HELP)
 def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, execute: bool,
-           dry_run: bool, as_json: bool, quiet: bool) -> None:
+           dry_run: bool, as_json: bool, quiet: bool, as_list: bool) -> None:
     """Rewrite packs under ROOT without the sessions restored from them, merge small packs.
 
     A session whose dir exists again beside its pack holding the same bytes (restored
@@ -123,22 +125,33 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, e
 
     if dry_run and execute:
         raise BadInput("--dry-run and --execute contradict each other; give one")
-    def show(g: dict) -> None:
-        if quiet or as_json:
-            return
+    planned: list[dict] = []
+
+    def text(g: dict) -> str:
         verb = "repacked" if execute else "would repack"
         into = (f" into {g['new']}" if g["new"] else f" (kept: {g['reuse']})" if g["reuse"]
                 else " into a new pack" if g["kept"] else " (nothing kept: removed)")
-        click.echo(f"{verb} {', '.join(os.path.basename(p) for p in g['packs'])} in "
-                   f"{g['dir']}{into}: {g['kept']} kept, {len(g['dropped'])} dropped")
-        for d in g["dropped"]:
-            click.echo(f"  drop {d['session']} ({d['pack']}): {d['reason']}")
+        return "\n".join([f"{verb} {', '.join(os.path.basename(p) for p in g['packs'])} in "
+                          f"{g['dir']}{into}: {human_count(g['kept'])} kept, "
+                          f"{human_count(len(g['dropped']))} dropped"]
+                         + [f"  drop {d['session']} ({d['pack']}): {d['reason']}"
+                            for d in g["dropped"]])
+
+    def show(g: dict) -> None:
+        if quiet or as_json:
+            return
+        if execute:
+            click.echo(text(g))
+        else:  # a dry run: summed up at the end (--list: every group)
+            planned.append(g)
 
     s = _call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show,
               salvage=salvage)
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet:
+        echo_items(planned, s["root"], full=as_list, path=lambda g: g["dir"],
+                   size=lambda g: g["bytes_kept"], line=text, noun="groups")
         c, g = human_count, len(s["groups"])
         click.echo(f"{'' if execute else 'dry run: '}{c(g)} group{'' if g == 1 else 's'}; "
                    f"packs {c(s['packs_read'])} read, {c(s['packs_written'])} written, "

@@ -178,6 +178,9 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     from archive_tool.bulk.sweep import sweep
 
     on_candidate = (lambda p: click.echo(p, err=as_json)) if verbose and not execute else None
+    listed: list[str] = []
+    if not execute and not (verbose or as_json or quiet):
+        on_candidate = listed.append  # summed up per project after the run (issue 26)
 
     def count() -> int:
         # A second, cheap walk (discovery + name/age filters, no reads) so the bar gets a
@@ -218,6 +221,11 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     if recorder is not None:
         recorder.flush()
         summary["warnings"] += recorder.warnings
+    if listed:
+        from archive_tool.cli.dryrun import echo_items
+
+        echo_items(listed, summary["root"], full=False, path=str, size=None, line=str,
+                   noun="sessions")
     _finish_sweep(summary, as_json, quiet, verbose)
 
 

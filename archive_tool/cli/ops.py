@@ -20,6 +20,7 @@ from archive_tool.cli import (
     _stale_after,
     cli,
 )
+from archive_tool.cli.dryrun import LIST_HELP, echo_items
 from archive_tool.names import FINISHED_STATES
 from archive_tool.units import human_bytes, human_count
 
@@ -41,9 +42,10 @@ from archive_tool.units import human_bytes, human_count
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
+@click.option("--list", "-v", "--verbose", "as_list", is_flag=True, help=LIST_HELP)
 def prune(root: str, older_than: str | None, keep_last: int | None, states: tuple[str, ...],
           include_latest: bool, execute: bool, dry_run: bool, as_json: bool,
-          quiet: bool) -> None:
+          quiet: bool, as_list: bool) -> None:
     """Delete old session archives under ROOT (retention). Dry run unless --execute.
 
     Only <ID>[-<name>].<format> files in FINISHED_* dirs and the sessions inside packs
@@ -72,9 +74,10 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet or s["failed"]:
         if not execute and not quiet:
-            for a in s["archives"]:
-                click.echo(f"would delete  {human_bytes(a['bytes']):>10}  "
-                           f"{a['age_days']:6.0f} d  {a['path']}")
+            echo_items(s["archives"], s["root"], full=as_list, path=lambda a: a["path"],
+                       size=lambda a: a["bytes"], noun="archives",
+                       line=lambda a: f"would delete  {human_bytes(a['bytes']):>10}  "
+                                      f"{a['age_days']:6.0f} d  {a['path']}")
         kept = ", ".join(f"{human_count(v)} {k}" for k, v in sorted(s["kept"].items()))
         if execute:
             line = (f"deleted {human_count(s['deleted'])} of {human_count(s['scanned'])} "
