@@ -90,3 +90,27 @@ def test_finalize_stale_keeps_a_running_dir_that_still_holds_a_run(tmp_path: Pat
     s = stale.finalize_stale(str(dead.out), dry_run=False)
     assert (s["finalized"], s["no_heartbeat"], s["running_dirs_removed"]) == (1, 1, 0)
     assert other.is_dir() and other.parent.name == "RUNNING"
+
+
+def test_a_run_whose_pid_is_gone_on_this_host_is_stale_before_its_threshold(
+        tmp_path: Path, runs: list) -> None:  # noqa: F811
+    from archive_tool.bulk.report import format_report
+    from archive_tool.bulk.staleness import STALE, classify
+
+    run = Run(tmp_path, "heartbeat_interval=0.5")
+    runs.append(run)
+    run.kill()
+    age(run.dir, 2)  # 4 beats missed: far below the 10-beat threshold (5 s)
+    v = classify(run.dir)
+    assert v.state == STALE and f"PID {run.proc.pid} is gone" in v.reason
+    # In the report's RUNNING table the dead run's subtree comes first, before
+    # alphabetically earlier subtrees of runs without heartbeat.
+    for i in range(3):
+        make_session(tmp_path / f"aaa{i}_out" / "RUNNING", f"2026Y-01M-01D-10h00m0{i}s_NOHB-main",
+                     extra=False)
+    from archive_tool.bulk.report import build_report
+
+    text = format_report(build_report(tmp_path, sample=0))
+    table = text.split("RUNNING runs:")[1].splitlines()
+    assert "1 stale" in table[0]
+    assert table[2].startswith("exp_out")  # the row after the header: the stale one

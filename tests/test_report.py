@@ -221,3 +221,36 @@ def test_report_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str])
     r = CliRunner().invoke(cli.cli, ["report", *args], catch_exceptions=False)
     assert r.exit_code == 2
     assert "Traceback" not in r.output
+
+
+def test_report_counts_disk_bytes_like_du_and_rolls_up_per_project(tmp_path: Path) -> None:
+    """Issue 26: bytes on disk from st_blocks (what du and the operator see), a line per
+    project with its share, RUNNING table stale first."""
+    from archive_tool.bulk.report import build_report, format_report
+
+    root = tmp_path / "t"
+    make_tree(str(root), 200, seed=5)
+    r = build_report(root, sample=10)
+    from archive_tool.names import is_session_name
+
+    du = 0
+    for fin in root.rglob("FINISHED_*"):
+        if "RUNNING" in fin.parts or not fin.is_dir():
+            continue
+        for sess in fin.iterdir():
+            if not (sess.is_dir() and not sess.is_symlink() and is_session_name(sess.name)):
+                continue
+            du += sess.lstat().st_blocks * 512
+            for dirpath, dirnames, filenames in os.walk(sess):
+                du += sum(os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+                          for n in dirnames + filenames)
+    assert r["disk_bytes"] == du
+    assert r["disk_bytes"] > r["bytes_in"]  # blocks, not content
+    assert r["disk_bytes_after"] < r["disk_bytes"]
+    projects = r["projects"]
+    assert sum(p["sessions"] for p in projects) == r["sessions"]
+    assert abs(sum(p["share"] for p in projects) - 1) < 0.01
+    assert {p["project"] for p in projects} == {s["subtree"].split("/")[0]
+                                                for s in r["subtrees"]}
+    text = format_report(r)
+    assert "(du, st_blocks)" in text and "project " in text and "share" in text

@@ -139,6 +139,52 @@ class _Subtree:
     oldest_days: float = 0.0
     newest_days: float = float("inf")
     ages: dict[str, int] = field(default_factory=lambda: {b: 0 for b, _ in AGE_BUCKETS})
+    disk: int = 0  # bytes on disk, du-style (st_blocks)
+
+
+def _disk_bytes(session: str, entries: list[Entry]) -> int:
+    """What ``du`` counts for a session: st_blocks x 512 of each inode (issue 26: content
+    bytes understated the win ~5x on a tree of small files). One lstat per inode; an
+    entry gone since the scan counts 0."""
+    n = 0
+    for e in entries:
+        try:
+            n += os.lstat(os.path.join(session, e.rel) if e.rel else session).st_blocks * 512
+        except OSError:
+            continue
+    return n
+
+
+def project_of(subtree: str) -> str:
+    """The top-level dir of a subtree: the project its roll-up line sums."""
+    return subtree.split(os.sep, 1)[0]
+
+
+def _projects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per project (top-level dir): sessions, inodes and disk bytes before and estimated
+    after, what that frees, and its share of what the whole tree frees."""
+    per: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        p = per.setdefault(project_of(r["subtree"]), {
+            "project": project_of(r["subtree"]), "subtrees": 0, "sessions": 0, "inodes": 0,
+            "disk_bytes": 0, "disk_bytes_after": 0})
+        p["subtrees"] += 1
+        p["sessions"] += r["sessions"]
+        p["inodes"] += r["inodes"]
+        p["disk_bytes"] += r["disk_bytes"]
+        p["disk_bytes_after"] += r["disk_bytes_after"] or 0
+    total_freed = sum(max(0, p["disk_bytes"] - p["disk_bytes_after"]) for p in per.values())
+    for p in per.values():
+        p["inodes_freed"] = p["inodes"] - p["sessions"]
+        p["disk_freed"] = max(0, p["disk_bytes"] - p["disk_bytes_after"])
+        p["share"] = round(p["disk_freed"] / total_freed, 4) if total_freed else 0.0
+    return sorted(per.values(), key=lambda p: (-p["disk_freed"], -p["inodes"], p["project"]))
+
+
+def _after(est_out: int | None, sessions: int, block: int) -> int | None:
+    """Estimated disk bytes of *sessions* archives holding *est_out* bytes in all: each
+    file rounded up to whole blocks, half a block per file on average."""
+    return None if est_out is None else est_out + sessions * block // 2
 
 
 def build_report(
@@ -185,6 +231,7 @@ def build_report(
         bucket = age_bucket(age_days)
         st = subtrees.setdefault(subtree_of(root_p, t.path), _Subtree())
         st.sessions += 1
+        st.disk += _disk_bytes(t.path, entries)
         st.inodes += len(entries)
         st.bytes += n_bytes
         st.tar_bytes += n_tar
@@ -208,6 +255,10 @@ def build_report(
     )
     est = _estimate(heap, fmt, compresslevel, total.tar_bytes)
     ratio = est["ratio"]
+    try:
+        block = os.statvfs(root_p).f_bsize or 4096
+    except OSError:
+        block = 4096
     rows = [
         {
             "subtree": name,
@@ -216,6 +267,9 @@ def build_report(
             "bytes": s.bytes,
             "tar_bytes": s.tar_bytes,
             "estimated_bytes_out": None if ratio is None else round(ratio * s.tar_bytes),
+            "disk_bytes": s.disk,
+            "disk_bytes_after": _after(None if ratio is None else round(ratio * s.tar_bytes),
+                                       s.sessions, block),
             "oldest_days": round(s.oldest_days, 3),
             "newest_days": round(s.newest_days, 3),
             "ages": s.ages,
@@ -242,6 +296,9 @@ def build_report(
         "tar_bytes": total.tar_bytes,
         "inodes_freed": total.inodes - total.sessions,
         "estimated_bytes_out": est["estimated_bytes_out"],
+        "disk_bytes": sum(r["disk_bytes"] for r in rows),
+        "disk_bytes_after": _after(est["estimated_bytes_out"], total.sessions, block),
+        "projects": _projects(rows),
         "estimate": {k: v for k, v in est.items() if k != "estimated_bytes_out"},
         "ages": [{"bucket": b, "min_days": lo, "sessions": ages[b]} for b, lo in AGE_BUCKETS],
         "subtrees": rows,
@@ -289,6 +346,8 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
         f"leftovers to clean {human_count(r['cleaned'])})",
         f"  inodes {human_count(r['inodes_in'])} -> {human_count(r['sessions'])} archives "
         f"({human_count(r['inodes_freed'])} freed)",
+        f"  disk   {human_bytes(r['disk_bytes'])} (du, st_blocks) -> "
+        f"~{human_bytes(r['disk_bytes_after'])} ({human_bytes(_freed(r))} freed)",
         f"  bytes  {human_bytes(r['bytes_in'])} content, {human_bytes(r['tar_bytes'])} as tar "
         f"-> ~{human_bytes(r['estimated_bytes_out'])} {r['format']}",
     ]
@@ -301,6 +360,20 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
         lines.append("")
         lines.append("age of newest file   " + "  ".join(
             f"{a['bucket']}: {human_count(a['sessions'])}" for a in r["ages"]))
+    projects = r.get("projects") or []
+    if projects:
+        width = min(40, max(len("project"), *(len(p["project"]) for p in projects[:max_rows])))
+        lines.append("")
+        lines.append(f"{'project':<{width}}  {'sessions':>8}  {'inodes':>9}  {'freed':>9}  "
+                     f"{'disk':>10}  {'~freed':>10}  {'share':>5}")
+        for p in projects[:max_rows]:
+            lines.append(f"{p['project'][:width]:<{width}}  {human_count(p['sessions']):>8}  "
+                         f"{human_count(p['inodes']):>9}  {human_count(p['inodes_freed']):>9}  "
+                         f"{human_bytes(p['disk_bytes']):>10}  "
+                         f"{human_bytes(p['disk_freed']):>10}  {100 * p['share']:>4.0f}%")
+        if len(projects) > max_rows:
+            lines.append(f"... {human_count(len(projects) - max_rows)} more projects "
+                         "(--json lists all)")
     rows = r["subtrees"]
     if rows:
         width = min(60, max(len("subtree"), *(len(s["subtree"]) for s in rows[:max_rows])))
@@ -315,8 +388,9 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
                          f"{human_bytes(s['estimated_bytes_out']):>10}  {span:>13}")
         if len(rows) > max_rows:
             rest = rows[max_rows:]
-            lines.append(f"... {len(rest)} more subtrees with {sum(s['sessions'] for s in rest)} "
-                         f"sessions (--json lists all)")
+            lines.append(f"... {human_count(len(rest))} more subtrees with "
+                         f"{human_count(sum(s['sessions'] for s in rest))} sessions "
+                         "(--json lists all)")
     lines += _running_lines(r.get("running"), max_rows)
     for w in r["warnings"]:
         lines.append(f"warning: {w}")
@@ -324,15 +398,24 @@ def format_report(r: dict[str, Any], max_rows: int = 20) -> str:
     return "\n".join(lines)
 
 
+def _freed(r: dict[str, Any]) -> int | None:
+    after = r.get("disk_bytes_after")
+    return None if after is None else max(0, r["disk_bytes"] - after)
+
+
 def _running_lines(run: dict[str, Any] | None, max_rows: int) -> list[str]:
     if not run or not run["subtrees"]:
         return []
-    lines = ["", f"RUNNING runs: {run['live']} live, {run['stale']} stale, "
-             f"{run['no_heartbeat']} without heartbeat"
+    lines = ["", f"RUNNING runs: {human_count(run['live'])} live, "
+             f"{human_count(run['stale'])} stale, "
+             f"{human_count(run['no_heartbeat'])} without heartbeat"
              + ("" if run["stale_after"] is None else f" (stale after {run['stale_after']:g} s)")]
     width = min(60, max(len("subtree"), *(len(s["subtree"]) for s in run["subtrees"])))
     lines.append(f"{'subtree':<{width}}  {'live':>6}  {'stale':>6}  {'no heartbeat':>12}")
-    for s in run["subtrees"][:max_rows]:
+    # Stale first (issue 26: 20 alphabetical "no heartbeat" rows hid the one dead run).
+    ordered = sorted(run["subtrees"], key=lambda s: (-s["stale"], -s["live"],
+                                                     -s["no_heartbeat"], s["subtree"]))
+    for s in ordered[:max_rows]:
         name = s["subtree"] if len(s["subtree"]) <= width else "…" + s["subtree"][-width + 1:]
         lines.append(f"{name:<{width}}  {s['live']:>6}  {s['stale']:>6}  {s['no_heartbeat']:>12}")
     if len(run["subtrees"]) > max_rows:
@@ -345,47 +428,65 @@ def _running_lines(run: dict[str, Any] | None, max_rows: int) -> list[str]:
     return lines
 
 
-def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int = 15) -> None:
-    """Draw *report* into a PNG at *path*: sessions and inodes of the largest subtrees, the
-    age histogram, and bytes before vs estimated after. Uses matplotlib's Agg canvas
-    through ``Figure`` (no pyplot, so no global state and no GUI backend)."""
+def plot_report(report: dict[str, Any], path: str | os.PathLike[str], top: int = 12) -> None:
+    """Draw *report* into a PNG at *path* around what an operator decides from (issue
+    26): inodes and disk freed per project, the age histogram, and RUNNING runs by state
+    per subtree (stale first). Uses matplotlib's Agg canvas through ``Figure`` (no
+    pyplot, so no global state and no GUI backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
-    rows = report["subtrees"][:top][::-1]  # largest at the top of a horizontal bar chart
-    names = [r["subtree"] if len(r["subtree"]) <= 40 else "…" + r["subtree"][-39:] for r in rows]
-    for ax, key, colour in ((axes[0][0], "sessions", "tab:blue"), (axes[0][1], "inodes", "tab:orange")):
-        ax.barh(range(len(rows)), [r[key] for r in rows], color=colour)
-        ax.set_yticks(range(len(rows)), names if key == "sessions" else [""] * len(rows),
-                      fontsize=8)
-        ax.set_xlabel(key)
-        more = len(report["subtrees"]) - len(rows)
-        ax.set_title(f"{key} to archive per subtree (top {len(rows)}"
-                     + (f", {more} more)" if more > 0 else ")"))
+    projects = report.get("projects") or []
+    shown = projects[:top][::-1]  # largest at the top of a horizontal bar chart
+    more = len(projects) - len(shown)
+    names = [p["project"] if len(p["project"]) <= 30 else "…" + p["project"][-29:]
+             for p in shown]
+    for ax, key, colour, label, fmt, scale in (
+            (axes[0][0], "inodes_freed", "tab:orange", "inodes freed", human_count, 1),
+            (axes[0][1], "disk_freed", "tab:purple", "MiB freed on disk (du)", human_bytes,
+             2**20)):
+        bars = ax.barh(range(len(shown)), [p[key] / scale for p in shown], color=colour)
+        ax.bar_label(bars, labels=[fmt(p[key]) + (f"  {100 * p['share']:.0f}%"
+                                                  if key == "disk_freed" else "")
+                                   for p in shown], fontsize=8, padding=2)
+        ax.set_yticks(range(len(shown)), names, fontsize=8)
+        ax.set_xlabel(label)
+        ax.margins(x=0.25)
+        ax.set_title(f"{label} per project (top {len(shown)}"
+                     + (f"; {more} more)" if more > 0 else ")"))
     ages = report["ages"]
     ax = axes[1][0]
     bars = ax.bar([a["bucket"] for a in ages], [a["sessions"] for a in ages], color="tab:green")
-    ax.bar_label(bars, fontsize=8)
+    ax.bar_label(bars, labels=[human_count(a["sessions"]) for a in ages], fontsize=8)
     ax.set_xlabel("age of the newest file in the session")
     ax.set_ylabel("sessions")
-    ax.set_title("age distribution")
+    ax.set_title("age distribution of the sessions to archive")
     ax = axes[1][1]
-    est = report["estimated_bytes_out"] or 0
-    labels = ["content", "as tar", f"~{report['format']}"]
-    values = [report["bytes_in"], report["tar_bytes"], est]
-    mib = [v / 2**20 for v in values]
-    bars = ax.bar(labels, mib, color=["tab:gray", "tab:gray", "tab:purple"])
-    ax.bar_label(bars, labels=[human_bytes(v) for v in values], fontsize=8)
-    ax.set_ylabel("MiB")
-    ratio = report["estimate"]["ratio"]
-    ax.set_title("bytes before vs estimated after"
-                 + (f" (ratio {ratio:.2f}, {report['estimate']['sampled']} sampled)"
-                    if ratio is not None else ""))
+    run = report.get("running") or {}
+    subs = sorted(run.get("subtrees") or [], key=lambda s: (-s["stale"], -s["live"],
+                                                            -s["no_heartbeat"], s["subtree"]))
+    subs = subs[:top][::-1]
+    left = [0] * len(subs)
+    for key, colour, label in (("stale", "tab:red", "stale"), ("live", "tab:green", "live"),
+                               ("no_heartbeat", "tab:gray", "no heartbeat")):
+        vals = [s[key] for s in subs]
+        ax.barh(range(len(subs)), vals, left=left, color=colour,
+                label=f"{label} ({human_count(run.get(key, 0))})")
+        left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.set_yticks(range(len(subs)), [s["subtree"][-30:] for s in subs], fontsize=8)
+    ax.set_xlabel("RUNNING runs")
+    ax.set_title("RUNNING runs by state (stale first)" if subs else "no RUNNING runs")
+    if subs:
+        ax.legend(fontsize=8, loc="lower right")
     older = report["older_than_days"]
-    fig.suptitle(f"{report['root']}: {report['sessions']} sessions, "
-                 f"{report['inodes_in']} inodes would be archived"
-                 + (f" (older than {older:g} d)" if older is not None else ""))
+    freed = _freed(report)
+    fig.suptitle(f"{report['root']}: {human_count(report['sessions'])} sessions to archive; "
+                 f"inodes {human_count(report['inodes_in'])} -> "
+                 f"{human_count(report['sessions'])}, disk {human_bytes(report['disk_bytes'])}"
+                 f" -> ~{human_bytes(report['disk_bytes_after'])}"
+                 + (f" ({human_bytes(freed)} freed)" if freed is not None else "")
+                 + (f", older than {older:g} d" if older is not None else ""))
     fig.savefig(os.fspath(path), format="png", dpi=100)

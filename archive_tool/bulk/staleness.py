@@ -133,10 +133,19 @@ def _classify_fd(dfd: int, path: str, stale_after: float | None, now: float,
         interval = DEFAULT_INTERVAL
     threshold = stale_after if stale_after is not None else STALE_FACTOR * interval
     age = now - hb_ns / 1e9
+    run_host = ident.get("HOST")
+    if age < threshold and run_host == host and age >= 2 * interval:
+        # A run of this host whose process is gone is dead now, not after 10 beats (issue
+        # 26: a SIGKILLed run showed "live" for 10 min). Two missed beats still required:
+        # a container sharing the host name (another PID namespace) keeps beating, and
+        # must not look dead because its PID is not ours to see.
+        gone = process_gone(ident)
+        if gone is not None and gone != "no PID recorded":
+            return Verdict(path, STALE, f"{gone}; heartbeat {_ago(age)} old (stopped "
+                           "beating)", hb_ns, True, ident)
     if age < threshold:
         return Verdict(path, LIVE, f"heartbeat {_ago(age)} ago", hb_ns, True, ident)
     old = f"heartbeat {_ago(age)} old (threshold {_ago(threshold)})"
-    run_host = ident.get("HOST")
     if run_host == host:
         gone = process_gone(ident)
         if gone is None:
