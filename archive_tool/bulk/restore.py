@@ -187,6 +187,8 @@ def restore_tree(
                      on_result=on_result)
             if not s["stopped"]:
                 packrestore.restore(root_p, in_packs, s, on_result)
+            if remove_archive:
+                _forget_removed(root_p, s)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 
@@ -265,8 +267,24 @@ def undo_run(
                 packrestore.restore(root_p, in_packs, s, on_result)
             else:
                 s["skipped"] += len(in_packs)
+            _forget_removed(root_p, s)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
+
+
+def _forget_removed(root: str, s: dict[str, Any]) -> None:
+    """The catalog step of a restore that removed archives (issue 26: `find` listed them
+    and `show -s` said "no such archive" after an undo): their rows go, with those of any
+    archive an earlier crash removed before this step. A catalog that cannot be written
+    is a warning: the restored dirs are safe, and `catalog --rebuild` repairs it."""
+    import sqlite3
+
+    from archive_tool.bulk.catalogstate import forget_missing
+
+    try:
+        forget_missing(root)
+    except (sqlite3.Error, OSError, ArchiveError) as e:
+        s["warnings"].append(f"catalog not updated: {e}; `catalog --rebuild` repairs it")
 
 
 # ------------------------------------------------------------------------ flat restore

@@ -17,8 +17,11 @@ from archive_tool.units import human_bytes, human_count
 @click.option("--rebuild", is_flag=True,
               help="Rebuild ROOT/.session-archive/catalog.sqlite from the packs and session "
                    "archives under ROOT alone (replaces the old one atomically).")
+@click.option("--check", is_flag=True,
+              help="Compare the catalog with the archives and packs under ROOT; exit 1 "
+                   "naming each difference (a rebuild makes it clean).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
+def catalog_cmd(root: str, rebuild: bool, check: bool, as_json: bool) -> None:
     """Print what the catalog of ROOT holds, or rebuild it (one row per archived session).
 
     \b
@@ -27,6 +30,11 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
     """
     from archive_tool.bulk.catalog import rebuild as do_rebuild
 
+    if rebuild and check:
+        raise BadInput("--rebuild or --check, not both")
+    if check:
+        _check(root, as_json)
+        return
     if not rebuild:
         _print_state(root, as_json)
         return
@@ -40,6 +48,28 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
         click.echo(f"failed: {e}", err=True)
     if res["errors"]:
         raise Failed(f"{len(res['errors'])} files could not be read")
+
+
+def _check(root: str, as_json: bool) -> None:
+    from archive_tool.bulk.catalogstate import check_catalog
+
+    r = _call(check_catalog, root)
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+    else:
+        for m in r["missing"]:
+            click.echo(f"missing {m} (on disk, no catalog row)")
+        for m in r["stale"]:
+            click.echo(f"stale   {m} (a row, not on disk)")
+        for m in r["unreadable"]:
+            click.echo(f"unreadable {m}")
+        click.echo(f"catalog {r['catalog']}: {human_count(r['rows'])} rows, "
+                   f"{human_count(r['on_disk'])} sessions on disk; "
+                   f"{human_count(r['n_missing'])} missing, {human_count(r['n_stale'])} stale"
+                   + ("" if r["exists"] else " (no catalog)"))
+    if not r["clean"]:
+        raise Failed(f"the catalog differs from the tree ({r['n_missing']:,} missing, "
+                     f"{r['n_stale']:,} stale); `catalog --rebuild` makes it true")
 
 
 def _print_state(root: str, as_json: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -286,7 +287,7 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                    "one archive a session; fills ROOT/.session-archive/catalog.sqlite.")
 @click.option("--catalog", is_flag=True,
               help="Also add a row per archived session to ROOT/.session-archive/"
-                   "catalog.sqlite (always on with --pack).")
+                   "catalog.sqlite (always on with --pack, and when ROOT has a catalog).")
 def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
           pack: str | None = None, catalog: bool = False, **kw: Any) -> None:
@@ -310,8 +311,12 @@ def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler:
         _pack_sweep(root, pack, execute, shard, scheduler, batch_size, finalize_stale,
                     stale_after, kw)
         return
+    # A root that has a catalog keeps it true: every sweep adds its rows (issue 26).
+    from archive_tool.bulk.catalog import catalog_path
+
+    has = os.path.lexists(catalog_path(os.path.abspath(root)))
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
-                             "catalog": catalog}
+                             "catalog": catalog or has}
     if finalize_stale:
         extra.update(finalize_stale=True, stale_after=stale_after)
     if scheduler:
