@@ -106,3 +106,31 @@ def forget_missing(root: str | os.PathLike[str]) -> int:
         return n
     finally:
         conn.close()
+
+
+def reconcile(root: str | os.PathLike[str]) -> dict[str, int]:
+    """Repair what a crash between a file step and its catalog step left (issue 26): rows
+    of archives that are gone are dropped, archives and packs on disk without a row get
+    theirs (read from the file, as --rebuild would). Each executing command runs it first
+    when the root has a catalog, so the next command repairs the last one's crash. One
+    walk of the tree; files are read only when they lack rows."""
+    root_p = os.path.abspath(os.fspath(root))
+    if not os.path.lexists(catalog.catalog_path(root_p)):
+        return {"dropped": 0, "added": 0}
+    dropped = forget_missing(root_p)
+    conn = catalog.connect(root_p)
+    try:
+        have = {a for (a,) in conn.execute("SELECT DISTINCT archive FROM sessions")}
+    finally:
+        conn.close()
+    from archive_tool.errors import ArchiveError
+
+    rows: list[dict[str, Any]] = []
+    for rel, fname in catalog._archives(root_p):
+        if os.path.join(rel, fname) not in have:
+            try:
+                rows += catalog.rows_of_file(root_p, rel, fname)
+            except (ArchiveError, OSError, ValueError):
+                continue  # `catalog --check` names it; a damaged file is not ours to fix here
+    catalog.add_sessions(root_p, rows)
+    return {"dropped": dropped, "added": len(rows)}

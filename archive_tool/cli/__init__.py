@@ -57,6 +57,21 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise Failed(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
 
 
+def reconcile_catalog(root: str) -> None:
+    """Before a command changes the tree: repair the catalog from a crash of the last one
+    (catalogstate.reconcile). A catalog that cannot be read or written is a warning, never
+    a reason not to run: the archives are the truth, `catalog --rebuild` rebuilds it."""
+    import sqlite3
+
+    from archive_tool.bulk.catalogstate import reconcile
+
+    try:
+        reconcile(root)
+    except (sqlite3.Error, OSError, ArchiveError) as e:
+        click.echo(f"warning: catalog not repaired: {e}; `catalog --rebuild` rebuilds it",
+                   err=True)
+
+
 def _exit(message: str, code: int) -> click.ClickException:
     e = click.ClickException(message)
     e.exit_code = code

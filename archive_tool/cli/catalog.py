@@ -7,7 +7,7 @@ import os
 
 import click
 
-from archive_tool.cli import BadInput, Failed, _call, cli
+from archive_tool.cli import BadInput, Failed, _call, cli, reconcile_catalog
 from archive_tool.cli.dryrun import LIST_HELP, echo_items
 from archive_tool.units import human_bytes, human_count
 
@@ -155,6 +155,8 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, e
 
     if dry_run and execute:
         raise BadInput("--dry-run and --execute contradict each other; give one")
+    if execute:
+        reconcile_catalog(root)
     planned: list[dict] = []
 
     def text(g: dict) -> str:

@@ -21,6 +21,7 @@ from archive_tool.cli import (
     _nonneg,
     _stale_after,
     cli,
+    reconcile_catalog,
 )
 from archive_tool.errors import EXIT_CAPPED
 from archive_tool.progress import progress_bar, want_progress
@@ -307,14 +308,17 @@ def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler:
     _one_age(kw)
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
+    # A root that has a catalog keeps it true: every sweep adds its rows, and first
+    # repairs what a crash of the last command left (issue 26).
+    from archive_tool.bulk.catalog import catalog_path
+
+    has = os.path.lexists(catalog_path(os.path.abspath(root)))
+    if has and execute:
+        reconcile_catalog(root)
     if pack is not None:
         _pack_sweep(root, pack, execute, shard, scheduler, batch_size, finalize_stale,
                     stale_after, kw)
         return
-    # A root that has a catalog keeps it true: every sweep adds its rows (issue 26).
-    from archive_tool.bulk.catalog import catalog_path
-
-    has = os.path.lexists(catalog_path(os.path.abspath(root)))
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
                              "catalog": catalog or has}
     if finalize_stale:
@@ -401,6 +405,9 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
     if undo and max_files:
         raise BadInput("--undo restores a whole run; --max-files does not apply")
     from archive_tool.bulk.restore import restore_many, restore_tree, undo_run
+
+    if run and (tree or undo):
+        reconcile_catalog(root)
 
     with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
         hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}

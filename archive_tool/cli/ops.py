@@ -19,6 +19,7 @@ from archive_tool.cli import (
     _days,
     _stale_after,
     cli,
+    reconcile_catalog,
 )
 from archive_tool.cli.dryrun import LIST_HELP, echo_items
 from archive_tool.names import FINISHED_STATES
@@ -62,6 +63,8 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
 
     if dry_run and execute:
         raise BadInput("--dry-run and --execute contradict each other; give one")
+    if execute:
+        reconcile_catalog(root)
     days = _call(parse_age, older_than) if older_than is not None else None
 
     def deleted(a: Any) -> None:
