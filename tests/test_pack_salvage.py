@@ -188,3 +188,23 @@ def test_salvage_is_not_combined_with_merge_or_drop(packed: tuple) -> None:
     root, _before, _layout = packed
     r = run_cli("repack", root, "--salvage", "--merge", "all")
     assert r.returncode == 2 and b"--salvage" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_the_scan_never_decodes_a_frame_that_hides_its_size(packed: tuple,
+                                                           tmp_path: Path) -> None:
+    """Decompression bombs: the scan decodes only frames that declare a bounded content
+    size (libzstd then stops one that outgrows it). The same session frame is found
+    when it declares its size and stepped over when it does not."""
+    import zstandard
+
+    root, _before, layout = packed
+    with packfile.Pack(root / PACK) as p:
+        members = p.members(0)
+    for declared, found_it in ((True, True), (False, False)):
+        frame = zstandard.ZstdCompressor(write_checksum=True,
+                                         write_content_size=declared).compress(members)
+        f = tmp_path / f"{declared}.pack.tar.zst"
+        f.write_bytes(frame + b"junk")
+        s = packsalvage.salvage(f)
+        assert s.located_by == "scan"
+        assert [g.name for g in s.good] == ([layout[0][0]] if found_it else [])

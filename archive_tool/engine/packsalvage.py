@@ -42,12 +42,17 @@ from archive_tool.engine.packfile import (
     _memfd,
     iter_tar,
 )
+from archive_tool.engine.single import IN_MEMORY_LIMIT
 from archive_tool.errors import ArchiveError, CorruptArchive
 from archive_tool.names import is_session_name
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIP_LO, _SKIP_HI = 0x184D2A50, 0x184D2A5F
 _CHUNK = 1 << 20
+# A session frame holds at most the in-memory limit's tar (bigger sessions get their own
+# archive); with headers, well below this. A frame that declares more, or no size, is not
+# decoded: the scan must not be a decompression bomb's way in.
+_MAX_OUT = 4 * IN_MEMORY_LIMIT
 
 
 @dataclass
@@ -81,7 +86,15 @@ class Salvage:
 
 def _decode(fd: int, off: int, end: int) -> tuple[bytes, int] | None:
     """The frame starting at *off* (not reaching past *end*) decoded, and its compressed
-    length; None if it does not decode to a checksummed end."""
+    length; None if it does not decode to a checksummed end. Only frames that declare
+    their content size (ours all do) up to _MAX_OUT: libzstd stops a frame that
+    outgrows its declared size, so memory stays bounded."""
+    try:
+        declared = zstandard.get_frame_parameters(os.pread(fd, 18, off)).content_size
+    except zstandard.ZstdError:
+        return None
+    if not 0 < declared <= _MAX_OUT:
+        return None
     dobj = zstandard.ZstdDecompressor().decompressobj()
     out: list[bytes] = []
     pos = off
