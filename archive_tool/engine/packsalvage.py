@@ -207,7 +207,7 @@ def _salvage(path: str, fd: int) -> Salvage:
     elif table is not None:
         s.damage.append("seek table lists no index frame")
         table = None
-    found: list[tuple[int, int, bytes, str]] = []  # (offset, csize, members, name)
+    found: list[tuple[int, int, int, str]] = []  # (offset, csize, dsize, name): no bytes kept
     if table is not None:
         _by_table(fd, s, table, names, found)
     else:
@@ -217,14 +217,14 @@ def _salvage(path: str, fd: int) -> Salvage:
         s.total = len(names)
         have = {n for *_, n in found}
         s.lost = [n for n in names if n not in have]
-    for k, (off, csize, members, name) in enumerate(found):
-        idx = names.index(name) if names is not None and name in names else k
-        s.good.append(FrameInfo(name, idx, off, csize, len(members)))
+    where = {n: i for i, n in enumerate(names or ())}
+    for k, (off, csize, dsize, name) in enumerate(found):
+        s.good.append(FrameInfo(name, where.get(name, k), off, csize, dsize))
     return s
 
 
 def _by_table(fd: int, s: Salvage, table: seekable.SeekTable, names: list[str] | None,
-              found: list[tuple[int, int, bytes, str]]) -> None:
+              found: list[tuple[int, int, int, str]]) -> None:
     n = len(table) - 2  # data frames of sessions; then the end blocks, then the index
     if names is not None and len(names) != n:
         s.damage.append("index and seek table disagree on the number of sessions")
@@ -254,10 +254,10 @@ def _by_table(fd: int, s: Salvage, table: seekable.SeekTable, names: list[str] |
             if names is None:
                 s.lost.append(f"frame {i} at offset {off:,} (not one session's members)")
             continue
-        found.append((off, csize, members, name))
+        found.append((off, csize, len(members), name))
 
 
-def _by_scan(fd: int, s: Salvage, size: int, found: list[tuple[int, int, bytes, str]]
+def _by_scan(fd: int, s: Salvage, size: int, found: list[tuple[int, int, int, str]]
              ) -> list[str] | None:
     names: list[str] | None = None
     gaps: list[tuple[int, int]] = []
@@ -274,7 +274,7 @@ def _by_scan(fd: int, s: Salvage, size: int, found: list[tuple[int, int, bytes, 
                     if name is None:
                         end_at = pos
                     else:
-                        found.append((pos, used, members, name))
+                        found.append((pos, used, len(members), name))
                     pos += used
                     continue
         elif len(head) == 8:
