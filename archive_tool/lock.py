@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from types import TracebackType
 
 from archive_tool import fs
@@ -72,6 +73,23 @@ def open_lock_file(dir_fd: int, name: str, where: str) -> int:
     return fd
 
 
+def _holder(fd: int) -> str:
+    """" (PID n on host h, started T)" from a held lock file, or "" when it says nothing
+    usable (an older writer wrote the PID alone; a file of someone else's is just text
+    we print, never trust)."""
+    try:
+        parts = os.pread(fd, 256, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return ""
+    if not parts or not parts[0].isdigit():
+        return ""
+    if len(parts) < 3:
+        return f" (PID {parts[0]})"
+    host = "".join(c for c in parts[1] if c.isprintable())[:64]
+    start = parts[2].replace("T", " ").replace("Z", " UTC")[:32]
+    return f" (PID {parts[0]} on host {host}, started {start})"
+
+
 class RootLock:
     """The root's lock, exclusive for a whole-tree sweep. A shard ``(k, n)`` holds the
     root lock *shared* plus its own shard lock exclusively: shards of one root run side
@@ -101,9 +119,12 @@ class RootLock:
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder(fd)
             os.close(fd)
             self.release()
-            raise LockBusy(path, busy) from None
+            err = LockBusy(path, busy + holder)
+            err.holder = holder  # type: ignore[attr-defined]
+            raise err from None
         self.fds.append(fd)
         return fd
 
@@ -112,8 +133,13 @@ class RootLock:
             self._take(self.root_path, fcntl.LOCK_SH, "a whole-tree sweep holds the lock")
         fd = self._take(self.path, fcntl.LOCK_EX, "another sweep holds the lock")
         try:
+            # "PID HOST START": what a contender's error names (issue 26); PID first, as
+            # before, for whoever reads only that.
+            from archive_tool.liveness import hostname
+
+            start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()} {hostname()} {start}\n".encode(), 0)
         except OSError:
             # The pid is informational; the flock is the lock (a read-only fd when the file
             # is another's). Raising here leaked the fd, and on a full disk the sweep could

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
         from archive_tool.sweep.sessions import sweep
     except ImportError:  # an engine checkout of an older layout (bench_ab.py --a)
         try:  # bulk/ (before issue 27)
-            from archive_tool.bulk.sweep import restore_many, sweep  # type: ignore[no-redef]
+            from archive_tool.sweep.sessions import restore_many, sweep  # type: ignore[no-redef]
         except ImportError:  # flat (before the subpackages)
             from archive_tool.sweep import restore_many, sweep  # type: ignore[no-redef]
 

@@ -52,7 +52,7 @@ def _wait_for_lock(root: Path, p: subprocess.Popen, timeout: float = 30) -> bool
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if lock.read_bytes().strip() == str(p.pid).encode():
+            if lock.read_bytes().split()[:1] == [str(p.pid).encode()]:
                 return True
         except FileNotFoundError:
             pass

@@ -7,37 +7,91 @@ import os
 
 import click
 
-# Library imports sit inside the commands, on purpose: `--help` and shell completion
-# (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
-from archive_tool.cli.common import Failed, call
+from archive_tool.cli.common import (
+    BadInput,
+    Failed,
+    call,
+    reconcile_catalog,
+)
+from archive_tool.cli.dryrun import LIST_HELP, echo_items
 from archive_tool.cli.group import cli
-from archive_tool.units import human_bytes
+from archive_tool.units import human_bytes, human_count
 
 
 @cli.command("catalog")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option("--rebuild", is_flag=True, required=True,
+@click.option("--rebuild", is_flag=True,
               help="Rebuild ROOT/.session-archive/catalog.sqlite from the packs and session "
                    "archives under ROOT alone (replaces the old one atomically).")
+@click.option("--check", is_flag=True,
+              help="Compare the catalog with the archives and packs under ROOT; exit 1 "
+                   "naming each difference (a rebuild makes it clean).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
-    """Rebuild the catalog of ROOT (one row per archived session).
+def catalog_cmd(root: str, rebuild: bool, check: bool, as_json: bool) -> None:
+    """Print what the catalog of ROOT holds, or rebuild it (one row per archived session).
 
     \b
-    Example: session-archive catalog /data/runs --rebuild
+    Example: session-archive catalog /data/runs
+             session-archive catalog /data/runs --rebuild
     """
     from archive_tool.catalog.catalog import rebuild as do_rebuild
 
+    if rebuild and check:
+        raise BadInput("--rebuild or --check, not both")
+    if check:
+        _check(root, as_json)
+        return
+    if not rebuild:
+        _print_state(root, as_json)
+        return
     res = call(do_rebuild, root)
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
     else:
-        click.echo(f"catalog {res['catalog']}: {res['sessions']} sessions from {res['files']} "
-                   f"files in {res['elapsed']:.1f} s")
+        click.echo(f"catalog {res['catalog']}: {human_count(res['sessions'])} sessions from "
+                   f"{human_count(res['files'])} files in {res['elapsed']:.1f} s")
     for e in res["errors"]:
         click.echo(f"failed: {e}", err=True)
     if res["errors"]:
         raise Failed(f"{len(res['errors'])} files could not be read")
+
+
+def _check(root: str, as_json: bool) -> None:
+    from archive_tool.catalog.catalogstate import check_catalog
+
+    r = call(check_catalog, root)
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+    else:
+        for m in r["missing"]:
+            click.echo(f"missing {m} (on disk, no catalog row)")
+        for m in r["stale"]:
+            click.echo(f"stale   {m} (a row, not on disk)")
+        for m in r["unreadable"]:
+            click.echo(f"unreadable {m}")
+        click.echo(f"catalog {r['catalog']}: {human_count(r['rows'])} rows, "
+                   f"{human_count(r['on_disk'])} sessions on disk; "
+                   f"{human_count(r['n_missing'])} missing, {human_count(r['n_stale'])} stale"
+                   + ("" if r["exists"] else " (no catalog)"))
+    if not r["clean"]:
+        raise Failed(f"the catalog differs from the tree ({r['n_missing']:,} missing, "
+                     f"{r['n_stale']:,} stale); `catalog --rebuild` makes it true")
+
+
+def _print_state(root: str, as_json: bool) -> None:
+    from archive_tool.catalog.catalogstate import catalog_state
+
+    st = call(catalog_state, root)
+    if as_json:
+        click.echo(json.dumps(st, sort_keys=True))
+    elif not st["exists"]:
+        click.echo(f"no catalog at {st['catalog']}; `catalog --rebuild` makes one from the "
+                   "archives and packs (and `sweep --catalog`/`--pack` fill it)")
+    else:
+        click.echo(f"catalog {st['catalog']}: {human_count(st['sessions'])} sessions in "
+                   f"{human_count(st['packs'])} packs and {human_count(st['archives'])} "
+                   f"archives, {human_bytes(st['bytes_out'])} archived; file "
+                   f"{human_bytes(st['file_bytes'])}, updated {st['modified']}")
 
 
 @cli.command()
@@ -48,7 +102,8 @@ def catalog_cmd(root: str, rebuild: bool, as_json: bool) -> None:
 @click.option("--script", default=None, help="The <script>_out dir name.")
 @click.option("--since", default=None, metavar="DATE", help="Started on or after DATE.")
 @click.option("--until", default=None, metavar="DATE", help="Started before DATE.")
-@click.option("--limit", type=click.IntRange(1, None), default=None)
+@click.option("--limit", type=click.IntRange(1, None), default=None,
+              help="Print at most N rows [default: all].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of rows.")
 def find(root: str, where: tuple[str, ...], state: str | None, script: str | None,
          since: str | None, until: str | None, limit: int | None, as_json: bool) -> None:
@@ -77,12 +132,19 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
 @click.option("--drop", "drop", multiple=True, metavar="NAME|ID",
               help="Delete this session from its pack (repeatable). Its frame is gone "
                    "for good: this is retention, not restore.")
+@click.option("--salvage", is_flag=True,
+              help="Instead: read every pack frame by frame and replace each damaged one "
+                   "by a clean pack of the sessions that still read; the damaged file is "
+                   "kept as .<name>.damaged.")
 @click.option("--execute", is_flag=True, help="Really repack (default: dry run, nothing changes).")
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Only say what would be done (the default without --execute).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
-def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, as_json: bool,
-           quiet: bool) -> None:
+@click.option("--list", "-v", "--verbose", "as_list", is_flag=True, help=LIST_HELP)
+def repack(root: str, merge: str | None, drop: tuple[str, ...], salvage: bool, execute: bool,
+           dry_run: bool, as_json: bool, quiet: bool, as_list: bool) -> None:
     """Rewrite packs under ROOT without the sessions restored from them, merge small packs.
 
     A session whose dir exists again beside its pack holding the same bytes (restored
@@ -97,25 +159,42 @@ def repack(root: str, merge: str | None, drop: tuple[str, ...], execute: bool, a
     """
     from archive_tool.retention.repack import repack as do_repack
 
-    def show(g: dict) -> None:
-        if quiet or as_json:
-            return
+    if dry_run and execute:
+        raise BadInput("--dry-run and --execute contradict each other; give one")
+    if execute:
+        reconcile_catalog(root)
+    planned: list[dict] = []
+
+    def text(g: dict) -> str:
         verb = "repacked" if execute else "would repack"
         into = (f" into {g['new']}" if g["new"] else f" (kept: {g['reuse']})" if g["reuse"]
                 else " into a new pack" if g["kept"] else " (nothing kept: removed)")
-        click.echo(f"{verb} {', '.join(os.path.basename(p) for p in g['packs'])} in "
-                   f"{g['dir']}{into}: {g['kept']} kept, {len(g['dropped'])} dropped")
-        for d in g["dropped"]:
-            click.echo(f"  drop {d['session']} ({d['pack']}): {d['reason']}")
+        return "\n".join([f"{verb} {', '.join(os.path.basename(p) for p in g['packs'])} in "
+                          f"{g['dir']}{into}: {human_count(g['kept'])} kept, "
+                          f"{human_count(len(g['dropped']))} dropped"]
+                         + [f"  drop {d['session']} ({d['pack']}): {d['reason']}"
+                            for d in g["dropped"]])
 
-    s = call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show)
+    def show(g: dict) -> None:
+        if quiet or as_json:
+            return
+        if execute:
+            click.echo(text(g))
+        else:  # a dry run: summed up at the end (--list: every group)
+            planned.append(g)
+
+    s = call(do_repack, root, merge=merge, drop=drop, dry_run=not execute, on_group=show,
+              salvage=salvage)
     if as_json:
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet:
-        click.echo(f"{'' if execute else 'dry run: '}{len(s['groups'])} groups; packs "
-                   f"{s['packs_read']} read, {s['packs_written']} written, "
-                   f"{s['packs_removed']} removed; sessions {s['kept']} kept, "
-                   f"{s['dropped']} dropped; {human_bytes(s['bytes_before'])} -> "
+        echo_items(planned, s["root"], full=as_list, path=lambda g: g["dir"],
+                   size=lambda g: g["bytes_kept"], line=text, noun="groups")
+        c, g = human_count, len(s["groups"])
+        click.echo(f"{'' if execute else 'dry run: '}{c(g)} group{'' if g == 1 else 's'}; "
+                   f"packs {c(s['packs_read'])} read, {c(s['packs_written'])} written, "
+                   f"{c(s['packs_removed'])} removed; sessions {c(s['kept'])} kept, "
+                   f"{c(s['dropped'])} dropped; {human_bytes(s['bytes_before'])} -> "
                    f"{human_bytes(s['bytes_after'])} in {s['elapsed']:.1f} s")
         if not execute:
             click.echo("Nothing was changed; add --execute to repack.")

@@ -20,6 +20,7 @@ from archive_tool.errors import (
 from archive_tool.names import FORMATS
 from archive_tool.stale.staleness import parse_duration
 from archive_tool.sweep.plan import MAX_DAYS
+from archive_tool.units import parse_age
 
 T = TypeVar("T")
 
@@ -39,7 +40,8 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except LockBusy as e:
-        raise exit_with(f"another sweep holds {e.path}", e.exit_code) from None
+        raise exit_with(f"another sweep holds {e.path}{getattr(e, 'holder', '')}",
+                        e.exit_code) from None
     except (ArchiveError, BadArgument, DaskUnavailable) as e:
         raise exit_with(str(e), e.exit_code) from None
     except FileExistsError as e:
@@ -89,3 +91,38 @@ STALE_AFTER_HELP = ("Threshold for RUNNING runs: heartbeat (or, without one, the
                     "write) older than D: 2d, 6h, 30m, 90s; a bare number is days. "
                     "[default: 10 x the run's heartbeat interval; runs without "
                     "heartbeat never]")
+
+
+def age_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--older-than AGE`` (7d, 12h, 30m, 90s, 2w, 1y; a bare number is days) in days,
+    with the bounds of --older-than-days. One parser for every command (prune's)."""
+    if value is None:
+        return None
+    try:
+        days = parse_age(value)
+    except BadArgument as e:
+        raise click.BadParameter(str(e), param=param) from None
+    return days_option(ctx, param, days)
+
+
+# The engine's one level scale (formats.py); the help says what it means per codec, so
+# "--level 1" and the README's "zstd level 3" are visibly the same thing (issue 26).
+LEVEL_HELP = ("Compression level on one 1..9 scale for every format: gzip and xz use it "
+              "as is; tar.zst maps 1,2,3,4,5,6,7,8,9 to zstd 3,4,5,6,7,9,12,15,19 "
+              "(default 1 = zstd 3, zstd's own default).")
+
+
+def reconcile_catalog(root: str) -> None:
+    """Before a command changes the tree: repair the catalog from a crash of the last one
+    (catalogstate.reconcile). A catalog that cannot be read or written is a warning, never
+    a reason not to run: the archives are the truth, `catalog --rebuild` rebuilds it."""
+    import sqlite3
+
+    # Late, like every library import of the CLI: --help and completion load no engine.
+    from archive_tool.catalog.catalogstate import reconcile
+
+    try:
+        reconcile(root)
+    except (sqlite3.Error, OSError, ArchiveError) as e:
+        click.echo(f"warning: catalog not repaired: {e}; `catalog --rebuild` rebuilds it",
+                   err=True)

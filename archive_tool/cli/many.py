@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,12 +13,15 @@ import click
 # (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
 from archive_tool.cli.common import (
     FORMAT,
+    LEVEL_HELP,
     STALE_AFTER_HELP,
     BadInput,
     Failed,
+    age_option,
     call,
     days_option,
     nonneg_option,
+    reconcile_catalog,
     stale_after_option,
 )
 from archive_tool.cli.group import cli
@@ -119,17 +123,36 @@ def _stale_text(st: dict[str, Any] | None, verbose: bool) -> str:
     return text + "\n"
 
 
+def _no_contradiction(dry_run: bool, execute: bool) -> None:
+    if dry_run and execute:
+        raise BadInput("--dry-run and --execute contradict each other; give one")
+
+
+def _one_age(kw: dict[str, Any]) -> None:
+    """--older-than AGE into older_than_days (the hidden --older-than-days is the same
+    knob in days; both at once is a usage error)."""
+    age = kw.pop("older_than", None)
+    if age is not None:
+        if kw.get("older_than_days") is not None:
+            raise BadInput("--older-than and --older-than-days are the same filter; give one")
+        kw["older_than_days"] = age
+
+
 def _sweep_options(default_format: str) -> Callable[[T], T]:
     def deco(f: T) -> T:
         opts = [
             click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
-                         show_default=True),
+                         show_default=True, help="Archive format of each session."),
             click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-                         help="Compression level on gzip's 1..9 scale."),
+                         help=LEVEL_HELP),
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
                          help="Worker processes [default: CPU count]."),
+            click.option("--older-than", "older_than", default=None, metavar="AGE",
+                         callback=age_option,
+                         help="Only sessions whose dir and newest file are older than AGE: "
+                              "7d, 12h, 30m, 2w, 1y; a bare number is days."),
             click.option("--older-than-days", type=float, default=None, callback=days_option,
-                         help="Only sessions whose dir and newest file are older."),
+                         hidden=True, help="Old spelling of --older-than (a number of days)."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
             click.option("--max-dirs", type=int, default=None, callback=nonneg_option,
                          help="Archive at most N sessions; when more remain, say so on "
@@ -159,6 +182,9 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     from archive_tool.sweep.sessions import sweep
 
     on_candidate = (lambda p: click.echo(p, err=as_json)) if verbose and not execute else None
+    listed: list[str] = []
+    if not execute and not (verbose or as_json or quiet):
+        on_candidate = listed.append  # summed up per project after the run (issue 26)
 
     def count() -> int:
         # A second, cheap walk (discovery + name/age filters, no reads) so the bar gets a
@@ -199,6 +225,11 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     if recorder is not None:
         recorder.flush()
         summary["warnings"] += recorder.warnings
+    if listed:
+        from archive_tool.cli.dryrun import echo_items
+
+        echo_items(listed, summary["root"], full=False, path=str, size=None, line=str,
+                   noun="sessions")
     _finish_sweep(summary, as_json, quiet, verbose)
 
 
@@ -234,6 +265,8 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
 @cli.command()
 @click.argument("root", type=click.Path())
 @click.option("--execute", is_flag=True, help="Really archive (default: dry run, nothing changes).")
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Only say what would be done (the default without --execute).")
 @_sweep_options("tar.zst")
 @click.option("--shard", default=None, metavar="K/N|auto",
               help="Take only shard K of N (0 <= K < N) by a stable hash of each session's "
@@ -257,8 +290,8 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                    "one archive a session; fills ROOT/.session-archive/catalog.sqlite.")
 @click.option("--catalog", is_flag=True,
               help="Also add a row per archived session to ROOT/.session-archive/"
-                   "catalog.sqlite (always on with --pack).")
-def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
+                   "catalog.sqlite (always on with --pack, and when ROOT has a catalog).")
+def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
           pack: str | None = None, catalog: bool = False, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
@@ -269,18 +302,27 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
     a manifest to ROOT/.session-archive/runs/<UTC time>.jsonl that `extract --undo` reads.
 
     \b
-    Example: session-archive sweep /data/runs --execute --older-than-days 1 --quiet
+    Example: session-archive sweep /data/runs --execute --older-than 1d --quiet
     """
     from archive_tool.sweep.sessions import DEFAULT_BATCH
 
+    _no_contradiction(dry_run, execute)
+    _one_age(kw)
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
+    # A root that has a catalog keeps it true: every sweep adds its rows, and first
+    # repairs what a crash of the last command left (issue 26).
+    from archive_tool.catalog.catalog import catalog_path
+
+    has = os.path.lexists(catalog_path(os.path.abspath(root)))
+    if has and execute:
+        reconcile_catalog(root)
     if pack is not None:
         _pack_sweep(root, pack, execute, shard, scheduler, batch_size, finalize_stale,
                     stale_after, kw)
         return
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
-                             "catalog": catalog}
+                             "catalog": catalog or has}
     if finalize_stale:
         extra.update(finalize_stale=True, stale_after=stale_after)
     if scheduler:
@@ -295,7 +337,8 @@ def sweep(root: str, execute: bool, shard: str | None, scheduler: str | None,
 
 @cli.command()
 @click.argument("root", type=click.Path())
-@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--dry-run/--no-dry-run", "-n", default=True, show_default=True,
+              help="Only say what would be done; --no-dry-run archives.")
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
 @click.option("--remove-src/--no-remove-src", default=True, show_default=True,
               help="Delete each session dir once its archive is committed.")
@@ -307,6 +350,7 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
     \b
     Example: session-archive compress main_out/FINISHED_SUCCESS --no-dry-run
     """
+    _one_age(kw)
     _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
 
 
@@ -331,14 +375,18 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
 @click.option("--max-files", type=int, default=None, callback=nonneg_option,
               help="Restore at most N archives; when more remain, say so on stderr and "
                    "exit 3 [default: no cap].")
-@click.option("--dry-run/--no-dry-run", default=True, show_default=True)
+@click.option("--dry-run/--no-dry-run", "-n", default=True, show_default=True,
+              help="Only say what would be done; --no-dry-run restores.")
 @click.option("--execute", is_flag=True, help="Same as --no-dry-run.")
 @click.option("--track-bytes/--no-track-bytes", default=False,
               help="Report the archives' bytes.")
-@click.option("--workers", "-j", type=click.IntRange(1, None), default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
-@click.option("--verbose", "-v", is_flag=True)
+@click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
+              help="Worker processes [default: CPU count].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the Summary as one JSON object on stdout, nothing else.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar, no summary unless something failed.")
+@click.option("--verbose", "-v", is_flag=True, help="List every failure (default: the first 20).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only when stderr is a TTY].")
 def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: str | None,
@@ -359,6 +407,9 @@ def extract(root: str, tree: bool, undo: str | None, dest: str | None, pattern: 
     if undo and max_files:
         raise BadInput("--undo restores a whole run; --max-files does not apply")
     from archive_tool.restore.many import restore_many, restore_tree, undo_run
+
+    if run and (tree or undo):
+        reconcile_catalog(root)
 
     with progress_bar(run and want_progress(quiet, progress), "restoring") as bar:
         hooks: dict[str, Any] = {"on_jobs": bar.set_total, "on_result": bar.tick} if bar else {}

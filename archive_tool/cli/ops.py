@@ -12,13 +12,17 @@ import click
 # (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
 from archive_tool.cli.common import (
     FORMAT,
+    LEVEL_HELP,
     STALE_AFTER_HELP,
     BadInput,
     Failed,
+    age_option,
     call,
     days_option,
+    reconcile_catalog,
     stale_after_option,
 )
+from archive_tool.cli.dryrun import LIST_HELP, echo_items
 from archive_tool.cli.group import cli
 from archive_tool.names import FINISHED_STATES
 from archive_tool.units import human_bytes, human_count
@@ -27,8 +31,8 @@ from archive_tool.units import human_bytes, human_count
 @cli.command()
 @click.argument("root", type=click.Path())
 @click.option("--older-than", "older_than", default=None, metavar="AGE",
-              help="Only archives of runs started more than AGE ago (180d, 26w, 36h, 1y; "
-                   "from the session ID's timestamp).")
+              help="Only archives of runs started more than AGE ago (180d, 26w, 36h, 30m, "
+                   "1y; a bare number is days; from the session ID's timestamp).")
 @click.option("--keep-last", type=click.IntRange(0, None), default=None, metavar="K",
               help="Always keep the K newest archives of each script (<script>_out dir).")
 @click.option("--state", "states", type=click.Choice(FINISHED_STATES), multiple=True,
@@ -36,11 +40,15 @@ from archive_tool.units import human_bytes, human_count
 @click.option("--include-latest", is_flag=True,
               help="Allow deleting a script's newest FINISHED_SUCCESS archive (kept by default).")
 @click.option("--execute", is_flag=True, help="Really delete (default: dry run, nothing changes).")
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Only say what would be deleted (the default without --execute).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as one JSON object on stdout, nothing else.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing unless something failed.")
+@click.option("--list", "-v", "--verbose", "as_list", is_flag=True, help=LIST_HELP)
 def prune(root: str, older_than: str | None, keep_last: int | None, states: tuple[str, ...],
-          include_latest: bool, execute: bool, as_json: bool, quiet: bool) -> None:
+          include_latest: bool, execute: bool, dry_run: bool, as_json: bool,
+          quiet: bool, as_list: bool) -> None:
     """Delete old session archives under ROOT (retention). Dry run unless --execute.
 
     Only <ID>[-<name>].<format> files in FINISHED_* dirs and the sessions inside packs
@@ -55,6 +63,10 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
     from archive_tool.retention.prune import parse_age
     from archive_tool.retention.prune import prune as do_prune
 
+    if dry_run and execute:
+        raise BadInput("--dry-run and --execute contradict each other; give one")
+    if execute:
+        reconcile_catalog(root)
     days = call(parse_age, older_than) if older_than is not None else None
 
     def deleted(a: Any) -> None:
@@ -67,9 +79,10 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
         click.echo(json.dumps(s, sort_keys=True))
     elif not quiet or s["failed"]:
         if not execute and not quiet:
-            for a in s["archives"]:
-                click.echo(f"would delete  {human_bytes(a['bytes']):>10}  "
-                           f"{a['age_days']:6.0f} d  {a['path']}")
+            echo_items(s["archives"], s["root"], full=as_list, path=lambda a: a["path"],
+                       size=lambda a: a["bytes"], noun="archives",
+                       line=lambda a: f"would delete  {human_bytes(a['bytes']):>10}  "
+                                      f"{a['age_days']:6.0f} d  {a['path']}")
         kept = ", ".join(f"{human_count(v)} {k}" for k, v in sorted(s["kept"].items()))
         if execute:
             line = (f"deleted {human_count(s['deleted'])} of {human_count(s['scanned'])} "
@@ -91,12 +104,15 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
 
 @cli.command()
 @click.argument("root", type=click.Path())
-@click.option("--older-than-days", type=float, default=None, callback=days_option,
-              help="Only sessions whose dir and newest file are older (as sweep).")
+@click.option("--older-than", "older_than", default=None, metavar="AGE", callback=age_option,
+              help="Only sessions whose dir and newest file are older than AGE (as sweep): "
+                   "7d, 12h, 30m, 2w, 1y; a bare number is days.")
+@click.option("--older-than-days", type=float, default=None, callback=days_option, hidden=True,
+              help="Old spelling of --older-than (a number of days).")
 @click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
               help="Archive format to estimate the size for.")
 @click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="Compression level on gzip's 1..9 scale.")
+              help=LEVEL_HELP)
 @click.option("--sample", type=click.IntRange(0, None), default=50, show_default=True,
               help="Sessions compressed in memory for the size estimate (0 = none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the sample.")
@@ -108,7 +124,8 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
               help="Also draw the report into a PNG (needs matplotlib).")
 @click.option("--stale-after", default=None, metavar="D", callback=stale_after_option,
               help=STALE_AFTER_HELP)
-def report(root: str, older_than_days: float | None, fmt: str, level: int, sample: int,
+def report(root: str, older_than: float | None, older_than_days: float | None, fmt: str,
+           level: int, sample: int,
            seed: int, use_fd: bool, as_json: bool, plot: str | None,
            stale_after: float | None) -> None:
     """Show what a sweep of ROOT would archive, changing nothing.
@@ -119,9 +136,14 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
     without heartbeat.
 
     \b
-    Example: session-archive report /data/runs --older-than-days 7 --plot runs.png
+    Example: session-archive report /data/runs --older-than 7d --plot runs.png
     """
     from archive_tool.catalog.report import build_report, format_report, plot_report
+
+    if older_than is not None:
+        if older_than_days is not None:
+            raise BadInput("--older-than and --older-than-days are the same filter; give one")
+        older_than_days = older_than
 
     rep = call(build_report, root, older_than_days=older_than_days, format=fmt,
                 compresslevel=level, use_fd=use_fd, sample=sample, seed=seed,
@@ -144,8 +166,10 @@ def report(root: str, older_than_days: float | None, fmt: str, level: int, sampl
 
 @cli.command("demo-tree")
 @click.argument("directory", type=click.Path())
-@click.option("--sessions", "-n", type=click.IntRange(1, 2_000_000), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sessions", "-n", type=click.IntRange(1, 2_000_000), default=1000,
+              show_default=True, help="How many sessions to create.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the generator: the same seed gives the same tree.")
 def demo_tree(directory: str, sessions: int, seed: int) -> None:
     """Create a realistic demo tree of N sessions under DIRECTORY (to try a sweep on).
 

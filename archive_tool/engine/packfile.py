@@ -335,8 +335,12 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     row), so the destination dir is reached below it by dir fds too."""
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
+    from archive_tool.engine.packsalvage import open_pack
+
     pack = os.path.abspath(os.fspath(pack))
-    with Pack(pack, fd) as p:
+    # A pack whose seek table or index is damaged is read through the salvage scan: its
+    # other sessions must still come back (issue 26).
+    with open_pack(pack, fd) as p:
         name = p.names[p.find(session)]
         # The name comes from the file and becomes a path: a hostile index ("ID-/../x")
         # must not choose where the restore lands.
@@ -381,6 +385,10 @@ def verify_pack(path: str | os.PathLike[str], fd: int | None = None,
         for i, name in enumerate(p.names):
             if not is_session_name(name):
                 raise UnsafeArchive(path, f"index names {name!r}, not a session dir name")
+            f = p.frames[i]
+            if f.checksum is not None and f.checksum != int.from_bytes(
+                    os.pread(p.fd, 4, f.offset + f.csize - 4), "little"):
+                raise CorruptArchive(path, f"seek table entry {i} ({name}): wrong checksum")
             members = p.members(i)
             for member, _off, _size, _typ in iter_tar(members):
                 if member.rstrip("/") != name and not member.startswith(name + "/"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from archive_tool import fs, untrusted
+from archive_tool.catalog.catalogstate import forget_missing
 from archive_tool.engine.restore import (
     Pending,
     remove_archives,
@@ -189,6 +191,8 @@ def restore_tree(
                      on_result=on_result)
             if not s["stopped"]:
                 packrestore.restore(root_p, in_packs, s, on_result)
+            if remove_archive:
+                _forget_removed(root_p, s)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 
@@ -249,6 +253,7 @@ def undo_run(
                 packrestore.restore(root_p, in_packs, s, on_result)
             else:
                 s["skipped"] += len(in_packs)
+            _forget_removed(root_p, s)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
 
@@ -300,6 +305,17 @@ def _plan_undo_line(root: str, root_fd: int, rec: dict[str, Any], s: dict[str, A
     s["candidates"] += 1
     s["bytes_in"] += st.st_size
     return archive, session
+
+
+def _forget_removed(root: str, s: dict[str, Any]) -> None:
+    """The catalog step of a restore that removed archives (issue 26: `find` listed them
+    and `show -s` said "no such archive" after an undo): their rows go, with those of any
+    archive an earlier crash removed before this step. A catalog that cannot be written
+    is a warning: the restored dirs are safe, and `catalog --rebuild` repairs it."""
+    try:
+        forget_missing(root)
+    except (sqlite3.Error, OSError, ArchiveError) as e:
+        s["warnings"].append(f"catalog not updated: {e}; `catalog --rebuild` repairs it")
 
 
 # ------------------------------------------------------------------------ flat restore

@@ -19,6 +19,7 @@ from typing import Any
 
 from archive_tool import fs, untrusted
 from archive_tool.engine import packfile
+from archive_tool.engine.packsalvage import Salvage, SalvagedPack, open_pack
 from archive_tool.engine.restore import remove_dead_temps, restore_at
 from archive_tool.errors import ArchiveError
 from archive_tool.names import is_session_name
@@ -39,7 +40,15 @@ def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -
     """Sessions in packs to restore, counted into *s* as restore_tree counts archives.
     *taken*: destinations already planned (a per-session archive of the same session)."""
     jobs: list[Job] = []
-    for rel, pack, _mtime, sessions in pack_listings(root):
+
+    def damaged(rel: str, pack: str, found: Salvage) -> None:
+        # Its readable sessions are listed; the lost ones are failures, named.
+        for n in found.lost:
+            s["scanned"] += 1
+            record_failure(s, os.path.join(root, rel, pack) + f"::{n}",
+                           "its frame in the pack is damaged; cannot be restored")
+
+    for rel, pack, _mtime, sessions in pack_listings(root, on_damaged=damaged):
         for name, csize in sessions:
             s["scanned"] += 1
             dest = os.path.join(root, rel, name)
@@ -143,7 +152,7 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
                   on_result: Callable[[Result], None] | None) -> None:
     path = os.path.join(where, pack)
     try:
-        p = packfile.Pack(path, fs.open_file(pack, dfd))
+        p = open_pack(path, fs.open_file(pack, dfd))
     except (ArchiveError, OSError) as e:
         why = getattr(e, "reason", None) or f"cannot open the pack: {e.strerror or e}"
         for n in names:
@@ -159,6 +168,9 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
                 # "X-a-b"): the last frame of it, as find() picks.
                 i = len(p.names) - 1 - p.names[::-1].index(n) if n in p.names else -1
                 if i < 0:
+                    if isinstance(p, SalvagedPack) and n in p.salvage.lost:
+                        raise ArchiveError(path, "its frame in the pack is damaged; cannot "
+                                                 "be restored")
                     raise ArchiveError(path, f"no session {n!r} in this pack")
                 fd = p.frame_fd(i)
                 total, tree_fd = restore_at(label, fd, dfd, n, os.path.join(where, n), ast,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import stat
 import time
@@ -50,18 +49,6 @@ from archive_tool.sweep.plan import check_root
 from archive_tool.sweep.runlog import close_durably, open_stamped
 
 PRUNE_DIR = os.path.join(".session-archive", "prune")
-_AGE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([hdwy]?)\s*$")
-_UNIT_DAYS = {"h": 1 / 24, "d": 1.0, "": 1.0, "w": 7.0, "y": 365.0}
-
-
-def parse_age(text: str) -> float:
-    """``"180d"`` -> 180.0 days; ``h``, ``d`` (default), ``w``, ``y`` units."""
-    m = _AGE.match(text)
-    if not m:
-        raise BadArgument(f"age must look like 180d, 12w, 36h or 1y, got {text!r}")
-    return float(m.group(1)) * _UNIT_DAYS[m.group(2)]
-
-
 def scan(root: str, now: float | None = None) -> list[Archived]:
     now = time.time() if now is None else now
     out = []

@@ -39,7 +39,7 @@ from archive_tool import fs
 from archive_tool.catalog import catalog
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile
-from archive_tool.errors import ArchiveError, VerifyFailed
+from archive_tool.errors import ArchiveError, BadArgument, VerifyFailed
 from archive_tool.lock import RootLock
 from archive_tool.retention.repackplan import (
     DropFn,
@@ -60,7 +60,7 @@ def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:
     with packfile.Pack(os.path.join(where, pack), os.dup(fd)) as p:
         arel = os.path.join(rel, pack)
         return [session_row(p.members(i), n, rel, arel, i, p.frames.offset[i],
-                                    p.frames.csize[i]) for i, n in enumerate(p.names)]
+                            p.frames.csize[i]) for i, n in enumerate(p.names)]
 
 
 def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]:
@@ -114,9 +114,11 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
     return rows
 
 
-def run_group(root: str, dfd: int, g: Group) -> None:
+def run_group(root: str, dfd: int, g: Group, *, aside: bool = False) -> None:
     """Execute one planned group (module doc, steps 1-6). Raises ArchiveError/OSError
-    with nothing of the old packs deleted, unless the failure is in the final unlinks."""
+    with nothing of the old packs deleted, unless the failure is in the final unlinks.
+    *aside* (repack --salvage, salvage.py): the old pack is renamed to
+    ``.<name>.damaged``, not unlinked."""
     where = os.path.join(root, g.dir)
     fds = PackFds(dfd, where, g.ids)
     try:
@@ -140,7 +142,12 @@ def run_group(root: str, dfd: int, g: Group) -> None:
             st = fs.lstat_at(dfd, p)
             if (st.st_dev, st.st_ino) != g.ids[p]:
                 raise ArchiveError(os.path.join(where, p), "replaced since it was planned; kept")
-            os.unlink(p, dir_fd=dfd)
+            if aside:
+                from archive_tool.retention.salvage import put_aside
+
+                put_aside(dfd, where, p)
+            else:
+                os.unlink(p, dir_fd=dfd)
             fs.race_point("repack-unlink", os.path.join(where, p))
         commit.fsync_dir(dfd, where)
     finally:
@@ -165,15 +172,20 @@ def repack(
     only_dropped: bool = False,
     lock: bool = True,
     on_group: Callable[[dict[str, Any]], None] | None = None,
+    salvage: bool = False,
 ) -> dict[str, Any]:
     """Repack the packs under *root* (module doc). *drop*: session names or IDs to drop
     from their packs (their frames are deleted). Returns a Summary (kind "repack") with
     ``groups`` (each: dir, packs, new, kept, dropped), ``packs_written``,
-    ``packs_removed``, ``dropped``, ``bytes_before``/``bytes_after`` (compressed frames)."""
+    ``packs_removed``, ``dropped``, ``bytes_before``/``bytes_after`` (compressed frames).
+    *salvage*: instead, replace each damaged pack by a clean pack of the sessions that
+    still read (salvage.py); not with *merge* or *drop*."""
     t0 = time.monotonic()
     root_p = check_root(root)
     merge = parse_merge(merge)
     wanted = {d.strip() for d in drop if d.strip()}
+    if salvage and (merge or wanted or drop_fn):
+        raise BadArgument("--salvage rewrites damaged packs only: not with --merge or --drop")
     if drop_fn is None and wanted:
         def drop_fn(_rel: str, name: str) -> str | None:
             hit = name in wanted or any(name.startswith(w + "-") for w in wanted)
@@ -191,7 +203,13 @@ def repack(
                     record_failure(s, os.path.join(root_p, rel), f"cannot open: {e.strerror}")
                     continue
                 try:
-                    _do_dir(root_p, rel, dfd, s, merge, drop_fn, only_dropped, dry_run, on_group)
+                    if salvage:
+                        from archive_tool.retention.salvage import salvage_dir
+
+                        salvage_dir(root_p, rel, dfd, s, dry_run, on_group)
+                    else:
+                        _do_dir(root_p, rel, dfd, s, merge, drop_fn, only_dropped, dry_run,
+                                on_group)
                 finally:
                     os.close(dfd)
         finally:

@@ -115,10 +115,13 @@ def _base(pack: str) -> str:
     return head if dot and n.isdigit() else stem
 
 
-def pack_listings(root: str) -> list[tuple[str, str, float, list[tuple[str, int]]]]:
+def pack_listings(root: str, on_damaged: Callable[[str, str, Any], None] | None = None
+                  ) -> list[tuple[str, str, float, list[tuple[str, int]]]]:
     """(rel dir, pack name, pack mtime, [(session, compressed frame size)]) of every pack
     of every FINISHED_* dir below *root* that reads: seek table and index only, by fds
-    from the root. A pack that does not read is left out (``verify``/``repack`` say why)."""
+    from the root. A pack that does not read is left out (``verify``/``repack`` say why),
+    unless *on_damaged* is given: then its readable sessions are listed (the salvage
+    scan, packsalvage.py) and *on_damaged(rel, pack, Salvage)* is told."""
     out = []
     root_fd = fs.open_trusted_dir(root)
     try:
@@ -132,8 +135,17 @@ def pack_listings(root: str) -> list[tuple[str, str, float, list[tuple[str, int]
                     if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
                         continue
                     try:
-                        with packfile.Pack(os.path.join(root, rel, e.name),
-                                           fs.open_file(e.name, dfd)) as p:
+                        path = os.path.join(root, rel, e.name)
+                        if on_damaged is not None:
+                            from archive_tool.engine.packsalvage import SalvagedPack, open_pack
+
+                            with open_pack(path, fs.open_file(e.name, dfd)) as sp:
+                                if isinstance(sp, SalvagedPack):
+                                    on_damaged(rel, e.name, sp.salvage)
+                                    out.append((rel, e.name, os.fstat(sp.fd).st_mtime,
+                                                list(zip(sp.names, sp.csize, strict=True))))
+                                    continue
+                        with packfile.Pack(path, fs.open_file(e.name, dfd)) as p:
                             out.append((rel, e.name, os.fstat(p.fd).st_mtime,
                                         [(n, p.frames.csize[k]) for k, n in enumerate(p.names)]))
                     except (ArchiveError, OSError):

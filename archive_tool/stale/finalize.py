@@ -309,6 +309,7 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
     if stale_after is not None and stale_after < 0:
         raise BadArgument(f"stale_after must be >= 0, got {stale_after}")
     counts = new_counts()
+    emptied: set[str] = set()  # parents of the RUNNING/ dirs a run was moved out of
     for held, v in _judged(root, stale_after, now):
         path = v.path
         counts["running"] += 1
@@ -338,7 +339,38 @@ def finalize_stale(root: str, *, dry_run: bool = True, stale_after: float | None
             counts["finalized"] += 1
             _note(counts, "runs", {"path": path, "reason": v.reason, "action": "finalized",
                                    "moved_to": dest})
+            emptied.add(os.path.dirname(os.path.dirname(path)))
+    counts["running_dirs_removed"] = drop_emptied_running(root, emptied)
     return counts
+
+
+def drop_emptied_running(root: str, parents: set[str]) -> int:
+    """Remove each ``<parent>/RUNNING/`` that finalizing left empty (issue 26), as the
+    decorator's close does for the last run of a script: rmdir is atomic and refuses a
+    dir that holds anything, so a run started meanwhile keeps it (one whose mkdir inside
+    it loses the race gets ENOENT and makes RUNNING/ again: scitex_session._start).
+    Reached by dir fds below the root, no symlink followed. Returns how many went."""
+    if not parents:
+        return 0
+    removed = 0
+    root_fd = fs.open_trusted_dir(root)
+    try:
+        for parent in sorted(parents):
+            rel = os.path.relpath(parent, root)
+            try:
+                pfd = fs.open_beneath(root_fd, rel)
+            except OSError:
+                continue
+            try:
+                os.rmdir(RUNNING_STATE, dir_fd=pfd)
+                removed += 1
+            except OSError:
+                pass  # not empty (a new run, an unfinalized one), or gone already
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(root_fd)
+    return removed
 
 
 def survey(root: str, stale_after: float | None = None, now: float | None = None,

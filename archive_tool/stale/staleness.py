@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import time
 from typing import Any, NamedTuple
@@ -14,6 +13,7 @@ from typing import Any, NamedTuple
 from archive_tool import fs
 from archive_tool.errors import BadArgument
 from archive_tool.liveness import HEARTBEAT_NAME, boot_id, hostname, pid_namespace, proc_stat
+from archive_tool.units import parse_age
 
 DEFAULT_INTERVAL = 60.0
 STALE_FACTOR = 10
@@ -176,13 +176,13 @@ def classify(path: str | os.PathLike[str], stale_after: float | None = None,
 
 
 def parse_duration(text: str) -> float:
-    """``"2d"``, ``"6h"``, ``"30m"``, ``"90s"`` -> seconds; a bare number is days (as
-    ``--older-than-days``). BadArgument on anything else or a negative value."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([smhd]?)\s*", str(text))
-    if not m:
+    """``"2d"``, ``"6h"``, ``"30m"``, ``"90s"`` -> seconds; a bare number is days (the
+    --older-than syntax, units.parse_age). BadArgument on anything else."""
+    try:
+        return parse_age(str(text)) * 86400
+    except BadArgument:
         raise BadArgument(f"stale-after must be a duration like 2d, 6h, 30m, 90s or a "
-                         f"number of days, got {text!r}")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 86400}[m.group(2)]
+                          f"number of days, got {text!r}") from None
 
 
 # ----------------------------------------------------------------------------- finalizing

@@ -1,0 +1,129 @@
+"""``verify ROOT``: every session archive and pack of a tree read completely, on the
+worker pool (issue 26: ``find -exec verify`` took 76 s serially with no progress).
+
+The same checks as ``verify ARCHIVE`` (read.verify_archive, packfile.verify_pack); a bad
+pack also gets the salvage line (which sessions are lost, packsalvage.py). Only reads:
+the tree is walked by dir fds and each file opened O_NOFOLLOW, so a file name swapped
+for a symlink after the walk is reported, not followed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from archive_tool import fs
+from archive_tool.engine import packfile
+from archive_tool.errors import ArchiveError
+from archive_tool.sweep.executors import default_workers, run_batches
+
+
+class Checked(NamedTuple):
+    path: str
+    error: str | None  # None: it verified
+    members: int
+    bytes: int
+    pack: bool
+
+
+def find_archives(root: str) -> list[str]:
+    """Session archives and packs in the FINISHED_* dirs below *root*, sorted."""
+    from archive_tool.restore.many import iter_session_archives
+    from archive_tool.retention.repackplan import pack_dirs
+
+    out = [e.path for e in iter_session_archives(root)]
+    root_fd = fs.open_trusted_dir(root)
+    try:
+        for rel in pack_dirs(root, root_fd):
+            try:
+                dfd = fs.open_beneath(root_fd, rel)
+            except OSError:
+                continue
+            try:
+                out += [os.path.join(root, rel, e.name) for e in fs.scandir_sorted(dfd)
+                        if packfile.is_pack_name(e.name)]
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(root_fd)
+    return sorted(set(out))
+
+
+def check_one(path: str) -> Checked:
+    """verify of one archive or pack, as a result (never raises for a bad file)."""
+    from archive_tool.engine.read import verify_archive
+
+    is_pack = packfile.is_pack_name(os.path.basename(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        return Checked(path, f"cannot open: {e.strerror or e}", 0, 0, is_pack)
+    try:
+        if is_pack:
+            info = packfile.verify_pack(path, fd)
+        else:
+            info = verify_archive(path, os.dup(fd))
+        return Checked(path, None, info.members, info.bytes, is_pack)
+    except ArchiveError as e:
+        why = e.reason
+        if is_pack:
+            from archive_tool.engine.packsalvage import salvage
+
+            try:
+                why += "; salvage: " + salvage(path, fd).summary()
+            except (ArchiveError, OSError):
+                pass
+        return Checked(path, why, 0, 0, is_pack)
+    except OSError as e:
+        return Checked(path, f"cannot read: {e.strerror or e}", 0, 0, is_pack)
+    finally:
+        os.close(fd)
+
+
+def check_batch(paths: list[str]) -> list[Checked]:
+    return [check_one(p) for p in paths]
+
+
+def verify_tree(root: str | os.PathLike[str], *, workers: int | None = None,
+                on_result: Callable[[Checked], None] | None = None,
+                on_total: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Verify every archive and pack below *root* on the pool; returns a summary:
+    root, checked, ok, bad, packs, members, bytes, elapsed, failures [{path, reason}],
+    stopped (a signal or a broken pool)."""
+    from archive_tool.sweep.plan import check_root
+
+    t0 = time.monotonic()
+    root_p = check_root(root)
+    paths = find_archives(root_p)
+    if on_total is not None:
+        on_total(len(paths))
+    s: dict[str, Any] = {"kind": "verify", "root": root_p, "checked": 0, "ok": 0, "bad": 0,
+                         "packs": 0, "members": 0, "bytes": 0, "failures": [],
+                         "stopped": None, "signal": None}
+    n = workers or default_workers()
+    size = max(1, min(16, -(-len(paths) // (4 * n)) if paths else 1))
+    batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+
+    def absorb(results: list[Checked]) -> None:
+        for r in results:
+            s["checked"] += 1
+            s["packs"] += r.pack
+            if r.error is None:
+                s["ok"] += 1
+                s["members"] += r.members
+                s["bytes"] += r.bytes
+            else:
+                s["bad"] += 1
+                s["failures"].append({"path": r.path, "reason": r.error})
+            if on_result is not None:
+                on_result(r)
+
+    def lost(batch: list[str], e: BaseException) -> list[Checked]:
+        return [Checked(p, f"worker lost: {e!r}", 0, 0, False) for p in batch]
+
+    out = run_batches(batches, check_batch, (), absorb=absorb, lost=lost, workers=n)
+    s["stopped"], s["signal"] = out.stopped, out.signal
+    s["elapsed"] = round(time.monotonic() - t0, 3)
+    return s
