@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.sweep.packsweep import pack_sweep
 from archive_tool.engine import packfile, packsalvage
+from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import run_cli, snapshot
 from tests.test_pack import _tree
 
