@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
+from archive_tool.engine import attrs
 from archive_tool.engine.formats import (
     OutputTooBig,
     decompress_bytes,
@@ -34,7 +35,8 @@ CHUNK = 1024 * 1024
 # it were ~30 % of a real-shape bulk restore's CPU (py-spy, issue 15).
 WHOLE_ARCHIVE_MAX = 4 << 20
 WHOLE_TAR_MAX = 64 << 20
-_KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}
+_KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l",
+         tarfile.LNKTYPE: "h"}
 
 
 # An extended header (PAX x/g, GNU long name/link) is read into memory whole by tarfile,
@@ -140,8 +142,9 @@ def check_members(
     f: IO[bytes], fmt: str, expected: Iterable[tuple[str, str, int, str, int]], where: str
 ) -> None:
     """Verify the archive in *f* holds exactly *expected* (name, kind, size, linkname,
-    crc32), in any order (GNU tar orders members differently). Raises VerifyFailed naming
-    the first difference."""
+    crc32[, attrs digest]), in any order (GNU tar orders members differently). Raises
+    VerifyFailed naming the first difference. The optional sixth field (tarwrite's
+    iter_expected_members) compares each member's ns mtime, xattrs and ACLs too."""
     want = {e[0]: e[1:] for e in expected}
     try:
         reader = open_decompressed_reader(f, fmt)
@@ -151,10 +154,12 @@ def check_members(
                 exp = want.pop(name, None)
                 if exp is None:
                     raise VerifyFailed(where, f"unexpected member {m.name!r}")
-                kind, size, linkname, crc = exp
+                kind, size, linkname, crc, *digest = exp
                 got = (_KIND.get(m.type, "?"), m.size if m.isfile() else 0, m.linkname)
                 if got != (kind, size, linkname):
                     raise VerifyFailed(where, f"member {name!r} read back as {got}")
+                if digest and attrs.digest(attrs.member_records(m.pax_headers)) != digest[0]:
+                    raise VerifyFailed(where, f"attributes of {name!r} differ")
                 if m.isfile() and _crc(tf.extractfile(m)) != crc:
                     raise VerifyFailed(where, f"content of {name!r} differs")
             if want:
@@ -268,6 +273,10 @@ class MemberRules:
         why = unsafe_reason(m)
         if why:
             return why
+        if m.pax_headers:
+            why = attrs.check_member(m.pax_headers)
+            if why:
+                return f"{m.name!r}: {why}"
         if "\0" in m.name or "\0" in m.linkname:
             return f"NUL byte in member name {m.name!r}"
         name = member_path(m.name)
