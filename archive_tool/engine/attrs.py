@@ -182,6 +182,11 @@ def check_member(pax: Mapping[str, str]) -> str | None:
     for k, v in pax.items():
         if k.startswith(XATTR_PREFIX):
             items.append((k[len(XATTR_PREFIX):], v.encode("utf-8", "surrogateescape")))
+            if items[-1][0] in _ACL_TEXT:
+                try:
+                    acl_entries(items[-1][1])
+                except ValueError as e:
+                    return str(e)
         elif k in _TEXT_TO_XATTR and len(v) > MAX_XATTR_VALUE:
             return f"ACL text of {len(v)} bytes"
     return check_xattrs(items) if items else None

@@ -254,6 +254,9 @@ def member_path(name: str) -> str:
     return "" if name == "." else name.strip("/")
 
 
+_DIR, _FILE, _OTHER = 0, 1, 2
+
+
 class MemberRules:
     """The member rules of restore, verify and show — one rule, so verify never says "ok"
     for an archive restore refuses. Per member: unsafe_reason, plus what one member cannot
@@ -265,9 +268,9 @@ class MemberRules:
         self.links: dict[str, str] = {}
         # Hashes, not names: a hostile archive of millions of members must not cost a
         # string per member (a collision only refuses an archive, never accepts one).
-        # One dict, hash -> "is a directory": ~100 B a member, against ~500 B for the
-        # TarInfo list tarfile would keep.
-        self.seen: dict[int, bool] = {}
+        # One dict, hash -> _DIR / _FILE (regular, or hard link to one) / _OTHER:
+        # ~100 B a member, against ~500 B for the TarInfo list tarfile would keep.
+        self.seen: dict[int, int] = {}
 
     def unsafe(self, m: tarfile.TarInfo) -> str | None:
         why = unsafe_reason(m)
@@ -284,9 +287,14 @@ class MemberRules:
         if key in self.seen:
             return f"duplicate member {m.name!r}"
         parts = name.split("/")
-        if any(self.seen.get(hash("/".join(parts[:i]))) is False for i in range(1, len(parts))):
+        if any(self.seen.get(hash("/".join(parts[:i])), _DIR) != _DIR
+               for i in range(1, len(parts))):
             return f"{m.name!r} is below a member that is not a directory"
-        self.seen[key] = m.isdir()
+        # A hard link names a regular file that came before it (restore links to what it
+        # has extracted; a later member, a dir or a name outside is nothing to link to).
+        if m.islnk() and self.seen.get(hash(member_path(m.linkname))) != _FILE:
+            return f"hard link {m.name!r} to {m.linkname!r}, not a file before it"
+        self.seen[key] = _DIR if m.isdir() else _FILE if m.isreg() or m.islnk() else _OTHER
         # Restore refuses these too: a path through a symlink the archive made could
         # land outside the destination, and a hard link through one could pin a file
         # outside it.
