@@ -50,12 +50,16 @@ def _build(parent: Path, name: str = NAME, *, trusted: bool = ROOT) -> Path:
     os.link(d / "a", d / "data" / "a-link")
     os.setxattr(d / "a", "user.note", b"hello")
     os.setxattr(d / "shared", "user.bin", b"\x00\xff\x10")
+    # A name too long for ustar: its header goes through tarfile, binary value and all.
+    long = d / "shared" / ("long-" + "x" * 120)
+    long.write_text("long\n")
+    os.setxattr(long, "user.bin", b"\xfe\x00raw")
     if trusted:
         os.setxattr(d / "a", "trusted.origin", b"lab")
     subprocess.run(["setfacl", "-m", "u:nobody:r", d / "a"], check=True)
     subprocess.run(["setfacl", "-d", "-m", "g:users:rx", d / "shared"], check=True)
     os.chmod(d / "shared", 0o2755)
-    for p in (d / "a", d / "plain.log"):
+    for p in (d / "a", d / "plain.log", long):
         os.utime(p, ns=(T_FILE, T_FILE))
     for p in (d / "shared" / "sub", d / "shared", d / "data"):
         os.utime(p, ns=(T_DIR, T_DIR))
