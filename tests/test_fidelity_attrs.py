@@ -327,3 +327,22 @@ def test_source_with_xattrs_beyond_the_caps_is_kept(tmp_path: Path) -> None:
     assert r.returncode == 1 and b"extended attributes" in r.stderr, r.stderr
     assert (src / "f").read_text() == "x"
     assert stat.S_ISDIR(src.stat().st_mode) and len(list(src.parent.iterdir())) == 1
+
+
+def test_directory_attributes_held_for_the_end_are_bounded(tmp_path: Path, monkeypatch) -> None:
+    """Dirs' attributes wait until their children exist: an archive of many dirs with big
+    xattrs must not grow the restore's memory without bound."""
+    from archive_tool.errors import UnsafeArchive
+
+    monkeypatch.setattr(attrs, "MAX_HELD_DIR_XATTRS", 3000)
+    big = {"SCHILY.xattr.user.k": "v" * 1000}
+    archive = tmp_path / f"{NAME}.tar"
+    archive.write_bytes(_tar([(_ti(NAME, tarfile.DIRTYPE), None),
+                              *[(_ti(f"{NAME}/d{i}", tarfile.DIRTYPE, pax=big), None)
+                                for i in range(4)]]))
+    with pytest.raises(UnsafeArchive, match="extended attributes"):
+        restore_one(archive)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
+    monkeypatch.setattr(attrs, "MAX_HELD_DIR_XATTRS", 64 << 20)
+    out = restore_one(archive)
+    assert os.getxattr(out / "d3", "user.k") == b"v" * 1000

@@ -50,6 +50,9 @@ MAX_XATTRS = 128
 MAX_XATTR_NAME = 255
 MAX_XATTR_VALUE = 64 * 1024
 MAX_XATTR_TOTAL = 256 * 1024
+# A directory's attributes are set after its children exist, so restore holds them until
+# the end: bounded over the whole archive (a million dirs of 256 KiB each would be 256 GB).
+MAX_HELD_DIR_XATTRS = 64 * 1024 * 1024
 
 Records = list[tuple[str, bytes]]
 

@@ -120,6 +120,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
     dir_attrs: list[tuple[str, int, int, list[tuple[str, bytes]]]] = []
     # trusted.*/security.* only when root restores root's own archive (attrs.py).
     trusted = owner is None and os.geteuid() == 0
+    held = 0  # xattr bytes of dirs kept until the end (bounded: attrs.MAX_HELD_DIR_XATTRS)
     dirs = _Dirs(tmp_fd)
     # The member rules verify and show apply too: no absolute names or "..", no devices,
     # no path or hard-link target through a symlink the archive made, no link escaping
@@ -163,6 +164,12 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                     elif kinds.get(rel) == DIR:
                         raise FileExistsError(errno.EEXIST, "exists", m.name)
                     kinds[rel] = DIR
+                    if xattrs:
+                        held += sum(len(k) + len(v) for k, v in xattrs)
+                        if held > attrs.MAX_HELD_DIR_XATTRS:
+                            raise UnsafeArchive(archive, "refused: directories with more than "
+                                                f"{attrs.MAX_HELD_DIR_XATTRS} bytes of "
+                                                "extended attributes")
                     dir_attrs.append((rel, restore_mode(m.mode, umask, keep_special, True),
                                       mtime, xattrs))
                 elif m.isreg():
