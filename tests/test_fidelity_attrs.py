@@ -346,3 +346,18 @@ def test_directory_attributes_held_for_the_end_are_bounded(tmp_path: Path, monke
     monkeypatch.setattr(attrs, "MAX_HELD_DIR_XATTRS", 64 << 20)
     out = restore_one(archive)
     assert os.getxattr(out / "d3", "user.k") == b"v" * 1000
+
+
+def test_a_pack_keeps_the_attributes_too(tmp_path: Path, umask022: None) -> None:
+    """Packs use the same tar writer and restore: the session comes back the same."""
+    root = tmp_path / "runs"
+    src = _build(root / "FINISHED_SUCCESS")
+    before = _observe(src)
+    r = run_cli("sweep", root, "--execute", "--pack", "2", "-j", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not src.exists()
+    pack = next((root / "FINISHED_SUCCESS").glob("*.pack.tar.zst"))
+    r = run_cli("unpack", pack, "-s", NAME)
+    assert r.returncode == 0, r.stderr
+    assert _observe(src) == before
+    _same_inode(src)
