@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archive_tool import fs
+from archive_tool.engine import attrs
 from archive_tool.engine.formats import check_level, compress_bytes, open_compressed_writer
-from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns
+from archive_tool.engine.scan import DIR, FILE, Entry, content_bytes, newest_mtime_ns
 from archive_tool.engine.single import IN_MEMORY_LIMIT
 from archive_tool.engine.tarwrite import tar_header, write_tar
 from archive_tool.errors import ArchiveError, BadArgument, SourceUnreadable
@@ -62,7 +63,10 @@ def tar_size(top: str, entries: list[Entry]) -> int:
     take — padding to a full record."""
     n = 2 * tarfile.BLOCKSIZE
     for e in entries:
-        n += len(tar_header(e, top))
+        # The PAX header of a sub-second mtime or a dir's xattrs (a file's xattrs are read
+        # only when it is archived: counted as none, which files nearly always have).
+        recs = attrs.pax_records(e.mtime_ns, e.xattrs if e.kind == DIR else None)
+        n += len(tar_header(e, top, recs))
         if e.kind == FILE:
             n += e.size + (-e.size % tarfile.BLOCKSIZE)
     if content_bytes(entries) <= IN_MEMORY_LIMIT:

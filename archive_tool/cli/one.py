@@ -66,7 +66,8 @@ def _not_a_dir(archive: str, session: str | None) -> None:
 @click.option("--remove-archive", is_flag=True,
               help="Delete the archive once the restored dir is on stable storage.")
 @click.option("--keep-setuid", is_flag=True,
-              help="Keep setuid/setgid/sticky bits (root only; dropped by default).")
+              help="Keep setuid/setgid/sticky bits and file capabilities (root only; dropped "
+                   "by default, except setgid on directories, always kept).")
 @click.option("--session", "-s", default=None, metavar="NAME|ID",
               help="ARCHIVE is a pack: restore only this session (its frame alone is read; "
                    "the pack is never rewritten). Default dest: beside the pack. ARCHIVE "

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from archive_tool import fs
-from archive_tool.engine.scan import DIR, FILE, Entry
+from archive_tool.engine.scan import DIR, FILE, HARD, Entry
 from archive_tool.errors import (
     DISK_FULL_ERRNOS,
     DurabilityError,
@@ -211,7 +211,10 @@ def fsync_dirs(tmps: Iterable[TmpArchive]) -> None:
 def _same(entry: Entry, st: os.stat_result) -> bool:
     if entry.kind == DIR:
         return stat.S_ISDIR(st.st_mode) and st.st_ino == entry.ino
-    kind_ok = stat.S_ISREG(st.st_mode) if entry.kind == FILE else stat.S_ISLNK(st.st_mode)
+    # A HARD entry is another name of a FILE entry's inode: a regular file whose size
+    # the FILE entry checks (its own size is 0, as its tar member's).
+    kind_ok = (stat.S_ISREG(st.st_mode) if entry.kind in (FILE, HARD)
+               else stat.S_ISLNK(st.st_mode))
     return kind_ok and entry.fingerprint() == (
         st.st_ino,
         st.st_size if entry.kind == FILE else 0,

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import IO
 
 from archive_tool import fs
-from archive_tool.engine import commit
+from archive_tool.engine import attrs, commit
 from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
 from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
@@ -36,13 +36,19 @@ def _umask() -> int:
     return old
 
 
-def restore_mode(mode: int, umask: int, keep_special: bool = False) -> int:
+def restore_mode(mode: int, umask: int, keep_special: bool = False,
+                 is_dir: bool = False) -> int:
     """Permissions of a restored entry, as GNU tar gives them to the user running it: the
     archived bits less the umask (000 stays 000, 664 under umask 022 becomes 644).
-    setuid/setgid/sticky only when root asks for them explicitly (*keep_special*)."""
+    setuid/setgid/sticky only when root asks for them explicitly (*keep_special*), except
+    setgid on a directory, always kept: shared group dirs rely on it for the group of new
+    files, it grants nothing (the kernel clears it on chmod by a user outside the dir's
+    group), and restore gives the dir to its restorer or the archive's owner anyway."""
     bits = mode & 0o777 & ~umask
     if keep_special:
         bits |= mode & 0o7000
+    elif is_dir:
+        bits |= mode & 0o2000
     return bits
 
 
@@ -110,10 +116,13 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
     """
     total = count = 0
     top: str | None = None
-    root_attrs: tuple[int, int] | None = None
+    root_attrs: tuple[int, int, list[tuple[str, bytes]]] | None = None
     kinds: dict[str, str] = {}
     links: dict[str, str] = {}
-    dir_attrs: list[tuple[str, int, int]] = []
+    dir_attrs: list[tuple[str, int, int, list[tuple[str, bytes]]]] = []
+    # trusted.*/security.* only when root restores root's own archive (attrs.py).
+    trusted = owner is None and os.geteuid() == 0
+    held = 0  # xattr bytes of dirs kept until the end (bounded: attrs.MAX_HELD_DIR_XATTRS)
     dirs = _Dirs(tmp_fd)
     # The member rules verify and show apply too: no absolute names or "..", no devices,
     # no path or hard-link target through a symlink the archive made, no link escaping
@@ -126,6 +135,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                 why = rules.unsafe(m)
                 if why:
                     raise UnsafeArchive(archive, f"refused: {why}")
+                xattrs = _xattrs(archive, m, trusted, keep_special)
                 rel = member_path(m.name)
                 if strip:
                     first, _, rest = rel.partition("/")
@@ -134,7 +144,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                     if first != top or (not rest and not m.isdir()):
                         raise MultiTop
                     if not rest:
-                        root_attrs = (m.mode, int(m.mtime))
+                        root_attrs = (m.mode, _mtime_ns(m), xattrs)
                         continue
                     rel = rest
                 elif not rel:
@@ -148,7 +158,7 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                     raise ArchiveTooLarge(archive, f"more than {max_members} members; refused")
                 parent, _, name = rel.rpartition("/")
                 pfd = dirs.get(parent)
-                mtime = int(m.mtime)
+                mtime = _mtime_ns(m)
                 if m.isdir():
                     if rel not in dirs.made:
                         os.mkdir(name, 0o700, dir_fd=pfd)
@@ -156,16 +166,23 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                     elif kinds.get(rel) == DIR:
                         raise FileExistsError(errno.EEXIST, "exists", m.name)
                     kinds[rel] = DIR
-                    dir_attrs.append((rel, restore_mode(m.mode, umask, keep_special), mtime))
+                    if xattrs:
+                        held += sum(len(k) + len(v) for k, v in xattrs)
+                        if held > attrs.MAX_HELD_DIR_XATTRS:
+                            raise UnsafeArchive(archive, "refused: directories with more than "
+                                                f"{attrs.MAX_HELD_DIR_XATTRS} bytes of "
+                                                "extended attributes")
+                    dir_attrs.append((rel, restore_mode(m.mode, umask, keep_special, True),
+                                      mtime, xattrs))
                 elif m.isreg():
                     _write_member(tf, m, name, pfd, mtime, owner,
-                                  restore_mode(m.mode, umask, keep_special))
+                                  restore_mode(m.mode, umask, keep_special), xattrs, archive)
                     kinds[rel] = FILE
                 elif m.issym():
                     os.symlink(m.linkname, name, dir_fd=pfd)
                     kinds[rel] = LINK
                     links[rel] = m.linkname
-                    os.utime(name, (mtime, mtime), dir_fd=pfd, follow_symlinks=False)
+                    os.utime(name, ns=(mtime, mtime), dir_fd=pfd, follow_symlinks=False)
                     if owner is not None:
                         os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
                 elif m.islnk():
@@ -189,12 +206,12 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
         bad = escaping_link(kinds, links)
         if bad is not None:
             raise UnsafeArchive(archive, f"refused: symlink {bad[0]!r} resolves outside the restore")
-        for rel, mode, mtime in reversed(dir_attrs):  # children first: setting mtime is final
-            fd = dirs.get(rel)
-            os.fchmod(fd, mode)
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.utime(fd, (mtime, mtime))
+        # Children first: setting mtime is final. Default ACLs only now, after every
+        # child exists: set earlier they would be inherited by children the archive
+        # gives their own ACLs (or none).
+        for rel, mode, mtime, xattrs in reversed(dir_attrs):
+            _set_attrs(archive, rel, dirs.get(rel), owner, mode, mtime,
+                       xattrs)
     except (ArchiveError, MultiTop):
         raise
     except FileExistsError as e:
@@ -209,16 +226,52 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
         raise CorruptArchive(archive, f"corrupt archive: {e}") from None
     finally:
         dirs.close()
-    if owner is not None:
-        os.fchown(tmp_fd, *owner)
     if root_attrs is not None:
-        os.fchmod(tmp_fd, restore_mode(root_attrs[0], umask, keep_special))
-        os.utime(tmp_fd, (root_attrs[1], root_attrs[1]))
+        _set_attrs(archive, top or "", tmp_fd, owner,
+                   restore_mode(root_attrs[0], umask, keep_special, True), root_attrs[1],
+                   root_attrs[2])
+    elif owner is not None:
+        os.fchown(tmp_fd, *owner)
     return total
 
 
+def _mtime_ns(m: tarfile.TarInfo) -> int:
+    return attrs.parse_mtime(m.pax_headers.get("mtime"), m.mtime)
+
+
+def _xattrs(archive: str, m: tarfile.TarInfo, trusted: bool, keep_special: bool
+            ) -> list[tuple[str, bytes]]:
+    if not m.pax_headers or not (m.isreg() or m.isdir()):
+        return []
+    try:
+        return attrs.to_restore(m.pax_headers, trusted=trusted, keep_special=keep_special)
+    except ValueError as e:
+        raise UnsafeArchive(archive, f"refused: {m.name!r}: {e}") from None
+
+
+def _set_attrs(archive: str, rel: str, fd: int, owner: tuple[int, int] | None, mode: int,
+               mtime_ns: int, xattrs: list[tuple[str, bytes]]) -> None:
+    """Owner, then attributes, then mode, then mtime, on the open entry *fd*. In this
+    order because chown clears file capabilities and setuid/setgid on files, and chmod
+    after an access ACL sets its mask from the restored (umask-reduced) group bits, as
+    chmod always does on a file with an ACL."""
+    if owner is not None:
+        os.fchown(fd, *owner)
+    if xattrs:
+        try:
+            attrs.apply_fd(fd, xattrs)
+        except OSError as e:
+            # Restoring without them would be the silent loss this restore exists to
+            # avoid; the temp dir is removed and the archive kept.
+            raise ArchiveError(archive, f"cannot restore extended attributes of {rel!r}: "
+                                        f"{e.strerror or e}") from None
+    os.fchmod(fd, mode)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
 def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, mtime: int,
-                  owner: tuple[int, int] | None, mode: int) -> None:
+                  owner: tuple[int, int] | None, mode: int,
+                  xattrs: list[tuple[str, bytes]] | None = None, archive: str = "") -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=pfd)
     try:
@@ -237,10 +290,7 @@ def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, 
                 view = view[os.write(fd, view):]
         if hole:
             os.ftruncate(fd, m.size)  # a hole at the end: the size still says so
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-        os.utime(fd, (mtime, mtime))
+        _set_attrs(archive or m.name, member_path(m.name), fd, owner, mode, mtime, xattrs or [])
     finally:
         os.close(fd)
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
+from archive_tool.engine import attrs
 from archive_tool.engine.formats import (
     OutputTooBig,
     decompress_bytes,
@@ -34,7 +35,8 @@ CHUNK = 1024 * 1024
 # it were ~30 % of a real-shape bulk restore's CPU (py-spy, issue 15).
 WHOLE_ARCHIVE_MAX = 4 << 20
 WHOLE_TAR_MAX = 64 << 20
-_KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}
+_KIND = {tarfile.REGTYPE: "f", tarfile.AREGTYPE: "f", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l",
+         tarfile.LNKTYPE: "h"}
 
 
 # An extended header (PAX x/g, GNU long name/link) is read into memory whole by tarfile,
@@ -140,8 +142,9 @@ def check_members(
     f: IO[bytes], fmt: str, expected: Iterable[tuple[str, str, int, str, int]], where: str
 ) -> None:
     """Verify the archive in *f* holds exactly *expected* (name, kind, size, linkname,
-    crc32), in any order (GNU tar orders members differently). Raises VerifyFailed naming
-    the first difference."""
+    crc32[, attrs digest]), in any order (GNU tar orders members differently). Raises
+    VerifyFailed naming the first difference. The optional sixth field (tarwrite's
+    iter_expected_members) compares each member's ns mtime, xattrs and ACLs too."""
     want = {e[0]: e[1:] for e in expected}
     try:
         reader = open_decompressed_reader(f, fmt)
@@ -151,10 +154,12 @@ def check_members(
                 exp = want.pop(name, None)
                 if exp is None:
                     raise VerifyFailed(where, f"unexpected member {m.name!r}")
-                kind, size, linkname, crc = exp
+                kind, size, linkname, crc, *digest = exp
                 got = (_KIND.get(m.type, "?"), m.size if m.isfile() else 0, m.linkname)
                 if got != (kind, size, linkname):
                     raise VerifyFailed(where, f"member {name!r} read back as {got}")
+                if digest and attrs.digest(attrs.member_records(m.pax_headers)) != digest[0]:
+                    raise VerifyFailed(where, f"attributes of {name!r} differ")
                 if m.isfile() and _crc(tf.extractfile(m)) != crc:
                     raise VerifyFailed(where, f"content of {name!r} differs")
             if want:
@@ -249,6 +254,9 @@ def member_path(name: str) -> str:
     return "" if name == "." else name.strip("/")
 
 
+_DIR, _FILE, _OTHER = 0, 1, 2
+
+
 class MemberRules:
     """The member rules of restore, verify and show — one rule, so verify never says "ok"
     for an archive restore refuses. Per member: unsafe_reason, plus what one member cannot
@@ -260,14 +268,18 @@ class MemberRules:
         self.links: dict[str, str] = {}
         # Hashes, not names: a hostile archive of millions of members must not cost a
         # string per member (a collision only refuses an archive, never accepts one).
-        # One dict, hash -> "is a directory": ~100 B a member, against ~500 B for the
-        # TarInfo list tarfile would keep.
-        self.seen: dict[int, bool] = {}
+        # One dict, hash -> _DIR / _FILE (regular, or hard link to one) / _OTHER:
+        # ~100 B a member, against ~500 B for the TarInfo list tarfile would keep.
+        self.seen: dict[int, int] = {}
 
     def unsafe(self, m: tarfile.TarInfo) -> str | None:
         why = unsafe_reason(m)
         if why:
             return why
+        if m.pax_headers:
+            why = attrs.check_member(m.pax_headers)
+            if why:
+                return f"{m.name!r}: {why}"
         if "\0" in m.name or "\0" in m.linkname:
             return f"NUL byte in member name {m.name!r}"
         name = member_path(m.name)
@@ -275,9 +287,14 @@ class MemberRules:
         if key in self.seen:
             return f"duplicate member {m.name!r}"
         parts = name.split("/")
-        if any(self.seen.get(hash("/".join(parts[:i]))) is False for i in range(1, len(parts))):
+        if any(self.seen.get(hash("/".join(parts[:i])), _DIR) != _DIR
+               for i in range(1, len(parts))):
             return f"{m.name!r} is below a member that is not a directory"
-        self.seen[key] = m.isdir()
+        # A hard link names a regular file that came before it (restore links to what it
+        # has extracted; a later member, a dir or a name outside is nothing to link to).
+        if m.islnk() and self.seen.get(hash(member_path(m.linkname))) != _FILE:
+            return f"hard link {m.name!r} to {m.linkname!r}, not a file before it"
+        self.seen[key] = _DIR if m.isdir() else _FILE if m.isreg() or m.islnk() else _OTHER
         # Restore refuses these too: a path through a symlink the archive made could
         # land outside the destination, and a hard link through one could pin a file
         # outside it.

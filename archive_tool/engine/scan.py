@@ -12,9 +12,12 @@ import stat
 from dataclasses import dataclass
 
 from archive_tool import fs
+from archive_tool.engine import attrs
 from archive_tool.errors import SourceUnreadable, UnsafeSource
 
 FILE, DIR, LINK = "f", "d", "l"
+# A second name of a regular file already in the manifest (a tar hard link; no content).
+HARD = "h"
 
 
 @dataclass(slots=True)
@@ -28,7 +31,10 @@ class Entry:
     ino: int
     uid: int
     gid: int
-    linkname: str = ""
+    linkname: str = ""  # a symlink's target; for HARD, the rel of the file it links to
+    # Extended attributes that travel (attrs.py): read by scan for dirs, by tarwrite from
+    # the open file for files (the ctime check there covers a change after the scan).
+    xattrs: list[tuple[str, bytes]] | None = None
     blocks: int = 0  # st_blocks (512-byte units): what the inode costs on disk, as du counts
 
     def fingerprint(self) -> tuple[int, int, int, int]:
@@ -47,7 +53,7 @@ def _entry(rel: str, st: os.stat_result, kind: str, linkname: str = "") -> Entry
         st.st_uid,
         st.st_gid,
         linkname,
-        st.st_blocks,
+        blocks=st.st_blocks,
     )
 
 
@@ -86,8 +92,10 @@ def scan_fd(top_fd: int, where: str) -> list[Entry]:
     """
     st = os.fstat(top_fd)
     entries = [_entry("", st, DIR)]
+    as_root = os.geteuid() == 0
+    entries[0].xattrs = _dir_xattrs(top_fd, where, as_root)
     links: dict[str, str] = {}
-    _walk(top_fd, "", entries, links, where)
+    _walk(top_fd, "", entries, links, where, {}, as_root)
     if links:
         bad = escaping_link({e.rel: e.kind for e in entries}, links)
         if bad is not None:
@@ -97,7 +105,17 @@ def scan_fd(top_fd: int, where: str) -> list[Entry]:
     return entries
 
 
-def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where: str) -> None:
+def _dir_xattrs(fd: int, where: str, as_root: bool) -> list[tuple[str, bytes]] | None:
+    try:
+        return attrs.read_fd(fd, as_root)
+    except ValueError as e:
+        raise UnsafeSource(where, f"{e}; session kept") from None
+    except OSError as e:
+        raise SourceUnreadable(where, e.strerror or str(e)) from None
+
+
+def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where: str,
+          inodes: dict[tuple[int, int], str], as_root: bool) -> None:
     here = os.path.join(where, rel) if rel else where
     try:
         items = fs.scandir_sorted(dir_fd)
@@ -111,17 +129,27 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
             raise SourceUnreadable(os.path.join(where, r), e.strerror or str(e)) from None
         mode = st.st_mode
         if stat.S_ISREG(mode):
+            if st.st_nlink > 1:
+                # Names of one inode after the first become tar hard links (as GNU tar
+                # does), restored as links again instead of separate copies.
+                first = inodes.setdefault((st.st_dev, st.st_ino), r)
+                if first != r:
+                    out.append(Entry(r, HARD, 0, st.st_mode, st.st_mtime_ns, st.st_ctime_ns,
+                                     st.st_ino, st.st_uid, st.st_gid, first))
+                    continue
             out.append(_entry(r, st, FILE))
             continue
         path = os.path.join(where, r)  # for messages; not built for the many plain files
         if stat.S_ISDIR(mode):
-            out.append(_entry(r, st, DIR))
+            ent = _entry(r, st, DIR)
+            out.append(ent)
             try:
                 sub = fs.open_dir(item.name, dir_fd, expect=st)
             except OSError as e:
                 raise SourceUnreadable(path, e.strerror or str(e)) from None
             try:
-                _walk(sub, r, out, links, where)
+                ent.xattrs = _dir_xattrs(sub, path, as_root)
+                _walk(sub, r, out, links, where, inodes, as_root)
             finally:
                 os.close(sub)
         elif stat.S_ISLNK(mode):

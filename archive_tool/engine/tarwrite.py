@@ -20,11 +20,13 @@ import zlib
 from collections.abc import Iterator
 
 from archive_tool import fs
-from archive_tool.engine.scan import DIR, FILE, LINK, Entry, scan_fd
-from archive_tool.errors import SourceChanged, SourceUnreadable
+from archive_tool.engine import attrs
+from archive_tool.engine.scan import DIR, FILE, HARD, LINK, Entry, scan_fd
+from archive_tool.errors import SourceChanged, SourceUnreadable, UnsafeSource
 
 CHUNK = 1024 * 1024
-_TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE}
+_TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE,
+          HARD: tarfile.LNKTYPE}
 
 @functools.cache
 def _uname(uid: int) -> str:
@@ -42,8 +44,12 @@ def _gname(gid: int) -> str:
         return ""
 
 
-def _header_tarfile(e: Entry, name: str) -> bytes:
+def _header_tarfile(e: Entry, name: str, records: attrs.Records | None = None) -> bytes:
     ti = tarfile.TarInfo(name)
+    if records:
+        # One extended header with tarfile's own records (long path, ...): two in a row
+        # would make readers drop the first one's.
+        ti.pax_headers = {k: v.decode("utf-8", "surrogateescape") for k, v in records}
     ti.type = _TYPES[e.kind]
     ti.size = e.size
     ti.mode = e.mode & 0o7777
@@ -57,14 +63,15 @@ def _header_tarfile(e: Entry, name: str) -> bytes:
 
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
 _CHKSUM_BLANK = b"        "
-_TYPECHAR = {FILE: b"0", DIR: b"5", LINK: b"2"}
+_TYPECHAR = {FILE: b"0", DIR: b"5", LINK: b"2", HARD: b"1"}
 # Largest values an octal field holds (digits - 1, NUL-terminated), like tarfile's itn().
 _MAX8, _MAX12 = 8**7, 8**11
 
 
-def tar_header(e: Entry, top: str) -> bytes:
+def tar_header(e: Entry, top: str, records: attrs.Records | None = None) -> bytes:
     """One 512-byte ustar header, byte-identical to what tarfile's PAX_FORMAT writes for
-    members that need no extended header (tests/test_single.py checks this).
+    members that need no extended header (tests/test_single.py checks this); with
+    *records* (attrs.pax_records: ns mtime, xattrs, ACLs) preceded by a PAX header.
 
     tarfile spends ~40 us per header (PAX probing, field-by-field encoding); sessions are
     mostly short ASCII names, for which one struct.pack does the same in ~3 us. Anything
@@ -73,20 +80,21 @@ def tar_header(e: Entry, top: str) -> bytes:
     name = f"{top}/{e.rel}" if e.rel else top
     if e.kind == DIR:
         name += "/"
+    linkname = f"{top}/{e.linkname}" if e.kind == HARD else e.linkname
     uname, gname = _uname(e.uid), _gname(e.gid)
     mtime = e.mtime_ns // 1_000_000_000
     if (
         len(name) > 100
-        or len(e.linkname) > 100
+        or len(linkname) > 100
         or not name.isascii()
-        or not e.linkname.isascii()
+        or not linkname.isascii()
         or not (uname.isascii() and gname.isascii() and len(uname) < 32 and len(gname) < 32)
         or e.size >= _MAX12
         or not 0 <= mtime < _MAX12
         or not 0 <= e.uid < _MAX8
         or not 0 <= e.gid < _MAX8
     ):
-        return _header_tarfile(e, name.rstrip("/") if e.kind == DIR else name)
+        return _header_tarfile(e, name.rstrip("/") if e.kind == DIR else name, records)
     fields = [
         name.encode(),
         b"%07o\0" % (e.mode & 0o7777),
@@ -96,7 +104,7 @@ def tar_header(e: Entry, top: str) -> bytes:
         b"%011o\0" % mtime,
         _CHKSUM_BLANK,
         _TYPECHAR[e.kind],
-        e.linkname.encode(),
+        linkname.encode(),
         b"ustar\x0000",
         uname.encode(),
         gname.encode(),
@@ -104,16 +112,47 @@ def tar_header(e: Entry, top: str) -> bytes:
         b"",
         b"",
     ]
-    buf = _HEADER.pack(*fields)
+    head = _pax_header(records) if records else b""
+    return head + _checksummed(_HEADER.pack(*fields))
+
+
+def _checksummed(buf: bytes) -> bytes:
     chksum = sum(buf)  # unsigned sum with the checksum field as spaces, as POSIX says
     return buf[:148] + b"%06o\0 " % chksum + buf[156:]
 
 
+def _pax_header(records: attrs.Records) -> bytes:
+    """A PAX extended header ('x') holding *records*, laid out as tarfile writes one
+    (name ``././@PaxHeader``, mode 644, owner 0): built here because nearly every member
+    has a sub-second mtime, and tarfile's header path costs ~40 us a member."""
+    parts = []
+    for key, value in records:
+        kv = key.encode("utf-8", "surrogateescape") + b"=" + value + b"\n"
+        n = len(kv) + 1  # the space after the length
+        length = n + len(str(n))
+        if len(str(length)) > len(str(n)):
+            length += 1
+        parts.append(b"%d " % length + kv)
+    payload = b"".join(parts)
+    return _pax_block(len(payload)) + payload + tarfile.NUL * (-len(payload) % tarfile.BLOCKSIZE)
+
+
+@functools.lru_cache(maxsize=512)
+def _pax_block(size: int) -> bytes:
+    # Only the size differs between the PAX headers of a session (mtime records are all
+    # about as long): a cached block spares a checksum sum() per member.
+    return _checksummed(_HEADER.pack(
+        b"././@PaxHeader", b"%07o\0" % 0o644, b"%07o\0" % 0, b"%07o\0" % 0,
+        b"%011o\0" % size, b"%011o\0" % 0, _CHKSUM_BLANK, tarfile.XHDTYPE, b"",
+        b"ustar\x0000", b"", b"", b"", b"", b""))
+
+
 def _copy_file(dir_fd: int, name: str, src: str, e: Entry, write, chunk: int,
-               want_crc: bool = True) -> int:
-    """Write exactly e.size bytes of *name* in *dir_fd* through *write*; return their CRC32
-    (0 without *want_crc*). ``src/e.rel`` names it in errors (joined only then: this runs
-    for every file of every session).
+               want_crc: bool = True, top: str = "", as_root: bool = False) -> int:
+    """Write the member of *name* in *dir_fd* through *write*: its header (with the
+    extended attributes read from the open file, kept in ``e.xattrs`` for the verify),
+    then exactly e.size bytes; return their CRC32 (0 without *want_crc*). ``src/e.rel``
+    names it in errors (joined only then: this runs for every file of every session).
 
     tarfile copies st_size bytes and silently truncates a file that grows (gh-89062);
     we detect growth, shrinkage and any rewrite (size/mtime/ctime/inode of the fd after
@@ -134,6 +173,13 @@ def _copy_file(dir_fd: int, name: str, src: str, e: Entry, write, chunk: int,
             raise SourceChanged(path, "replaced by a symlink while being archived") from None
         raise SourceUnreadable(path, err.strerror or str(err)) from None
     try:
+        try:
+            # flistxattr on the fd we read: one syscall for a file without attributes,
+            # and the fstat below (ctime) catches any attribute changed since the scan.
+            e.xattrs = attrs.read_fd(fd, as_root)
+        except ValueError as err:
+            raise UnsafeSource(os.path.join(src, e.rel), f"{err}; session kept") from None
+        write(tar_header(e, top, attrs.pax_records(e.mtime_ns, e.xattrs)))
         crc = 0
         got = 0
         # Ask for one byte more than expected: a file that grew shows itself in the same
@@ -175,9 +221,9 @@ def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
     path, which verifies by comparing whole bytes) skips computing them."""
     crcs = []
     dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR})
+    as_root = os.geteuid() == 0
     try:
         for e in entries:
-            write(tar_header(e, top))
             c = 0
             if e.kind == FILE:
                 try:
@@ -186,10 +232,15 @@ def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
                     raise SourceChanged(os.path.join(src, e.rel),
                                         f"a directory changed while being archived: "
                                         f"{err.strerror or err}") from None
-                c = _copy_file(dir_fd, name, src, e, write, chunk, crc)
+                c = _copy_file(dir_fd, name, src, e, write, chunk, crc, top, as_root)
                 pad = -e.size % tarfile.BLOCKSIZE
                 if pad:
                     write(tarfile.NUL * pad)
+            else:
+                # Symlinks and hard links carry no attributes (GNU tar's hard-link
+                # members neither); a sub-second mtime still goes with them.
+                write(tar_header(e, top, attrs.pax_records(
+                    e.mtime_ns, e.xattrs if e.kind == DIR else None)))
             crcs.append(c)
     finally:
         dirs.close()
@@ -202,16 +253,20 @@ def expected_members(
     top: str, entries: list[Entry], crcs: list[int]
 ) -> list[tuple[str, str, int, str, int]]:
     """(name, kind, size, linkname, crc32) per member, as ``read.check_members`` wants."""
-    return list(iter_expected_members(top, entries, crcs))
+    return [m[:5] for m in iter_expected_members(top, entries, crcs)]
 
 
 def iter_expected_members(
     top: str, entries: list[Entry], crcs: list[int]
-) -> Iterator[tuple[str, str, int, str, int]]:
+) -> Iterator[tuple[str, str, int, str, int, int]]:
     """:func:`expected_members` one at a time (no list of them beside the verify's own
-    dict: ~10 MB for a session of 100k files)."""
+    dict: ~10 MB for a session of 100k files), each with a sixth field: the CRC32 of its
+    attribute records (attrs.digest), which ``check_members`` compares too."""
     for e, crc in zip(entries, crcs, strict=True):
-        yield (f"{top}/{e.rel}" if e.rel else top, e.kind, e.size, e.linkname, crc)
+        link = f"{top}/{e.linkname}" if e.kind == HARD else e.linkname
+        recs = attrs.pax_records(e.mtime_ns, e.xattrs if e.kind in (FILE, DIR) else None)
+        yield (f"{top}/{e.rel}" if e.rel else top, e.kind, e.size, link, crc,
+               attrs.digest(recs) if recs else 0)
 
 
 def source_members(top_fd: int, src: str) -> tuple[list[Entry], list[tuple[str, str, int, str, int]]]:
