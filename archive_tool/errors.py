@@ -23,6 +23,7 @@ __all__ = [
     "UnsupportedFormat",
     "BadArgument",
     "DaskUnavailable",
+    "Interrupted",
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
@@ -125,3 +126,23 @@ class DurabilityError(ArchiveError):
 class DiskFull(ArchiveError):
     """ENOSPC/EDQUOT while writing an archive: the tmp is removed, the source kept, and a
     sweep stops feeding new work."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT asked the command to stop (interrupt.py). A BaseException, as
+    KeyboardInterrupt is: the ``except Exception`` that confines an error to one session
+    must not swallow it; ``finally`` blocks still clean up on the way out. Exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signum)
+
+    def __str__(self) -> str:
+        import signal
+
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        return f"interrupted by {name}"

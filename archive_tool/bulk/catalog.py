@@ -10,6 +10,7 @@ Config keys are flattened (``ARGS.lr``) into a key/value table with an index, so
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine import packfile
 from archive_tool.engine.formats import decompress_bytes
 from archive_tool.errors import ArchiveError, BadArgument
@@ -309,19 +310,32 @@ def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     errors: list[str] = []
     try:
         for rel, fname in _archives(root):
+            interrupt.check()  # SIGTERM: the half-built file is removed below
             try:
                 rows += add_rows(conn, list(rows_of_file(root, rel, fname)))
                 files += 1
             except (ArchiveError, OSError, ValueError) as e:
                 errors.append(f"{os.path.join(rel, fname)}: {e}")
-    finally:
+    except BaseException:
+        # Interrupted (or anything else): no catalog.sqlite.rebuild-PID left behind; the
+        # old catalog stays as it was (issue 23: a killed rebuild left its file).
         conn.close()
-    d = fs.open_state_dir(root)
-    try:
-        fs.rename_at(d, tmp, CATALOG_NAME)
-        os.fsync(d)
-    finally:
-        os.close(d)
+        with interrupt.shielded():
+            d = fs.open_state_dir(root)
+            try:
+                with contextlib.suppress(OSError):
+                    fs.unlink_at(d, tmp)  # journal_mode=MEMORY: no other file
+            finally:
+                os.close(d)
+        raise
+    conn.close()
+    with interrupt.shielded():  # built: put it in place, then honour a late signal
+        d = fs.open_state_dir(root)
+        try:
+            fs.rename_at(d, tmp, CATALOG_NAME)
+            os.fsync(d)
+        finally:
+            os.close(d)
     return {"catalog": final, "files": files, "sessions": rows, "errors": errors,
             "elapsed": round(time.monotonic() - t0, 3)}
 

@@ -31,9 +31,9 @@ from archive_tool.bulk.packplan import (  # noqa: F401 - part of this module's A
 from archive_tool.bulk.packresume import cleanup
 from archive_tool.bulk.packwork import Out, process_pack
 from archive_tool.bulk.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
-from archive_tool.errors import BadArgument
+from archive_tool.errors import BadArgument, Interrupted
 from archive_tool.lock import RootLock
-from archive_tool.summary import FAILED, Result, new_summary, record_failure
+from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 
 
 def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
@@ -128,6 +128,9 @@ def pack_sweep(
 
         def lost(job: PackJob | list[Task], e: BaseException) -> Out:
             paths = job.paths if isinstance(job, PackJob) else [t.path for t in job]
+            if isinstance(e, Interrupted):
+                return [(Result(p, SKIPPED, "interrupted (SIGTERM/SIGINT): source kept"), None)
+                        for p in paths]
             return [(Result(p, FAILED, f"worker lost: {e!r}"), None) for p in paths]
 
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.bulk.executors import default_workers, run_batches
 from archive_tool.bulk.plan import check_root
 from archive_tool.engine.restore import (
@@ -28,7 +28,7 @@ from archive_tool.engine.restore import (
     remove_dead_temps,
     restore_pending,
 )
-from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.errors import ArchiveError, BadArgument, Interrupted
 from archive_tool.lock import RootLock
 from archive_tool.names import (
     FINISHED_STATES,
@@ -110,6 +110,9 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
             count_restore(s, r, on_result)
 
     def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
+        if isinstance(e, Interrupted):
+            return [Result(a, SKIPPED, "interrupted (SIGTERM/SIGINT): archive kept")
+                    for a, _ in batch]
         # Each archive is kept (removed only after its restore is durable); a restore cut
         # short leaves only a hidden temp dir beside it.
         return [Result(a, FAILED, f"worker lost: {e!r}") for a, _ in batch]
@@ -352,7 +355,12 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
     except OSError:
         dirs = None  # each archive then reports the error itself
     try:
-        for archive, dest in jobs:
+        for k, (archive, dest) in enumerate(jobs):
+            if interrupt.requested():
+                # Stop between archives; the rest stay archives (SIGTERM/SIGINT).
+                out += [Result(a, SKIPPED, "interrupted (SIGTERM/SIGINT): archive kept")
+                        for a, _ in jobs[k:]]
+                break
             try:
                 p = restore_pending(archive, dest, follow=False, root=root,
                                     finish_existing=remove_archive, clean=False, dirs=dirs)

@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from itertools import islice
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.bulk import stale
 from archive_tool.bulk.discover import Discovery
 from archive_tool.bulk.executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
@@ -33,7 +33,14 @@ from archive_tool.bulk.plan import (
 from archive_tool.engine import commit, single, tarwrite
 from archive_tool.engine.read import check_members, detect_format_fd
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
-from archive_tool.errors import ArchiveError, BadArgument, DiskFull, DurabilityError, SourceChanged
+from archive_tool.errors import (
+    ArchiveError,
+    BadArgument,
+    DiskFull,
+    DurabilityError,
+    Interrupted,
+    SourceChanged,
+)
 from archive_tool.lock import RootLock, lock_session
 from archive_tool.names import FORMATS, normalize_format, session_of_trash
 from archive_tool.summary import (  # noqa: F401 - re-exported: callers of 0.1 import them from here
@@ -49,6 +56,7 @@ from archive_tool.summary import (  # noqa: F401 - re-exported: callers of 0.1 i
 )
 
 DEFAULT_BATCH = 128
+INTERRUPTED = "interrupted (SIGTERM/SIGINT): source kept"
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -59,6 +67,11 @@ def process_batch(tasks: list[Task], opts: dict[str, Any]) -> list[Result]:
     try:
         with fs.DirCache(opts.get("root")) as dirs:
             _process(tasks, opts, out, dirs)
+    except Interrupted:
+        # SIGTERM/SIGINT (interrupt.py): the sessions not committed yet keep their source
+        # and lose their unnamed tmp archive; reported as skipped, not failed.
+        done = {r.path for r in out}
+        out += [Result(t.path, SKIPPED, INTERRUPTED) for t in tasks if t.path not in done]
     except BaseException as e:  # noqa: BLE001 - a worker must never take the sweep down
         done = {r.path for r in out}
         out += [Result(t.path, FAILED, f"internal error: {e!r}")
@@ -77,6 +90,7 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
     prepared: list[single.Prepared] = []
     try:
         for i, t in enumerate(tasks):
+            interrupt.check()
             if t.kind == CLEANUP:
                 out.append(_cleanup(t, dirs))
             elif t.kind == FINISH:
@@ -101,7 +115,10 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                                 for u in tasks[i + 1:]]
                         break
         if prepared:
-            _commit(prepared, out, opts.get("remove_src", True))
+            # Written and verified: the commit (fsync, link, delete) runs to its end so a
+            # signal never leaves a batch half-committed (it takes milliseconds).
+            with interrupt.shielded():
+                _commit(prepared, out, opts.get("remove_src", True))
     finally:
         for p in prepared:
             p.unlock()
@@ -378,6 +395,8 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
             acc.add(r)
 
     def lost(batch: list[Task], e: BaseException) -> list[Result]:
+        if isinstance(e, Interrupted):
+            return [Result(t.path, SKIPPED, INTERRUPTED) for t in batch]
         return [Result(t.path, FAILED, f"worker lost: {e!r}") for t in batch]
 
     def unsent(batch: list[Task]) -> None:

@@ -116,7 +116,19 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="session-archive")
+    import sys
+
+    from archive_tool import interrupt
+    from archive_tool.errors import Interrupted
+
+    # SIGTERM/SIGINT: stop at the next safe point (or the backstop) within 2 s, cleaning
+    # up on the way out, and exit 128+N (interrupt.py).
+    interrupt.install()
+    try:
+        cli(prog_name="session-archive")
+    except Interrupted as e:
+        click.echo(f"Error: {e}; temp files removed", err=True)
+        sys.exit(e.exit_code)
 
 
 # The commands register themselves on the group when imported (one module a stage).

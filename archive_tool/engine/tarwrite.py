@@ -18,7 +18,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine.scan import DIR, FILE, LINK, Entry, scan_fd
 from archive_tool.errors import SourceChanged, SourceUnreadable
 
@@ -146,6 +146,7 @@ def _copy_file(dir_fd: int, name: str, src: str, e: Entry, write, chunk: int,
             if n > e.size - got:
                 raise SourceChanged(os.path.join(src, e.rel), "grew while being archived")
             if n:
+                interrupt.check()  # and inside a long member, every chunk
                 if want_crc:
                     crc = zlib.crc32(data, crc)
                 write(data)
@@ -176,6 +177,7 @@ def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
     dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR})
     try:
         for e in entries:
+            interrupt.check()  # SIGTERM between members
             write(tar_header(e, top))
             c = 0
             if e.kind == FILE:
