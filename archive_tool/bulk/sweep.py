@@ -41,6 +41,7 @@ from archive_tool.errors import (
     Interrupted,
     SourceChanged,
 )
+from archive_tool.holds import Holds, check_quiet_period
 from archive_tool.lock import RootLock, lock_session
 from archive_tool.names import FORMATS, normalize_format, session_of_trash
 from archive_tool.summary import (  # noqa: F401 - re-exported: callers of 0.1 import them from here
@@ -101,9 +102,9 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
             else:
                 try:
                     prepared.append(single.prepare(t.path, fmt, level, cutoff_ns=cutoff_ns,
-                                                   dirs=dirs))
-                except single.TooRecent:
-                    out.append(Result(t.path, SKIPPED, "too recent"))
+                                                   dirs=dirs, holds=opts.get("holds")))
+                except single.TooRecent as e:
+                    out.append(Result(t.path, SKIPPED, e.reason))
                 except FileExistsError:
                     out.append(Result(t.path, SKIPPED, "archive appeared meanwhile"))
                 except (ArchiveError, OSError) as e:
@@ -287,12 +288,17 @@ def sweep(
     remove_src: bool = True,
     finalize_stale: bool = False,
     stale_after: float | None = None,
+    quiet_period: float | None = None,
 ) -> dict[str, Any]:
     """Archive every finished session under *root* (tree mode) or every session-shaped
     direct child of *root* (``flat=True``). Returns the Summary dict.
 
     With *finalize_stale*, RUNNING runs judged dead (:mod:`stale`; *stale_after* seconds)
     are first moved to FINISHED_ERROR/ (listed only, in a dry run): ``summary["stale"]``.
+
+    An executed sweep leaves (skipped, with the reason) a session that a process on this
+    host has open for writing, or whose newest file is younger than *quiet_period*
+    seconds (None: holds.default_quiet_period(), 10 minutes; 0: off). See holds.py.
 
     With ``dry_run`` nothing on disk changes: the Summary says what would be archived
     (``candidates``; with ``track_bytes`` or ``older_than_days`` one stat walk per session
@@ -309,6 +315,7 @@ def sweep(
     if batch_size < 1:
         raise BadArgument(f"batch_size must be >= 1, got {batch_size}")
     root_p = check_root(root)
+    quiet = check_quiet_period(quiet_period)
     summary = new_summary("sweep", root_p, dry_run, mode="flat" if flat else "tree",
                           format=fmt, backend="", archived=0, inodes_in=0, resumed=0,
                           cleaned=0, shard=None)
@@ -329,7 +336,8 @@ def sweep(
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():
             _execute(tasks, planner, acc, workers, executor, batch_size, on_candidate,
                      {"format": fmt, "compresslevel": compresslevel, "root": root_p,
-                      "cutoff_ns": planner.cutoff_ns, "remove_src": remove_src})
+                      "cutoff_ns": planner.cutoff_ns, "remove_src": remove_src,
+                      "holds": Holds.take(quiet)})
     summary["backend"] = disc.backend
     summary["warnings"] += disc.warnings
     summary["scanned"] = planner.scanned

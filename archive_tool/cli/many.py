@@ -117,6 +117,15 @@ def _stale_text(st: dict[str, Any] | None, verbose: bool) -> str:
     return text + "\n"
 
 
+def _quiet_period(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from archive_tool.holds import parse_period
+
+    try:
+        return None if value is None else parse_period(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param=param) from None
+
+
 def _sweep_options(default_format: str) -> Callable[[T], T]:
     def deco(f: T) -> T:
         opts = [
@@ -128,6 +137,11 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
                          help="Worker processes [default: CPU count]."),
             click.option("--older-than-days", type=float, default=None, callback=_days,
                          help="Only sessions whose dir and newest file are older."),
+            click.option("--quiet-period", default=None, metavar="D", callback=_quiet_period,
+                         help="Leave a session whose newest file is younger than D (10m, "
+                              "90s, 1h; 0 = off); sessions a process on this host has open "
+                              "for writing are always left [default: 10m, or "
+                              "$SESSION_ARCHIVE_QUIET_PERIOD]."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
             click.option("--max-dirs", type=int, default=None, callback=_nonneg,
                          help="Archive at most N sessions; when more remain, say so on "
@@ -225,7 +239,8 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                     workers=kw["workers"], older_than_days=kw["older_than_days"],
                     pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
                     use_fd=kw["use_fd"], shard=shard, executor=executor,
-                    finalize_stale=finalize_stale, stale_after=stale_after)
+                    finalize_stale=finalize_stale, stale_after=stale_after,
+                    quiet_period=kw["quiet_period"])
     _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
 
 
