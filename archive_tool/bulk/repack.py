@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.bulk import catalog
 from archive_tool.bulk.plan import check_root
 from archive_tool.bulk.repackplan import (  # noqa: F401 - part of this module's API
@@ -81,6 +81,7 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
     try:
         w = packfile.PackWriter(tmp)
         for f in g.keep:
+            interrupt.check()  # SIGTERM: the unnamed tmp pack goes, the old packs stay
             data = os.pread(fds.get(f.pack), f.csize, f.offset)
             try:
                 w.add_frame(f.name, data, f.dsize)
@@ -124,19 +125,23 @@ def run_group(root: str, dfd: int, g: Group) -> None:
             rows = _rows_of(where, g.dir, g.reuse, fds.get(g.reuse))
         elif g.keep:
             rows = _write(dfd, where, g, fds)
-        for h in sorted(g.holders):
-            rows += _rows_of(where, g.dir, h, fds.get(h))
-        if any(w.startswith("restored") for _, w in g.drops) and not fs.syncfs(dfd):
-            os.sync()  # the restored dirs are the only copy once the old pack goes
-        catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs], rows)
-        fs.race_point("repack-catalog", where)
-        for p in g.packs:
-            st = fs.lstat_at(dfd, p)
-            if (st.st_dev, st.st_ino) != g.ids[p]:
-                raise ArchiveError(os.path.join(where, p), "replaced since it was planned; kept")
-            os.unlink(p, dir_fd=dfd)
-            fs.race_point("repack-unlink", os.path.join(where, p))
-        commit.fsync_dir(dfd, where)
+        # The new pack is linked: finish the group (catalog, old packs out) before a
+        # signal is honoured, so no session is left in two packs (interrupt.py).
+        with interrupt.shielded():
+            for h in sorted(g.holders):
+                rows += _rows_of(where, g.dir, h, fds.get(h))
+            if any(w.startswith("restored") for _, w in g.drops) and not fs.syncfs(dfd):
+                os.sync()  # the restored dirs are the only copy once the old pack goes
+            catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs], rows)
+            fs.race_point("repack-catalog", where)
+            for p in g.packs:
+                st = fs.lstat_at(dfd, p)
+                if (st.st_dev, st.st_ino) != g.ids[p]:
+                    raise ArchiveError(os.path.join(where, p),
+                                       "replaced since it was planned; kept")
+                os.unlink(p, dir_fd=dfd)
+                fs.race_point("repack-unlink", os.path.join(where, p))
+            commit.fsync_dir(dfd, where)
     finally:
         fds.close()
 
@@ -203,6 +208,7 @@ def _do_dir(root: str, rel: str, dfd: int, s: dict[str, Any], merge: str | None,
             on_group: Callable[[dict[str, Any]], None] | None) -> None:
     for g in plan_dir(root, rel, dfd, s, merge=merge, drop=drop_fn, only_dropped=only_dropped):
         s["candidates"] += len(g.keep) + len(g.drops)
+        interrupt.check()
         if not dry_run:
             try:
                 run_group(root, dfd, g)
