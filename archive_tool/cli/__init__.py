@@ -123,9 +123,17 @@ def main() -> None:
 
     # SIGTERM/SIGINT: stop at the next safe point (or the backstop) within 2 s, cleaning
     # up on the way out, and exit 128+N (interrupt.py).
-    interrupt.install()
+    if not interrupt.installed():
+        interrupt.install()
     try:
-        cli(prog_name="session-archive")
+        try:
+            cli(prog_name="session-archive")
+        except SystemExit as e:
+            # A signal that came when no check was left to see it (the command was
+            # finishing): still reported, so cron never reads a stop as a clean run.
+            if interrupt.requested() and e.code in (0, None):
+                raise Interrupted(interrupt.requested()) from None
+            raise
     except Interrupted as e:
         click.echo(f"Error: {e}; temp files removed", err=True)
         sys.exit(e.exit_code)
