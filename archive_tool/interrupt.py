@@ -33,13 +33,15 @@ from archive_tool.errors import Interrupted
 # milliseconds; the backstop must leave the pool's parent time to collect its workers
 # (KILL_AFTER) and the interpreter time to exit, all within the promised 2 s.
 GRACE = 0.6
-WORKER_GRACE = 0.5
-KILL_AFTER = 1.2
+WORKER_GRACE = 0.4
+KILL_AFTER = 1.0
 
 _signum = 0
 _shield = 0
 _pending = False
 _grace = GRACE
+_gated = False  # a pool worker: the backstop only cuts our own task (in_task)
+_in_task = 0
 
 
 def requested() -> int:
@@ -74,7 +76,9 @@ def _on_alarm(_signum: int, _frame: Any) -> None:
     global _pending
     if not _signum:
         return
-    if _shield:
+    if _shield or (_gated and not _in_task):
+        # Shielded, or a worker between tasks (inside multiprocessing's own code, where an
+        # exception kills the worker and breaks the pool): the next check stops it.
         _pending = True
         return
     raise Interrupted(_signum)
@@ -95,18 +99,43 @@ def shielded() -> Iterator[None]:
         raise Interrupted(_signum)
 
 
-def install(grace: float = GRACE) -> dict[int, Any]:
+@contextlib.contextmanager
+def in_task() -> Iterator[None]:
+    """In a pool worker: the span where the backstop may raise (our batch function)."""
+    global _in_task
+    _in_task += 1
+    try:
+        yield
+    finally:
+        _in_task -= 1
+
+
+def run_task(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` as a pool worker's task (picklable: executors submit this)."""
+    with in_task():
+        return fn(*args)
+
+
+def install(grace: float = GRACE, *, worker: bool = False) -> dict[int, Any]:
     """Install the handlers (main thread only; elsewhere a no-op). Returns the previous
-    ones for :func:`restore`."""
-    global _grace
+    ones for :func:`restore`. *worker*: a pool worker, whose backstop only raises inside
+    :func:`in_task`."""
+    global _grace, _gated
     if threading.current_thread() is not threading.main_thread():
         return {}
-    _grace = grace
+    _grace, _gated = grace, worker
     old = {}
     for s, h in ((signal.SIGINT, _on_signal), (signal.SIGTERM, _on_signal),
                  (signal.SIGALRM, _on_alarm)):
         old[s] = signal.signal(s, h)
     return old
+
+
+def block() -> None:
+    """Hold SIGINT/SIGTERM/SIGALRM pending from now on (a command that is exiting)."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM,
+                                                  signal.SIGALRM})
 
 
 def installed() -> bool:

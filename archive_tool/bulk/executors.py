@@ -46,7 +46,7 @@ def _worker_init() -> None:
     # worker at its next safe point (interrupt.py): never between writing archives and
     # deleting sources of its batch (that commit is shielded), and within WORKER_GRACE
     # seconds, so the parent never has to wait minutes for a long member (issue 23).
-    interrupt.install(interrupt.WORKER_GRACE)
+    interrupt.install(interrupt.WORKER_GRACE, worker=True)
 
 
 class InlineExecutor(Executor):
@@ -265,7 +265,10 @@ def run_batches(
                         break
                     before_submit(batch)
                     try:
-                        fut = ex.submit(fn, batch, *args)
+                        # run_task: the worker's SIGTERM backstop may cut fn, never
+                        # the pool's own code around it (that would break the pool).
+                        fut = (ex.submit(interrupt.run_task, fn, batch, *args) if own
+                               else ex.submit(fn, batch, *args))
                     except BrokenExecutor as e:
                         # A worker died (OOM killer, kill -9): the pool takes no more work.
                         broken = broken or f"{WORKER_DIED}: {e}"

@@ -129,12 +129,16 @@ def main() -> None:
         try:
             cli(prog_name="session-archive")
         except SystemExit as e:
-            # A signal that came when no check was left to see it (the command was
-            # finishing): still reported, so cron never reads a stop as a clean run.
+            # Done: a signal from now on stays pending (the interpreter's teardown would
+            # put back the default action and die by it, exit -N instead of 128+N) ...
+            interrupt.block()
+            # ... and one that came when no check was left to see it is still reported,
+            # so cron never reads a stop as a clean run.
             if interrupt.requested() and e.code in (0, None):
                 raise Interrupted(interrupt.requested()) from None
             raise
     except Interrupted as e:
+        interrupt.block()
         click.echo(f"Error: {e}; temp files removed", err=True)
         sys.exit(e.exit_code)
 
