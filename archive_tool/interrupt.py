@@ -85,16 +85,17 @@ def _on_alarm(_signum: int, _frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def shielded() -> Iterator[None]:
+def shielded(reraise: bool = True) -> Iterator[None]:
     """A section the backstop must not cut (checks are not called inside it either); a
-    backstop that fired meanwhile raises when it ends."""
+    signal that came meanwhile raises when it ends (unless not *reraise*: the caller
+    looks at :func:`requested` itself)."""
     global _shield, _pending
     _shield += 1
     try:
         yield
     finally:
         _shield -= 1
-    if not _shield and (_pending or _signum):
+    if not _shield and (_pending or _signum) and reraise:
         _pending = False
         raise Interrupted(_signum)
 

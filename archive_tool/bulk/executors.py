@@ -154,7 +154,10 @@ class DaskExecutor(Executor):
         return self._ex.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._ex.shutdown(wait=wait and not cancel_futures)
+        # After SIGTERM/SIGINT never wait for the cluster: its workers are not ours to
+        # stop (a batch running there finishes, whole), and we promised to exit in 2 s.
+        wait = wait and not cancel_futures and not interrupt.requested()
+        self._ex.shutdown(wait=wait)
         if self._own:
             self.client.close()
 

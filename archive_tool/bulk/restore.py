@@ -364,6 +364,12 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
             try:
                 p = restore_pending(archive, dest, follow=False, root=root,
                                     finish_existing=remove_archive, clean=False, dirs=dirs)
+            except Interrupted:
+                # This one's temp dir is gone; those renamed into place are committed
+                # below, so a signal leaves no restored dir beside its archive.
+                out += [Result(a, SKIPPED, "interrupted (SIGTERM/SIGINT): archive kept")
+                        for a, _ in jobs[k:]]
+                break
             except FileExistsError:
                 out.append(Result(archive, SKIPPED, "destination exists"))
                 continue
@@ -377,13 +383,14 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
                 p.close()
                 out.append(Result(archive, RESTORED, "", 0, p.total))
         if pending:
-            try:
-                errs: list[Exception | None] = remove_archives([p for _, p in pending])
-            except Exception as e:  # noqa: BLE001
-                errs = [e] * len(pending)
-            for (i, p), err in zip(pending, errs, strict=True):
-                out[i] = (Result(p.archive, RESTORED, "", 0, p.total) if err is None
-                          else _failed(p.archive, err))
+            with interrupt.shielded(reraise=False):  # the parent sees the signal itself
+                try:
+                    errs: list[Exception | None] = remove_archives([p for _, p in pending])
+                except Exception as e:  # noqa: BLE001
+                    errs = [e] * len(pending)
+                for (i, p), err in zip(pending, errs, strict=True):
+                    out[i] = (Result(p.archive, RESTORED, "", 0, p.total) if err is None
+                              else _failed(p.archive, err))
     finally:
         for _, p in pending:
             p.close()
