@@ -160,6 +160,7 @@ def handling() -> Iterator[None]:
         yield
     finally:
         if old:
-            with contextlib.suppress(ValueError):
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            # A library caller (no CLI): the stop was for this call; the next one starts
+            # afresh. The timer goes first, or SIGALRM's default action would kill us.
+            reset()
             restore(old)

@@ -301,7 +301,8 @@ def run_batches(
         if own:
             if interrupt.requested():
                 # Never wait on a worker after a signal: the 2 s promise (issue 23).
-                _signal_workers(ex, 0, signal.SIGKILL) if inflight else None
+                if inflight:
+                    _signal_workers(ex, 0, signal.SIGKILL)
                 ex.shutdown(wait=not inflight, cancel_futures=True)
             else:
                 ex.shutdown(wait=True)
