@@ -17,11 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from archive_tool.demo import make_tree
+from archive_tool.lock import LOCK_NAME
 from archive_tool.names import FINISHED_STATES
 from tests.reliability import check, leftovers, snapshot_sessions
 
@@ -54,7 +56,7 @@ def _catches_sigterm(pid: int) -> bool:
 
 
 def interrupt_at(tmp_path: Path, args: list[str], delay: float, sig: int = signal.SIGTERM,
-                 group: bool = False) -> bool:
+                 group: bool = False, ready: Callable[[int], bool] | None = None) -> bool:
     """Run ``session-archive ARGS``, send *sig* after *delay* s; False if it had already
     finished (exit 0). Otherwise assert the promise: exit 128+sig within LIMIT, one
     ``Error: interrupted by`` line and no traceback, no process of it left."""
@@ -66,6 +68,9 @@ def interrupt_at(tmp_path: Path, args: list[str], delay: float, sig: int = signa
         # Count from the moment its handlers are in (SigCgt has SIGTERM): before that the
         # interpreter is still starting, and a signal has its default effect (-15).
         while p.poll() is None and not _catches_sigterm(p.pid):
+            time.sleep(0.005)
+        # ... or from the moment its real work starts (it holds the root's lock).
+        while ready is not None and p.poll() is None and not ready(p.pid):
             time.sleep(0.005)
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and p.poll() is None:
@@ -104,6 +109,19 @@ def interrupt_at(tmp_path: Path, args: list[str], delay: float, sig: int = signa
             os.kill(pid, signal.SIGKILL)
 
 
+def holds_lock(root: Path) -> Callable[[int], bool]:
+    def ready(pid: int) -> bool:
+        try:
+            return (root / LOCK_NAME).read_bytes().strip() == str(pid).encode()
+        except FileNotFoundError:
+            return False
+    return ready
+
+
+def rebuilding(root: Path) -> Callable[[int], bool]:
+    return lambda pid: (root / ".session-archive" / f"catalog.sqlite.rebuild-{pid}").exists()
+
+
 def nothing_left(root: Path) -> None:
     left = leftovers(root)
     for d, _dirs, files in os.walk(root):
@@ -134,10 +152,11 @@ def _tree(root: Path, n: int, seed: int, big: bool = True) -> None:
 
 
 def _hits(tmp_path: Path, root: Path, before: dict, args: list[str], rng: random.Random,
-          n: int = 3, lo: float = 0.4, hi: float = 2.0, lost_ok: bool = False) -> int:
+          n: int = 3, lo: float = 0.0, hi: float = 0.6, lost_ok: bool = False,
+          ready: Callable[[int], bool] | None = None) -> int:
     hit = 0
     for delay, sig, group in _points(rng, n, lo, hi):
-        if interrupt_at(tmp_path, args, delay, sig, group):
+        if interrupt_at(tmp_path, args, delay, sig, group, ready):
             hit += 1
         nothing_left(root)
         if not lost_ok:
@@ -156,7 +175,7 @@ def test_sweep_stops_on_sigterm_within_2s_losing_nothing(tmp_path: Path, workers
     _tree(root, 200, SEED + int(workers))
     before = snapshot_sessions(root)
     assert _hits(tmp_path, root, before, ["sweep", str(root), "--execute", "-q", "-j", workers,
-                                          "--batch-size", "16"], rng, lo=0.0, hi=0.8) >= 1, SEED
+                                          "--batch-size", "16"], rng, ready=holds_lock(root)) >= 1, SEED
     r = subprocess.run([sys.executable, "-m", "archive_tool", "sweep", str(root), "--execute",
                         "-q", "-j", workers], capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
@@ -175,19 +194,19 @@ def test_catalog_verify_extract_and_prune_stop_on_sigterm_within_2s(tmp_path: Pa
     assert r.returncode == 0, r.stderr.decode()
 
     # catalog --rebuild: no rebuild-PID file left.
-    assert _hits(tmp_path, root, before, ["catalog", str(root), "--rebuild"], rng, lo=0.0,
-                 hi=0.6) >= 1, SEED
+    assert _hits(tmp_path, root, before, ["catalog", str(root), "--rebuild"], rng,
+                 ready=rebuilding(root)) >= 1, SEED
     # verify every archive: read-only, stops between and inside archives.
     archives = sorted(str(p) for st in FINISHED_STATES for p in root.rglob(f"{st}/*.tar.zst"))
     assert _hits(tmp_path, root, before, ["verify", "-q", *archives], rng, lo=0.0,
                  hi=0.3) >= 1, SEED
     # extract --tree: temp dirs removed, each session a dir or its archive.
     assert _hits(tmp_path, root, before, ["extract", str(root), "--tree", "--execute", "-q"],
-                 rng, lo=0.0, hi=0.6) >= 1, SEED
+                 rng, ready=holds_lock(root)) >= 1, SEED
     # prune (deletes by design: only the exit, the time and leftovers are checked).
     _hits(tmp_path, root, before, ["prune", str(root), "--older-than", "1d", "--keep-last",
                                    "0", "--include-latest", "--execute", "-q"], rng,
-          lo=0.0, hi=0.3, lost_ok=True)
+          hi=0.3, lost_ok=True, ready=holds_lock(root))
 
 
 @pytest.mark.timeout(240)
@@ -197,14 +216,15 @@ def test_pack_sweep_and_repack_stop_on_sigterm_within_2s(tmp_path: Path) -> None
     _tree(root, 200, SEED + 1, big=False)
     before = snapshot_sessions(root)
     assert _hits(tmp_path, root, before, ["sweep", str(root), "--execute", "-q", "--pack", "5",
-                                          "-j", "2"], rng, lo=0.0, hi=0.5) >= 1, SEED
+                                          "-j", "2"], rng, hi=0.5, ready=holds_lock(root)) >= 1, SEED
     r = subprocess.run([sys.executable, "-m", "archive_tool", "sweep", str(root), "--execute",
                         "-q", "--pack", "5"], capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
     assert check(root, before).ok
     # repack --merge all: old packs stay until the merged one is linked and catalogued.
-    assert _hits(tmp_path, root, before, ["repack", str(root), "--merge", "all", "--execute",
-                                          "-q"], rng, lo=0.0, hi=0.4) >= 1, SEED
+    hit = _hits(tmp_path, root, before, ["repack", str(root), "--merge", "all", "--execute",
+                                         "-q"], rng, hi=0.4, ready=holds_lock(root))
+    assert hit >= 1, SEED
     rep = check(root, before)
     assert rep.ok, rep
 
