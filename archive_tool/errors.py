@@ -29,6 +29,7 @@ __all__ = [
     "DaskUnavailable",
     "UntrustedInput",
     "MountUnavailable",
+    "Interrupted",
 ]
 
 # Exit codes, as the CLI returns them (each exception carries its own: cli.py maps types).
@@ -153,3 +154,23 @@ class UntrustedInput(ArchiveError):
     """Something the tree's owner wrote (the state dir, a catalog row, a manifest line)
     names a path outside the tree, a symlink, a FIFO, a file of another user, or is not
     in the shape we write: refused (untrusted.py)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT asked the command to stop (interrupt.py). A BaseException, as
+    KeyboardInterrupt is: the ``except Exception`` that confines an error to one session
+    must not swallow it; ``finally`` blocks still clean up on the way out. Exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signum)
+
+    def __str__(self) -> str:
+        import signal
+
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        return f"interrupted by {name}"

@@ -12,6 +12,11 @@ import pytest
 
 from archive_tool.sweep.discover import find_fd
 
+# Tests sweep sessions they made a moment ago: the default 10-minute quiet period
+# (archive_tool/holds.py) would leave them all. Subprocesses inherit it; the tests of the
+# quiet period itself (test_open_writers.py) unset it.
+os.environ["SESSION_ARCHIVE_QUIET_PERIOD"] = "0"
+
 SID = "2026Y-11M-23D-18h39m23s_KYwP"
 FORMATS = ["tar.zst", "tar.gz", "tar.xz", "tar"]
 

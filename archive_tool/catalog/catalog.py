@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from archive_tool import fs, untrusted
+from archive_tool import fs, interrupt, untrusted
 from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
 from archive_tool.engine import packfile
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
@@ -412,6 +412,7 @@ def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
         rfd = fs.open_trusted_dir(root)
         try:
             for rel, fname, _st in _archives(rfd):
+                interrupt.check()  # SIGTERM: the half-built file is removed below
                 try:
                     rows += add_rows(conn, list(rows_of_file(root, rel, fname, rfd)))
                     files += 1
@@ -420,16 +421,19 @@ def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
         finally:
             os.close(rfd)
             conn.close()
-        d = fs.open_state_dir(root)
-        try:
-            fs.rename_at(d, tmp, CATALOG_NAME)
-            done = True
-            os.fsync(d)
-        finally:
-            os.close(d)
+        with interrupt.shielded():  # built: put it in place, then honour a late signal
+            d = fs.open_state_dir(root)
+            try:
+                fs.rename_at(d, tmp, CATALOG_NAME)
+                done = True
+                os.fsync(d)
+            finally:
+                os.close(d)
     finally:
         if not done:
-            with contextlib.suppress(OSError):
+            # Interrupted (or anything else): no catalog.sqlite.rebuild-PID left behind;
+            # the old catalog stays as it was (issue 23: a killed rebuild left its file).
+            with interrupt.shielded(), contextlib.suppress(OSError):
                 d = fs.open_state_dir(root)
                 try:
                     fs.unlink_at(d, tmp)

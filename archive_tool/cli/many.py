@@ -138,6 +138,15 @@ def _one_age(kw: dict[str, Any]) -> None:
         kw["older_than_days"] = age
 
 
+def _quiet_period(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from archive_tool.holds import parse_period
+
+    try:
+        return None if value is None else parse_period(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param=param) from None
+
+
 def _sweep_options(default_format: str) -> Callable[[T], T]:
     def deco(f: T) -> T:
         opts = [
@@ -153,6 +162,11 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
                               "7d, 12h, 30m, 2w, 1y; a bare number is days."),
             click.option("--older-than-days", type=float, default=None, callback=days_option,
                          hidden=True, help="Old spelling of --older-than (a number of days)."),
+            click.option("--quiet-period", default=None, metavar="D", callback=_quiet_period,
+                         help="Leave a session whose newest file is younger than D (10m, "
+                              "90s, 1h; 0 = off); sessions a process on this host has open "
+                              "for writing are always left [default: 10m, or "
+                              "$SESSION_ARCHIVE_QUIET_PERIOD]."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
             click.option("--max-dirs", type=int, default=None, callback=nonneg_option,
                          help="Archive at most N sessions; when more remain, say so on "
@@ -258,7 +272,8 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                     workers=kw["workers"], older_than_days=kw["older_than_days"],
                     pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
                     use_fd=kw["use_fd"], shard=shard, executor=executor,
-                    finalize_stale=finalize_stale, stale_after=stale_after)
+                    finalize_stale=finalize_stale, stale_after=stale_after,
+                    quiet_period=kw["quiet_period"])
     _finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine.scan import DIR, FILE, HARD, Entry
 from archive_tool.errors import (
     DISK_FULL_ERRNOS,
@@ -266,6 +266,14 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
     did not make is never deleted), and SourceChanged is raised. A later run archives the
     new content.
     """
+    # Once the source is renamed to its trash name it is deleted to the end: a signal
+    # (interrupt.py) waits for it rather than leave a `.<name>.deleting` behind.
+    with interrupt.shielded():
+        _remove_source(parent_fd, name, entries, archive_name, where, keep_archive)
+
+
+def _remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
+                   where: str, keep_archive: bool) -> None:
     trash = trash_name(name)
     if fs.lexists_at(parent_fd, trash):
         fs.rmtree_at(parent_fd, trash)  # a crash mid-delete earlier; the archive exists

@@ -11,7 +11,7 @@ import tarfile
 from collections import OrderedDict
 from typing import IO
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine import attrs, commit
 from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
 from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
@@ -278,6 +278,7 @@ def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str, pfd: int, 
         src = tf.extractfile(m)
         hole = False
         while chunk := src.read(CHUNK):
+            interrupt.check()  # SIGTERM inside a long member (the temp dir is removed)
             # A run of zeros as big as a read becomes a hole: a 10 GiB sparse file (stored
             # as 10 GiB of zeros, which compress to nothing) must not restore as 10 GiB of
             # real disk.

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine import commit
 from archive_tool.engine.extract import MultiTop, extract_into
 from archive_tool.engine.read import check_members, detect_format_fd
@@ -309,8 +309,11 @@ def restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
             _remove_tmp(parent_fd, tname, mine)  # rare: not a one-session archive
             os.close(tmp_fd)
         except BaseException:
-            _remove_tmp(parent_fd, tname, mine)
-            os.close(tmp_fd)
+            # Not cut short by the SIGTERM backstop (interrupt.py): a half-removed temp
+            # dir would be left for the next restore to find.
+            with interrupt.shielded():
+                _remove_tmp(parent_fd, tname, mine)
+                os.close(tmp_fd)
             raise
     raise AssertionError("unreachable")
 

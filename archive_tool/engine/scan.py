@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine import attrs
 from archive_tool.errors import SourceUnreadable, UnsafeSource
 
@@ -122,6 +122,7 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
     except OSError as e:
         raise SourceUnreadable(here, e.strerror or str(e)) from None
     for item in items:
+        interrupt.check()  # a scan of a huge session stops on SIGTERM too
         r = f"{rel}/{item.name}" if rel else item.name
         try:
             st = item.stat(follow_symlinks=False)

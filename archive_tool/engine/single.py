@@ -28,6 +28,7 @@ from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import SourceUnreadable, UnsafeSource, VerifyFailed
+from archive_tool.holds import Holds
 from archive_tool.lock import lock_session
 from archive_tool.names import archive_name, normalize_format
 
@@ -63,7 +64,12 @@ class Prepared:
 
 
 class TooRecent(Exception):
-    """Internal: the session has a file newer than the age cutoff (not an error)."""
+    """Internal: the session is to be left for now (a skip, not an error): a file newer
+    than the age cutoff, inside the quiet period, or open for writing (holds.py)."""
+
+    def __init__(self, path: str, reason: str = "too recent") -> None:
+        super().__init__(path, reason)
+        self.reason = reason
 
 
 def archive_mode(entries: list[Entry], gid: int, where: str, as_root: bool) -> int:
@@ -99,6 +105,7 @@ def prepare(
     *,
     cutoff_ns: int | None = None,
     dirs: fs.DirCache | None = None,
+    holds: Holds | None = None,
 ) -> Prepared:
     """Write and verify the archive of *src* into an unnamed tmp beside it.
 
@@ -118,14 +125,14 @@ def prepare(
         raise SourceUnreadable(parent, f"cannot open the session's directory: "
                                        f"{e.strerror or e}") from None
     try:
-        return _prepare_at(parent_fd, src, top, final, fmt, compresslevel, cutoff_ns)
+        return _prepare_at(parent_fd, src, top, final, fmt, compresslevel, cutoff_ns, holds)
     finally:
         if dirs is None:
             os.close(parent_fd)
 
 
 def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level: int,
-                cutoff_ns: int | None) -> Prepared:
+                cutoff_ns: int | None, holds: Holds | None = None) -> Prepared:
     if fs.lexists_at(parent_fd, os.path.basename(final)):
         raise FileExistsError(17, "archive already exists", final)
     fs.race_point("lock", src)
@@ -134,6 +141,9 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
         entries = scan_fd(lock_fd, src)
         if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
             raise TooRecent(src)
+        why = holds.reason(os.fstat(lock_fd).st_dev, entries) if holds is not None else None
+        if why:
+            raise TooRecent(src, why)  # a writer may still hold it (issue 23, k1)
         as_root = os.geteuid() == 0
         # Running as root from cron: hand the archive to the session's owner, who could
         # otherwise not delete or restore it.

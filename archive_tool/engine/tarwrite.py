@@ -19,7 +19,7 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine import attrs
 from archive_tool.engine.scan import DIR, FILE, HARD, LINK, Entry, scan_fd
 from archive_tool.errors import SourceChanged, SourceUnreadable, UnsafeSource
@@ -193,6 +193,7 @@ def _copy_file(dir_fd: int, name: str, src: str, e: Entry, write, chunk: int,
             if n > e.size - got:
                 raise SourceChanged(os.path.join(src, e.rel), "grew while being archived")
             if n:
+                interrupt.check()  # and inside a long member, every chunk
                 if want_crc:
                     crc = zlib.crc32(data, crc)
                 write(data)
@@ -224,6 +225,7 @@ def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
     as_root = os.geteuid() == 0
     try:
         for e in entries:
+            interrupt.check()  # SIGTERM between members
             c = 0
             if e.kind == FILE:
                 try:

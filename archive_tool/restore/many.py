@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool import fs, untrusted
+from archive_tool import fs, interrupt, untrusted
 from archive_tool.catalog.catalogstate import forget_missing
 from archive_tool.engine.restore import (
     Pending,
@@ -29,7 +29,7 @@ from archive_tool.engine.restore import (
     remove_dead_temps,
     restore_pending,
 )
-from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
+from archive_tool.errors import ArchiveError, BadArgument, Interrupted, UntrustedInput
 from archive_tool.lock import RootLock
 from archive_tool.names import (
     FINISHED_STATES,
@@ -116,6 +116,9 @@ def run_jobs(jobs: list[tuple[str, str]], s: dict[str, Any], *, remove_archive: 
             count_restore(s, r, on_result)
 
     def lost(batch: list[tuple[str, str]], e: BaseException) -> list[Result]:
+        if isinstance(e, Interrupted):
+            return [Result(a, SKIPPED, "interrupted (SIGTERM/SIGINT): archive kept")
+                    for a, _ in batch]
         # Each archive is kept (removed only after its restore is durable); a restore cut
         # short leaves only a hidden temp dir beside it.
         return [Result(a, FAILED, f"worker lost: {e!r}") for a, _ in batch]
@@ -399,10 +402,21 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
     except OSError:
         dirs = None  # each archive then reports the error itself
     try:
-        for archive, dest in jobs:
+        for k, (archive, dest) in enumerate(jobs):
+            if interrupt.requested():
+                # Stop between archives; the rest stay archives (SIGTERM/SIGINT).
+                out += [Result(a, SKIPPED, "interrupted (SIGTERM/SIGINT): archive kept")
+                        for a, _ in jobs[k:]]
+                break
             try:
                 p = restore_pending(archive, dest, follow=False, root=root,
                                     finish_existing=remove_archive, clean=False, dirs=dirs)
+            except Interrupted:
+                # This one's temp dir is gone; those renamed into place are committed
+                # below, so a signal leaves no restored dir beside its archive.
+                out += [Result(a, SKIPPED, "interrupted (SIGTERM/SIGINT): archive kept")
+                        for a, _ in jobs[k:]]
+                break
             except FileExistsError:
                 out.append(Result(archive, SKIPPED, "destination exists"))
                 continue
@@ -416,13 +430,14 @@ def restore_batch(jobs: list[tuple[str, str]], remove_archive: bool,
                 p.close()
                 out.append(Result(archive, RESTORED, "", 0, p.total))
         if pending:
-            try:
-                errs: list[Exception | None] = remove_archives([p for _, p in pending])
-            except Exception as e:  # noqa: BLE001
-                errs = [e] * len(pending)
-            for (i, p), err in zip(pending, errs, strict=True):
-                out[i] = (Result(p.archive, RESTORED, "", 0, p.total) if err is None
-                          else _failed(p.archive, err))
+            with interrupt.shielded(reraise=False):  # the parent sees the signal itself
+                try:
+                    errs: list[Exception | None] = remove_archives([p for _, p in pending])
+                except Exception as e:  # noqa: BLE001
+                    errs = [e] * len(pending)
+                for (i, p), err in zip(pending, errs, strict=True):
+                    out[i] = (Result(p.archive, RESTORED, "", 0, p.total) if err is None
+                              else _failed(p.archive, err))
     finally:
         for _, p in pending:
             p.close()

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.lock import RootLock
@@ -170,6 +170,8 @@ def _delete_in(by_dir: dict[str, list[Archived]], s: dict[str, Any], log: Any,
         try:
             done = []
             for a in items:
+                if interrupt.requested():
+                    break  # SIGTERM: what is unlinked so far is made durable and logged
                 name = os.path.basename(a.path)
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -184,10 +186,11 @@ def _delete_in(by_dir: dict[str, list[Archived]], s: dict[str, Any], log: Any,
                     record_failure(s, a.path, f"cannot delete: {e.strerror}")
                     continue
                 done.append(a)
-            if done:
-                os.fsync(dfd)  # the unlinks are durable before they are logged as done
-            for a in done:
-                _log(a, s, log, on_deleted)
+            with interrupt.shielded():  # raises Interrupted at its end after a signal
+                if done:
+                    os.fsync(dfd)  # the unlinks are durable before they are logged as done
+                for a in done:
+                    _log(a, s, log, on_deleted)
         finally:
             os.close(dfd)
 

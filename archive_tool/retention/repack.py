@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.catalog import catalog
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile
@@ -50,6 +50,7 @@ from archive_tool.retention.repackplan import (
     plan_dir,
     reason_of,
 )
+from archive_tool.retention.salvage import plan_salvage
 from archive_tool.summary import new_summary, record_failure
 from archive_tool.sweep.plan import check_root
 
@@ -82,6 +83,7 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
     try:
         w = packfile.PackWriter(tmp)
         for f in g.keep:
+            interrupt.check()  # SIGTERM: the unnamed tmp pack goes, the old packs stay
             data = os.pread(fds.get(f.pack), f.csize, f.offset)
             try:
                 w.add_frame(f.name, data, f.dsize)
@@ -127,29 +129,32 @@ def run_group(root: str, dfd: int, g: Group, *, aside: bool = False) -> None:
             rows = _rows_of(where, g.dir, g.reuse, fds.get(g.reuse))
         elif g.keep:
             rows = _write(dfd, where, g, fds)
-        for h in sorted(g.holders):
-            rows += _rows_of(where, g.dir, h, fds.get(h))
-        if any(w.startswith("restored") for _, w in g.drops) and not fs.syncfs(dfd):
-            os.sync()  # the restored dirs are the only copy once the old pack goes
-        try:
-            catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs], rows)
-        except sqlite3.Error as e:
-            # Rolled back whole: the old rows stand, so the old packs must stay too (the
-            # new one beside them is complete; the next repack only removes them).
-            raise ArchiveError(where, f"catalog not updated: {e}") from None
-        fs.race_point("repack-catalog", where)
-        for p in g.packs:
-            st = fs.lstat_at(dfd, p)
-            if (st.st_dev, st.st_ino) != g.ids[p]:
-                raise ArchiveError(os.path.join(where, p), "replaced since it was planned; kept")
-            if aside:
-                from archive_tool.retention.salvage import put_aside
-
-                put_aside(dfd, where, p)
-            else:
-                os.unlink(p, dir_fd=dfd)
-            fs.race_point("repack-unlink", os.path.join(where, p))
-        commit.fsync_dir(dfd, where)
+        # The new pack is linked: finish the group (catalog, old packs out) before a
+        # signal is honoured, so no session is left in two packs (interrupt.py).
+        with interrupt.shielded():
+            for h in sorted(g.holders):
+                rows += _rows_of(where, g.dir, h, fds.get(h))
+            if any(w.startswith("restored") for _, w in g.drops) and not fs.syncfs(dfd):
+                os.sync()  # the restored dirs are the only copy once the old pack goes
+            try:
+                catalog.replace_archives(root, [os.path.join(g.dir, p) for p in g.packs],
+                                         rows)
+            except sqlite3.Error as e:
+                # Rolled back whole: the old rows stand, so the old packs must stay too
+                # (the new one beside them is complete; the next repack only removes them).
+                raise ArchiveError(where, f"catalog not updated: {e}") from None
+            fs.race_point("repack-catalog", where)
+            for p in g.packs:
+                st = fs.lstat_at(dfd, p)
+                if (st.st_dev, st.st_ino) != g.ids[p]:
+                    raise ArchiveError(os.path.join(where, p),
+                                       "replaced since it was planned; kept")
+                if aside:
+                    put_aside(dfd, where, p)
+                else:
+                    os.unlink(p, dir_fd=dfd)
+                fs.race_point("repack-unlink", os.path.join(where, p))
+            commit.fsync_dir(dfd, where)
     finally:
         fds.close()
 
@@ -204,8 +209,6 @@ def repack(
                     continue
                 try:
                     if salvage:
-                        from archive_tool.retention.salvage import salvage_dir
-
                         salvage_dir(root_p, rel, dfd, s, dry_run, on_group)
                     else:
                         _do_dir(root_p, rel, dfd, s, merge, drop_fn, only_dropped, dry_run,
@@ -227,6 +230,7 @@ def _do_dir(root: str, rel: str, dfd: int, s: dict[str, Any], merge: str | None,
             on_group: Callable[[dict[str, Any]], None] | None) -> None:
     for g in plan_dir(root, rel, dfd, s, merge=merge, drop=drop_fn, only_dropped=only_dropped):
         s["candidates"] += len(g.keep) + len(g.drops)
+        interrupt.check()
         if not dry_run:
             try:
                 run_group(root, dfd, g)
@@ -239,6 +243,44 @@ def _do_dir(root: str, rel: str, dfd: int, s: dict[str, Any], merge: str | None,
         s["dropped"] += len(g.drops)
         s["kept"] += len(g.keep)
         s["bytes_before"] += sum(f.csize for f in g.keep) + sum(f.csize for f, _ in g.drops)
+        s["bytes_after"] += sum(f.csize for f in g.keep)
+        d = group_dict(root, g)
+        s["groups"].append(d)
+        if on_group is not None:
+            on_group(d)
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def put_aside(dfd: int, where: str, pack: str) -> str:
+    """Rename the damaged *pack* to ``.<pack>.damaged`` (``.2`` ... if taken); its name."""
+    n = 1
+    while True:
+        aside = f".{pack}{DAMAGED_SUFFIX}" + (f".{n}" if n > 1 else "")
+        try:
+            fs.rename_noreplace_at(dfd, pack, dfd, aside)
+            return aside
+        except FileExistsError:
+            n += 1
+
+
+def salvage_dir(root: str, rel: str, dfd: int, s: dict[str, Any], dry_run: bool,
+                on_group: Callable[[dict[str, Any]], None] | None) -> None:
+    for g in plan_salvage(root, rel, dfd, s):
+        s["candidates"] += len(g.keep) + len(g.drops)
+        if not dry_run:
+            try:
+                run_group(root, dfd, g, aside=True)
+            except (ArchiveError, OSError) as e:
+                record_failure(s, os.path.join(root, rel, g.packs[0]),
+                               f"salvage failed, damaged pack kept: {reason_of(e)}")
+                continue
+        s["packs_written"] += 1 if g.keep else 0
+        s["packs_removed"] += 1
+        s["dropped"] += len(g.drops)
+        s["kept"] += len(g.keep)
+        s["bytes_before"] += sum(f.csize for f in g.keep)
         s["bytes_after"] += sum(f.csize for f in g.keep)
         d = group_dict(root, g)
         s["groups"].append(d)

@@ -109,7 +109,8 @@ def _merge_period(name: str, merge: str) -> str:
     return p if merge == "weekly" or p == "undated" else p[:7]
 
 
-def _base(pack: str) -> str:
+def base_name(pack: str) -> str:
+    """A pack's name without its suffix and any ``.N`` (the period it packs)."""
     stem = pack[:-len(packfile.PACK_SUFFIX)]
     head, dot, n = stem.rpartition(".")
     return head if dot and n.isdigit() else stem
@@ -332,7 +333,7 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
     elif merge and len(gp) > 1:
         base = _merge_period(keep[0].name if keep else gp[0], merge)
     else:
-        base = _base(gp[0])
+        base = base_name(gp[0])
     return Group(rel, [p for p in gp if p != reuse], keep, drops, base, reuse, holders)
 
 

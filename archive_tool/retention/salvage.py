@@ -13,17 +13,14 @@ a dot name is read by no command as a pack. Nothing is dropped that still reads.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from archive_tool import fs
 from archive_tool.engine import packfile
 from archive_tool.engine.packsalvage import salvage
 from archive_tool.errors import ArchiveError
-from archive_tool.retention.repackplan import Frame, Group, _base, reason_of
+from archive_tool.retention.repackplan import Frame, Group, base_name, reason_of
 from archive_tool.summary import record_failure
-
-DAMAGED_SUFFIX = ".damaged"
 
 
 def plan_salvage(root: str, rel: str, dfd: int, s: dict[str, Any]) -> list[Group]:
@@ -55,44 +52,7 @@ def plan_salvage(root: str, rel: str, dfd: int, s: dict[str, Any]) -> list[Group
         keep = [Frame(e.name, f.index, f.name, f.offset, f.csize, f.dsize) for f in found.good]
         why = "lost: its frame is damaged (" + "; ".join(found.damage) + ")"
         drops = [(Frame(e.name, -1, n, 0, 0, 0), why) for n in found.lost]
-        g = Group(rel, [e.name], keep, drops, _base(e.name))
+        g = Group(rel, [e.name], keep, drops, base_name(e.name))
         g.ids = {e.name: (st.st_dev, st.st_ino)}
         groups.append(g)
     return groups
-
-
-def put_aside(dfd: int, where: str, pack: str) -> str:
-    """Rename the damaged *pack* to ``.<pack>.damaged`` (``.2`` ... if taken); its name."""
-    n = 1
-    while True:
-        aside = f".{pack}{DAMAGED_SUFFIX}" + (f".{n}" if n > 1 else "")
-        try:
-            fs.rename_noreplace_at(dfd, pack, dfd, aside)
-            return aside
-        except FileExistsError:
-            n += 1
-
-
-def salvage_dir(root: str, rel: str, dfd: int, s: dict[str, Any], dry_run: bool,
-                on_group: Callable[[dict[str, Any]], None] | None) -> None:
-    from archive_tool.retention.repack import group_dict, run_group
-
-    for g in plan_salvage(root, rel, dfd, s):
-        s["candidates"] += len(g.keep) + len(g.drops)
-        if not dry_run:
-            try:
-                run_group(root, dfd, g, aside=True)
-            except (ArchiveError, OSError) as e:
-                record_failure(s, os.path.join(root, rel, g.packs[0]),
-                               f"salvage failed, damaged pack kept: {reason_of(e)}")
-                continue
-        s["packs_written"] += 1 if g.keep else 0
-        s["packs_removed"] += 1
-        s["dropped"] += len(g.drops)
-        s["kept"] += len(g.keep)
-        s["bytes_before"] += sum(f.csize for f in g.keep)
-        s["bytes_after"] += sum(f.csize for f in g.keep)
-        d = group_dict(root, g)
-        s["groups"].append(d)
-        if on_group is not None:
-            on_group(d)

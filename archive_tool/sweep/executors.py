@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import (
     FIRST_COMPLETED,
     BrokenExecutor,
@@ -24,7 +24,11 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from archive_tool.errors import DaskUnavailable  # noqa: F401 - raised here
+from archive_tool import interrupt
+from archive_tool.errors import (
+    DaskUnavailable,  # noqa: F401 - raised here
+    Interrupted,
+)
 
 B = TypeVar("B")
 R = TypeVar("R")
@@ -38,10 +42,11 @@ def default_workers() -> int:
 
 
 def _worker_init() -> None:
-    # The sweeping process decides when to stop: Ctrl-C or a SIGTERM to the process group
-    # must not kill a worker between writing archives and deleting sources of its batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C or a SIGTERM to the process group (or one forwarded by the parent) stops a
+    # worker at its next safe point (interrupt.py): never between writing archives and
+    # deleting sources of its batch (that commit is shielded), and within WORKER_GRACE
+    # seconds, so the parent never has to wait minutes for a long member (issue 23).
+    interrupt.install(interrupt.WORKER_GRACE, worker=True)
 
 
 class InlineExecutor(Executor):
@@ -149,7 +154,10 @@ class DaskExecutor(Executor):
         return self._ex.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._ex.shutdown(wait=wait and not cancel_futures)
+        # After SIGTERM/SIGINT never wait for the cluster: its workers are not ours to
+        # stop (a batch running there finishes, whole), and we promised to exit in 2 s.
+        wait = wait and not cancel_futures and not interrupt.requested()
+        self._ex.shutdown(wait=wait)
         if self._own:
             self.client.close()
 
@@ -161,23 +169,13 @@ WORKER_DIED = ("a worker process died or could not start, stopped (killed, out o
                "if __name__ == '__main__')")
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """SIGINT/SIGTERM set a flag instead of killing: stop feeding, settle what is in
-    flight, leave every session whole. Only the main thread may install handlers."""
-    caught: list[int] = []
-    old: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        def handler(signum: int, _frame: Any) -> None:
-            caught.append(signum)
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, handler)
-    try:
-        yield caught
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+def _signal_workers(ex: Executor, signum: int, sig: int | None = None) -> None:
+    """Forward the stop to a pool we own (a SIGTERM sent to our PID alone does not reach
+    them); *sig* = SIGKILL is the last resort at interrupt.KILL_AFTER."""
+    procs = getattr(ex, "_processes", None) or {}
+    for p in list(procs.values()):
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.kill(p.pid, sig or signum)
 
 
 @dataclass
@@ -232,37 +230,80 @@ def run_batches(
                 results = lost(batch, e)
             absorb(results)
 
+    forwarded = False
+    stop_at = 0.0
+
+    def stopping() -> bool:
+        """A signal arrived: forward it to our workers once, start the kill clock."""
+        nonlocal forwarded, stop_at
+        sig = interrupt.requested()
+        if sig and not forwarded:
+            forwarded, stop_at = True, time.monotonic() + interrupt.KILL_AFTER
+            if own:
+                _signal_workers(ex, sig)
+        return bool(sig)
+
+    def collect(block: bool) -> None:
+        """Settle finished batches: wait for at least one (polling, so a signal is seen
+        at once even when no batch ends), or, once stopping, until the kill clock."""
+        while inflight:
+            done, _ = wait(list(inflight), timeout=0.1, return_when=FIRST_COMPLETED)
+            settle(done)
+            if stopping() and inflight and time.monotonic() >= stop_at:
+                # Workers still busy KILL_AFTER s after the signal (a call that never
+                # reaches a check): kill them; what they leave is a crash's leftover.
+                if own:
+                    _signal_workers(ex, 0, signal.SIGKILL)
+                for f in list(inflight):
+                    absorb(lost(inflight.pop(f), Interrupted(interrupt.requested())))
+                return
+            if done and not block:
+                return
+
     try:
-        with stop_on_signals() as caught:
-            for batch in batches:
-                if caught or halt():
-                    break
-                before_submit(batch)
-                try:
-                    fut = ex.submit(fn, batch, *args)
-                except BrokenExecutor as e:
-                    # A worker died (OOM killer, kill -9): the pool takes no more work.
-                    broken = broken or f"{WORKER_DIED}: {e}"
-                    unsent(batch)
-                    break
-                inflight[fut] = batch
-                while len(inflight) >= window():
-                    done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                    settle(done)
-                    if caught or halt():
+        with interrupt.handling():
+            try:
+                for batch in batches:
+                    if stopping() or halt():
                         break
-            while inflight:
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                settle(done)
+                    before_submit(batch)
+                    try:
+                        # run_task: the worker's SIGTERM backstop may cut fn, never
+                        # the pool's own code around it (that would break the pool).
+                        fut = (ex.submit(interrupt.run_task, fn, batch, *args) if own
+                               else ex.submit(fn, batch, *args))
+                    except BrokenExecutor as e:
+                        # A worker died (OOM killer, kill -9): the pool takes no more work.
+                        broken = broken or f"{WORKER_DIED}: {e}"
+                        unsent(batch)
+                        break
+                    inflight[fut] = batch
+                    while len(inflight) >= window() and not stopping():
+                        collect(block=False)
+                        if halt():
+                            break
+                collect(block=True)
+            except Interrupted:
+                # The backstop fired in this process (e.g. inside an in-process batch
+                # that had no check): what is in flight is reported, not waited for.
+                stopping()
+                collect(block=True)
+            sig = interrupt.requested()
             reason = halt()
-            if caught:
-                out.stopped = f"interrupted by {signal.Signals(caught[0]).name}"
-                out.signal = caught[0]
+            if sig:
+                out.stopped = f"interrupted by {signal.Signals(sig).name}"
+                out.signal = sig
             elif reason:
                 out.stopped = reason
             elif broken:
                 out.stopped = broken
     finally:
         if own:
-            ex.shutdown(wait=True)
+            if interrupt.requested():
+                # Never wait on a worker after a signal: the 2 s promise (issue 23).
+                if inflight:
+                    _signal_workers(ex, 0, signal.SIGKILL)
+                ex.shutdown(wait=not inflight, cancel_futures=True)
+            else:
+                ex.shutdown(wait=True)
     return out

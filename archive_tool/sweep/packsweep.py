@@ -20,10 +20,11 @@ from concurrent.futures import Executor
 from typing import Any
 
 from archive_tool.catalog import catalog
-from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.errors import ArchiveError, BadArgument, Interrupted
+from archive_tool.holds import Holds, check_quiet_period
 from archive_tool.lock import RootLock
 from archive_tool.stale import finalize as stale
-from archive_tool.summary import FAILED, Result, new_summary, record_failure
+from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
 from archive_tool.sweep.executors import run_batches
 from archive_tool.sweep.packplan import (
@@ -74,6 +75,7 @@ def pack_sweep(
     finalize_stale: bool = False,
     stale_after: float | None = None,
     on_packed: Callable[[Result, dict[str, Any] | None], None] | None = None,
+    quiet_period: float | None = None,
 ) -> dict[str, Any]:
     """Sweep *root* into packs (see the module doc). Returns the Summary dict, with
     ``packs`` (files written). The catalog (catalog.py) gets a row per packed session.
@@ -86,6 +88,7 @@ def pack_sweep(
         raise BadArgument(f"workers must be >= 1, got {workers}")
     shard_t = parse_shard(shard)
     root_p = check_root(root)
+    holds = check_quiet_period(quiet_period)
     summary = new_summary("sweep", root_p, dry_run, mode="pack", format="tar.zst",
                           backend="", archived=0, inodes_in=0, resumed=0, cleaned=0,
                           shard=None, pack=str(mode), packs=0)
@@ -110,7 +113,8 @@ def pack_sweep(
         summary["packs"] = len(packs)
     else:
         opts = {"format": "tar.zst", "compresslevel": compresslevel, "root": root_p,
-                "cutoff_ns": planner.cutoff_ns, "remove_src": True}
+                "cutoff_ns": planner.cutoff_ns, "remove_src": True,
+                "holds": Holds.take(holds)}
         rows: list[dict[str, Any]] = []
         written: set[str] = set()
 
@@ -128,6 +132,9 @@ def pack_sweep(
 
         def lost(job: PackJob | list[Task], e: BaseException) -> Out:
             paths = job.paths if isinstance(job, PackJob) else [t.path for t in job]
+            if isinstance(e, Interrupted):
+                return [(Result(p, SKIPPED, "interrupted (SIGTERM/SIGINT): source kept"), None)
+                        for p in paths]
             return [(Result(p, FAILED, f"worker lost: {e!r}"), None) for p in paths]
 
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():

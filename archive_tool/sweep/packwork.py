@@ -22,18 +22,19 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.catalog import catalog
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, write_tar
-from archive_tool.errors import ArchiveError, DiskFull, SourceChanged
+from archive_tool.errors import ArchiveError, DiskFull, Interrupted, SourceChanged
+from archive_tool.holds import Holds
 from archive_tool.lock import lock_session
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
 from archive_tool.sweep.packplan import PackJob
 from archive_tool.sweep.packresume import Out, packed_names, resume
-from archive_tool.sweep.step import commit_group, fail
+from archive_tool.sweep.step import INTERRUPTED, commit_group, fail
 
 
 @dataclass
@@ -51,6 +52,11 @@ def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
     try:
         with fs.DirCache(opts.get("root")) as dirs:
             _pack(job, opts, out, dirs)
+    except Interrupted:
+        # SIGTERM/SIGINT: the tmp pack was never named; every source not committed stays.
+        done = {r.path for r, _ in out}
+        out += [(Result(p, SKIPPED, INTERRUPTED), None)
+                for p in job.paths if p not in done]
     except BaseException as e:  # noqa: BLE001 - a worker must never take the sweep down
         done = {r.path for r, _ in out}
         out += [(Result(p, FAILED, f"internal error: {e!r}"), None)
@@ -80,6 +86,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
     try:
         w = packfile.PackWriter(tmp, level)
         for i, path in enumerate(job.paths):
+            interrupt.check()
             name = os.path.basename(path)
             if name in in_packs:
                 resumed = resume(parent_fd, path, name, in_packs[name])
@@ -89,9 +96,9 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                 # The pack holds an earlier state of it: this state goes into a new pack.
             try:
                 got = _add(w, parent_fd, path, name, cutoff_ns, as_root, dst,
-                           _rel_dir(root, job.dir))
-            except single.TooRecent:
-                out.append((Result(path, SKIPPED, "too recent"), None))
+                           _rel_dir(root, job.dir), opts.get("holds"))
+            except single.TooRecent as e:
+                out.append((Result(path, SKIPPED, e.reason), None))
                 continue
             except FileExistsError:
                 out.append((Result(path, SKIPPED, "archived meanwhile by another process"), None))
@@ -113,7 +120,8 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
             mode &= bits
             packed.append(_Packed(path, name, entries, frame, row))
         if packed:
-            _commit_pack(w, tmp, packed, mode, out, root, job)
+            with interrupt.shielded():  # written and read back: commit it whole
+                _commit_pack(w, tmp, packed, mode, out, root, job)
     finally:
         tmp.close()
     if big:
@@ -128,8 +136,8 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
 
 
 def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
-         cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str
-         ) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
+         cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str,
+         holds: Holds | None = None) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
     """Session *name* as the pack's next frame; None: it goes to a per-session archive
     (too big for memory, or, as root, owned by another user than the dir: a pack
     belongs to one user, and single.py gives each archive its session's owner)."""
@@ -138,6 +146,9 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
         entries = scan_fd(lock_fd, path)
         if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
             raise single.TooRecent(path)
+        why = holds.reason(os.fstat(lock_fd).st_dev, entries) if holds is not None else None
+        if why:
+            raise single.TooRecent(path, why)  # a writer may still hold it (holds.py)
         size = content_bytes(entries)
         if size > single.IN_MEMORY_LIMIT or len(entries) > single.IN_MEMORY_MAX_ENTRIES:
             return None
@@ -207,15 +218,17 @@ def _per_session(paths: list[str], opts: dict[str, Any], dirs: fs.DirCache) -> l
         for path in paths:
             try:
                 prepared.append(single.prepare(path, "tar.zst", opts["compresslevel"],
-                                               cutoff_ns=opts["cutoff_ns"], dirs=dirs))
-            except single.TooRecent:
-                out.append(Result(path, SKIPPED, "too recent"))
+                                               cutoff_ns=opts["cutoff_ns"], dirs=dirs,
+                                               holds=opts.get("holds")))
+            except single.TooRecent as e:
+                out.append(Result(path, SKIPPED, e.reason))
             except FileExistsError:
                 out.append(Result(path, SKIPPED, "archive appeared meanwhile"))
             except (ArchiveError, OSError) as e:
                 out.append(fail(path, e))
         if prepared:
-            commit_group(prepared, out, True)
+            with interrupt.shielded():
+                commit_group(prepared, out, True)
     finally:
         for p in prepared:
             p.unlock()

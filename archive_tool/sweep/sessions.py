@@ -18,11 +18,17 @@ from concurrent.futures import Executor
 from itertools import islice
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fs, interrupt
 from archive_tool.engine import commit, single, tarwrite
 from archive_tool.engine.read import check_members, detect_format_fd
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
-from archive_tool.errors import ArchiveError, BadArgument, DiskFull
+from archive_tool.errors import (
+    ArchiveError,
+    BadArgument,
+    DiskFull,
+    Interrupted,
+)
+from archive_tool.holds import Holds, check_quiet_period
 from archive_tool.lock import RootLock, lock_session
 from archive_tool.names import normalize_format
 from archive_tool.stale import finalize as stale
@@ -45,7 +51,7 @@ from archive_tool.sweep.plan import (
     check_root,
     parse_shard,
 )
-from archive_tool.sweep.step import Accounts, cleanup, commit_group, fail
+from archive_tool.sweep.step import INTERRUPTED, Accounts, cleanup, commit_group, fail
 
 DEFAULT_BATCH = 128
 
@@ -58,6 +64,11 @@ def process_batch(tasks: list[Task], opts: dict[str, Any]) -> list[Result]:
     try:
         with fs.DirCache(opts.get("root")) as dirs:
             _process(tasks, opts, out, dirs)
+    except Interrupted:
+        # SIGTERM/SIGINT (interrupt.py): the sessions not committed yet keep their source
+        # and lose their unnamed tmp archive; reported as skipped, not failed.
+        done = {r.path for r in out}
+        out += [Result(t.path, SKIPPED, INTERRUPTED) for t in tasks if t.path not in done]
     except BaseException as e:  # noqa: BLE001 - a worker must never take the sweep down
         done = {r.path for r in out}
         out += [Result(t.path, FAILED, f"internal error: {e!r}")
@@ -71,6 +82,7 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
     prepared: list[single.Prepared] = []
     try:
         for i, t in enumerate(tasks):
+            interrupt.check()
             if t.kind == CLEANUP:
                 out.append(cleanup(t, dirs))
             elif t.kind == FINISH:
@@ -81,9 +93,9 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
             else:
                 try:
                     prepared.append(single.prepare(t.path, fmt, level, cutoff_ns=cutoff_ns,
-                                                   dirs=dirs))
-                except single.TooRecent:
-                    out.append(Result(t.path, SKIPPED, "too recent"))
+                                                   dirs=dirs, holds=opts.get("holds")))
+                except single.TooRecent as e:
+                    out.append(Result(t.path, SKIPPED, e.reason))
                 except FileExistsError:
                     out.append(Result(t.path, SKIPPED, "archive appeared meanwhile"))
                 except (ArchiveError, OSError) as e:
@@ -95,7 +107,10 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                                 for u in tasks[i + 1:]]
                         break
         if prepared:
-            commit_group(prepared, out, opts.get("remove_src", True))
+            # Written and verified: the commit (fsync, link, delete) runs to its end so a
+            # signal never leaves a batch half-committed (it takes milliseconds).
+            with interrupt.shielded():
+                commit_group(prepared, out, opts.get("remove_src", True))
     finally:
         for p in prepared:
             p.unlock()
@@ -174,12 +189,17 @@ def sweep(
     remove_src: bool = True,
     finalize_stale: bool = False,
     stale_after: float | None = None,
+    quiet_period: float | None = None,
 ) -> dict[str, Any]:
     """Archive every finished session under *root* (tree mode) or every session-shaped
     direct child of *root* (``flat=True``). Returns the Summary dict.
 
     With *finalize_stale*, RUNNING runs judged dead (:mod:`stale`; *stale_after* seconds)
     are first moved to FINISHED_ERROR/ (listed only, in a dry run): ``summary["stale"]``.
+
+    An executed sweep leaves (skipped, with the reason) a session that a process on this
+    host has open for writing, or whose newest file is younger than *quiet_period*
+    seconds (None: holds.default_quiet_period(), 10 minutes; 0: off). See holds.py.
 
     With ``dry_run`` nothing on disk changes: the Summary says what would be archived
     (``candidates``; with ``track_bytes`` or ``older_than_days`` one stat walk per session
@@ -196,6 +216,7 @@ def sweep(
     if batch_size < 1:
         raise BadArgument(f"batch_size must be >= 1, got {batch_size}")
     root_p = check_root(root)
+    quiet = check_quiet_period(quiet_period)
     summary = new_summary("sweep", root_p, dry_run, mode="flat" if flat else "tree",
                           format=fmt, backend="", archived=0, inodes_in=0, resumed=0,
                           cleaned=0, shard=None)
@@ -216,7 +237,8 @@ def sweep(
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():
             _execute(tasks, planner, acc, workers, executor, batch_size, on_candidate,
                      {"format": fmt, "compresslevel": compresslevel, "root": root_p,
-                      "cutoff_ns": planner.cutoff_ns, "remove_src": remove_src})
+                      "cutoff_ns": planner.cutoff_ns, "remove_src": remove_src,
+                      "holds": Holds.take(quiet)})
     summary["backend"] = disc.backend
     summary["warnings"] += disc.warnings
     summary["scanned"] = planner.scanned
@@ -282,6 +304,8 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: in
             acc.add(r)
 
     def lost(batch: list[Task], e: BaseException) -> list[Result]:
+        if isinstance(e, Interrupted):
+            return [Result(t.path, SKIPPED, INTERRUPTED) for t in batch]
         return [Result(t.path, FAILED, f"worker lost: {e!r}") for t in batch]
 
     def unsent(batch: list[Task]) -> None:

@@ -32,6 +32,9 @@ from archive_tool.summary import (
 )
 from archive_tool.sweep.plan import Task
 
+# The reason of a session a SIGTERM/SIGINT left unarchived (both layouts, interrupt.py).
+INTERRUPTED = "interrupted (SIGTERM/SIGINT): source kept"
+
 
 def fail(path: str, e: BaseException) -> Result:
     """*e* as *path*'s FAILED Result; a full disk is fatal (the sweep stops feeding work)."""
