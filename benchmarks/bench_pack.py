@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work"))
 
 from archive_tool import demo  # noqa: E402
-from archive_tool.catalog import catalog  # noqa: E402
+from archive_tool.catalog import catalog, rebuild  # noqa: E402
 from archive_tool.engine import packfile  # noqa: E402
 from archive_tool.engine.extract import copy_member  # noqa: E402
 from archive_tool.sweep.packsweep import pack_sweep  # noqa: E402
@@ -158,7 +158,7 @@ def show_latency_10k(pack: str, samples: int = 200) -> dict:
         cli.append((time.perf_counter() - t) * 1000)
     # `show ROOT -s ID MEMBER`: the catalog locates the frame, one pread reads it.
     root = os.path.dirname(pack)
-    catalog.rebuild(root)
+    rebuild.rebuild(root)
     by_id = []
     for name in rng.sample(names, samples):
         t = time.perf_counter()

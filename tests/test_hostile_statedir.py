@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.catalog import catalog
+from archive_tool.catalog import catalog, rebuild
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import UntrustedInput
 from archive_tool.stale import finalize as stale
@@ -254,7 +254,7 @@ def test_a_killed_rebuilds_temp_catalog_is_removed_by_the_next(tree: Tree) -> No
 
 def _catalog_of_alice(t: Tree) -> Path:
     archive_one(t.session, format="tar.zst")
-    catalog.rebuild(t.root)
+    rebuild.rebuild(t.root)
     chown_tree(t.root, USER)
     return t.root / ".session-archive" / "catalog.sqlite"
 
@@ -301,7 +301,7 @@ def test_catalog_planted_as_a_symlink_to_a_root_only_catalog_is_refused(tree: Tr
     (other / "p_out" / "FINISHED_SUCCESS" / f"{SID3}-r" / "CONFIGS" / "CONFIG.yaml").write_text(
         "SECRET: ROOTSECRET\n")
     archive_one(other / "p_out" / "FINISHED_SUCCESS" / f"{SID3}-r", format="tar.zst")
-    catalog.rebuild(other)
+    rebuild.rebuild(other)
     shutil.move(other, tree.secret / "othertree")
     tree.outside_before = tree.outside()
     sa = tree.root / ".session-archive"
@@ -599,7 +599,7 @@ def test_a_big_archive_is_catalogued_streaming_with_the_same_row(
     archive_one(s, format=fmt)
     name = f"{SID}-big.{fmt}"
     rel = "p_out/FINISHED_SUCCESS"
-    whole = list(catalog.rows_of_file(str(tmp_path), rel, name))
+    whole = list(rebuild.rows_of_file(str(tmp_path), rel, name))
     monkeypatch.setattr(catalog, "IN_MEMORY_CAP", 100)
-    streamed = list(catalog.rows_of_file(str(tmp_path), rel, name))
+    streamed = list(rebuild.rows_of_file(str(tmp_path), rel, name))
     assert streamed == whole and whole[0]["config"] == {"ARGS.lr": 0.01, "EXIT_STATUS": 0}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.catalog import catalog
+from archive_tool.catalog import catalog, rebuild
 from archive_tool.engine import packfile
 from archive_tool.names import new_session_id
 from archive_tool.retention import prune
@@ -119,7 +119,7 @@ def _on_disk_rows(root: Path, tmp: Path) -> list[dict]:
     compared before any rerun)."""
     copy = tmp / "rebuilt"
     shutil.copytree(root, copy, symlinks=True)
-    catalog.rebuild(copy)
+    rebuild.rebuild(copy)
     return catalog.all_rows(copy)
 
 
@@ -312,5 +312,5 @@ def test_a_failure_of_the_pack_sweeps_catalog_step_is_a_warning_not_a_traceback(
     assert catalog.all_rows(root) == rows
     monkeypatch.undo()
     assert_catalog_sound(root, tmp_path, {r["name"] for r in rows})
-    catalog.rebuild(root)
+    rebuild.rebuild(root)
     assert len(catalog.all_rows(root)) == 4

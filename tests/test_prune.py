@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from archive_tool.cli import cli
 from archive_tool.lock import lock_path
 from archive_tool.names import new_session_id
-from archive_tool.retention.prune import parse_age, started_at
+from archive_tool.retention.prune import started_at
+from archive_tool.units import parse_age
 from tests.conftest import make_session
 
 DAY = 86400.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.catalog import catalog
+from archive_tool.catalog import catalog, rebuild
 from archive_tool.engine import packfile
 from archive_tool.retention.repack import repack
 from archive_tool.sweep.packsweep import pack_sweep
@@ -109,7 +109,7 @@ def test_merge_turns_daily_packs_into_one_monthly_pack_with_the_same_frames(
     assert _holdings(root, tmp_path / "h") == {n: [snap] for n, snap in before.items()}
     incremental = catalog.all_rows(root)
     os.unlink(catalog.catalog_path(root))
-    catalog.rebuild(root)
+    rebuild.rebuild(root)
     assert catalog.all_rows(root) == incremental  # the catalog says what the files say
 
 
@@ -204,7 +204,7 @@ def test_a_crash_during_repack_leaves_every_session_recoverable_and_a_rerun_fini
         "2026-11.pack.tar.zst"]
     rows = catalog.all_rows(root)
     os.unlink(catalog.catalog_path(root))
-    catalog.rebuild(root)
+    rebuild.rebuild(root)
     assert catalog.all_rows(root) == rows
     assert repack(root, merge="monthly", dry_run=False)["groups"] == []
 

@@ -233,7 +233,7 @@ def sweep_logged_as_root(root: Path) -> dict:
 
 
 def test_catalog_planted_as_a_symlink_is_never_written_through(tree: Tree) -> None:
-    from archive_tool.catalog import catalog
+    from archive_tool.catalog import catalog, rebuild
 
     user_root = tree.root / "alice"
     state = user_root / ".session-archive"
@@ -241,6 +241,6 @@ def test_catalog_planted_as_a_symlink_is_never_written_through(tree: Tree) -> No
             f"os.symlink({str(tree.secret / 'shadow')!r}, {str(state / 'catalog.sqlite')!r})")
     with pytest.raises(OSError):
         catalog.connect(user_root)
-    catalog.rebuild(user_root)  # builds a new file and renames it over the link itself
+    rebuild.rebuild(user_root)  # builds a new file and renames it over the link itself
     assert tree.secret_untouched()
     assert not (state / "catalog.sqlite").is_symlink()

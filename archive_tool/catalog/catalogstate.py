@@ -7,7 +7,11 @@ import os
 import time
 from typing import Any
 
-from archive_tool.catalog import catalog
+from archive_tool import fs, untrusted
+from archive_tool.catalog import catalog, rebuild
+from archive_tool.engine import packfile
+from archive_tool.errors import ArchiveError
+from archive_tool.names import split_archive_name
 from archive_tool.sweep.plan import check_root
 
 
@@ -37,24 +41,26 @@ def catalog_state(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _on_disk(root: str, errors: list[str]) -> set[tuple[str, int, str]]:
     """(archive relative to root, frame, session) of every session the tree holds, found
-    as ``catalog --rebuild`` finds them (catalog._archives): what a true catalog lists."""
-    from archive_tool.engine import packfile
-    from archive_tool.errors import ArchiveError
-    from archive_tool.names import split_archive_name
-
+    as ``catalog --rebuild`` finds them (rebuild.walk_archives): what a true catalog lists.
+    Packs are opened below the root by dir fds, as the rebuild opens them."""
     out: set[tuple[str, int, str]] = set()
-    for rel, fname in catalog._archives(root):
-        arel = os.path.join(rel, fname)
-        if packfile.is_pack_name(fname):
-            try:
-                with packfile.Pack(os.path.join(root, arel)) as p:
-                    out.update((arel, i, n) for i, n in enumerate(p.names))
-            except (ArchiveError, OSError) as e:
-                errors.append(f"{arel}: {getattr(e, 'reason', None) or e}")
-        else:
-            named = split_archive_name(fname)
-            if named is not None:
-                out.add((arel, -1, named[0]))
+    rfd = fs.open_trusted_dir(root)
+    try:
+        for rel, fname, _st in rebuild.walk_archives(rfd):
+            arel = os.path.join(rel, fname)
+            if packfile.is_pack_name(fname):
+                try:
+                    fd = untrusted.open_file_below(rfd, arel)
+                    with packfile.Pack(os.path.join(root, arel), fd) as p:
+                        out.update((arel, i, n) for i, n in enumerate(p.names))
+                except (ArchiveError, OSError) as e:
+                    errors.append(f"{arel}: {getattr(e, 'reason', None) or e}")
+            else:
+                named = split_archive_name(fname)
+                if named is not None:
+                    out.add((arel, -1, named[0]))
+    finally:
+        os.close(rfd)
     return out
 
 
@@ -123,14 +129,16 @@ def reconcile(root: str | os.PathLike[str]) -> dict[str, int]:
         have = {a for (a,) in conn.execute("SELECT DISTINCT archive FROM sessions")}
     finally:
         conn.close()
-    from archive_tool.errors import ArchiveError
-
     rows: list[dict[str, Any]] = []
-    for rel, fname in catalog._archives(root_p):
-        if os.path.join(rel, fname) not in have:
-            try:
-                rows += catalog.rows_of_file(root_p, rel, fname)
-            except (ArchiveError, OSError, ValueError):
-                continue  # `catalog --check` names it; a damaged file is not ours to fix here
+    rfd = fs.open_trusted_dir(root_p)
+    try:
+        for rel, fname, _st in rebuild.walk_archives(rfd):
+            if os.path.join(rel, fname) not in have:
+                try:
+                    rows += rebuild.rows_of_file(root_p, rel, fname, rfd)
+                except (ArchiveError, OSError, ValueError):
+                    continue  # `catalog --check` names it; a damaged file is not ours to fix
+    finally:
+        os.close(rfd)
     catalog.add_sessions(root_p, rows)
     return {"dropped": dropped, "added": len(rows)}

@@ -34,7 +34,7 @@ def catalog_cmd(root: str, rebuild: bool, check: bool, as_json: bool) -> None:
     Example: session-archive catalog /data/runs
              session-archive catalog /data/runs --rebuild
     """
-    from archive_tool.catalog.catalog import rebuild as do_rebuild
+    from archive_tool.catalog.rebuild import rebuild as do_rebuild
 
     if rebuild and check:
         raise BadInput("--rebuild or --check, not both")

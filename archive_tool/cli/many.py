@@ -214,7 +214,7 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
     show = execute and want_progress(quiet, progress)
     recorder = None
     if extra.pop("catalog", False) and execute:
-        from archive_tool.catalog.catalog import Recorder
+        from archive_tool.catalog.rebuild import Recorder
 
         recorder = Recorder(root, fmt)
     with progress_bar(show, "archiving", count=count) as bar:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archive_tool import fs, interrupt
-from archive_tool.catalog import catalog
+from archive_tool.catalog import catalog, rebuild
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
@@ -131,7 +131,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                 with contextlib.suppress(ArchiveError, OSError, ValueError):
                     rel = _rel_dir(root, job.dir)
                     fname = os.path.basename(r.path) + ".tar.zst"
-                    row = next(catalog.rows_of_file(root, rel, fname))
+                    row = next(rebuild.rows_of_file(root, rel, fname))
             out.append((r, row))
 
 
