@@ -113,4 +113,5 @@ def test_a_run_whose_pid_is_gone_on_this_host_is_stale_before_its_threshold(
     text = format_report(build_report(tmp_path, sample=0))
     table = text.split("RUNNING runs:")[1].splitlines()
     assert "1 stale" in table[0]
-    assert table[2].startswith("exp_out")  # the row after the header: the stale one
+    head = next(i for i, ln in enumerate(table) if ln.startswith("subtree"))
+    assert table[head + 1].startswith("exp_out")  # the row after the header: the stale one
