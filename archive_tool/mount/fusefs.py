@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import shutil
+import signal
 import stat
 import subprocess
 from typing import Any
@@ -200,6 +201,11 @@ def mount(root: str, mountpoint: str, *, foreground: bool = False, allow_other: 
         # (without it, allow_other would let every user read everything). nodev/nosuid: a
         # device node or setuid bit in a user's archive stays inert.
         ops = operations(view, fuse)
+        # libfuse installs its own SIGTERM/SIGINT/SIGHUP handlers (end the loop, unmount)
+        # only over the default disposition; the CLI's interrupt handlers (interrupt.py)
+        # just set a flag Python never gets to see while the C loop runs.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
         try:
             fuse.FUSE(ops, mountpoint, foreground=foreground,
                       nothreads=True, ro=True, default_permissions=True,
