@@ -49,6 +49,7 @@ class TmpArchive:
     name: str  # final name in dir_fd
     tmp_name: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
     dev: int
+    gid: int = -1  # the tmp file's group once created (and chowned): archive_mode needs it
 
     def discard(self) -> None:
         """Forget the tmp: an unnamed one vanishes with its fd; a named one is unlinked."""
@@ -68,8 +69,10 @@ class TmpArchive:
 
 def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
     """``<final>.tmp`` left by a crash of the named-tmp fallback: garbage by definition.
-    Removed whichever path this run takes (a run with O_TMPFILE would otherwise never
-    notice the named leftover of an earlier run, or of another machine, without it)."""
+    Removed where that name is about to be used (open_tmp's fallback, which creates it
+    O_EXCL) and where a source with an archive is finished (sweep's FINISH and CLEANUP):
+    not on the O_TMPFILE path, where it was an unlink of a name that never exists, one
+    metadata round trip per session on a parallel filesystem (issue 24)."""
     fs.unlink_at(dir_fd, final_name + TMP_SUFFIX)
 
 
@@ -77,19 +80,22 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
              owner: tuple[int, int] | None = None) -> TmpArchive:
     """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*."""
     name = os.path.basename(final)
-    st_dev = os.fstat(dir_fd).st_dev
     fd = -1
     tmp_name: str | None = None
-    remove_stale_tmp(dir_fd, name)
+    # The dir's device is needed only to skip O_TMPFILE where it already failed; the new
+    # file's fstat below gives it otherwise (one stat a session fewer, issue 24).
+    st_dev = os.fstat(dir_fd).st_dev if _no_tmpfile_devs else None
     if st_dev not in _no_tmpfile_devs:
         try:
             fd = fs.open_tmpfile(dir_fd)
         except OSError as e:
             if e.errno in _DISK_FULL or e.errno not in _NO_TMPFILE:
                 raise disk_error(final, e, "cannot create archive") from None
+            st_dev = os.fstat(dir_fd).st_dev
             _no_tmpfile_devs.add(st_dev)
     if fd < 0:
         tmp_name = name + TMP_SUFFIX
+        remove_stale_tmp(dir_fd, name)
         try:
             fd = fs.create_file(tmp_name, dir_fd)
         except OSError as e:
@@ -99,13 +105,14 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
             os.fchown(fd, *owner)
         if mode is not None:
             os.fchmod(fd, mode)
+        st = os.fstat(fd)
         own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
         if tmp_name:
             fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, own_dir, name, tmp_name, st_dev)
+    return TmpArchive(fd, final, own_dir, name, tmp_name, st.st_dev, st.st_gid)
 
 
 def _syncfs(fd: int) -> bool:

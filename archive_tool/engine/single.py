@@ -126,8 +126,8 @@ def prepare(
 
 def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level: int,
                 cutoff_ns: int | None) -> Prepared:
-    if fs.lexists_at(parent_fd, os.path.basename(final)):
-        raise FileExistsError(17, "archive already exists", final)
+    # No stat of the final name here: lock_session looks for an archive in every format
+    # (this one included) once the lock is held, and publish's link never replaces.
     fs.race_point("lock", src)
     lock_fd = lock_session(parent_fd, top, src)
     try:
@@ -143,7 +143,7 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
         os.close(lock_fd)
         raise
     try:
-        os.fchmod(tmp.fd, archive_mode(entries, os.fstat(tmp.fd).st_gid, src, as_root))
+        os.fchmod(tmp.fd, archive_mode(entries, tmp.gid, src, as_root))
         size = content_bytes(entries)
         # Many small files cost memory per member in the in-memory path (a list of parts):
         # stream a session of very many entries even when its bytes are few.
