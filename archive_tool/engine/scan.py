@@ -69,9 +69,11 @@ def scan_session(src: str, dirs: fs.DirCache | None = None) -> list[Entry]:
         os.close(fd)
 
 
-def scan_fd(top_fd: int, where: str) -> list[Entry]:
+def scan_fd(top_fd: int, where: str, held: dict[str, int] | None = None) -> list[Entry]:
     """Manifest of the open session dir *top_fd*, parents before children, names sorted
-    (deterministic archives). *where* names it in errors.
+    (deterministic archives). *where* names it in errors. With *held*, the subdir fds the
+    walk opened (and checked) are kept there (rel -> fd, up to fs.HELD_DIRS_MAX) for the
+    tar writer, instead of being closed and opened again; the caller closes them.
 
     Walks by fds (fs.py): every subdir is opened O_NOFOLLOW relative to its parent and
     must be the inode its lstat showed, so a dir swapped for a symlink mid-walk is refused,
@@ -85,7 +87,7 @@ def scan_fd(top_fd: int, where: str) -> list[Entry]:
     st = os.fstat(top_fd)
     entries = [_entry("", st, DIR)]
     links: dict[str, str] = {}
-    _walk(top_fd, "", entries, links, where)
+    _walk(top_fd, "", entries, links, where, held)
     if links:
         bad = escaping_link({e.rel: e.kind for e in entries}, links)
         if bad is not None:
@@ -95,7 +97,8 @@ def scan_fd(top_fd: int, where: str) -> list[Entry]:
     return entries
 
 
-def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where: str) -> None:
+def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where: str,
+          held: dict[str, int] | None = None) -> None:
     here = os.path.join(where, rel) if rel else where
     try:
         items = fs.scandir_sorted(dir_fd)
@@ -118,10 +121,14 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
                 sub = fs.open_dir(item.name, dir_fd, expect=st)
             except OSError as e:
                 raise SourceUnreadable(path, e.strerror or str(e)) from None
+            keep = held is not None and len(held) < fs.HELD_DIRS_MAX
+            if keep:
+                held[r] = sub  # type: ignore[index]
             try:
-                _walk(sub, r, out, links, where)
+                _walk(sub, r, out, links, where, held)
             finally:
-                os.close(sub)
+                if not keep:
+                    os.close(sub)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(item.name, dir_fd=dir_fd)

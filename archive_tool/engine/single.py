@@ -130,32 +130,38 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
     # (this one included) once the lock is held, and publish's link never replaces.
     fs.race_point("lock", src)
     lock_fd = lock_session(parent_fd, top, src)
+    # Subdir fds the scan opened and checked, kept for the tar writer: each dir of the
+    # session is opened once, not once to scan and again to read (issue 24).
+    held: dict[str, int] = {}
     try:
-        entries = scan_fd(lock_fd, src)
-        if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
-            raise TooRecent(src)
-        as_root = os.geteuid() == 0
-        # Running as root from cron: hand the archive to the session's owner, who could
-        # otherwise not delete or restore it.
-        owner = (entries[0].uid, entries[0].gid) if as_root else None
-        tmp = commit.open_tmp(parent_fd, final, None, owner)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    try:
-        os.fchmod(tmp.fd, archive_mode(entries, tmp.gid, src, as_root))
-        size = content_bytes(entries)
-        # Many small files cost memory per member in the in-memory path (a list of parts):
-        # stream a session of very many entries even when its bytes are few.
-        if size <= IN_MEMORY_LIMIT and len(entries) <= IN_MEMORY_MAX_ENTRIES:
-            written = _write_in_memory(lock_fd, src, top, entries, fmt, level, tmp)
-        else:
-            written = _write_streaming(lock_fd, src, top, entries, fmt, level, tmp)
-        return Prepared(src, final, tmp, entries, size, written, lock_fd)
-    except BaseException:
-        tmp.close()
-        os.close(lock_fd)
-        raise
+        try:
+            entries = scan_fd(lock_fd, src, held)
+            if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
+                raise TooRecent(src)
+            as_root = os.geteuid() == 0
+            # Running as root from cron: hand the archive to the session's owner, who could
+            # otherwise not delete or restore it.
+            owner = (entries[0].uid, entries[0].gid) if as_root else None
+            tmp = commit.open_tmp(parent_fd, final, None, owner)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        try:
+            os.fchmod(tmp.fd, archive_mode(entries, tmp.gid, src, as_root))
+            size = content_bytes(entries)
+            # Many small files cost memory per member in the in-memory path (a list of
+            # parts): stream a session of very many entries even when its bytes are few.
+            if size <= IN_MEMORY_LIMIT and len(entries) <= IN_MEMORY_MAX_ENTRIES:
+                written = _write_in_memory(lock_fd, src, top, entries, fmt, level, tmp, held)
+            else:
+                written = _write_streaming(lock_fd, src, top, entries, fmt, level, tmp, held)
+            return Prepared(src, final, tmp, entries, size, written, lock_fd)
+        except BaseException:
+            tmp.close()
+            os.close(lock_fd)
+            raise
+    finally:
+        fs.close_held(held)
 
 
 def _write_all(fd: int, data: bytes, final: str) -> None:
@@ -168,10 +174,11 @@ def _write_all(fd: int, data: bytes, final: str) -> None:
         raise commit.disk_error(final, e, "cannot write archive") from None
 
 
-def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
+def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive,
+                     held: dict[str, int] | None = None) -> int:
     parts: list[bytes] = []
     write_tar(top_fd, src, top, entries, parts.append,
-              chunk=max(CHUNK, content_bytes(entries) + 1), crc=False)
+              chunk=max(CHUNK, content_bytes(entries) + 1), crc=False, held=held)
     length = sum(map(len, parts))
     parts.append(tarfile.NUL * (-length % tarfile.RECORDSIZE))
     packed = compress_bytes(parts, fmt, level)
@@ -200,10 +207,11 @@ class _FdWriter(io.RawIOBase):
         return len(b)
 
 
-def _write_streaming(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
+def _write_streaming(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive,
+                     held: dict[str, int] | None = None) -> int:
     raw = io.BufferedWriter(_FdWriter(tmp.fd, tmp.final), buffer_size=CHUNK)
     comp = open_compressed_writer(raw, fmt, level)
-    crcs = write_tar(top_fd, src, top, entries, comp.write)
+    crcs = write_tar(top_fd, src, top, entries, comp.write, held=held)
     comp.close()
     raw.flush()
     size = os.fstat(tmp.fd).st_size
