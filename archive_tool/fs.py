@@ -288,7 +288,12 @@ def _get_libc():
     global _libc
     if _libc is None:
         try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # The global namespace (dlopen(NULL)) rather than libc's own handle: the
+            # calls then resolve like every other libc call of the process, so an
+            # LD_PRELOAD shim (benchmarks/md_calls.py) sees syncfs and renameat2 too.
+            _libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(_libc, "renameat"):
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         except OSError:
             _libc = False
     return _libc

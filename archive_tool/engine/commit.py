@@ -230,15 +230,21 @@ def _same(entry: Entry, st: os.stat_result) -> bool:
     )
 
 
-def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
+def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = None
+               ) -> str | None:
     """None if the tree at *top_fd* is exactly *entries*; else the first difference.
-    Walked by fds: a subdir swapped for a symlink shows as changed, never followed."""
+    Walked by fds: a subdir swapped for a symlink shows as changed, never followed. Every
+    dir is listed (an entry that appeared shows) and every entry lstat'ed against the
+    manifest (inode, size, mtime, ctime). With *held*, the subdir fds opened here (each
+    checked to be the inode its lstat showed) are kept for the delete (rel -> fd, up to
+    fs.HELD_DIRS_MAX): it then never looks a dir up by name again (issue 24)."""
     expected = {e.rel: e for e in entries if e.rel}
     seen = 0
-    stack: list[tuple[str, int]] = [("", os.dup(top_fd))]
+    # (rel, fd, ours to close after listing); scandir dups the fd it lists.
+    stack: list[tuple[str, int, bool]] = [("", top_fd, False)]
     try:
         while stack:
-            rel, fd = stack.pop()
+            rel, fd, close = stack.pop()
             try:
                 # Unsorted: order does not matter for a lookup, and this runs per session.
                 with os.scandir(fd) as it:
@@ -253,12 +259,18 @@ def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
                         return f"{r} changed"
                     seen += 1
                     if e.kind == DIR:
-                        stack.append((r, fs.open_dir(item.name, fd, expect=st)))
+                        sub = fs.open_dir(item.name, fd, expect=st)
+                        keep = held is not None and len(held) < fs.HELD_DIRS_MAX
+                        if keep:
+                            held[r] = sub  # type: ignore[index]
+                        stack.append((r, sub, not keep))
             finally:
-                os.close(fd)
+                if close:
+                    os.close(fd)
     finally:
-        for _, fd in stack:
-            os.close(fd)
+        for _, fd, close in stack:
+            if close:
+                os.close(fd)
     if seen != len(expected):
         return "an entry disappeared"
     return None
@@ -274,9 +286,24 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
     new content.
     """
     trash = trash_name(name)
-    if fs.lexists_at(parent_fd, trash):
-        fs.rmtree_at(parent_fd, trash)  # a crash mid-delete earlier; the archive exists
-    fs.rename_at(parent_fd, name, trash)
+    # Rename without replacing instead of a stat of the trash name first: a trash left by a
+    # crash mid-delete (its archive exists) shows as EEXIST, is removed, and the rename is
+    # retried. One metadata call a session fewer (issue 24).
+    try:
+        fs.rename_noreplace_at(parent_fd, name, parent_fd, trash)
+    except FileExistsError:
+        fs.rmtree_at(parent_fd, trash)
+        fs.rename_noreplace_at(parent_fd, name, parent_fd, trash)
+    held: dict[str, int] = {}
+    try:
+        _remove_trash(parent_fd, name, trash, entries, archive_name, where, keep_archive, held)
+    finally:
+        fs.close_held(held)
+
+
+def _remove_trash(parent_fd: int, name: str, trash: str, entries: list[Entry],
+                  archive_name: str, where: str, keep_archive: bool,
+                  held: dict[str, int]) -> None:
     try:
         top = fs.open_dir(trash, parent_fd)
     except OSError as e:
@@ -287,7 +314,7 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
             st = os.fstat(top)
             diff = None if st.st_ino == entries[0].ino else "the session dir was replaced"
             if diff is None:
-                diff = _unchanged(top, entries)
+                diff = _unchanged(top, entries, held)
         except OSError as e:
             diff = f"re-check failed: {e.strerror or e}"
     if diff is not None:
@@ -300,7 +327,7 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
         raise SourceChanged(where, f"changed while being archived ({diff}); source kept, archive removed")
     fs.race_point("delete", where)
     try:
-        _delete(top, "", _children(entries))
+        _delete(top, "", _children(entries), held)
     finally:
         os.close(top)
     try:
@@ -316,21 +343,29 @@ def _children(entries: list[Entry]) -> dict[str, list[Entry]]:
     return kids
 
 
-def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]]) -> None:
+def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]],
+            held: dict[str, int] | None = None) -> None:
     """Delete exactly the manifest's entries below *dir_fd* by unlinkat/rmdir on fds we
     opened without following links (a file added after the re-check survives, and its
-    dir's rmdir fails: the source is not silently emptied)."""
+    dir's rmdir fails: the source is not silently emptied). A subdir in *held* is the fd
+    the re-check listed and checked: used as is, so a name swapped since then (for a
+    symlink or another dir) is never entered; only its final rmdir goes by name, and
+    rmdir removes nothing but an empty directory."""
     for e in kids.get(rel, ()):
         name = e.rel.rpartition("/")[2]
         try:
             if e.kind == DIR:
-                sub = fs.open_dir(name, dir_fd)
-                try:
-                    if os.fstat(sub).st_ino != e.ino:
-                        raise OSError(errno.ESTALE, "replaced during the delete", e.rel)
-                    _delete(sub, e.rel, kids)
-                finally:
-                    os.close(sub)
+                sub = held.get(e.rel, -1) if held else -1
+                if sub >= 0:
+                    _delete(sub, e.rel, kids, held)
+                else:
+                    sub = fs.open_dir(name, dir_fd)
+                    try:
+                        if os.fstat(sub).st_ino != e.ino:
+                            raise OSError(errno.ESTALE, "replaced during the delete", e.rel)
+                        _delete(sub, e.rel, kids, held)
+                    finally:
+                        os.close(sub)
                 os.rmdir(name, dir_fd=dir_fd)
             else:
                 os.unlink(name, dir_fd=dir_fd)
