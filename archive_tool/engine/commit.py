@@ -254,12 +254,26 @@ def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = 
                     e = expected.get(r)
                     if e is None:
                         return f"{r} appeared"
-                    st = item.stat(follow_symlinks=False)
-                    if not _same(e, st):
-                        return f"{r} changed"
+                    if e.kind == DIR and item.is_dir(follow_symlinks=False):
+                        # Opened O_NOFOLLOW and compared by its own fstat: the inode we
+                        # checked is the one we walk into (no lstat + open + fstat).
+                        sub = fs.open_dir(item.name, fd)
+                        try:
+                            st = os.fstat(sub)
+                        except OSError:
+                            os.close(sub)
+                            raise
+                        if not _same(e, st):
+                            os.close(sub)
+                            return f"{r} changed"
+                    else:
+                        st = item.stat(follow_symlinks=False)
+                        if not _same(e, st):
+                            return f"{r} changed"
+                        if e.kind == DIR:  # a dir by lstat, not by d_type (DT_UNKNOWN)
+                            sub = fs.open_dir(item.name, fd, expect=st)
                     seen += 1
                     if e.kind == DIR:
-                        sub = fs.open_dir(item.name, fd, expect=st)
                         keep = held is not None and len(held) < fs.HELD_DIRS_MAX
                         if keep:
                             held[r] = sub  # type: ignore[index]

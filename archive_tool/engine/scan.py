@@ -106,6 +106,24 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
         raise SourceUnreadable(here, e.strerror or str(e)) from None
     for item in items:
         r = f"{rel}/{item.name}" if rel else item.name
+        # A dir (by the listing's d_type: no call) is opened O_NOFOLLOW and its fstat is
+        # its manifest entry: the stat is of the very inode we walk into, so no lstat
+        # before the open and no identity check after it (one call per dir, issue 24).
+        # Swapped for a symlink or a file since the listing: ELOOP/ENOTDIR, session kept.
+        if item.is_dir(follow_symlinks=False):
+            path = os.path.join(where, r)
+            try:
+                sub = fs.open_dir(item.name, dir_fd)
+            except OSError as e:
+                raise SourceUnreadable(path, e.strerror or str(e)) from None
+            try:
+                st = os.fstat(sub)
+            except OSError as e:
+                os.close(sub)
+                raise SourceUnreadable(path, e.strerror or str(e)) from None
+            out.append(_entry(r, st, DIR))
+            _walk_sub(sub, r, out, links, where, held)
+            continue
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as e:
@@ -115,20 +133,13 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
             out.append(_entry(r, st, FILE))
             continue
         path = os.path.join(where, r)  # for messages; not built for the many plain files
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode):  # d_type said otherwise (DT_UNKNOWN filesystems)
             out.append(_entry(r, st, DIR))
             try:
                 sub = fs.open_dir(item.name, dir_fd, expect=st)
             except OSError as e:
                 raise SourceUnreadable(path, e.strerror or str(e)) from None
-            keep = held is not None and len(held) < fs.HELD_DIRS_MAX
-            if keep:
-                held[r] = sub  # type: ignore[index]
-            try:
-                _walk(sub, r, out, links, where, held)
-            finally:
-                if not keep:
-                    os.close(sub)
+            _walk_sub(sub, r, out, links, where, held)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(item.name, dir_fd=dir_fd)
@@ -145,6 +156,20 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
                 else "device file"
             )
             raise UnsafeSource(path, f"{what} cannot be archived safely; session kept")
+
+
+def _walk_sub(sub: int, r: str, out: list[Entry], links: dict[str, str], where: str,
+              held: dict[str, int] | None) -> None:
+    """Walk the opened subdir *sub*; keep its fd in *held* (the caller closes those) or
+    close it."""
+    keep = held is not None and len(held) < fs.HELD_DIRS_MAX
+    if keep:
+        held[r] = sub  # type: ignore[index]
+    try:
+        _walk(sub, r, out, links, where, held)
+    finally:
+        if not keep:
+            os.close(sub)
 
 
 def escaping_link(kinds: dict[str, str], links: dict[str, str]) -> tuple[str, str] | None:
