@@ -134,7 +134,8 @@ def _commit(prepared: list[single.Prepared], out: list[Result], remove_src: bool
     for p in published:
         try:
             if remove_src:
-                commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src)
+                commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
+                                     top_fd=p.lock_fd)
             out.append(Result(p.src, ARCHIVED, "", p.bytes_in, p.bytes_out, p.inodes))
         except SourceChanged as e:
             out.append(_fail(p.src, e))
@@ -165,7 +166,8 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
         commit.fsync_dir(parent_fd, os.path.dirname(t.path))
         # A crash of the named-tmp fallback between link and unlink left <final>.tmp.
         commit.remove_stale_tmp(parent_fd, arch_name)
-        commit.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True)
+        commit.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True,
+                             top_fd=lock_fd)
     except ArchiveError as e:
         return Result(t.path, FAILED, f"an archive already exists ({arch_name}) and does not "
                       f"match the source; both kept: {e.reason}")

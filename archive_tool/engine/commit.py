@@ -291,13 +291,16 @@ def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = 
 
 
 def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
-                  where: str, *, keep_archive: bool = False) -> None:
+                  where: str, *, keep_archive: bool = False, top_fd: int | None = None
+                  ) -> None:
     """Delete a source whose archive is committed — unless it changed since it was read.
 
     Every step is relative to *parent_fd*. On a change: the source goes back under its
     name, the (now stale) archive we just made is removed (kept with *keep_archive*: one we
     did not make is never deleted), and SourceChanged is raised. A later run archives the
-    new content.
+    new content. *top_fd*: the session dir's fd held since it was locked (the caller's);
+    once the trash name is seen to be that inode, it serves the re-check and the delete
+    instead of an open and fstat of the trash name.
     """
     trash = trash_name(name)
     # Rename without replacing instead of a stat of the trash name first: a trash left by a
@@ -310,27 +313,35 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
         fs.rename_noreplace_at(parent_fd, name, parent_fd, trash)
     held: dict[str, int] = {}
     try:
-        _remove_trash(parent_fd, name, trash, entries, archive_name, where, keep_archive, held)
+        _remove_trash(parent_fd, name, trash, entries, archive_name, where, keep_archive, held,
+                      top_fd)
     finally:
         fs.close_held(held)
 
 
 def _remove_trash(parent_fd: int, name: str, trash: str, entries: list[Entry],
                   archive_name: str, where: str, keep_archive: bool,
-                  held: dict[str, int]) -> None:
+                  held: dict[str, int], top_fd: int | None) -> None:
+    top = -1
+    diff: str | None = None
     try:
-        top = fs.open_dir(trash, parent_fd)
+        if top_fd is not None:
+            # The rename moved whatever the name held then: the trash must be the inode
+            # we locked, scanned and archived (one lstat, not an open + fstat; the held fd
+            # is that inode: the manifest's top entry is its fstat).
+            st = fs.lstat_at(parent_fd, trash)
+            if not (stat.S_ISDIR(st.st_mode) and st.st_ino == entries[0].ino):
+                diff = "the session dir was replaced"
+            else:
+                top = os.dup(top_fd)
+        else:
+            top = fs.open_dir(trash, parent_fd)
+            if os.fstat(top).st_ino != entries[0].ino:
+                diff = "the session dir was replaced"
+        if diff is None:
+            diff = _unchanged(top, entries, held)
     except OSError as e:
-        top = -1
-        diff: str | None = f"re-check failed: {e.strerror or e}"
-    else:
-        try:
-            st = os.fstat(top)
-            diff = None if st.st_ino == entries[0].ino else "the session dir was replaced"
-            if diff is None:
-                diff = _unchanged(top, entries, held)
-        except OSError as e:
-            diff = f"re-check failed: {e.strerror or e}"
+        diff = f"re-check failed: {e.strerror or e}"
     if diff is not None:
         if top >= 0:
             os.close(top)

@@ -69,11 +69,13 @@ def scan_session(src: str, dirs: fs.DirCache | None = None) -> list[Entry]:
         os.close(fd)
 
 
-def scan_fd(top_fd: int, where: str, held: dict[str, int] | None = None) -> list[Entry]:
+def scan_fd(top_fd: int, where: str, held: dict[str, int] | None = None,
+            top_st: os.stat_result | None = None) -> list[Entry]:
     """Manifest of the open session dir *top_fd*, parents before children, names sorted
     (deterministic archives). *where* names it in errors. With *held*, the subdir fds the
     walk opened (and checked) are kept there (rel -> fd, up to fs.HELD_DIRS_MAX) for the
     tar writer, instead of being closed and opened again; the caller closes them.
+    *top_st*: an fstat of *top_fd* the caller already has (the lock's).
 
     Walks by fds (fs.py): every subdir is opened O_NOFOLLOW relative to its parent and
     must be the inode its lstat showed, so a dir swapped for a symlink mid-walk is refused,
@@ -84,7 +86,7 @@ def scan_fd(top_fd: int, where: str, held: dict[str, int] | None = None) -> list
     ``data`` extraction filter refuses the rest, so archiving them would produce an archive
     that cannot be restored safely — the one thing we must never delete a source for.
     """
-    st = os.fstat(top_fd)
+    st = os.fstat(top_fd) if top_st is None else top_st
     entries = [_entry("", st, DIR)]
     links: dict[str, str] = {}
     _walk(top_fd, "", entries, links, where, held)

@@ -28,7 +28,7 @@ from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import SourceUnreadable, UnsafeSource, VerifyFailed
-from archive_tool.lock import lock_session
+from archive_tool.lock import lock_session_stat
 from archive_tool.names import archive_name, normalize_format
 
 # Above this many content bytes a session streams instead of being built in memory.
@@ -129,13 +129,13 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
     # No stat of the final name here: lock_session looks for an archive in every format
     # (this one included) once the lock is held, and publish's link never replaces.
     fs.race_point("lock", src)
-    lock_fd = lock_session(parent_fd, top, src)
+    lock_fd, top_st = lock_session_stat(parent_fd, top, src)
     # Subdir fds the scan opened and checked, kept for the tar writer: each dir of the
     # session is opened once, not once to scan and again to read (issue 24).
     held: dict[str, int] = {}
     try:
         try:
-            entries = scan_fd(lock_fd, src, held)
+            entries = scan_fd(lock_fd, src, held, top_st)
             if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
                 raise TooRecent(src)
             as_root = os.geteuid() == 0
@@ -241,7 +241,8 @@ def archive_one(
             p.tmp.discard()
         commit.fsync_dir(p.tmp.dir_fd, os.path.dirname(p.final))
         if remove_src:
-            commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src)
+            commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
+                                 top_fd=p.lock_fd)
     finally:
         p.unlock()
     return Path(p.final)
