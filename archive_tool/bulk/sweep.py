@@ -75,6 +75,10 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
              dirs: fs.DirCache) -> None:
     fmt, level, cutoff_ns = opts["format"], opts["compresslevel"], opts["cutoff_ns"]
     prepared: list[single.Prepared] = []
+    # Every session to archive is locked first, then one listing per parent dir says which
+    # were archived meanwhile (single.lock_batch: no stat per format per session).
+    locked, lock_errors = single.lock_batch(
+        [t.path for t in tasks if t.kind not in (CLEANUP, FINISH)], dirs)
     try:
         for i, t in enumerate(tasks):
             if t.kind == CLEANUP:
@@ -86,8 +90,11 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                     out.append(Result(t.path, SKIPPED, "already archived"))
             else:
                 try:
+                    err = lock_errors.get(t.path)
+                    if err is not None:
+                        raise err
                     prepared.append(single.prepare(t.path, fmt, level, cutoff_ns=cutoff_ns,
-                                                   dirs=dirs))
+                                                   dirs=dirs, locked=locked.pop(t.path)))
                 except single.TooRecent:
                     out.append(Result(t.path, SKIPPED, "too recent"))
                 except FileExistsError:
@@ -105,6 +112,8 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
     finally:
         for p in prepared:
             p.unlock()
+        for lk in locked.values():  # not reached (disk full): their sources untouched
+            os.close(lk.fd)
 
 
 def _commit(prepared: list[single.Prepared], out: list[Result], remove_src: bool) -> None:
