@@ -49,9 +49,10 @@ def fresh(pristine: str, dst: str) -> None:
     subprocess.run(["sync"], check=True)
 
 
-def ours_sweep(root: str, workers: int) -> list[str]:
-    return [PY, "-m", "archive_tool", "sweep", root, "--execute", "-q", "-j", str(workers),
-            "-f", "tar.zst"]
+def ours_sweep(root: str, workers: int | None) -> list[str]:
+    """The sweep CLI; *workers* None: its default (adaptive, bulk/latency.py)."""
+    return [PY, "-m", "archive_tool", "sweep", root, "--execute", "-q", "-f", "tar.zst",
+            *(["-j", str(workers)] if workers else [])]
 
 
 def archives(root: str) -> list[str]:
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delays", default="0,200", help="us per metadata call for the walls")
     ap.add_argument("--work", default=os.path.join(HERE, "work", "mdcalls"))
     ap.add_argument("--no-restore", action="store_true", help="skip extract/verify rows")
+    ap.add_argument("--no-default", action="store_true",
+                    help="skip the default (adaptive) worker count in the walls")
+    ap.add_argument("--walls-only", action="store_true", help="only the timed rows")
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
     pristine = os.path.join(a.work, "pristine")
@@ -87,17 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     sessions = json.loads(dry.stdout)["candidates"]
     print(f"{sessions} finished sessions in the demo tree ({a.n} sessions)", flush=True)
     rows = []
-    for w in (1, 2):
+    for w in () if a.walls_only else (1, 2):
         fresh(pristine, root)
         rows.append(count(f"session-archive sweep --execute -j {w}", ours_sweep(root, w),
                           sessions))
-    fresh(pristine, root)
-    rows.append(count("tar --remove-files -cf - ... | zstd", floor_cmd(root, out), sessions,
-                      shell=True))
-    fresh(pristine, root)
-    rows.append(count("two tar --remove-files | zstd streams", floor2_cmd(root, out),
-                      sessions, shell=True))
-    if not a.no_restore:
+    if not a.walls_only:
+        fresh(pristine, root)
+        rows.append(count("tar --remove-files -cf - ... | zstd", floor_cmd(root, out),
+                          sessions, shell=True))
+        fresh(pristine, root)
+        rows.append(count("two tar --remove-files | zstd streams", floor2_cmd(root, out),
+                          sessions, shell=True))
+    if not (a.no_restore or a.walls_only):
         fresh(pristine, root)
         subprocess.run(ours_sweep(root, 2), check=True, env=_env())
         swept = os.path.join(a.work, "swept")
@@ -122,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         fresh(pristine, root)
         walls.append(count("session-archive sweep --execute -j 2", ours_sweep(root, 2),
                            sessions, latency_us=d))
+        if not a.no_default:
+            fresh(pristine, root)
+            walls.append(count("session-archive sweep --execute (default workers)",
+                               ours_sweep(root, None), sessions, latency_us=d))
         fresh(pristine, root)
         walls.append(count("two tar --remove-files | zstd streams", floor2_cmd(root, out),
                            sessions, shell=True, latency_us=d))

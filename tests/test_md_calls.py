@@ -132,3 +132,19 @@ def test_an_archive_in_another_format_appearing_before_the_lock_skips_the_sessio
     assert snapshot(s) == before
     assert other.read_bytes() == b"another archiver's archive"
     assert not (fin / f"{s.name}.tar.zst").exists()
+
+
+def test_default_workers_stay_one_per_core_on_a_local_disk(tmp_path: Path) -> None:
+    from archive_tool.bulk import latency
+
+    lat = latency.probe_latency(str(tmp_path))
+    assert 0 < lat < 0.005
+    assert latency.workers_for(lat, 2) == 2  # local tmp: microseconds a call
+
+
+def test_default_workers_grow_with_metadata_latency_up_to_the_cap() -> None:
+    from archive_tool.bulk.latency import MAX_WORKERS, workers_for
+
+    local, lustre, slow = workers_for(5e-6, 2), workers_for(200e-6, 2), workers_for(1e-3, 2)
+    assert local == 2 and 2 < lustre <= MAX_WORKERS and slow == MAX_WORKERS
+    assert workers_for(1e-3, 64) == 64  # never fewer than one per core

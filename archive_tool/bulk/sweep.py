@@ -21,6 +21,7 @@ from archive_tool import fs
 from archive_tool.bulk import stale
 from archive_tool.bulk.discover import Discovery
 from archive_tool.bulk.executors import WORKER_DIED, default_workers, run_batches  # noqa: F401
+from archive_tool.bulk.latency import adaptive_workers
 from archive_tool.bulk.plan import (
     CLEANUP,
     FINISH,
@@ -382,6 +383,10 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: _Accounts, workers: i
              executor: Executor | None, batch_size: int,
              on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
     slots: Callable[[], int] | None = getattr(executor, "slots", None)
+    if workers is None and executor is None:
+        # The default pool follows the filesystem's metadata latency (bulk/latency.py):
+        # one worker per core on a local disk, more where each call is a round trip.
+        workers = adaptive_workers(opts["root"], default_workers())
     n = workers or (max(1, slots()) if slots else default_workers())
 
     def absorb(results: list[Result]) -> None:
