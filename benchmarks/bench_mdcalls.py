@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(md_calls.format_table([(r["name"], r["row"]) for r in rows], True))
     print("\n| contender | delay per call | wall s |\n|---|---|---|")
     for r in walls:
-        print(f"| {r['name']} | {r['latency_us']} us | {r['wall_s']} |")
+        print(f"| {r['name'].replace('|', chr(92) + '|')} | {r['latency_us']} us | {r['wall_s']} |")
     return 0
 
 

@@ -109,7 +109,7 @@ def format_table(rows: list[tuple[str, dict[str, float]]], per_session: bool) ->
     lines = [f"| {head} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, row in rows:
         vals = [f"{row[c]:,.1f}" if per_session else f"{int(row[c]):,}" for c in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+        lines.append(f"| {name.replace('|', chr(92) + '|')} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
