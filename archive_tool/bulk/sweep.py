@@ -215,14 +215,25 @@ def _cleanup(t: Task, dirs: fs.DirCache) -> Result:
 # ----------------------------------------------------------------------- sweeping process
 
 
+# How far ahead the first batches look: a job of up to this many full rounds (workers x
+# size) is cut into equal batches, a whole number per worker.
+_BALANCE_ROUNDS = 4
+
+
 def _batches(tasks: Iterator[Task], size: int, workers: int) -> Iterator[list[Task]]:
-    first = list(islice(tasks, size * workers))
-    if len(first) < size * workers:
-        # A small job: spread it over every worker instead of one full batch.
-        k = max(1, min(workers, len(first)))
+    first = list(islice(tasks, size * workers * _BALANCE_ROUNDS))
+    if len(first) < size * workers * _BALANCE_ROUNDS:
+        # A job of a few rounds: equal batches (at most *size*), the same number for every
+        # worker. Full batches left one worker 512 sessions and the other 414 of 926: under
+        # metadata latency the wall is the slower worker's (issue 24).
+        # Contiguous slices: discovery lists a dir's sessions together, and a batch of one
+        # parent dir opens and lists that dir once.
+        rounds = max(1, -(-len(first) // (size * workers)))
+        k = max(1, min(workers * rounds, len(first)))
         for i in range(k):
-            if first[i::k]:
-                yield first[i::k]
+            chunk = first[len(first) * i // k:len(first) * (i + 1) // k]
+            if chunk:
+                yield chunk
         return
     for i in range(0, len(first), size):
         yield first[i:i + size]
