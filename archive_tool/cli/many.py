@@ -125,7 +125,8 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
             click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
                          help="Compression level on gzip's 1..9 scale."),
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
-                         help="Worker processes [default: CPU count]."),
+                         help="Worker processes [default: one per core; more when the "
+                              "root's metadata calls are slow (not --pack)]."),
             click.option("--older-than-days", type=float, default=None, callback=_days,
                          help="Only sessions whose dir and newest file are older."),
             click.option("--pattern", default=None, help="Only sessions whose name contains this."),
