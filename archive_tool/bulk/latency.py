@@ -18,10 +18,13 @@ import time
 
 from archive_tool import fs
 
-# Metadata calls per archived session (benchmarks/md_calls.py, demo tree: 60 marginal) and
-# CPU seconds per session on the 2-core machine of benchmarks/RESULTS.md.
+# Metadata calls per archived session (benchmarks/md_calls.py, demo tree: 60 marginal), and
+# the CPU a session costs a pool, calibrated: ~1 ms of archiving plus each worker's share
+# of its own start-up (~1,300 calls and ~0.3 s of imports); 2.5 ms makes the default hit
+# the best fixed --workers measured on the 2-core box (16 at 200 us, 32 at 1 ms a call;
+# benchmarks/RESULTS.md, issue 24).
 CALLS_PER_SESSION = 60
-CPU_PER_SESSION = 0.001
+CPU_PER_SESSION = 0.0025
 MAX_WORKERS = 32
 PROBES = 9
 
