@@ -288,7 +288,12 @@ def _get_libc():
     global _libc
     if _libc is None:
         try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # The global namespace (dlopen(NULL)) rather than libc's own handle: the
+            # calls then resolve like every other libc call of the process, so an
+            # LD_PRELOAD shim (benchmarks/md_calls.py) sees syncfs and renameat2 too.
+            _libc = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(_libc, "renameat"):
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         except OSError:
             _libc = False
     return _libc
@@ -337,18 +342,32 @@ def scandir_sorted(dir_fd: int) -> list[os.DirEntry]:
         return sorted(it, key=lambda e: e.name)
 
 
+def close_held(held: dict[str, int]) -> None:
+    while held:
+        os.close(held.popitem()[1])
+
+
 def _ancestor(a: str, rel: str) -> bool:
     return a == "" or rel == a or rel.startswith(a + "/")
+
+
+# At most this many subdir fds of one session are kept open from one pass of a walk to the
+# next (scan -> tar, re-check -> delete); a session with more dirs reopens the rest.
+HELD_DIRS_MAX = 256
 
 
 class FdStack:
     """Directory fds along one path of a depth-first walk (parents before children):
     ``dir_for(rel)`` returns the fd of rel's parent, opening the dirs on the way with
-    O_NOFOLLOW and checking each is the inode the manifest recorded."""
+    O_NOFOLLOW and checking each is the inode the manifest recorded. A dir in *held*
+    (rel -> fd, opened and identity-checked by the scan that made the manifest) is used
+    as is: no second open and fstat per dir (issue 24); those fds stay the caller's."""
 
-    def __init__(self, top_fd: int, inodes: dict[str, int]) -> None:
+    def __init__(self, top_fd: int, inodes: dict[str, int],
+                 held: dict[str, int] | None = None) -> None:
         self.stack: list[tuple[str, int]] = [("", top_fd)]
         self.inodes = inodes
+        self.held = held or {}
         self.own: set[int] = set()
 
     def dir_for(self, rel: str) -> tuple[int, str]:
@@ -360,6 +379,10 @@ class FdStack:
             nxt = parent[len(base) + 1:] if base else parent
             part = nxt.split("/", 1)[0]
             sub = f"{base}/{part}" if base else part
+            fd = self.held.get(sub, -1)
+            if fd >= 0:
+                self.stack.append((sub, fd))
+                continue
             fd = os.open(part, O_DIR, dir_fd=self.stack[-1][1])
             self.own.add(fd)
             self.stack.append((sub, fd))
@@ -369,8 +392,9 @@ class FdStack:
 
     def _pop(self) -> None:
         _, fd = self.stack.pop()
-        self.own.discard(fd)
-        os.close(fd)
+        if fd in self.own:
+            self.own.discard(fd)
+            os.close(fd)
 
     def close(self) -> None:
         while len(self.stack) > 1:

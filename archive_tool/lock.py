@@ -164,6 +164,12 @@ class RootLock:
 
 
 def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = False) -> int:
+    """See :func:`lock_session_stat`; returns only the fd."""
+    return lock_session_stat(parent_fd, name, where, archived_ok=archived_ok)[0]
+
+
+def lock_session_stat(parent_fd: int, name: str, where: str, *, archived_ok: bool = False
+                      ) -> tuple[int, os.stat_result]:
     """Open the session dir *name* in *parent_fd* (never through a symlink) and hold an
     exclusive flock on it while it is archived and deleted; returns the fd (close it to
     release). *where* is its path, for messages.
@@ -172,6 +178,7 @@ def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = F
     another format) otherwise both wrote an archive: the link() EEXIST guard only covers
     one name. The loser gets FileExistsError: the lock is busy, or, once it is free, the
     dir is gone or (unless *archived_ok*) an archive of it exists in any format.
+    Also returns the fstat of the locked dir (the scan's top entry: not stat'ed twice).
     """
     def archived() -> bool:
         return any(fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS)
@@ -206,4 +213,4 @@ def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = F
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, held

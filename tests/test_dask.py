@@ -26,7 +26,6 @@ from archive_tool.sweep.sessions import process_batch, sweep
 
 from .conftest import run_cli
 
-
 # One LocalCluster for the module, on one xdist worker as in a serial run. Under xdist,
 # distributed's http-server retry loop (distributed/node.py, `listen` in a `while True`)
 # drops the socket of a failed listen without closing it; its ResourceWarning surfaces in

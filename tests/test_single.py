@@ -266,6 +266,8 @@ def test_failure_at_any_step_leaves_the_source_intact(session: Path, monkeypatch
         monkeypatch.setattr(commit, "fsync_dir", lambda fd, p: (_ for _ in ()).throw(DurabilityError(p, "x")))
         expected = DurabilityError
     else:
+        # The rename to the trash name (renameat2 NOREPLACE, os.rename where there is none).
+        monkeypatch.setattr(commit.fs, "rename_noreplace_at", boom)
         monkeypatch.setattr(commit.os, "rename", boom)
         expected = OSError
     with pytest.raises(expected):

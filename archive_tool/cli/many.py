@@ -155,7 +155,8 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
             click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
                          help=LEVEL_HELP),
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
-                         help="Worker processes [default: CPU count]."),
+                         help="Worker processes [default: one per core; more when the "
+                              "root's metadata calls are slow (not --pack)]."),
             click.option("--older-than", "older_than", default=None, metavar="AGE",
                          callback=age_option,
                          help="Only sessions whose dir and newest file are older than AGE: "

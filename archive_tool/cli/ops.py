@@ -60,8 +60,8 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
     \b
     Example: session-archive prune /data/runs --older-than 180d --keep-last 5 --execute
     """
-    from archive_tool.units import parse_age
     from archive_tool.retention.prune import prune as do_prune
+    from archive_tool.units import parse_age
 
     if dry_run and execute:
         raise BadInput("--dry-run and --execute contradict each other; give one")

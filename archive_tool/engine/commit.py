@@ -48,6 +48,7 @@ class TmpArchive:
     name: str  # final name in dir_fd
     tmp_name: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
     dev: int
+    gid: int = -1  # the tmp file's group once created (and chowned): archive_mode needs it
 
     def discard(self) -> None:
         """Forget the tmp: an unnamed one vanishes with its fd; a named one is unlinked."""
@@ -67,8 +68,10 @@ class TmpArchive:
 
 def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
     """``<final>.tmp`` left by a crash of the named-tmp fallback: garbage by definition.
-    Removed whichever path this run takes (a run with O_TMPFILE would otherwise never
-    notice the named leftover of an earlier run, or of another machine, without it)."""
+    Removed where that name is about to be used (open_tmp's fallback, which creates it
+    O_EXCL) and where a source with an archive is finished (sweep's FINISH and CLEANUP):
+    not on the O_TMPFILE path, where it was an unlink of a name that never exists, one
+    metadata round trip per session on a parallel filesystem (issue 24)."""
     fs.unlink_at(dir_fd, final_name + TMP_SUFFIX)
 
 
@@ -76,19 +79,22 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
              owner: tuple[int, int] | None = None) -> TmpArchive:
     """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*."""
     name = os.path.basename(final)
-    st_dev = os.fstat(dir_fd).st_dev
     fd = -1
     tmp_name: str | None = None
-    remove_stale_tmp(dir_fd, name)
+    # The dir's device is needed only to skip O_TMPFILE where it already failed; the new
+    # file's fstat below gives it otherwise (one stat a session fewer, issue 24).
+    st_dev = os.fstat(dir_fd).st_dev if _no_tmpfile_devs else None
     if st_dev not in _no_tmpfile_devs:
         try:
             fd = fs.open_tmpfile(dir_fd)
         except OSError as e:
             if e.errno in DISK_FULL_ERRNOS or e.errno not in _NO_TMPFILE:
                 raise disk_error(final, e, "cannot create archive") from None
+            st_dev = os.fstat(dir_fd).st_dev
             _no_tmpfile_devs.add(st_dev)
     if fd < 0:
         tmp_name = name + TMP_SUFFIX
+        remove_stale_tmp(dir_fd, name)
         try:
             fd = fs.create_file(tmp_name, dir_fd)
         except OSError as e:
@@ -98,13 +104,14 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
             os.fchown(fd, *owner)
         if mode is not None:
             os.fchmod(fd, mode)
+        st = os.fstat(fd)
         own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
         if tmp_name:
             fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, own_dir, name, tmp_name, st_dev)
+    return TmpArchive(fd, final, own_dir, name, tmp_name, st.st_dev, st.st_gid)
 
 
 def _syncfs(fd: int) -> bool:
@@ -223,15 +230,21 @@ def _same(entry: Entry, st: os.stat_result) -> bool:
     )
 
 
-def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
+def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = None
+               ) -> str | None:
     """None if the tree at *top_fd* is exactly *entries*; else the first difference.
-    Walked by fds: a subdir swapped for a symlink shows as changed, never followed."""
+    Walked by fds: a subdir swapped for a symlink shows as changed, never followed. Every
+    dir is listed (an entry that appeared shows) and every entry lstat'ed against the
+    manifest (inode, size, mtime, ctime). With *held*, the subdir fds opened here (each
+    checked to be the inode its lstat showed) are kept for the delete (rel -> fd, up to
+    fs.HELD_DIRS_MAX): it then never looks a dir up by name again (issue 24)."""
     expected = {e.rel: e for e in entries if e.rel}
     seen = 0
-    stack: list[tuple[str, int]] = [("", os.dup(top_fd))]
+    # (rel, fd, ours to close after listing); scandir dups the fd it lists.
+    stack: list[tuple[str, int, bool]] = [("", top_fd, False)]
     try:
         while stack:
-            rel, fd = stack.pop()
+            rel, fd, close = stack.pop()
             try:
                 # Unsorted: order does not matter for a lookup, and this runs per session.
                 with os.scandir(fd) as it:
@@ -241,56 +254,102 @@ def _unchanged(top_fd: int, entries: list[Entry]) -> str | None:
                     e = expected.get(r)
                     if e is None:
                         return f"{r} appeared"
-                    st = item.stat(follow_symlinks=False)
-                    if not _same(e, st):
-                        return f"{r} changed"
+                    if e.kind == DIR and item.is_dir(follow_symlinks=False):
+                        # Opened O_NOFOLLOW and compared by its own fstat: the inode we
+                        # checked is the one we walk into (no lstat + open + fstat).
+                        sub = fs.open_dir(item.name, fd)
+                        try:
+                            st = os.fstat(sub)
+                        except OSError:
+                            os.close(sub)
+                            raise
+                        if not _same(e, st):
+                            os.close(sub)
+                            return f"{r} changed"
+                    else:
+                        st = item.stat(follow_symlinks=False)
+                        if not _same(e, st):
+                            return f"{r} changed"
+                        if e.kind == DIR:  # a dir by lstat, not by d_type (DT_UNKNOWN)
+                            sub = fs.open_dir(item.name, fd, expect=st)
                     seen += 1
                     if e.kind == DIR:
-                        stack.append((r, fs.open_dir(item.name, fd, expect=st)))
+                        keep = held is not None and len(held) < fs.HELD_DIRS_MAX
+                        if keep:
+                            held[r] = sub  # type: ignore[index]
+                        stack.append((r, sub, not keep))
             finally:
-                os.close(fd)
+                if close:
+                    os.close(fd)
     finally:
-        for _, fd in stack:
-            os.close(fd)
+        for _, fd, close in stack:
+            if close:
+                os.close(fd)
     if seen != len(expected):
         return "an entry disappeared"
     return None
 
 
 def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
-                  where: str, *, keep_archive: bool = False) -> None:
+                  where: str, *, keep_archive: bool = False, top_fd: int | None = None
+                  ) -> None:
     """Delete a source whose archive is committed — unless it changed since it was read.
 
     Every step is relative to *parent_fd*. On a change: the source goes back under its
     name, the (now stale) archive we just made is removed (kept with *keep_archive*: one we
     did not make is never deleted), and SourceChanged is raised. A later run archives the
-    new content.
+    new content. *top_fd*: the session dir's fd held since it was locked (the caller's);
+    once the trash name is seen to be that inode, it serves the re-check and the delete
+    instead of an open and fstat of the trash name.
     """
     # Once the source is renamed to its trash name it is deleted to the end: a signal
     # (interrupt.py) waits for it rather than leave a `.<name>.deleting` behind.
     with interrupt.shielded():
-        _remove_source(parent_fd, name, entries, archive_name, where, keep_archive)
+        _remove_source(parent_fd, name, entries, archive_name, where, keep_archive, top_fd)
 
 
 def _remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
-                   where: str, keep_archive: bool) -> None:
+                   where: str, keep_archive: bool, top_fd: int | None) -> None:
     trash = trash_name(name)
-    if fs.lexists_at(parent_fd, trash):
-        fs.rmtree_at(parent_fd, trash)  # a crash mid-delete earlier; the archive exists
-    fs.rename_at(parent_fd, name, trash)
+    # Rename without replacing instead of a stat of the trash name first: a trash left by a
+    # crash mid-delete (its archive exists) shows as EEXIST, is removed, and the rename is
+    # retried. One metadata call a session fewer (issue 24).
     try:
-        top = fs.open_dir(trash, parent_fd)
+        fs.rename_noreplace_at(parent_fd, name, parent_fd, trash)
+    except FileExistsError:
+        fs.rmtree_at(parent_fd, trash)
+        fs.rename_noreplace_at(parent_fd, name, parent_fd, trash)
+    held: dict[str, int] = {}
+    try:
+        _remove_trash(parent_fd, name, trash, entries, archive_name, where, keep_archive, held,
+                      top_fd)
+    finally:
+        fs.close_held(held)
+
+
+def _remove_trash(parent_fd: int, name: str, trash: str, entries: list[Entry],
+                  archive_name: str, where: str, keep_archive: bool,
+                  held: dict[str, int], top_fd: int | None) -> None:
+    top = -1
+    diff: str | None = None
+    try:
+        if top_fd is not None:
+            # The rename moved whatever the name held then: the trash must be the inode
+            # we locked, scanned and archived (one lstat, not an open + fstat; the held fd
+            # is that inode: the manifest's top entry is its fstat).
+            st = fs.lstat_at(parent_fd, trash)
+            if not (stat.S_ISDIR(st.st_mode) and st.st_ino == entries[0].ino):
+                diff = "the session dir was replaced"
+            else:
+                top = os.dup(top_fd)
+        else:
+            top = fs.open_dir(trash, parent_fd)
+            if os.fstat(top).st_ino != entries[0].ino:
+                diff = "the session dir was replaced"
+        if diff is None:
+            diff = _unchanged(top, entries, held)
     except OSError as e:
-        top = -1
-        diff: str | None = f"re-check failed: {e.strerror or e}"
-    else:
-        try:
-            st = os.fstat(top)
-            diff = None if st.st_ino == entries[0].ino else "the session dir was replaced"
-            if diff is None:
-                diff = _unchanged(top, entries)
-        except OSError as e:
-            diff = f"re-check failed: {e.strerror or e}"
+        diff = f"re-check failed: {e.strerror or e}"
     if diff is not None:
         if top >= 0:
             os.close(top)
@@ -301,7 +360,7 @@ def _remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name
         raise SourceChanged(where, f"changed while being archived ({diff}); source kept, archive removed")
     fs.race_point("delete", where)
     try:
-        _delete(top, "", _children(entries))
+        _delete(top, "", _children(entries), held)
     finally:
         os.close(top)
     try:
@@ -317,21 +376,29 @@ def _children(entries: list[Entry]) -> dict[str, list[Entry]]:
     return kids
 
 
-def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]]) -> None:
+def _delete(dir_fd: int, rel: str, kids: dict[str, list[Entry]],
+            held: dict[str, int] | None = None) -> None:
     """Delete exactly the manifest's entries below *dir_fd* by unlinkat/rmdir on fds we
     opened without following links (a file added after the re-check survives, and its
-    dir's rmdir fails: the source is not silently emptied)."""
+    dir's rmdir fails: the source is not silently emptied). A subdir in *held* is the fd
+    the re-check listed and checked: used as is, so a name swapped since then (for a
+    symlink or another dir) is never entered; only its final rmdir goes by name, and
+    rmdir removes nothing but an empty directory."""
     for e in kids.get(rel, ()):
         name = e.rel.rpartition("/")[2]
         try:
             if e.kind == DIR:
-                sub = fs.open_dir(name, dir_fd)
-                try:
-                    if os.fstat(sub).st_ino != e.ino:
-                        raise OSError(errno.ESTALE, "replaced during the delete", e.rel)
-                    _delete(sub, e.rel, kids)
-                finally:
-                    os.close(sub)
+                sub = held.get(e.rel, -1) if held else -1
+                if sub >= 0:
+                    _delete(sub, e.rel, kids, held)
+                else:
+                    sub = fs.open_dir(name, dir_fd)
+                    try:
+                        if os.fstat(sub).st_ino != e.ino:
+                            raise OSError(errno.ESTALE, "replaced during the delete", e.rel)
+                        _delete(sub, e.rel, kids, held)
+                    finally:
+                        os.close(sub)
                 os.rmdir(name, dir_fd=dir_fd)
             else:
                 os.unlink(name, dir_fd=dir_fd)

@@ -77,9 +77,13 @@ def scan_session(src: str, dirs: fs.DirCache | None = None) -> list[Entry]:
         os.close(fd)
 
 
-def scan_fd(top_fd: int, where: str) -> list[Entry]:
+def scan_fd(top_fd: int, where: str, held: dict[str, int] | None = None,
+            top_st: os.stat_result | None = None) -> list[Entry]:
     """Manifest of the open session dir *top_fd*, parents before children, names sorted
-    (deterministic archives). *where* names it in errors.
+    (deterministic archives). *where* names it in errors. With *held*, the subdir fds the
+    walk opened (and checked) are kept there (rel -> fd, up to fs.HELD_DIRS_MAX) for the
+    tar writer, instead of being closed and opened again; the caller closes them.
+    *top_st*: an fstat of *top_fd* the caller already has (the lock's).
 
     Walks by fds (fs.py): every subdir is opened O_NOFOLLOW relative to its parent and
     must be the inode its lstat showed, so a dir swapped for a symlink mid-walk is refused,
@@ -90,12 +94,12 @@ def scan_fd(top_fd: int, where: str) -> list[Entry]:
     ``data`` extraction filter refuses the rest, so archiving them would produce an archive
     that cannot be restored safely — the one thing we must never delete a source for.
     """
-    st = os.fstat(top_fd)
+    st = os.fstat(top_fd) if top_st is None else top_st
     entries = [_entry("", st, DIR)]
     as_root = os.geteuid() == 0
     entries[0].xattrs = _dir_xattrs(top_fd, where, as_root)
     links: dict[str, str] = {}
-    _walk(top_fd, "", entries, links, where, {}, as_root)
+    _walk(top_fd, "", entries, links, where, {}, as_root, held)
     if links:
         bad = escaping_link({e.rel: e.kind for e in entries}, links)
         if bad is not None:
@@ -115,7 +119,8 @@ def _dir_xattrs(fd: int, where: str, as_root: bool) -> list[tuple[str, bytes]] |
 
 
 def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where: str,
-          inodes: dict[tuple[int, int], str], as_root: bool) -> None:
+          inodes: dict[tuple[int, int], str], as_root: bool,
+          held: dict[str, int] | None = None) -> None:
     here = os.path.join(where, rel) if rel else where
     try:
         items = fs.scandir_sorted(dir_fd)
@@ -124,6 +129,25 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
     for item in items:
         interrupt.check()  # a scan of a huge session stops on SIGTERM too
         r = f"{rel}/{item.name}" if rel else item.name
+        # A dir (by the listing's d_type: no call) is opened O_NOFOLLOW and its fstat is
+        # its manifest entry: the stat is of the very inode we walk into, so no lstat
+        # before the open and no identity check after it (one call per dir, issue 24).
+        # Swapped for a symlink or a file since the listing: ELOOP/ENOTDIR, session kept.
+        if item.is_dir(follow_symlinks=False):
+            path = os.path.join(where, r)
+            try:
+                sub = fs.open_dir(item.name, dir_fd)
+            except OSError as e:
+                raise SourceUnreadable(path, e.strerror or str(e)) from None
+            try:
+                st = os.fstat(sub)
+            except OSError as e:
+                os.close(sub)
+                raise SourceUnreadable(path, e.strerror or str(e)) from None
+            ent = _entry(r, st, DIR)
+            out.append(ent)
+            _walk_sub(sub, ent, out, links, where, inodes, as_root, held)
+            continue
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as e:
@@ -141,18 +165,14 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
             out.append(_entry(r, st, FILE))
             continue
         path = os.path.join(where, r)  # for messages; not built for the many plain files
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode):  # d_type said otherwise (DT_UNKNOWN filesystems)
             ent = _entry(r, st, DIR)
             out.append(ent)
             try:
                 sub = fs.open_dir(item.name, dir_fd, expect=st)
             except OSError as e:
                 raise SourceUnreadable(path, e.strerror or str(e)) from None
-            try:
-                ent.xattrs = _dir_xattrs(sub, path, as_root)
-                _walk(sub, r, out, links, where, inodes, as_root)
-            finally:
-                os.close(sub)
+            _walk_sub(sub, ent, out, links, where, inodes, as_root, held)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(item.name, dir_fd=dir_fd)
@@ -169,6 +189,23 @@ def _walk(dir_fd: int, rel: str, out: list[Entry], links: dict[str, str], where:
                 else "device file"
             )
             raise UnsafeSource(path, f"{what} cannot be archived safely; session kept")
+
+
+def _walk_sub(sub: int, ent: Entry, out: list[Entry], links: dict[str, str], where: str,
+              inodes: dict[tuple[int, int], str], as_root: bool,
+              held: dict[str, int] | None) -> None:
+    """Read the xattrs of the opened subdir *sub* (its entry *ent*) and walk it; keep its fd
+    in *held* (the caller closes those) or close it."""
+    r = ent.rel
+    keep = held is not None and len(held) < fs.HELD_DIRS_MAX
+    if keep:
+        held[r] = sub  # type: ignore[index]
+    try:
+        ent.xattrs = _dir_xattrs(sub, os.path.join(where, r), as_root)
+        _walk(sub, r, out, links, where, inodes, as_root, held)
+    finally:
+        if not keep:
+            os.close(sub)
 
 
 def escaping_link(kinds: dict[str, str], links: dict[str, str]) -> tuple[str, str] | None:

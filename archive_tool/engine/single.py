@@ -27,10 +27,10 @@ from archive_tool.engine.formats import compress_bytes, decompress_bytes, open_c
 from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
-from archive_tool.errors import SourceUnreadable, UnsafeSource, VerifyFailed
+from archive_tool.errors import ArchiveError, SourceUnreadable, UnsafeSource, VerifyFailed
 from archive_tool.holds import Holds
-from archive_tool.lock import lock_session
-from archive_tool.names import archive_name, normalize_format
+from archive_tool.lock import lock_session_stat
+from archive_tool.names import FORMATS, archive_name, normalize_format
 
 # Above this many content bytes a session streams instead of being built in memory.
 IN_MEMORY_LIMIT = 32 * 1024 * 1024
@@ -98,6 +98,71 @@ def archive_mode(entries: list[Entry], gid: int, where: str, as_root: bool) -> i
     return (read_bits & 0o444) | 0o600
 
 
+@dataclass(slots=True)
+class Locked:
+    """A session dir opened and flock'ed by :func:`lock_batch`: (fd, its fstat)."""
+
+    fd: int
+    st: os.stat_result
+
+
+def _archived_listing(parent_fd: int, sessions: int) -> set[str] | None:
+    """Names in the dir *parent_fd*, or None when it has more than a few per session
+    (then a stat per format costs less than reading a huge listing) or cannot be read."""
+    limit = max(1024, 256 * sessions)
+    names: set[str] = set()
+    try:
+        with os.scandir(parent_fd) as it:
+            for e in it:
+                names.add(e.name)
+                if len(names) > limit:
+                    return None
+    except OSError:
+        return None
+    return names
+
+
+def lock_batch(srcs: list[str], dirs: fs.DirCache
+               ) -> tuple[dict[str, Locked], dict[str, BaseException]]:
+    """Lock every session of a batch, then answer "was it archived meanwhile?" (an
+    archive in any format beside it) from ONE listing per parent dir taken after all
+    those locks are held, instead of a stat per format per session: on Lustre/GPFS/NFS
+    each stat is a round trip to the metadata server (issue 24). Taken after the locks,
+    the listing sees every archive another archiver finished before we locked, exactly
+    as the stats did. Returns (Locked by path, the exception prepare would have raised
+    by path: FileExistsError or an ArchiveError); the caller owns the locks' fds."""
+    locked: dict[str, Locked] = {}
+    errors: dict[str, BaseException] = {}
+    parents: dict[int, list[tuple[str, str]]] = {}
+    for src in srcs:
+        try:
+            parent_fd, name = dirs.parent(src)
+        except OSError as e:
+            errors[src] = SourceUnreadable(os.path.dirname(src), "cannot open the session's "
+                                           f"directory: {e.strerror or e}")
+            continue
+        fs.race_point("lock", src)
+        try:
+            fd, st = lock_session_stat(parent_fd, name, src, archived_ok=True)
+        except (FileExistsError, ArchiveError, OSError) as e:
+            errors[src] = e
+            continue
+        locked[src] = Locked(fd, st)
+        parents.setdefault(parent_fd, []).append((src, name))
+    for parent_fd, members in parents.items():
+        names = _archived_listing(parent_fd, len(members))
+        for src, name in members:
+            wanted = [f"{name}.{f}" for f in FORMATS]
+            if names is None:
+                hit = any(fs.lexists_at(parent_fd, n) for n in wanted)
+            else:
+                hit = any(n in names for n in wanted)
+            if hit:
+                os.close(locked.pop(src).fd)
+                errors[src] = FileExistsError(17, "archive already exists", src)
+    return locked, errors
+
+
 def prepare(
     src: str | os.PathLike[str],
     fmt: str,
@@ -106,6 +171,7 @@ def prepare(
     cutoff_ns: int | None = None,
     dirs: fs.DirCache | None = None,
     holds: Holds | None = None,
+    locked: Locked | None = None,
 ) -> Prepared:
     """Write and verify the archive of *src* into an unnamed tmp beside it.
 
@@ -113,7 +179,9 @@ def prepare(
     and every later step — lock, scan, read, tmp, link, delete — is relative to it.
     Raises FileExistsError if the final archive name is taken, TooRecent if *cutoff_ns* is
     given and some entry is newer, and ArchiveError subclasses on any problem. On every
-    error the tmp is gone and the source untouched.
+    error the tmp is gone and the source untouched. *locked* (from :func:`lock_batch`,
+    with the same *dirs*): the session is already locked and checked; its fd is handed
+    over (closed on error, else held by the Prepared).
     """
     fmt = normalize_format(fmt)
     src = os.path.abspath(os.fspath(src))
@@ -122,50 +190,63 @@ def prepare(
     try:
         parent_fd = dirs.parent(src)[0] if dirs is not None else fs.open_trusted_dir(parent)
     except OSError as e:
+        if locked is not None:
+            os.close(locked.fd)
         raise SourceUnreadable(parent, f"cannot open the session's directory: "
                                        f"{e.strerror or e}") from None
     try:
-        return _prepare_at(parent_fd, src, top, final, fmt, compresslevel, cutoff_ns, holds)
+        return _prepare_at(parent_fd, src, top, final, fmt, compresslevel, cutoff_ns, holds,
+                           locked)
     finally:
         if dirs is None:
             os.close(parent_fd)
 
 
 def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level: int,
-                cutoff_ns: int | None, holds: Holds | None = None) -> Prepared:
-    if fs.lexists_at(parent_fd, os.path.basename(final)):
-        raise FileExistsError(17, "archive already exists", final)
-    fs.race_point("lock", src)
-    lock_fd = lock_session(parent_fd, top, src)
+                cutoff_ns: int | None, holds: Holds | None = None,
+                locked: Locked | None = None) -> Prepared:
+    # No stat of the final name here: lock_session (or lock_batch) looks for an archive in
+    # every format (this one included) once the lock is held; publish's link never replaces.
+    if locked is not None:
+        lock_fd, top_st = locked.fd, locked.st
+    else:
+        fs.race_point("lock", src)
+        lock_fd, top_st = lock_session_stat(parent_fd, top, src)
+    # Subdir fds the scan opened and checked, kept for the tar writer: each dir of the
+    # session is opened once, not once to scan and again to read (issue 24).
+    held: dict[str, int] = {}
     try:
-        entries = scan_fd(lock_fd, src)
-        if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
-            raise TooRecent(src)
-        why = holds.reason(os.fstat(lock_fd).st_dev, entries) if holds is not None else None
-        if why:
-            raise TooRecent(src, why)  # a writer may still hold it (issue 23, k1)
-        as_root = os.geteuid() == 0
-        # Running as root from cron: hand the archive to the session's owner, who could
-        # otherwise not delete or restore it.
-        owner = (entries[0].uid, entries[0].gid) if as_root else None
-        tmp = commit.open_tmp(parent_fd, final, None, owner)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    try:
-        os.fchmod(tmp.fd, archive_mode(entries, os.fstat(tmp.fd).st_gid, src, as_root))
-        size = content_bytes(entries)
-        # Many small files cost memory per member in the in-memory path (a list of parts):
-        # stream a session of very many entries even when its bytes are few.
-        if size <= IN_MEMORY_LIMIT and len(entries) <= IN_MEMORY_MAX_ENTRIES:
-            written = _write_in_memory(lock_fd, src, top, entries, fmt, level, tmp)
-        else:
-            written = _write_streaming(lock_fd, src, top, entries, fmt, level, tmp)
-        return Prepared(src, final, tmp, entries, size, written, lock_fd)
-    except BaseException:
-        tmp.close()
-        os.close(lock_fd)
-        raise
+        try:
+            entries = scan_fd(lock_fd, src, held, top_st)
+            if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
+                raise TooRecent(src)
+            why = holds.reason(top_st.st_dev, entries) if holds is not None else None
+            if why:
+                raise TooRecent(src, why)  # a writer may still hold it (issue 23, k1)
+            as_root = os.geteuid() == 0
+            # Running as root from cron: hand the archive to the session's owner, who could
+            # otherwise not delete or restore it.
+            owner = (entries[0].uid, entries[0].gid) if as_root else None
+            tmp = commit.open_tmp(parent_fd, final, None, owner)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        try:
+            os.fchmod(tmp.fd, archive_mode(entries, tmp.gid, src, as_root))
+            size = content_bytes(entries)
+            # Many small files cost memory per member in the in-memory path (a list of
+            # parts): stream a session of very many entries even when its bytes are few.
+            if size <= IN_MEMORY_LIMIT and len(entries) <= IN_MEMORY_MAX_ENTRIES:
+                written = _write_in_memory(lock_fd, src, top, entries, fmt, level, tmp, held)
+            else:
+                written = _write_streaming(lock_fd, src, top, entries, fmt, level, tmp, held)
+            return Prepared(src, final, tmp, entries, size, written, lock_fd)
+        except BaseException:
+            tmp.close()
+            os.close(lock_fd)
+            raise
+    finally:
+        fs.close_held(held)
 
 
 def _write_all(fd: int, data: bytes, final: str) -> None:
@@ -178,10 +259,11 @@ def _write_all(fd: int, data: bytes, final: str) -> None:
         raise commit.disk_error(final, e, "cannot write archive") from None
 
 
-def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
+def _write_in_memory(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive,
+                     held: dict[str, int] | None = None) -> int:
     parts: list[bytes] = []
     write_tar(top_fd, src, top, entries, parts.append,
-              chunk=max(CHUNK, content_bytes(entries) + 1), crc=False)
+              chunk=max(CHUNK, content_bytes(entries) + 1), crc=False, held=held)
     length = sum(map(len, parts))
     parts.append(tarfile.NUL * (-length % tarfile.RECORDSIZE))
     packed = compress_bytes(parts, fmt, level)
@@ -210,10 +292,11 @@ class _FdWriter(io.RawIOBase):
         return len(b)
 
 
-def _write_streaming(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive) -> int:
+def _write_streaming(top_fd, src, top, entries, fmt, level, tmp: commit.TmpArchive,
+                     held: dict[str, int] | None = None) -> int:
     raw = io.BufferedWriter(_FdWriter(tmp.fd, tmp.final), buffer_size=CHUNK)
     comp = open_compressed_writer(raw, fmt, level)
-    crcs = write_tar(top_fd, src, top, entries, comp.write)
+    crcs = write_tar(top_fd, src, top, entries, comp.write, held=held)
     comp.close()
     raw.flush()
     size = os.fstat(tmp.fd).st_size
@@ -243,7 +326,8 @@ def archive_one(
             p.tmp.discard()
         commit.fsync_dir(p.tmp.dir_fd, os.path.dirname(p.final))
         if remove_src:
-            commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src)
+            commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
+                                 top_fd=p.lock_fd)
     finally:
         p.unlock()
     return Path(p.final)

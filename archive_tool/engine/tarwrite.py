@@ -215,13 +215,15 @@ def _copy_file(dir_fd: int, name: str, src: str, e: Entry, write, chunk: int,
 
 
 def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
-              chunk: int = CHUNK, *, crc: bool = True) -> list[int]:
+              chunk: int = CHUNK, *, crc: bool = True,
+              held: dict[str, int] | None = None) -> list[int]:
     """Emit the tar stream of *entries* (read below the open session dir *top_fd*; *src*
     is its path, for messages) through *write*; return per-entry CRC32 (0 for non-files),
     which the streaming verify checks the read-back against. ``crc=False`` (the in-memory
-    path, which verifies by comparing whole bytes) skips computing them."""
+    path, which verifies by comparing whole bytes) skips computing them. *held*: subdir
+    fds the scan kept (fs.FdStack), so no dir is opened twice."""
     crcs = []
-    dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR})
+    dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR}, held)
     as_root = os.geteuid() == 0
     try:
         for e in entries:

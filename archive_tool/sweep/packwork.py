@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archive_tool import fs, interrupt
-from archive_tool.catalog import catalog, rebuild
+from archive_tool.catalog import rebuild
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, packfile, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -150,6 +151,41 @@ def existing_archive(parent: str, name: str) -> str | None:
     return None
 
 
+class SiblingNames:
+    """Names in each session's parent dir, listed once per dir (one listing instead of a
+    stat per format per session: on Lustre/GPFS/NFS each stat is a round trip to the
+    metadata server, issue 24). Only a hint for planning: the worker re-checks under the
+    session's lock (lock_session looks for an archive in every format), and the link that
+    never replaces is the real guarantee. Bounded: a tree of many dirs keeps the last few."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._names: OrderedDict[str, frozenset[str] | None] = OrderedDict()
+
+    def listing(self, parent: str) -> frozenset[str] | None:
+        names = self._names.get(parent, False)
+        if names is False:
+            try:
+                names = frozenset(os.listdir(parent))
+            except OSError:
+                names = None  # unreadable: fall back to a stat per name
+            self._names[parent] = names
+            while len(self._names) > self.limit:
+                self._names.popitem(last=False)
+        else:
+            self._names.move_to_end(parent)
+        return names  # type: ignore[return-value]
+
+    def archive_of(self, parent: str, name: str) -> str | None:
+        names = self.listing(parent)
+        if names is None:
+            return existing_archive(parent, name)
+        for fmt in FORMATS:
+            if f"{name}.{fmt}" in names:
+                return os.path.join(parent, f"{name}.{fmt}")
+        return None
+
+
 @dataclass(slots=True)
 class Task:
     kind: str  # ARCHIVE, FINISH (archive exists beside the source), CLEANUP (trash dir)
@@ -188,6 +224,7 @@ class Planner:
 
     def tasks(self, paths: Iterable[str]) -> Iterator[Task]:
         cap = self.max_dirs if self.max_dirs else None
+        siblings = SiblingNames()
         for path in paths:
             parent, name = os.path.split(path)
             if not self.flat and os.path.basename(parent) not in FINISHED_STATES:
@@ -198,7 +235,7 @@ class Planner:
                     continue
             trashed = session_of_trash(name)
             if trashed is not None:
-                yield Task(CLEANUP, path, existing_archive(parent, trashed))
+                yield Task(CLEANUP, path, siblings.archive_of(parent, trashed))
                 continue
             if not is_session_name(name):
                 continue
@@ -217,6 +254,6 @@ class Planner:
                 # a rerun would really take (issue 16: no silent cap).
                 self.capped += 1
                 continue
-            arch = existing_archive(parent, name)
+            arch = siblings.archive_of(parent, name)
             self.candidates += 1
             yield Task(FINISH if arch else ARCHIVE, path, arch)

@@ -42,6 +42,7 @@ from archive_tool.summary import (
 )
 from archive_tool.sweep.discover import Discovery
 from archive_tool.sweep.executors import default_workers, run_batches
+from archive_tool.sweep.latency import adaptive_workers
 from archive_tool.sweep.plan import (
     CLEANUP,
     FINISH,
@@ -80,6 +81,10 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
              dirs: fs.DirCache) -> None:
     fmt, level, cutoff_ns = opts["format"], opts["compresslevel"], opts["cutoff_ns"]
     prepared: list[single.Prepared] = []
+    # Every session to archive is locked first, then one listing per parent dir says which
+    # were archived meanwhile (single.lock_batch: no stat per format per session).
+    locked, lock_errors = single.lock_batch(
+        [t.path for t in tasks if t.kind not in (CLEANUP, FINISH)], dirs)
     try:
         for i, t in enumerate(tasks):
             interrupt.check()
@@ -92,8 +97,12 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                     out.append(Result(t.path, SKIPPED, "already archived"))
             else:
                 try:
+                    err = lock_errors.get(t.path)
+                    if err is not None:
+                        raise err
                     prepared.append(single.prepare(t.path, fmt, level, cutoff_ns=cutoff_ns,
-                                                   dirs=dirs, holds=opts.get("holds")))
+                                                   dirs=dirs, holds=opts.get("holds"),
+                                                   locked=locked.pop(t.path)))
                 except single.TooRecent as e:
                     out.append(Result(t.path, SKIPPED, e.reason))
                 except FileExistsError:
@@ -114,6 +123,8 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
     finally:
         for p in prepared:
             p.unlock()
+        for lk in locked.values():  # not reached (disk full): their sources untouched
+            os.close(lk.fd)
 
 
 def _finish(t: Task, dirs: fs.DirCache) -> Result:
@@ -138,7 +149,8 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
         commit.fsync_dir(parent_fd, os.path.dirname(t.path))
         # A crash of the named-tmp fallback between link and unlink left <final>.tmp.
         commit.remove_stale_tmp(parent_fd, arch_name)
-        commit.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True)
+        commit.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True,
+                             top_fd=lock_fd)
     except ArchiveError as e:
         return Result(t.path, FAILED, f"an archive already exists ({arch_name}) and does not "
                       f"match the source; both kept: {e.reason}")
@@ -152,14 +164,25 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
 # ----------------------------------------------------------------------- sweeping process
 
 
+# How far ahead the first batches look: a job of up to this many full rounds (workers x
+# size) is cut into equal batches, a whole number per worker.
+_BALANCE_ROUNDS = 4
+
+
 def _batches(tasks: Iterator[Task], size: int, workers: int) -> Iterator[list[Task]]:
-    first = list(islice(tasks, size * workers))
-    if len(first) < size * workers:
-        # A small job: spread it over every worker instead of one full batch.
-        k = max(1, min(workers, len(first)))
+    first = list(islice(tasks, size * workers * _BALANCE_ROUNDS))
+    if len(first) < size * workers * _BALANCE_ROUNDS:
+        # A job of a few rounds: equal batches (at most *size*), the same number for every
+        # worker. Full batches left one worker 512 sessions and the other 414 of 926: under
+        # metadata latency the wall is the slower worker's (issue 24).
+        # Contiguous slices: discovery lists a dir's sessions together, and a batch of one
+        # parent dir opens and lists that dir once.
+        rounds = max(1, -(-len(first) // (size * workers)))
+        k = max(1, min(workers * rounds, len(first)))
         for i in range(k):
-            if first[i::k]:
-                yield first[i::k]
+            chunk = first[len(first) * i // k:len(first) * (i + 1) // k]
+            if chunk:
+                yield chunk
         return
     for i in range(0, len(first), size):
         yield first[i:i + size]
@@ -297,6 +320,10 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: in
              executor: Executor | None, batch_size: int,
              on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
     slots: Callable[[], int] | None = getattr(executor, "slots", None)
+    if workers is None and executor is None:
+        # The default pool follows the filesystem's metadata latency (bulk/latency.py):
+        # one worker per core on a local disk, more where each call is a round trip.
+        workers = adaptive_workers(opts["root"], default_workers())
     n = workers or (max(1, slots()) if slots else default_workers())
 
     def absorb(results: list[Result]) -> None:

@@ -71,7 +71,8 @@ def commit_group(prepared: list[single.Prepared], out: list[Result], remove_src:
     for p in published:
         try:
             if remove_src:
-                commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src)
+                commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
+                                     top_fd=p.lock_fd)
             out.append(Result(p.src, ARCHIVED, "", p.bytes_in, p.bytes_out, p.inodes))
         except SourceChanged as e:
             out.append(fail(p.src, e))
