@@ -15,12 +15,15 @@ from click.testing import CliRunner
 from archive_tool import cli
 from tests.conftest import SID, as_nobody, make_session, snapshot
 
-COMMANDS = ["pack", "unpack", "verify", "show", "sweep", "compress", "extract", "demo-tree", "report",
-            "prune", "catalog", "find", "repack"]
+COMMANDS = ["archive", "pack", "unpack", "verify", "show", "sweep", "compress", "extract",
+            "demo-tree", "report", "prune", "catalog", "find", "repack", "mount"]
 
 # (command line, what is wrong). ROOT: a tree with one session; FILE: a regular file;
 # DIR: a plain directory; ARCH: a valid archive; MISSING: a path that does not exist.
 CASES = [
+    (["archive", "MISSING"], "missing dir"),
+    (["archive", "SESSION", "-f", "zip"], "unknown format"),
+    (["archive", "SESSION", "--level", "0"], "level out of range"),
     (["pack", "MISSING"], "missing dir"),
     (["pack", "FILE"], "file instead of a dir"),
     (["pack", "SESSION", "-f", "zip"], "unknown format"),
@@ -30,7 +33,7 @@ CASES = [
     (["unpack", "DIR"], "dir instead of an archive"),
     (["verify"], "no archive"),
     (["verify", "MISSING"], "missing archive"),
-    (["verify", "DIR"], "dir instead of an archive"),
+    (["verify", "DIR", "-j", "0"], "zero workers for a tree"),
     (["show", "MISSING"], "missing archive"),
     (["show", "DIR"], "dir instead of an archive"),
     (["sweep", "MISSING"], "missing root"),
@@ -81,9 +84,11 @@ CASES = [
     (["sweep", "ROOT", "--execute", "--pack", "daily", "-f", "tar.gz"], "pack not zstd"),
     (["sweep", "ROOT", "--execute", "--pack", "daily", "--batch-size", "5"], "pack batch"),
     (["catalog", "MISSING", "--rebuild"], "missing root"),
-    (["catalog", "ROOT"], "no --rebuild"),
+    (["catalog", "ROOT", "--rebuild", "--check"], "--rebuild and --check at once"),
     (["catalog", "/", "--rebuild"], "dangerous root"),
     (["find", "MISSING"], "missing root"),
+    (["mount", "MISSING", "DIR"], "missing root"),
+    (["mount", "ROOT", "ROOT/inside"], "mount point inside the root"),
     (["find", "ROOT"], "no catalog"),
     (["find", "ROOT", "--where", "ARGS.lr"], "where without operator"),
     (["find", "ROOT", "--where", "SEED<abc"], "order on a non-number"),

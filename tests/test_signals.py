@@ -112,7 +112,8 @@ def interrupt_at(tmp_path: Path, args: list[str], delay: float, sig: int = signa
 def holds_lock(root: Path) -> Callable[[int], bool]:
     def ready(pid: int) -> bool:
         try:
-            return (root / LOCK_NAME).read_bytes().strip() == str(pid).encode()
+            # The lock file holds "PID HOST START" (the busy error names the holder).
+            return (root / LOCK_NAME).read_bytes().split()[:1] == [str(pid).encode()]
         except FileNotFoundError:
             return False
     return ready
