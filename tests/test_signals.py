@@ -259,7 +259,11 @@ def test_flat_extract_of_a_many_member_archive_stops_on_sigterm_within_2s(
     rng = random.Random(SEED * 10 + 9)
     hit = 0
     for delay, sig, group in _points(rng, 3, 0.3, 1.5):
-        hit += interrupt_at(tmp_path, ["extract", str(d), "--execute", "-q"], delay, sig, group)
+        # In-process (-j 1), the case. On the pool a worker still deleting a huge
+        # temp dir 1 s after the signal is killed, and the next restore removes what it
+        # left (RELIABILITY.md, "Signals"): not "nothing behind" within 2 s under load.
+        hit += interrupt_at(tmp_path, ["extract", str(d), "--execute", "-q", "-j", "1"],
+                            delay, sig, group)
         nothing_left(tmp_path)
         assert (d / "2025Y-01M-02D-03h04m05s_MANY-main.tar.zst").is_file()
         if (d / "2025Y-01M-02D-03h04m05s_MANY-main").exists():

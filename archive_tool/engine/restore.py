@@ -275,9 +275,12 @@ def restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
     owner = (ast.st_uid, ast.st_gid) if euid == 0 and ast.st_uid != 0 else None
     for strip in (True, False):
         tname = f".{dname}.restore-{secrets.token_hex(4)}"
-        os.mkdir(tname, 0o700, dir_fd=parent_fd)
-        tmp_fd = fs.open_dir(tname, parent_fd)
-        mine = os.fstat(tmp_fd)
+        # The SIGTERM backstop (interrupt.py) must not land between the mkdir and the try
+        # below that removes the temp dir: a signal meanwhile is seen by the first check.
+        with interrupt.shielded(reraise=False):
+            os.mkdir(tname, 0o700, dir_fd=parent_fd)
+            tmp_fd = fs.open_dir(tname, parent_fd)
+            mine = os.fstat(tmp_fd)
         try:
             # Held while we work in it: a later restore tells a dead run's leftover (lock
             # free) from a live one's (remove_dead_temps).

@@ -16,6 +16,7 @@ from archive_tool.names import (
     FINISHED_STATES,
     FORMATS,
     RUNNING_STATE,
+    TMP_SUFFIX,
     is_session_name,
     session_of_trash,
 )
@@ -185,12 +186,22 @@ class SiblingNames:
                 return os.path.join(parent, f"{name}.{fmt}")
         return None
 
+    def stale_tmps(self, parent: str, name: str) -> tuple[str, ...]:
+        """``<name>.<fmt>.tmp`` beside the session: what a crash of the named-tmp fallback
+        left. Seen in the listing the planner takes anyway, so removing it costs no call
+        where there is none (open_tmp no longer unlinks that name blindly, issue 24)."""
+        names = self.listing(parent)
+        if not names:
+            return ()
+        return tuple(t for fmt in FORMATS if (t := f"{name}.{fmt}{TMP_SUFFIX}") in names)
+
 
 @dataclass(slots=True)
 class Task:
     kind: str  # ARCHIVE, FINISH (archive exists beside the source), CLEANUP (trash dir)
     path: str
     archive: str | None = None
+    stale_tmps: tuple[str, ...] = ()  # crash leftovers beside it, removed by the worker
 
 
 @dataclass
@@ -256,4 +267,4 @@ class Planner:
                 continue
             arch = siblings.archive_of(parent, name)
             self.candidates += 1
-            yield Task(FINISH if arch else ARCHIVE, path, arch)
+            yield Task(FINISH if arch else ARCHIVE, path, arch, siblings.stale_tmps(parent, name))

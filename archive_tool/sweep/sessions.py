@@ -100,6 +100,8 @@ def _process(tasks: list[Task], opts: dict[str, Any], out: list[Result],
                     err = lock_errors.get(t.path)
                     if err is not None:
                         raise err
+                    for tmp in t.stale_tmps:  # garbage by definition (names.TMP_SUFFIX)
+                        fs.unlink_at(dirs.parent(t.path)[0], tmp)
                     prepared.append(single.prepare(t.path, fmt, level, cutoff_ns=cutoff_ns,
                                                    dirs=dirs, holds=opts.get("holds"),
                                                    locked=locked.pop(t.path)))
