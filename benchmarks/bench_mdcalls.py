@@ -14,6 +14,12 @@ Contenders: ``sweep --execute`` tar.zst with ``-j 1`` and ``-j 2``; the floor
 ``fd ... | tar --remove-files -cf - | zstd`` (one stream) and two such streams; after a
 sweep, ``extract --tree --remove-archive`` against one ``tar --zstd -xf`` + ``rm`` per
 archive, and ``verify`` of every archive against ``zstd -t``.
+
+Behind ``--extra`` (``--extra-only``: those rows alone), the other commands of the issue's
+target list against their floors: ``sweep --pack daily --execute`` against the one-stream
+tar floor on the same tree; ``report ROOT --sample 0`` against
+``find ROOT -printf '%p %s %T@\n'``; ``catalog --rebuild`` of a per-session-swept tree and
+of a packed tree, each against ``zstd -t`` of every archive (or pack) in it.
 """
 
 from __future__ import annotations
@@ -68,6 +74,40 @@ def count(name: str, cmd, sessions: int, *, shell: bool = False, latency_us: int
     return {"name": name, "latency_us": latency_us, "row": row, **res}
 
 
+def extra_rows(pristine: str, root: str, out: str, work: str, sessions: int) -> list[dict]:
+    """sweep --pack, report and catalog --rebuild, each next to its natural floor."""
+    rows = []
+    fresh(pristine, root)
+    rows.append(count("session-archive sweep --pack daily --execute",
+                      [PY, "-m", "archive_tool", "sweep", root, "--pack", "daily", "--execute",
+                       "-q"], sessions))
+    packed = os.path.join(work, "packed")
+    shutil.rmtree(packed, ignore_errors=True)
+    subprocess.run(["cp", "-a", "--", root, packed], check=True)
+    fresh(pristine, root)
+    rows.append(count("tar --remove-files -cf - ... | zstd (same tree)", floor_cmd(root, out),
+                      sessions, shell=True))
+    fresh(pristine, root)
+    rows.append(count("session-archive report --sample 0",
+                      [PY, "-m", "archive_tool", "report", root, "--sample", "0", "--json"],
+                      sessions))
+    rows.append(count("find ROOT -printf '%p %s %T@\\n'",
+                      f"find {shlex.quote(root)} -printf '%p %s %T@\\n' > /dev/null",
+                      sessions, shell=True))
+    # catalog --rebuild indexes what a sweep left: per-session archives, or packs.
+    fresh(pristine, root)
+    subprocess.run(ours_sweep(root, 2), check=True, env=_env())
+    for label, tree in (("per-session archives", root), ("daily packs", packed)):
+        arch = archives(tree)
+        rows.append(count(f"session-archive catalog --rebuild ({label})",
+                          [PY, "-m", "archive_tool", "catalog", tree, "--rebuild"], sessions))
+        rows.append(count(f"zstd -t (every archive, {label})", ["zstd", "-q", "-t", *arch],
+                          sessions))
+        rows[-1]["archives"] = rows[-2]["archives"] = len(arch)
+    shutil.rmtree(packed, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=1000, help="sessions in the demo tree")
@@ -77,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-default", action="store_true",
                     help="skip the default (adaptive) worker count in the walls")
     ap.add_argument("--walls-only", action="store_true", help="only the timed rows")
+    ap.add_argument("--extra", action="store_true",
+                    help="also sweep --pack, report and catalog --rebuild against their floors")
+    ap.add_argument("--extra-only", action="store_true",
+                    help="only the --extra rows (no other rows, no walls)")
     a = ap.parse_args(argv)
+    if a.extra_only:
+        a.extra = a.walls_only = a.no_restore = True
+        a.delays = ""
     os.makedirs(a.work, exist_ok=True)
     pristine = os.path.join(a.work, "pristine")
     root = os.path.join(a.work, "root")
@@ -122,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         lst = " ".join(shlex.quote(p) for p in archives(root))
         rows.append(count("tar --zstd -xf + rm per archive",
                           f"sh -c {shlex.quote(body)} _ {lst}", n_arch, shell=True))
+    if a.extra:
+        rows += extra_rows(pristine, root, out, a.work, sessions)
     walls = []
     for d in (int(x) for x in a.delays.split(",") if x.strip()):
         fresh(pristine, root)
