@@ -135,8 +135,30 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
     raise Failed(f"{len(found.lost):,} sessions lost, {len(restored):,} restored")
 
 
+class _ArchiveOrTree(click.Path):
+    """click.Path(exists=True) that also returns whether the path is a dir (a tree), from
+    the one stat click takes anyway: verify's own isdir was a second stat of every
+    archive, a metadata round trip each on a parallel filesystem (issue 24)."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        import stat
+
+        name = click.format_filename(value)
+        try:
+            st = os.stat(value)
+        except OSError:
+            self.fail(f"Path {name!r} does not exist.", param, ctx)
+        if not os.access(value, os.R_OK):
+            self.fail(f"Path {name!r} is not readable.", param, ctx)
+        return value, stat.S_ISDIR(st.st_mode)
+
+
 @cli.command()
-@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("archives", nargs=-1, required=True, type=_ArchiveOrTree())
 @click.option("--quiet", "-q", is_flag=True, help="Print only the bad archives.")
 @click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
               help="Processes verifying a tree at once [default: one per CPU].")
@@ -144,7 +166,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
               help="A tree: print its summary as one JSON object on stdout, nothing else.")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar on stderr for a tree [default: when stderr is a terminal].")
-def verify(archives: tuple[str, ...], quiet: bool, workers: int | None, as_json: bool,
+def verify(archives: tuple[tuple[str, bool], ...], quiet: bool, workers: int | None, as_json: bool,
            progress: bool | None) -> None:
     """Read each ARCHIVE completely: headers, data, checksums, restore safety.
 
@@ -161,14 +183,15 @@ def verify(archives: tuple[str, ...], quiet: bool, workers: int | None, as_json:
     from archive_tool.engine.packfile import is_pack_name, verify_pack
     from archive_tool.engine.read import verify_archive
 
-    trees = [a for a in archives if os.path.isdir(a)]
+    trees = [a for a, is_dir in archives if is_dir]
+    paths = [a for a, _ in archives]
     if trees:
-        if len(trees) != len(archives):
+        if len(trees) != len(paths):
             raise BadInput("give either directories (trees) or archives, not both")
         _verify_trees(trees, quiet, workers, as_json, progress)
         return
     bad = 0
-    for a in archives:
+    for a in paths:
         is_pack = is_pack_name(os.path.basename(a))
         try:
             # A pack also gets its seek table, index and per-session frames checked.
@@ -182,7 +205,7 @@ def verify(archives: tuple[str, ...], quiet: bool, workers: int | None, as_json:
         if not quiet:
             click.echo(f"ok  {a}: {human_count(info.members)} members, {human_bytes(info.bytes)}")
     if bad:
-        raise Failed(f"{bad} of {len(archives)} archives failed verification")
+        raise Failed(f"{bad} of {len(paths)} archives failed verification")
 
 
 def _verify_trees(trees: list[str], quiet: bool, workers: int | None, as_json: bool,
