@@ -218,15 +218,18 @@ def open_tar(path: str | os.PathLike[str], fd: int | None = None
 
 
 def _whole(raw: IO[bytes], fmt: str) -> IO[bytes] | None:
-    """The decoded tar of a small archive, or None (rewound) to stream it instead."""
-    if os.fstat(raw.fileno()).st_size > WHOLE_ARCHIVE_MAX:
-        return None
+    """The decoded tar of a small archive, or None (rewound) to stream it instead.
+    The first read tells the size, not an fstat: open() has just taken one we cannot see,
+    and on a parallel filesystem each is a metadata round trip (issue 24). A bigger
+    archive reads its first 4 MiB twice (the second time from the page cache)."""
     data = raw.read(WHOLE_ARCHIVE_MAX + 1)
-    try:
-        return io.BytesIO(decompress_bytes(data, fmt, max_size=WHOLE_TAR_MAX))
-    except OutputTooBig:
-        raw.seek(0)
-        return None
+    if len(data) <= WHOLE_ARCHIVE_MAX:
+        try:
+            return io.BytesIO(decompress_bytes(data, fmt, max_size=WHOLE_TAR_MAX))
+        except OutputTooBig:
+            pass
+    raw.seek(0)
+    return None
 
 
 def unsafe_reason(m: tarfile.TarInfo) -> str | None:
