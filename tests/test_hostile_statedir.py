@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.catalog import catalog, rebuild
+from archive_tool.catalog import rebuild
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import UntrustedInput
 from archive_tool.stale import finalize as stale
