@@ -2,8 +2,8 @@
 # while click and the commands are being imported still ends in exit 128+N.
 import sys
 
-from archive_tool import interrupt
 from archive_tool.errors import Interrupted
+from archive_tool.guard import interrupt
 
 interrupt.install()
 try:

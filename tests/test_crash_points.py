@@ -215,7 +215,7 @@ def _repack_run(tmp_path: Path, preload: str | None = None, restore: bool = True
     """Three daily packs (one session of the first restored beside it), merged into one
     by a traced `repack --merge monthly`; units: each old pack, whose copy is the new pack
     holding every one of its frames not restored (compared byte for byte at the end)."""
-    from archive_tool.engine import packfile
+    from archive_tool.pack import packfile
     from archive_tool.sweep.packsweep import pack_sweep
 
     from .test_pack import _tree

@@ -9,8 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from archive_tool.liveness import hostname
-from archive_tool.lock import RootLock
+from archive_tool.guard.liveness import hostname
+from archive_tool.guard.lock import RootLock
 from archive_tool.stale import finalize as stale
 from tests.conftest import make_session, run_cli
 from tests.test_stale import Run, age, runs  # noqa: F401 - `runs` is a fixture

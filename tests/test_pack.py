@@ -14,7 +14,7 @@ import pytest
 
 from archive_tool import fs
 from archive_tool.catalog import catalog
-from archive_tool.engine import packfile, seekable
+from archive_tool.pack import packfile, seekable
 from archive_tool.summary import ARCHIVED, FAILED
 from archive_tool.sweep.packplan import period_of
 from archive_tool.sweep.packsweep import pack_sweep

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.engine import packfile, packsalvage
+from archive_tool.pack import packfile, packsalvage
 from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import run_cli, snapshot
 from tests.test_pack import _tree

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.engine import packfile
+from archive_tool.pack import packfile
 from archive_tool.sweep.runlog import list_runs, read_run
 from tests.conftest import crash_at, run_cli, snapshot
 from tests.test_pack import DAY, _packs, _tree

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from archive_tool import fs, interrupt, untrusted
+from archive_tool import fs
 from archive_tool.catalog.catalog import (
     CATALOG_NAME,
     add_rows,
@@ -23,11 +23,12 @@ from archive_tool.catalog.catalog import (
     connect,
 )
 from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
-from archive_tool.engine import packfile
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.guard import interrupt, untrusted
 from archive_tool.names import is_session_name, split_archive_name
+from archive_tool.pack import packfile
 from archive_tool.sweep.plan import check_root
 
 # A per-session archive is read into memory up to this size (compressed, and its tar);

@@ -139,7 +139,7 @@ def _one_age(kw: dict[str, Any]) -> None:
 
 
 def _quiet_period(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    from archive_tool.holds import parse_period
+    from archive_tool.guard.holds import parse_period
 
     try:
         return None if value is None else parse_period(value)

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.engine.scan import DIR, FILE, HARD, Entry
 from archive_tool.errors import (
     DISK_FULL_ERRNOS,
@@ -32,6 +32,7 @@ from archive_tool.errors import (
     SourceChanged,
     disk_error,
 )
+from archive_tool.guard import interrupt
 from archive_tool.names import TMP_SUFFIX, trash_name
 
 # Filesystems without O_TMPFILE answer with one of these (ext4/xfs/btrfs/tmpfs have it;

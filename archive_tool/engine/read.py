@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from archive_tool import interrupt
 from archive_tool.engine import attrs
 from archive_tool.engine.formats import (
     OutputTooBig,
@@ -27,6 +26,7 @@ from archive_tool.engine.formats import (
     sniff_format,
 )
 from archive_tool.errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
+from archive_tool.guard import interrupt
 from archive_tool.names import split_archive_name
 
 CHUNK = 1024 * 1024

@@ -11,9 +11,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.engine import attrs
 from archive_tool.errors import SourceUnreadable, UnsafeSource
+from archive_tool.guard import interrupt
 
 FILE, DIR, LINK = "f", "d", "l"
 # A second name of a regular file already in the manifest (a tar hard link; no content).

@@ -28,8 +28,8 @@ from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import ArchiveError, SourceUnreadable, UnsafeSource, VerifyFailed
-from archive_tool.holds import Holds
-from archive_tool.lock import lock_session_stat
+from archive_tool.guard.holds import Holds
+from archive_tool.guard.lock import lock_session_stat
 from archive_tool.names import FORMATS, archive_name, normalize_format
 
 # Above this many content bytes a session streams instead of being built in memory.

@@ -19,10 +19,11 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.engine import attrs
 from archive_tool.engine.scan import DIR, FILE, HARD, LINK, Entry, scan_fd
 from archive_tool.errors import SourceChanged, SourceUnreadable, UnsafeSource
+from archive_tool.guard import interrupt
 
 CHUNK = 1024 * 1024
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE,

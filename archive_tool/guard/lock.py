@@ -135,7 +135,7 @@ class RootLock:
         try:
             # "PID HOST START": what a contender's error names (issue 26); PID first, as
             # before, for whoever reads only that.
-            from archive_tool.liveness import hostname
+            from archive_tool.guard.liveness import hostname
 
             start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             os.ftruncate(fd, 0)

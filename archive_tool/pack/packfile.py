@@ -25,7 +25,7 @@ from typing import Any
 
 import zstandard
 
-from archive_tool.engine import commit, restore, seekable
+from archive_tool.engine import commit, restore
 from archive_tool.engine.formats import zstd_level
 from archive_tool.engine.read import verify_archive
 from archive_tool.engine.tarwrite import iter_tar
@@ -37,6 +37,7 @@ from archive_tool.errors import (
     VerifyFailed,
 )
 from archive_tool.names import is_session_name
+from archive_tool.pack import seekable
 
 PACK_SUFFIX = ".pack.tar.zst"
 INDEX_MAGIC = 0x184D2A50
@@ -335,7 +336,7 @@ def restore_session(pack: str | os.PathLike[str], session: str,
     row), so the destination dir is reached below it by dir fds too."""
     if keep_special and os.geteuid() != 0:
         raise BadArgument("keeping setuid/setgid/sticky bits needs root")
-    from archive_tool.engine.packsalvage import open_pack
+    from archive_tool.pack.packsalvage import open_pack
 
     pack = os.path.abspath(os.fspath(pack))
     # A pack whose seek table or index is damaged is read through the salvage scan: its

@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from archive_tool.engine import seekable
-from archive_tool.engine.packfile import (
+from archive_tool.engine.single import IN_MEMORY_LIMIT
+from archive_tool.errors import ArchiveError, CorruptArchive
+from archive_tool.names import is_session_name
+from archive_tool.pack import seekable
+from archive_tool.pack.packfile import (
     END_BLOCKS,
     INDEX_MAGIC,
     INDEX_VERSION,
@@ -42,9 +45,6 @@ from archive_tool.engine.packfile import (
     _memfd,
     iter_tar,
 )
-from archive_tool.engine.single import IN_MEMORY_LIMIT
-from archive_tool.errors import ArchiveError, CorruptArchive
-from archive_tool.names import is_session_name
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIP_LO, _SKIP_HI = 0x184D2A50, 0x184D2A5F

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool import fs, interrupt, untrusted
+from archive_tool import fs
 from archive_tool.catalog.catalogstate import forget_missing
 from archive_tool.engine.restore import (
     Pending,
@@ -30,7 +30,8 @@ from archive_tool.engine.restore import (
     restore_pending,
 )
 from archive_tool.errors import ArchiveError, BadArgument, Interrupted, UntrustedInput
-from archive_tool.lock import RootLock
+from archive_tool.guard import interrupt, untrusted
+from archive_tool.guard.lock import RootLock
 from archive_tool.names import (
     FINISHED_STATES,
     RUNNING_STATE,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from archive_tool import fs
-from archive_tool.engine import packfile
 from archive_tool.errors import ArchiveError
+from archive_tool.pack import packfile
 from archive_tool.sweep.executors import default_workers, run_batches
 
 
@@ -69,7 +69,7 @@ def check_one(path: str) -> Checked:
     except ArchiveError as e:
         why = e.reason
         if is_pack:
-            from archive_tool.engine.packsalvage import salvage
+            from archive_tool.pack.packsalvage import salvage
 
             try:
                 why += "; salvage: " + salvage(path, fd).summary()

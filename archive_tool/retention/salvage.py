@@ -16,9 +16,9 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import packfile
-from archive_tool.engine.packsalvage import salvage
 from archive_tool.errors import ArchiveError
+from archive_tool.pack import packfile
+from archive_tool.pack.packsalvage import salvage
 from archive_tool.retention.repackplan import Frame, Group, base_name, reason_of
 from archive_tool.summary import record_failure
 

@@ -13,12 +13,13 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import commit, packfile
+from archive_tool.engine import commit
 from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError
-from archive_tool.lock import lock_session
+from archive_tool.guard.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
+from archive_tool.pack import packfile
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
 from archive_tool.sweep import step
 from archive_tool.sweep.plan import Task

@@ -22,15 +22,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.catalog import rebuild
 from archive_tool.catalog.rows import session_row
-from archive_tool.engine import commit, packfile, single
+from archive_tool.engine import commit, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, write_tar
 from archive_tool.errors import ArchiveError, DiskFull, Interrupted, SourceChanged
-from archive_tool.holds import Holds
-from archive_tool.lock import lock_session
+from archive_tool.guard import interrupt
+from archive_tool.guard.holds import Holds
+from archive_tool.guard.lock import lock_session
+from archive_tool.pack import packfile
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
 from archive_tool.sweep.packplan import PackJob
 from archive_tool.sweep.packresume import Out, packed_names, resume

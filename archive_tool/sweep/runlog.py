@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool import fs, untrusted
-from archive_tool.engine import packfile
+from archive_tool import fs
 from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
+from archive_tool.guard import untrusted
+from archive_tool.pack import packfile
 from archive_tool.sweep.packplan import parse_pack
 from archive_tool.sweep.packsweep import pack_sweep
 from archive_tool.sweep.plan import check_days, check_root, existing_archive, parse_shard

@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 from itertools import islice
 from typing import Any
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.engine import commit, single, tarwrite
 from archive_tool.engine.read import check_members, detect_format_fd
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
@@ -28,8 +28,9 @@ from archive_tool.errors import (
     DiskFull,
     Interrupted,
 )
-from archive_tool.holds import Holds, check_quiet_period
-from archive_tool.lock import RootLock, lock_session
+from archive_tool.guard import interrupt
+from archive_tool.guard.holds import Holds, check_quiet_period
+from archive_tool.guard.lock import RootLock, lock_session
 from archive_tool.names import normalize_format
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import (

@@ -19,7 +19,7 @@ from typing import Any
 from archive_tool import fs
 from archive_tool.engine import commit, single
 from archive_tool.errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
-from archive_tool.lock import lock_session
+from archive_tool.guard.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
 from archive_tool.summary import (
     ARCHIVED,
