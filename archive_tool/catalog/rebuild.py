@@ -24,6 +24,7 @@ from archive_tool.catalog.catalog import (
 )
 from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
+from archive_tool.engine.read import iter_members, open_tar
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard import interrupt, untrusted
@@ -127,8 +128,6 @@ def _streamed_row(fd: int, path: str, name: str, rel: str, arel: str, size: int
                   ) -> dict[str, Any]:
     """A big archive's row by streaming it (memory bounded): member headers counted as
     iter_tar counts them, the CONFIG read if it is within untrusted.CONFIG_CAP."""
-    from archive_tool.engine.read import iter_members, open_tar
-
     wanted = {f"{name}/{c}" for c in CONFIG_NAMES}
     cfg: dict[str, Any] | None = None
     bytes_in = inodes = end = 0

@@ -84,7 +84,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
 
     _not_a_dir(archive, session)
     if session is not None:
-        from archive_tool.pack.packfile import restore_session
+        from archive_tool.pack.restore import restore_session
 
         if remove_archive:
             raise click.BadParameter("a pack is never rewritten; not with --session",
@@ -120,7 +120,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
                 raise
         # A damaged pack: every session whose frame still reads comes back, one dir each
         # below the destination; the lost ones are named (issue 26).
-        from archive_tool.pack.packsalvage import restore_readable
+        from archive_tool.pack.restore import restore_readable
 
         return "", restore_readable(archive, dest, keep_special=keep_setuid)
 
