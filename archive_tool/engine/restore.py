@@ -23,7 +23,8 @@ from pathlib import Path
 from archive_tool import fs
 from archive_tool.engine import commit
 from archive_tool.engine.extract import MultiTop, extract_into
-from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool.engine.formats import detect_format_fd
+from archive_tool.engine.read import check_members
 from archive_tool.engine.tarwrite import source_members
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, BadArgument
 from archive_tool.guard import interrupt

@@ -17,7 +17,7 @@ A line is written (and flushed) as each result comes
 back from a worker, i.e. after that batch's sources were deleted; the file is fsynced
 when the run ends. A crash between a batch's delete and its line loses only that line:
 the archive is still there, only ``extract --undo`` will not know it came from this run.
-``extract --undo <time>`` (tree_restore.undo_run) reads it back.
+``extract --undo <time>`` (restore/undo.py) reads it back.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from itertools import islice
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import commit, single, tarwrite
-from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool.engine import commit, removesource, single, tarwrite
+from archive_tool.engine.formats import detect_format_fd
+from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
 from archive_tool.errors import (
     ArchiveError,
@@ -150,7 +151,7 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
         commit.fsync_dir(parent_fd, os.path.dirname(t.path))
         # A crash of the named-tmp fallback between link and unlink left <final>.tmp.
         commit.remove_stale_tmp(parent_fd, arch_name)
-        commit.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True,
+        removesource.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True,
                              top_fd=lock_fd)
     except ArchiveError as e:
         return Result(t.path, FAILED, f"an archive already exists ({arch_name}) and does not "
