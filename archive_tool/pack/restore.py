@@ -19,7 +19,7 @@ def restore_session(pack: str | os.PathLike[str], session: str,
                     keep_special: bool = False, fd: int | None = None,
                     root: str | None = None) -> str:
     """Restore one session of *pack* as a session dir (default: beside the pack, under the
-    session's name), through restore.py's extraction (same member rules, temp dir, one
+    session's name), through engine/restore.py's extraction (same member rules, temp dir, one
     rename, never overwrite). The pack is only read: it is never rewritten. *fd*: the
     pack opened by the caller (taken over); *root*: the pack is below it (a catalog
     row), so the destination dir is reached below it by dir fds too."""
@@ -58,7 +58,7 @@ def restore_readable(pack: str | os.PathLike[str], dest: str | os.PathLike[str] 
                      *, keep_special: bool = False) -> tuple[list[str], Salvage]:
     """``unpack`` of a damaged pack: each session whose frame reads becomes its own dir
     below *dest* (default: the pack's name without ``.tar.zst``, as for a whole pack),
-    through restore.py's extraction (member rules, temp dir, one rename, never over an
+    through engine/restore.py's extraction (member rules, temp dir, one rename, never over an
     existing dir); returns (restored dirs, the salvage found)."""
     pack = os.path.abspath(os.fspath(pack))
     target = os.path.abspath(os.fspath(dest)) if dest is not None else \

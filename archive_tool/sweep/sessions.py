@@ -323,7 +323,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: in
              on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
     slots: Callable[[], int] | None = getattr(executor, "slots", None)
     if workers is None and executor is None:
-        # The default pool follows the filesystem's metadata latency (bulk/latency.py):
+        # The default pool follows the filesystem's metadata latency (sweep/latency.py):
         # one worker per core on a local disk, more where each call is a round trip.
         workers = adaptive_workers(opts["root"], default_workers())
     n = workers or (max(1, slots()) if slots else default_workers())
