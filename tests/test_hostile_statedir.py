@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.catalog import catalog, rebuild
+from archive_tool.catalog import rebuild
 from archive_tool.engine.single import archive_one
 from archive_tool.errors import UntrustedInput
 from archive_tool.stale import finalize as stale
@@ -600,6 +600,6 @@ def test_a_big_archive_is_catalogued_streaming_with_the_same_row(
     name = f"{SID}-big.{fmt}"
     rel = "p_out/FINISHED_SUCCESS"
     whole = list(rebuild.rows_of_file(str(tmp_path), rel, name))
-    monkeypatch.setattr(catalog, "IN_MEMORY_CAP", 100)
+    monkeypatch.setattr(rebuild, "IN_MEMORY_CAP", 100)
     streamed = list(rebuild.rows_of_file(str(tmp_path), rel, name))
     assert streamed == whole and whole[0]["config"] == {"ARGS.lr": 0.01, "EXIT_STATUS": 0}

@@ -135,7 +135,7 @@ def test_an_archive_in_another_format_appearing_before_the_lock_skips_the_sessio
 
 
 def test_default_workers_stay_one_per_core_on_a_local_disk(tmp_path: Path) -> None:
-    from archive_tool.bulk import latency
+    from archive_tool.sweep import latency
 
     lat = latency.probe_latency(str(tmp_path))
     assert 0 < lat < 0.005
