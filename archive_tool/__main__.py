@@ -1,15 +1,4 @@
-# The signal handlers first (interrupt.py imports only errors.py): a SIGTERM that arrives
-# while click and the commands are being imported still ends in exit 128+N.
-import sys
-
-from archive_tool import interrupt
-from archive_tool.errors import Interrupted
-
-interrupt.install()
-try:
-    from archive_tool.cli.app import main
-except Interrupted as e:
-    sys.stderr.write(f"Error: {e}; temp files removed\n")
-    sys.exit(e.exit_code)
+# `python -m archive_tool`; cli/start.py installs the signal handlers before the commands load.
+from archive_tool.cli.start import main
 
 main()

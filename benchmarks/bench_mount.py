@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work", "mount"))
 
 from archive_tool import demo  # noqa: E402
-from archive_tool.engine import packfile  # noqa: E402
+from archive_tool.pack import packfile  # noqa: E402
 
 
 def log(msg: str) -> None:

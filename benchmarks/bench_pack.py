@@ -33,8 +33,8 @@ WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work"))
 
 from archive_tool import demo  # noqa: E402
 from archive_tool.catalog import catalog, rebuild  # noqa: E402
-from archive_tool.engine import packfile  # noqa: E402
 from archive_tool.engine.extract import copy_member  # noqa: E402
+from archive_tool.pack import packfile  # noqa: E402
 from archive_tool.sweep.packsweep import pack_sweep  # noqa: E402
 from archive_tool.sweep.sessions import sweep  # noqa: E402
 

@@ -32,9 +32,10 @@ WORK = os.environ.get("BENCH_WORK", os.path.join(HERE, "work"))
 import zstandard  # noqa: E402
 
 from archive_tool import demo, fs  # noqa: E402
-from archive_tool.engine import packfile  # noqa: E402
 from archive_tool.engine.formats import zstd_level  # noqa: E402
 from archive_tool.names import new_session_id, session_dir_name  # noqa: E402
+from archive_tool.pack import packfile  # noqa: E402
+from archive_tool.pack.restore import restore_session  # noqa: E402
 from archive_tool.retention.repack import repack  # noqa: E402
 from archive_tool.sweep.packsweep import pack_sweep  # noqa: E402
 
@@ -109,7 +110,7 @@ def main() -> None:
     back = names[::round(1 / a.restored)] if a.restored else []
     t = time.monotonic()
     for n in back:
-        packfile.restore_session(pack, n)
+        restore_session(pack, n)
     res["restore_s"] = round(time.monotonic() - t, 3)
     res["restored"] = len(back)
     os.sync()

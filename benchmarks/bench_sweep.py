@@ -574,8 +574,8 @@ STAGES = [
     ("durable (syncfs / fsync, per batch)", "commit.py", "make_durable"),
     ("link to final name", "commit.py", "publish"),
     ("fsync archive dirs", "commit.py", "fsync_dirs"),
-    ("re-check source unchanged", "commit.py", "_unchanged"),
-    ("delete source (unlink + rmdir)", "commit.py", "remove_source"),
+    ("re-check source unchanged", "removesource.py", "_unchanged"),
+    ("delete source (unlink + rmdir)", "removesource.py", "remove_source"),
     ("unlock", "single.py", "unlock"),
     ("whole sweep", "sweep.py", "sweep"),
 ]

@@ -3,7 +3,7 @@ and a heartbeat, so a sweep can tell a dead RUNNING dir from a live one (issue 1
 
 ``<run>/.heartbeat`` holds the identity as JSON, written once at start; its *mtime* is the
 heartbeat, refreshed every ``interval`` seconds by a daemon thread (one ``utime``). The
-stale-run finalizer (``archive_tool.stale.finalize``; the file is defined in ``archive_tool.liveness``) moves a run only
+stale-run finalizer (``archive_tool.stale.finalize``; the file is defined in ``archive_tool.guard.liveness``) moves a run only
 when that mtime is old *and*, on this host, the PID is gone or belongs to a process with
 another start time (PIDs are reused; the start time, in clock ticks since boot, is not).
 
@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from archive_tool.liveness import (
+from archive_tool.guard.liveness import (
     HEARTBEAT_NAME,
     MARKER_NAME,
     boot_id,

@@ -13,7 +13,7 @@ import pytest
 from archive_tool.sweep.discover import find_fd
 
 # Tests sweep sessions they made a moment ago: the default 10-minute quiet period
-# (archive_tool/holds.py) would leave them all. Subprocesses inherit it; the tests of the
+# (archive_tool/guard/holds.py) would leave them all. Subprocesses inherit it; the tests of the
 # quiet period itself (test_open_writers.py) unset it.
 os.environ["SESSION_ARCHIVE_QUIET_PERIOD"] = "0"
 

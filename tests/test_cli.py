@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from archive_tool.cli import cli
 from archive_tool.demo import make_tree
-from archive_tool.lock import lock_path
+from archive_tool.guard.lock import lock_path
 from tests.conftest import SID, make_session, run_cli, snapshot
 
 

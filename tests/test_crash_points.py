@@ -215,7 +215,8 @@ def _repack_run(tmp_path: Path, preload: str | None = None, restore: bool = True
     """Three daily packs (one session of the first restored beside it), merged into one
     by a traced `repack --merge monthly`; units: each old pack, whose copy is the new pack
     holding every one of its frames not restored (compared byte for byte at the end)."""
-    from archive_tool.engine import packfile
+    from archive_tool.pack import packfile
+    from archive_tool.pack.restore import restore_session
     from archive_tool.sweep.packsweep import pack_sweep
 
     from .test_pack import _tree
@@ -227,7 +228,7 @@ def _repack_run(tmp_path: Path, preload: str | None = None, restore: bool = True
     fin = root / "train_out" / "FINISHED_SUCCESS"
     restored = "2026Y-11M-23D-10h01m00s_S001-main"
     if restore:
-        packfile.restore_session(fin / "2026-11-23.pack.tar.zst", restored)
+        restore_session(fin / "2026-11-23.pack.tar.zst", restored)
 
     def frames(p: Path) -> dict[str, bytes]:
         data = p.read_bytes()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.engine import packfile
 from archive_tool.names import split_archive_name, trash_name
+from archive_tool.pack import packfile
 
 from . import crashpoints as cp
 from .conftest import make_session
@@ -340,7 +340,7 @@ def test_finalize_stale_then_sweep_keeps_the_run_at_every_crash_point(tmp_path, 
     run = _run(tmp_path, root, patched(NO_FINALIZE_FSYNC, *argv) if bug else cp.cli(*argv))
     err = root / "x_out" / "FINISHED_ERROR"
     archive = err / f"{run_dir.name}.tar.zst"
-    from archive_tool.liveness import MARKER_NAME
+    from archive_tool.guard.liveness import MARKER_NAME
 
     got = members_of_archive(str(archive), "tar.zst")
     assert MARKER_NAME in got and {k: v for k, v in got.items() if k != MARKER_NAME} == before[rel]

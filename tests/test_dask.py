@@ -97,7 +97,7 @@ def test_dask_sweep_leaves_the_same_tree_as_the_local_pool(
 @pytest.mark.dask
 def test_dask_pack_sweep_writes_the_same_packs_as_the_local_pool(
         tmp_path: Path, dask_ex: DaskExecutor) -> None:
-    from archive_tool.engine.packfile import Pack
+    from archive_tool.pack.packfile import Pack
     from archive_tool.sweep.packsweep import pack_sweep
 
     local_root, dask_root = _twins(tmp_path, 120, seed=7)

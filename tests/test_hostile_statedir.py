@@ -1,5 +1,5 @@
 """Root over a user's tree, round 2 (issue 23): the state dir, the catalog, run manifests,
-CONFIG files and stale runs are the tree owner's input (archive_tool/untrusted.py).
+CONFIG files and stale runs are the tree owner's input (archive_tool/guard/untrusted.py).
 
 Each test is an attack of issue 23 items 1-7: the user (a throw-away uid, setpriv) forges
 or plants something in her own tree, root runs the command over it (as a cron job would),
@@ -184,7 +184,7 @@ def test_manifest_that_is_a_fifo_does_not_hang_even_a_dry_run(tree: Tree) -> Non
 
 
 def test_manifest_larger_than_the_cap_is_refused_without_reading_it(tree: Tree) -> None:
-    from archive_tool import untrusted
+    from archive_tool.guard import untrusted
 
     runs = tree.root / ".session-archive" / "runs"
     p = runs / "x.jsonl"
@@ -341,7 +341,7 @@ def test_catalog_with_objects_we_never_create_is_refused_fast(tree: Tree, what: 
 
 
 def test_a_catalog_query_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
-    from archive_tool import untrusted
+    from archive_tool.guard import untrusted
 
     conn = sqlite3.connect(":memory:")
     untrusted.guard_catalog(conn, set(), "mem", seconds=0.2)
@@ -404,7 +404,7 @@ def test_hostile_config_costs_its_own_session_its_config_and_nothing_else(
 
 
 def test_load_config_refuses_aliases_and_depth_but_reads_plain_configs() -> None:
-    from archive_tool import untrusted
+    from archive_tool.guard import untrusted
 
     assert untrusted.load_config(BILLION_LAUGHS.encode(), False) is None
     assert untrusted.load_config(b"a: &x 1\nb: *x\n", False) is None
@@ -470,7 +470,7 @@ def test_finalize_without_a_swap_still_moves_the_run(tree: Tree) -> None:
 
 
 def test_paths_from_state_files_follow_one_rule() -> None:
-    from archive_tool import untrusted
+    from archive_tool.guard import untrusted
 
     for bad in ("/abs", "a/../b", "../x", "a//b", "./a", "a/", "", "a\0b", 3, None):
         with pytest.raises(UntrustedInput):

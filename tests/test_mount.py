@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from archive_tool import demo
-from archive_tool.engine import packfile
+from archive_tool.pack import packfile
 from tests.conftest import as_nobody, make_session, run_cli
 
 try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.holds import DEFAULT_QUIET_PERIOD, QUIET_PERIOD_ENV, open_for_writing
+from archive_tool.guard.holds import DEFAULT_QUIET_PERIOD, QUIET_PERIOD_ENV, open_for_writing
 from archive_tool.sweep.sessions import sweep
 from tests.conftest import SID, make_session, run_cli
 

@@ -9,8 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from archive_tool.liveness import hostname
-from archive_tool.lock import RootLock
+from archive_tool.guard.liveness import hostname
+from archive_tool.guard.lock import RootLock
 from archive_tool.stale import finalize as stale
 from tests.conftest import make_session, run_cli
 from tests.test_stale import Run, age, runs  # noqa: F401 - `runs` is a fixture
@@ -94,7 +94,7 @@ def test_finalize_stale_keeps_a_running_dir_that_still_holds_a_run(tmp_path: Pat
 
 def test_a_run_whose_pid_is_gone_on_this_host_is_stale_before_its_threshold(
         tmp_path: Path, runs: list) -> None:  # noqa: F811
-    from archive_tool.catalog.report import format_report
+    from archive_tool.catalog.reportview import format_report
     from archive_tool.stale.staleness import STALE, classify
 
     run = Run(tmp_path, "heartbeat_interval=0.5")

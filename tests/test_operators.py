@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from archive_tool.cli import cli
 from archive_tool.demo import make_tree
-from archive_tool.lock import lock_path
+from archive_tool.guard.lock import lock_path
 from archive_tool.names import new_session_id
 from archive_tool.progress import want_progress
 from archive_tool.sweep.runlog import list_runs

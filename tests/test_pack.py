@@ -14,7 +14,8 @@ import pytest
 
 from archive_tool import fs
 from archive_tool.catalog import catalog
-from archive_tool.engine import packfile, seekable
+from archive_tool.pack import packfile, seekable
+from archive_tool.pack.restore import restore_session
 from archive_tool.summary import ARCHIVED, FAILED
 from archive_tool.sweep.packplan import period_of
 from archive_tool.sweep.packsweep import pack_sweep
@@ -51,7 +52,7 @@ def _sources(root: Path) -> list[str]:
 
 def _restored(pack: Path, name: str, tmp: Path) -> dict:
     dest = tmp / f"r-{hashlib.md5(f'{pack}{name}'.encode()).hexdigest()[:8]}"
-    packfile.restore_session(pack, name, dest)
+    restore_session(pack, name, dest)
     return snapshot(dest)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.engine import packfile, packsalvage
+from archive_tool.pack import packfile, packsalvage
+from archive_tool.pack.restore import restore_session
 from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import run_cli, snapshot
 from tests.test_pack import _tree
@@ -93,7 +94,7 @@ def test_a_damaged_byte_costs_exactly_the_sessions_of_its_frame(
         for name in set(before) - lost:
             dest = tmp_path / "one" / name
             dest.parent.mkdir(exist_ok=True)
-            packfile.restore_session(root / PACK, name, dest)
+            restore_session(root / PACK, name, dest)
             assert snapshot(dest) == before[name]
         assert set(p.names) >= set(before) - lost
 
@@ -177,7 +178,7 @@ def test_repack_salvage_writes_a_clean_pack_of_the_survivors(packed: tuple, wher
     with packfile.Pack(new) as p:
         assert set(p.names) == set(before) - lost
         for name in p.names:
-            packfile.restore_session(new, name, tmp_path / "back" / name)
+            restore_session(new, name, tmp_path / "back" / name)
             assert snapshot(tmp_path / "back" / name) == before[name]
     # Nothing left to salvage; a clean pack is never rewritten.
     again = run_cli("repack", root, "--salvage", "--execute", "--json")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool.engine import packfile
+from archive_tool.pack import packfile
 from archive_tool.sweep.runlog import list_runs, read_run
 from tests.conftest import crash_at, run_cli, snapshot
 from tests.test_pack import DAY, _packs, _tree
@@ -242,7 +242,7 @@ def test_a_session_a_crashed_run_left_packed_is_undone_by_the_run_that_resumed_i
 def test_a_session_too_big_for_a_pack_gets_an_archive_line_and_undo_removes_that_archive(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from archive_tool.engine import single
-    from archive_tool.restore.many import undo_run
+    from archive_tool.restore.undo import undo_run
     from archive_tool.sweep.runlog import pack_sweep_logged
 
     root = tmp_path / "root"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from archive_tool.catalog import catalog, rebuild
-from archive_tool.engine import packfile
 from archive_tool.names import new_session_id
+from archive_tool.pack import packfile
 from archive_tool.retention import prune
 from archive_tool.retention.repack import repack
 from archive_tool.stale import finalize as stale

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from archive_tool.cli import cli
-from archive_tool.lock import lock_path
+from archive_tool.guard.lock import lock_path
 from archive_tool.names import new_session_id
 from archive_tool.retention.prune import started_at
 from archive_tool.units import parse_age
@@ -210,7 +210,7 @@ def packed(tmp_path: Path) -> dict[tuple[str, str, int], str]:
 
 def _in_packs(tmp_path: Path) -> dict[str, bytes]:
     """Session name -> its compressed frame, over every pack under tmp_path."""
-    from archive_tool.engine import packfile
+    from archive_tool.pack import packfile
 
     out = {}
     for pack in tmp_path.rglob("*.pack.tar.zst"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from archive_tool.catalog import catalog, rebuild
-from archive_tool.engine import packfile
+from archive_tool.pack import packfile
 from archive_tool.retention.repack import repack
 from archive_tool.sweep.packsweep import pack_sweep
 from tests.conftest import crash_at, run_cli, snapshot
@@ -255,7 +255,7 @@ def test_a_restored_dir_that_was_changed_keeps_its_frame_in_the_pack(tmp_path: P
 def test_repack_follows_no_symlink_and_waits_for_no_sweep(tmp_path: Path) -> None:
     import fcntl
 
-    from archive_tool.lock import lock_path
+    from archive_tool.guard.lock import lock_path
 
     outside = tmp_path / "outside"
     _tree(outside, 3)

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from archive_tool import cli
-from archive_tool.catalog.report import AGE_BUCKETS, build_report, format_report
+from archive_tool.catalog.report import AGE_BUCKETS, build_report
+from archive_tool.catalog.reportview import format_report
 from archive_tool.demo import make_tree
 from archive_tool.names import is_session_name, trash_name
 from archive_tool.sweep.sessions import sweep

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from archive_tool.demo import make_tree
 from archive_tool.engine.single import archive_one
-from archive_tool.lock import RootLock
+from archive_tool.guard.lock import RootLock
 from archive_tool.names import trash_name
 from archive_tool.sweep.plan import Planner, parse_shard, shard_key, shard_of, slurm_shard
 from archive_tool.sweep.sessions import sweep

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from archive_tool.demo import make_tree
-from archive_tool.lock import LOCK_NAME
+from archive_tool.guard.lock import LOCK_NAME
 from archive_tool.names import FINISHED_STATES
 from tests.reliability import check, leftovers, snapshot_sessions
 

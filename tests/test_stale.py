@@ -19,8 +19,8 @@ import pytest
 import yaml
 import zstandard
 
-from archive_tool import liveness as liveness_mod
 from archive_tool.errors import BadArgument
+from archive_tool.guard import liveness as liveness_mod
 from archive_tool.stale import finalize as stale
 from archive_tool.stale import staleness
 from tests.conftest import run_cli

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archive_tool.engine import packfile
+from archive_tool.pack import packfile
 from tests.conftest import run_cli
 from tests.test_pack import _tree
 

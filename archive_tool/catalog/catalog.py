@@ -18,8 +18,9 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from archive_tool import fs, untrusted
+from archive_tool import fs
 from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
+from archive_tool.guard import untrusted
 from archive_tool.names import is_session_name
 
 CATALOG_NAME = "catalog.sqlite"

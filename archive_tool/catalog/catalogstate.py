@@ -7,11 +7,12 @@ import os
 import time
 from typing import Any
 
-from archive_tool import fs, untrusted
+from archive_tool import fs
 from archive_tool.catalog import catalog, rebuild
-from archive_tool.engine import packfile
 from archive_tool.errors import ArchiveError
+from archive_tool.guard import untrusted
 from archive_tool.names import split_archive_name
+from archive_tool.pack import packfile
 from archive_tool.sweep.plan import check_root
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from archive_tool import fs, interrupt, untrusted
+from archive_tool import fs
 from archive_tool.catalog.catalog import (
     CATALOG_NAME,
     add_rows,
@@ -23,11 +23,13 @@ from archive_tool.catalog.catalog import (
     connect,
 )
 from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
-from archive_tool.engine import packfile
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
+from archive_tool.engine.read import iter_members, open_tar
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
+from archive_tool.guard import interrupt, untrusted
 from archive_tool.names import is_session_name, split_archive_name
+from archive_tool.pack import packfile
 from archive_tool.sweep.plan import check_root
 
 # A per-session archive is read into memory up to this size (compressed, and its tar);
@@ -126,8 +128,6 @@ def _streamed_row(fd: int, path: str, name: str, rel: str, arel: str, size: int
                   ) -> dict[str, Any]:
     """A big archive's row by streaming it (memory bounded): member headers counted as
     iter_tar counts them, the CONFIG read if it is within untrusted.CONFIG_CAP."""
-    from archive_tool.engine.read import iter_members, open_tar
-
     wanted = {f"{name}/{c}" for c in CONFIG_NAMES}
     cfg: dict[str, Any] | None = None
     bytes_in = inodes = end = 0

@@ -10,8 +10,8 @@ import re
 import tarfile
 from typing import Any
 
-from archive_tool import untrusted
 from archive_tool.engine.tarwrite import iter_tar
+from archive_tool.guard import untrusted
 from archive_tool.names import FINISHED_STATES, ID_REGEX
 
 CONFIG_NAMES = ("CONFIGS/CONFIG.yaml", "CONFIGS/CONFIG.json")

@@ -13,6 +13,16 @@ Expected failures print one ``Error: ...`` line on stderr, never a traceback.
 
 from __future__ import annotations
 
-from archive_tool.cli.app import cli, main
+import importlib
+from typing import Any
 
 __all__ = ["cli", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    # `cli` and `main` load cli/app.py on first use, not with the package: `python -m
+    # archive_tool` imports cli/start.py (a submodule starts this package first) and must
+    # install its signal handlers before click and the commands load.
+    if name in __all__:
+        return getattr(importlib.import_module("archive_tool.cli.app"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,12 +9,11 @@ import sys
 
 import click
 
-from archive_tool import interrupt
-
 # Imported for their effect: each module registers its commands on the group.
 from archive_tool.cli import catalog, many, mount, one, ops  # noqa: F401
 from archive_tool.cli.group import cli
 from archive_tool.errors import Interrupted
+from archive_tool.guard import interrupt
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
 
     _not_a_dir(archive, session)
     if session is not None:
-        from archive_tool.engine.packfile import restore_session
+        from archive_tool.pack.restore import restore_session
 
         if remove_archive:
             raise click.BadParameter("a pack is never rewritten; not with --session",
@@ -108,8 +108,8 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
         click.echo(call(restore_session, archive, session, dest, keep_special=keep_setuid))
         return
 
-    from archive_tool.engine.packfile import is_pack_name
     from archive_tool.errors import ArchiveTooLarge, CorruptArchive, UnsafeArchive
+    from archive_tool.pack.packfile import is_pack_name
 
     def attempt() -> tuple[str, Any]:
         try:
@@ -120,7 +120,7 @@ def unpack(archive: str, dest: str | None, remove_archive: bool, keep_setuid: bo
                 raise
         # A damaged pack: every session whose frame still reads comes back, one dir each
         # below the destination; the lost ones are named (issue 26).
-        from archive_tool.engine.packsalvage import restore_readable
+        from archive_tool.pack.restore import restore_readable
 
         return "", restore_readable(archive, dest, keep_special=keep_setuid)
 
@@ -180,8 +180,8 @@ def verify(archives: tuple[tuple[str, bool], ...], quiet: bool, workers: int | N
     Example: session-archive verify -q main_out/FINISHED_SUCCESS/*.tar.zst
     A tree:  session-archive verify /data/runs -j 4
     """
-    from archive_tool.engine.packfile import is_pack_name, verify_pack
     from archive_tool.engine.read import verify_archive
+    from archive_tool.pack.packfile import is_pack_name, verify_pack
 
     trees = [a for a, is_dir in archives if is_dir]
     paths = [a for a, _ in archives]
@@ -246,7 +246,7 @@ def _verify_trees(trees: list[str], quiet: bool, workers: int | None, as_json: b
 
 def _salvage_line(pack: str) -> str:
     """Which sessions of a damaged pack are lost, read frame by frame (packsalvage)."""
-    from archive_tool.engine.packsalvage import salvage
+    from archive_tool.pack.packsalvage import salvage
 
     try:
         return salvage(pack).summary()
@@ -278,7 +278,7 @@ def show(archive: str, member: str | None, session: str | None) -> None:
     def opened() -> tuple[str, int | None]:
         if session is None:
             return archive, None
-        from archive_tool.engine import packfile
+        from archive_tool.pack import packfile
 
         if os.path.isdir(archive):
             from archive_tool.catalog.catalog import locate, open_located

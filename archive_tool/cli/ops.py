@@ -138,7 +138,8 @@ def report(root: str, older_than: float | None, older_than_days: float | None, f
     \b
     Example: session-archive report /data/runs --older-than 7d --plot runs.png
     """
-    from archive_tool.catalog.report import build_report, format_report, plot_report
+    from archive_tool.catalog.report import build_report
+    from archive_tool.catalog.reportview import format_report, plot_report
 
     if older_than is not None:
         if older_than_days is not None:

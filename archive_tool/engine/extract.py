@@ -11,11 +11,12 @@ import tarfile
 from collections import OrderedDict
 from typing import IO
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.engine import attrs, commit
 from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, member_path, open_tar
 from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
+from archive_tool.guard import interrupt
 
 
 class MultiTop(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import struct
 import threading
 import zlib
@@ -19,8 +20,8 @@ from typing import IO, Any
 import zstandard
 
 from archive_tool.engine.decoders import GzipMembersReader, ZstdFramesReader
-from archive_tool.errors import BadArgument
-from archive_tool.names import FORMATS, normalize_format
+from archive_tool.errors import BadArgument, CorruptArchive
+from archive_tool.names import FORMATS, normalize_format, split_archive_name
 
 _ZSTD_LEVELS = {1: 3, 2: 4, 3: 5, 4: 6, 5: 7, 6: 9, 7: 12, 8: 15, 9: 19}
 LEVELS = range(1, 10)  # gzip's scale, for every codec
@@ -328,3 +329,18 @@ def sniff_format(head: bytes) -> str | None:
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     return None
+
+
+def detect_format_fd(fd: int, where: str) -> str:
+    """Format of the open archive *fd* (by magic, else by *where*'s suffix)."""
+    return _format_of(os.pread(fd, 512, 0), where)
+
+
+def _format_of(head: bytes, path: str) -> str:
+    fmt = sniff_format(head)
+    if fmt is None:
+        named = split_archive_name(os.path.basename(path))
+        if named is None:
+            raise CorruptArchive(path, "not a tar archive (unknown format)")
+        fmt = named[1]
+    return fmt

@@ -18,16 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from archive_tool import interrupt
 from archive_tool.engine import attrs
 from archive_tool.engine.formats import (
     OutputTooBig,
     decompress_bytes,
+    detect_format_fd,
     open_decompressed_reader,
-    sniff_format,
 )
 from archive_tool.errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
-from archive_tool.names import split_archive_name
+from archive_tool.guard import interrupt
 
 CHUNK = 1024 * 1024
 # An archive this small on disk is read whole and decoded in one C call (its checksum
@@ -172,21 +171,6 @@ def check_members(
         raise
     except Exception as e:  # decoder/tar errors all mean "not what we wrote"
         raise VerifyFailed(where, f"read-back failed: {e}") from None
-
-
-def detect_format_fd(fd: int, where: str) -> str:
-    """Format of the open archive *fd* (by magic, else by *where*'s suffix)."""
-    return _format_of(os.pread(fd, 512, 0), where)
-
-
-def _format_of(head: bytes, path: str) -> str:
-    fmt = sniff_format(head)
-    if fmt is None:
-        named = split_archive_name(os.path.basename(path))
-        if named is None:
-            raise CorruptArchive(path, "not a tar archive (unknown format)")
-        fmt = named[1]
-    return fmt
 
 
 @contextmanager

@@ -20,12 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.engine import commit
 from archive_tool.engine.extract import MultiTop, extract_into
-from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool.engine.formats import detect_format_fd
+from archive_tool.engine.read import check_members
 from archive_tool.engine.tarwrite import source_members
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, BadArgument
+from archive_tool.guard import interrupt
 from archive_tool.names import split_archive_name
 
 # Keep this much of the destination filesystem free when sizing the extraction limit —

@@ -11,9 +11,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from archive_tool import fs, interrupt
+from archive_tool import fdwalk, fs
 from archive_tool.engine import attrs
 from archive_tool.errors import SourceUnreadable, UnsafeSource
+from archive_tool.guard import interrupt
 
 FILE, DIR, LINK = "f", "d", "l"
 # A second name of a regular file already in the manifest (a tar hard link; no content).
@@ -81,7 +82,7 @@ def scan_fd(top_fd: int, where: str, held: dict[str, int] | None = None,
             top_st: os.stat_result | None = None) -> list[Entry]:
     """Manifest of the open session dir *top_fd*, parents before children, names sorted
     (deterministic archives). *where* names it in errors. With *held*, the subdir fds the
-    walk opened (and checked) are kept there (rel -> fd, up to fs.HELD_DIRS_MAX) for the
+    walk opened (and checked) are kept there (rel -> fd, up to fdwalk.HELD_DIRS_MAX) for the
     tar writer, instead of being closed and opened again; the caller closes them.
     *top_st*: an fstat of *top_fd* the caller already has (the lock's).
 
@@ -197,7 +198,7 @@ def _walk_sub(sub: int, ent: Entry, out: list[Entry], links: dict[str, str], whe
     """Read the xattrs of the opened subdir *sub* (its entry *ent*) and walk it; keep its fd
     in *held* (the caller closes those) or close it."""
     r = ent.rel
-    keep = held is not None and len(held) < fs.HELD_DIRS_MAX
+    keep = held is not None and len(held) < fdwalk.HELD_DIRS_MAX
     if keep:
         held[r] = sub  # type: ignore[index]
     try:

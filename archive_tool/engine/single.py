@@ -21,15 +21,15 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from archive_tool import fs
-from archive_tool.engine import commit
+from archive_tool import fdwalk, fs
+from archive_tool.engine import commit, removesource
 from archive_tool.engine.formats import compress_bytes, decompress_bytes, open_compressed_writer
 from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import ArchiveError, SourceUnreadable, UnsafeSource, VerifyFailed
-from archive_tool.holds import Holds
-from archive_tool.lock import lock_session_stat
+from archive_tool.guard.holds import Holds
+from archive_tool.guard.lock import lock_session_stat
 from archive_tool.names import FORMATS, archive_name, normalize_format
 
 # Above this many content bytes a session streams instead of being built in memory.
@@ -246,7 +246,7 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
             os.close(lock_fd)
             raise
     finally:
-        fs.close_held(held)
+        fdwalk.close_held(held)
 
 
 def _write_all(fd: int, data: bytes, final: str) -> None:
@@ -326,7 +326,7 @@ def archive_one(
             p.tmp.discard()
         commit.fsync_dir(p.tmp.dir_fd, os.path.dirname(p.final))
         if remove_src:
-            commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
+            removesource.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
                                  top_fd=p.lock_fd)
     finally:
         p.unlock()

@@ -19,10 +19,11 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 
-from archive_tool import fs, interrupt
+from archive_tool import fdwalk, fs
 from archive_tool.engine import attrs
 from archive_tool.engine.scan import DIR, FILE, HARD, LINK, Entry, scan_fd
 from archive_tool.errors import SourceChanged, SourceUnreadable, UnsafeSource
+from archive_tool.guard import interrupt
 
 CHUNK = 1024 * 1024
 _TYPES = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, LINK: tarfile.SYMTYPE,
@@ -221,9 +222,9 @@ def write_tar(top_fd: int, src: str, top: str, entries: list[Entry], write,
     is its path, for messages) through *write*; return per-entry CRC32 (0 for non-files),
     which the streaming verify checks the read-back against. ``crc=False`` (the in-memory
     path, which verifies by comparing whole bytes) skips computing them. *held*: subdir
-    fds the scan kept (fs.FdStack), so no dir is opened twice."""
+    fds the scan kept (fdwalk.FdStack), so no dir is opened twice."""
     crcs = []
-    dirs = fs.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR}, held)
+    dirs = fdwalk.FdStack(top_fd, {e.rel: e.ino for e in entries if e.kind == DIR}, held)
     as_root = os.geteuid() == 0
     try:
         for e in entries:

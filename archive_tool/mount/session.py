@@ -21,7 +21,6 @@ from collections import OrderedDict
 from decimal import Decimal, InvalidOperation
 from typing import IO, NamedTuple
 
-from archive_tool.engine import seekable
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes, open_decompressed_reader
 from archive_tool.engine.read import (
     WHOLE_ARCHIVE_MAX,
@@ -32,6 +31,7 @@ from archive_tool.engine.read import (
     member_path,
 )
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
+from archive_tool.pack import seekable
 
 # A session's index costs ~200 B a member; a hostile archive of millions of empty members
 # must not take the mount's memory with it. Real sessions hold tens to a few thousand.

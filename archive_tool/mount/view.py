@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from archive_tool import fs
-from archive_tool.engine import packfile, seekable
 from archive_tool.errors import ArchiveError, BadRoot, UnsafeArchive
-from archive_tool.lock import LOCK_NAME
+from archive_tool.guard.lock import LOCK_NAME
 from archive_tool.mount.session import (
     LRU,
     Entry,
@@ -53,6 +52,7 @@ from archive_tool.names import (
     session_of_trash,
     split_archive_name,
 )
+from archive_tool.pack import packfile, seekable
 
 log = logging.getLogger("archive_tool.mount")
 # Real dirs whose listing is kept (LRU); each holds an lstat per entry.

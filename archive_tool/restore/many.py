@@ -15,13 +15,12 @@ import contextlib
 import fnmatch
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from archive_tool import fs, interrupt, untrusted
+from archive_tool import fs
 from archive_tool.catalog.catalogstate import forget_missing
 from archive_tool.engine.restore import (
     Pending,
@@ -29,8 +28,9 @@ from archive_tool.engine.restore import (
     remove_dead_temps,
     restore_pending,
 )
-from archive_tool.errors import ArchiveError, BadArgument, Interrupted, UntrustedInput
-from archive_tool.lock import RootLock
+from archive_tool.errors import ArchiveError, BadArgument, Interrupted
+from archive_tool.guard import interrupt
+from archive_tool.guard.lock import RootLock
 from archive_tool.names import (
     FINISHED_STATES,
     RUNNING_STATE,
@@ -46,12 +46,10 @@ from archive_tool.summary import (
     Result,
     count_restore,
     new_summary,
-    record_failure,
 )
 from archive_tool.sweep.discover import iter_archives
 from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.plan import check_root
-from archive_tool.sweep.runlog import open_run
 
 STATE_DIR = ".session-archive"
 
@@ -195,130 +193,9 @@ def restore_tree(
             if not s["stopped"]:
                 packrestore.restore(root_p, in_packs, s, on_result)
             if remove_archive:
-                _forget_removed(root_p, s)
+                forget_removed(root_p, s)
     s["elapsed"] = round(time.monotonic() - t0, 3)
     return s
-
-
-def undo_run(
-    root: str | os.PathLike[str],
-    run: str,
-    *,
-    dry_run: bool = True,
-    workers: int | None = None,
-    on_jobs: Callable[[int], None] | None = None,
-    on_result: Callable[[Result], None] | None = None,
-) -> dict[str, Any]:
-    """Undo one ``sweep --execute`` of *root*: restore exactly the archives its manifest
-    lists (run name from ``.session-archive/runs/``, or ``last``) to the session dirs they
-    came from, removing each archive once its restore is durable. Sessions a pack sweep
-    put into packs come back from their frames (packrestore.py), the packs kept. A session
-    dir that exists again is skipped (never overwritten); an archive or pack that is gone
-    or unreadable is a failure (one per session)."""
-    t0 = time.monotonic()
-    root_p = check_root(root)
-    s = new_restore_summary(root_p, dry_run, "undo")
-    path, records = open_run(root_p, run)
-    s["run"] = os.path.basename(path)[:-len(".jsonl")]
-    with RootLock(root_p) if not dry_run else contextlib.nullcontext():
-        jobs: list[tuple[str, str]] = []
-        kept: list[tuple[str, str]] = []
-        in_packs: list[packrestore.Job] = []
-        planned: set[str] = set()
-        root_fd = fs.open_trusted_dir(root_p)
-        try:
-            for rec in records:
-                s["scanned"] += 1
-                if "pack" in rec:
-                    job = packrestore.plan_undo(root_p, rec, s, planned)
-                    if job is not None:
-                        in_packs.append(job)
-                    continue
-                job = _plan_undo_line(root_p, root_fd, rec, s)
-                if job is not None:
-                    # "resumed": the archive existed before this run (which only deleted
-                    # the verified source), so putting the run back keeps it.
-                    (kept if rec.get("status") == "resumed" else jobs).append(job)
-        finally:
-            os.close(root_fd)
-        if not dry_run:
-            if on_jobs is not None:
-                on_jobs(len(jobs) + len(kept) + len(in_packs))
-            run_jobs(jobs, s, remove_archive=True, workers=workers, root=root_p,
-                     on_result=on_result)
-            if not s["stopped"]:
-                run_jobs(kept, s, remove_archive=False, workers=workers, root=root_p,
-                         on_result=on_result)
-            else:
-                s["skipped"] += len(kept)  # not attempted
-            if not s["stopped"]:
-                # Packs are only read (never rewritten): `repack` drops these sessions later.
-                packrestore.restore(root_p, in_packs, s, on_result)
-            else:
-                s["skipped"] += len(in_packs)
-            _forget_removed(root_p, s)
-    s["elapsed"] = round(time.monotonic() - t0, 3)
-    return s
-
-
-def _plan_undo_line(root: str, root_fd: int, rec: dict[str, Any], s: dict[str, Any]
-                    ) -> tuple[str, str] | None:
-    """A manifest line (the tree owner's to forge, untrusted.py) as an (archive, session)
-    job, or None, counted into *s*. Both paths must be plain paths below the root (no
-    ``..``: refused, never normalised), the session the dir beside its archive; the
-    archive is looked at through dir fds below the root: a regular file on the root's
-    device. The restore then reaches both the same way (run_jobs with *root*)."""
-    archive, session = rec["archive"], rec["session"]
-    try:
-        arel = untrusted.rel_below(root, archive, "manifest archive")
-        untrusted.rel_below(root, session, "manifest session")
-    except UntrustedInput as e:
-        record_failure(s, e.path, e.reason)
-        return None
-    named = split_archive_name(os.path.basename(archive))
-    if named is None or session != os.path.join(os.path.dirname(archive), named[0]):
-        # A forged line could otherwise make root restore another user's archive
-        # into this user's dir (and, with the undo's unlink, delete it).
-        record_failure(s, archive, f"manifest pairs it with {session}, not the "
-                                   "session dir beside it; refused")
-        return None
-    try:
-        dfd = untrusted.open_dir_below(root_fd, os.path.dirname(arel))
-    except FileNotFoundError:
-        record_failure(s, archive, "archive is gone; cannot restore " + session)
-        return None
-    except OSError as e:
-        record_failure(s, archive, untrusted.refusal(archive, e).reason)
-        return None
-    try:
-        if fs.lexists_at(dfd, named[0]):
-            s["skipped"] += 1
-            return None
-        try:
-            st = fs.lstat_at(dfd, os.path.basename(arel))
-        except FileNotFoundError:
-            record_failure(s, archive, "archive is gone; cannot restore " + session)
-            return None
-        if not stat.S_ISREG(st.st_mode) or st.st_dev != os.fstat(root_fd).st_dev:
-            record_failure(s, archive, "is not a regular file on the root's filesystem; "
-                                       "refused")
-            return None
-    finally:
-        os.close(dfd)
-    s["candidates"] += 1
-    s["bytes_in"] += st.st_size
-    return archive, session
-
-
-def _forget_removed(root: str, s: dict[str, Any]) -> None:
-    """The catalog step of a restore that removed archives (issue 26: `find` listed them
-    and `show -s` said "no such archive" after an undo): their rows go, with those of any
-    archive an earlier crash removed before this step. A catalog that cannot be written
-    is a warning: the restored dirs are safe, and `catalog --rebuild` repairs it."""
-    try:
-        forget_missing(root)
-    except (sqlite3.Error, OSError, ArchiveError) as e:
-        s["warnings"].append(f"catalog not updated: {e}; `catalog --rebuild` repairs it")
 
 
 # ------------------------------------------------------------------------ flat restore
@@ -450,3 +327,14 @@ def _failed(archive: str, e: BaseException) -> Result:
     if isinstance(e, ArchiveError):
         return Result(archive, FAILED, e.reason)
     return Result(archive, FAILED, f"{type(e).__name__}: {e}")
+
+
+def forget_removed(root: str, s: dict[str, Any]) -> None:
+    """The catalog step of a restore that removed archives (issue 26: `find` listed them
+    and `show -s` said "no such archive" after an undo): their rows go, with those of any
+    archive an earlier crash removed before this step. A catalog that cannot be written
+    is a warning: the restored dirs are safe, and `catalog --rebuild` repairs it."""
+    try:
+        forget_missing(root)
+    except (sqlite3.Error, OSError, ArchiveError) as e:
+        s["warnings"].append(f"catalog not updated: {e}; `catalog --rebuild` repairs it")

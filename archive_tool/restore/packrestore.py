@@ -17,12 +17,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool import fs, untrusted
-from archive_tool.engine import packfile
-from archive_tool.engine.packsalvage import Salvage, SalvagedPack, open_pack
+from archive_tool import fs
 from archive_tool.engine.restore import remove_dead_temps, restore_at
 from archive_tool.errors import ArchiveError
+from archive_tool.guard import untrusted
 from archive_tool.names import is_session_name
+from archive_tool.pack import packfile
+from archive_tool.pack.packsalvage import Salvage, SalvagedPack, open_pack
 from archive_tool.retention.repackplan import pack_listings
 from archive_tool.summary import (
     FAILED,

@@ -15,9 +15,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from archive_tool import fs
-from archive_tool.engine import packfile
+from archive_tool.engine.read import verify_archive
 from archive_tool.errors import ArchiveError
+from archive_tool.pack import packfile
+from archive_tool.pack.packsalvage import salvage
+from archive_tool.restore.many import iter_session_archives
+from archive_tool.retention.repackplan import pack_dirs
 from archive_tool.sweep.executors import default_workers, run_batches
+from archive_tool.sweep.plan import check_root
 
 
 class Checked(NamedTuple):
@@ -30,9 +35,6 @@ class Checked(NamedTuple):
 
 def find_archives(root: str) -> list[str]:
     """Session archives and packs in the FINISHED_* dirs below *root*, sorted."""
-    from archive_tool.restore.many import iter_session_archives
-    from archive_tool.retention.repackplan import pack_dirs
-
     out = [e.path for e in iter_session_archives(root)]
     root_fd = fs.open_trusted_dir(root)
     try:
@@ -53,8 +55,6 @@ def find_archives(root: str) -> list[str]:
 
 def check_one(path: str) -> Checked:
     """verify of one archive or pack, as a result (never raises for a bad file)."""
-    from archive_tool.engine.read import verify_archive
-
     is_pack = packfile.is_pack_name(os.path.basename(path))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -69,8 +69,6 @@ def check_one(path: str) -> Checked:
     except ArchiveError as e:
         why = e.reason
         if is_pack:
-            from archive_tool.engine.packsalvage import salvage
-
             try:
                 why += "; salvage: " + salvage(path, fd).summary()
             except (ArchiveError, OSError):
@@ -92,8 +90,6 @@ def verify_tree(root: str | os.PathLike[str], *, workers: int | None = None,
     """Verify every archive and pack below *root* on the pool; returns a summary:
     root, checked, ok, bad, packs, members, bytes, elapsed, failures [{path, reason}],
     stopped (a signal or a broken pool)."""
-    from archive_tool.sweep.plan import check_root
-
     t0 = time.monotonic()
     root_p = check_root(root)
     paths = find_archives(root_p)

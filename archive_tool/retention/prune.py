@@ -36,10 +36,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument
-from archive_tool.lock import RootLock
+from archive_tool.guard import interrupt
+from archive_tool.guard.lock import RootLock
 from archive_tool.names import FINISHED_STATES, SUCCESS_STATE, split_archive_name
 from archive_tool.restore.many import iter_session_archives
 from archive_tool.retention.archived import Archived, started_at

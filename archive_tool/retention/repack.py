@@ -35,12 +35,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.catalog import catalog
 from archive_tool.catalog.rows import session_row
-from archive_tool.engine import commit, packfile
+from archive_tool.engine import commit
 from archive_tool.errors import ArchiveError, BadArgument, VerifyFailed
-from archive_tool.lock import RootLock
+from archive_tool.guard import interrupt
+from archive_tool.guard.lock import RootLock
+from archive_tool.pack import packfile
 from archive_tool.retention.repackplan import (
     DropFn,
     Group,

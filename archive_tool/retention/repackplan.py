@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import packfile, seekable
 from archive_tool.engine.scan import scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError, BadArgument
-from archive_tool.lock import lock_session
+from archive_tool.guard.lock import lock_session
 from archive_tool.names import FINISHED_STATES, RUNNING_STATE, is_session_name
+from archive_tool.pack import packfile, seekable
+from archive_tool.pack.packsalvage import SalvagedPack, open_pack
 from archive_tool.summary import record_failure
 from archive_tool.sweep.packplan import period_of
 
@@ -138,8 +139,6 @@ def pack_listings(root: str, on_damaged: Callable[[str, str, Any], None] | None 
                     try:
                         path = os.path.join(root, rel, e.name)
                         if on_damaged is not None:
-                            from archive_tool.engine.packsalvage import SalvagedPack, open_pack
-
                             with open_pack(path, fs.open_file(e.name, dfd)) as sp:
                                 if isinstance(sp, SalvagedPack):
                                     on_damaged(rel, e.name, sp.salvage)

@@ -1,7 +1,7 @@
 """``repack ROOT --salvage``: each damaged pack below the root is replaced by a clean pack
 of the sessions whose frames still read (issue 26).
 
-Every pack is read frame by frame (engine/packsalvage.py: by its seek table, or by a
+Every pack is read frame by frame (pack/packsalvage.py: by its seek table, or by a
 scan for frame headers when the table is damaged). A damaged one becomes a group of one
 for repack.py's run_group: its readable frames copied still compressed into a new pack,
 verified as ``verify`` does, made durable and linked, the catalog rows swapped in one
@@ -16,9 +16,9 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import packfile
-from archive_tool.engine.packsalvage import salvage
 from archive_tool.errors import ArchiveError
+from archive_tool.pack import packfile
+from archive_tool.pack.packsalvage import salvage
 from archive_tool.retention.repackplan import Frame, Group, base_name, reason_of
 from archive_tool.summary import record_failure
 

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from archive_tool import fs
 from archive_tool.errors import BadArgument
-from archive_tool.liveness import MARKER_NAME, hostname
+from archive_tool.guard.liveness import MARKER_NAME, hostname
 from archive_tool.names import ERROR_STATE, FINISHED_STATES, RUNNING_STATE, is_session_name
 from archive_tool.stale.staleness import (
     LIVE,

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from archive_tool import fs
 from archive_tool.errors import BadArgument
-from archive_tool.liveness import HEARTBEAT_NAME, boot_id, hostname, pid_namespace, proc_stat
+from archive_tool.guard.liveness import HEARTBEAT_NAME, boot_id, hostname, pid_namespace, proc_stat
 from archive_tool.units import parse_age
 
 DEFAULT_INTERVAL = 60.0

@@ -24,11 +24,11 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from archive_tool import interrupt
 from archive_tool.errors import (
     DaskUnavailable,  # noqa: F401 - raised here
     Interrupted,
 )
+from archive_tool.guard import interrupt
 
 B = TypeVar("B")
 R = TypeVar("R")

@@ -13,12 +13,13 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import commit, packfile
+from archive_tool.engine import commit, removesource
 from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError
-from archive_tool.lock import lock_session
+from archive_tool.guard.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
+from archive_tool.pack import packfile
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
 from archive_tool.sweep import step
 from archive_tool.sweep.plan import Task
@@ -64,7 +65,7 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Resu
                 return None
             os.fsync(p.fd)
         commit.fsync_dir(parent_fd, os.path.dirname(path))
-        commit.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
+        removesource.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
     except (ArchiveError, OSError) as e:
         return step.fail(path, e)
     finally:

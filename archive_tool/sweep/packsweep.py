@@ -21,8 +21,8 @@ from typing import Any
 
 from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument, Interrupted
-from archive_tool.holds import Holds, check_quiet_period
-from archive_tool.lock import RootLock
+from archive_tool.guard.holds import Holds, check_quiet_period
+from archive_tool.guard.lock import RootLock
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery

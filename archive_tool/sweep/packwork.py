@@ -7,7 +7,7 @@
      (every frame against a digest of the bytes it was made from);
   3. one fsync, link() to the first free name (``<period>.pack.tar.zst``, then
      ``<period>.2.pack.tar.zst`` ...: never overwrite), fsync the dir;
-  4. per session: lock again, commit.remove_source (rename to trash, re-check unchanged,
+  4. per session: lock again, removesource.remove_source (rename to trash, re-check unchanged,
      delete). A source that changed is kept (its earlier bytes stay in the pack).
 
 Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES), and, as
@@ -22,15 +22,17 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from archive_tool import fs, interrupt
+from archive_tool import fs
 from archive_tool.catalog import rebuild
 from archive_tool.catalog.rows import session_row
-from archive_tool.engine import commit, packfile, single
+from archive_tool.engine import commit, removesource, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
 from archive_tool.engine.tarwrite import CHUNK, write_tar
 from archive_tool.errors import ArchiveError, DiskFull, Interrupted, SourceChanged
-from archive_tool.holds import Holds
-from archive_tool.lock import lock_session
+from archive_tool.guard import interrupt
+from archive_tool.guard.holds import Holds
+from archive_tool.guard.lock import lock_session
+from archive_tool.pack import packfile
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
 from archive_tool.sweep.packplan import PackJob
 from archive_tool.sweep.packresume import Out, packed_names, resume
@@ -197,7 +199,7 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
                                f"not be locked again: {getattr(e, 'reason', e)}"), row))
             continue
         try:
-            commit.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
+            removesource.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
                                  keep_archive=True)
             out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], f.csize,
                                len(p.entries)), row))

@@ -17,7 +17,7 @@ A line is written (and flushed) as each result comes
 back from a worker, i.e. after that batch's sources were deleted; the file is fsynced
 when the run ends. A crash between a batch's delete and its line loses only that line:
 the archive is still there, only ``extract --undo`` will not know it came from this run.
-``extract --undo <time>`` (tree_restore.undo_run) reads it back.
+``extract --undo <time>`` (restore/undo.py) reads it back.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from archive_tool import fs, untrusted
-from archive_tool.engine import packfile
+from archive_tool import fs
 from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
+from archive_tool.guard import untrusted
+from archive_tool.pack import packfile
 from archive_tool.sweep.packplan import parse_pack
 from archive_tool.sweep.packsweep import pack_sweep
 from archive_tool.sweep.plan import check_days, check_root, existing_archive, parse_shard

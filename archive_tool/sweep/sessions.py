@@ -18,9 +18,10 @@ from concurrent.futures import Executor
 from itertools import islice
 from typing import Any
 
-from archive_tool import fs, interrupt
-from archive_tool.engine import commit, single, tarwrite
-from archive_tool.engine.read import check_members, detect_format_fd
+from archive_tool import fs
+from archive_tool.engine import commit, removesource, single, tarwrite
+from archive_tool.engine.formats import detect_format_fd
+from archive_tool.engine.read import check_members
 from archive_tool.engine.scan import FILE, Entry, content_bytes, newest_mtime_ns, scan_session
 from archive_tool.errors import (
     ArchiveError,
@@ -28,8 +29,9 @@ from archive_tool.errors import (
     DiskFull,
     Interrupted,
 )
-from archive_tool.holds import Holds, check_quiet_period
-from archive_tool.lock import RootLock, lock_session
+from archive_tool.guard import interrupt
+from archive_tool.guard.holds import Holds, check_quiet_period
+from archive_tool.guard.lock import RootLock, lock_session
 from archive_tool.names import normalize_format
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import (
@@ -151,7 +153,7 @@ def _finish(t: Task, dirs: fs.DirCache) -> Result:
         commit.fsync_dir(parent_fd, os.path.dirname(t.path))
         # A crash of the named-tmp fallback between link and unlink left <final>.tmp.
         commit.remove_stale_tmp(parent_fd, arch_name)
-        commit.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True,
+        removesource.remove_source(parent_fd, name, entries, arch_name, t.path, keep_archive=True,
                              top_fd=lock_fd)
     except ArchiveError as e:
         return Result(t.path, FAILED, f"an archive already exists ({arch_name}) and does not "
@@ -323,7 +325,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: in
              on_candidate: Callable[[str], None] | None, opts: dict[str, Any]) -> None:
     slots: Callable[[], int] | None = getattr(executor, "slots", None)
     if workers is None and executor is None:
-        # The default pool follows the filesystem's metadata latency (bulk/latency.py):
+        # The default pool follows the filesystem's metadata latency (sweep/latency.py):
         # one worker per core on a local disk, more where each call is a round trip.
         workers = adaptive_workers(opts["root"], default_workers())
     n = workers or (max(1, slots()) if slots else default_workers())

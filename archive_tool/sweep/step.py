@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import commit, single
+from archive_tool.engine import commit, removesource, single
 from archive_tool.errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
-from archive_tool.lock import lock_session
+from archive_tool.guard.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
 from archive_tool.summary import (
     ARCHIVED,
@@ -71,7 +71,7 @@ def commit_group(prepared: list[single.Prepared], out: list[Result], remove_src:
     for p in published:
         try:
             if remove_src:
-                commit.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
+                removesource.remove_source(p.tmp.dir_fd, p.name, p.entries, p.tmp.name, p.src,
                                      top_fd=p.lock_fd)
             out.append(Result(p.src, ARCHIVED, "", p.bytes_in, p.bytes_out, p.inodes))
         except SourceChanged as e:

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from archive_tool.errors import BadArgument
+
 # 10 minutes. A job's last writes (stdout flushed at exit, a `tee` draining its pipe, a
 # SLURM epilogue copying a log) land within seconds to a minute of its end; NFS clients
 # cache attributes for up to 60 s (acregmax) and Lustre flushes dirty pages within 30 s,
@@ -69,8 +71,6 @@ def parse_period(raw: str | float) -> float:
 
 def check_quiet_period(value: float | str | None) -> float:
     """Seconds, from an API argument (None: the default) or BadArgument."""
-    from archive_tool.errors import BadArgument
-
     try:
         return default_quiet_period() if value is None else parse_period(value)
     except ValueError as e:

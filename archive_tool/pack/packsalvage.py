@@ -31,20 +31,20 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from archive_tool.engine import seekable
-from archive_tool.engine.packfile import (
+from archive_tool.engine.single import IN_MEMORY_LIMIT
+from archive_tool.errors import ArchiveError, CorruptArchive
+from archive_tool.names import is_session_name
+from archive_tool.pack import seekable
+from archive_tool.pack.packfile import (
     END_BLOCKS,
     INDEX_MAGIC,
     INDEX_VERSION,
     FrameInfo,
     Pack,
-    _index,
-    _memfd,
     iter_tar,
+    memfd_of,
+    read_index,
 )
-from archive_tool.engine.single import IN_MEMORY_LIMIT
-from archive_tool.errors import ArchiveError, CorruptArchive
-from archive_tool.names import is_session_name
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIP_LO, _SKIP_HI = 0x184D2A50, 0x184D2A5F
@@ -201,7 +201,7 @@ def _salvage(path: str, fd: int) -> Salvage:
         s.damage.append(f"seek table: {e.reason}")
     if table is not None and len(table) >= 2:
         try:
-            names = _index(fd, table, path)
+            names = read_index(fd, table, path)
         except CorruptArchive as e:
             s.damage.append(f"index: {e.reason}")
     elif table is not None:
@@ -350,7 +350,7 @@ class SalvagedPack:
         return r[0]
 
     def frame_fd(self, i: int) -> int:
-        return _memfd(self.members(i) + END_BLOCKS)
+        return memfd_of(self.members(i) + END_BLOCKS)
 
     def session_fd(self, session: str) -> int:
         return self.frame_fd(self.find(session))
@@ -378,33 +378,3 @@ def open_pack(path: str | os.PathLike[str], fd: int | None = None) -> Pack | Sal
     return p
 
 
-
-def restore_readable(pack: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None,
-                     *, keep_special: bool = False) -> tuple[list[str], Salvage]:
-    """``unpack`` of a damaged pack: each session whose frame reads becomes its own dir
-    below *dest* (default: the pack's name without ``.tar.zst``, as for a whole pack),
-    through restore.py's extraction (member rules, temp dir, one rename, never over an
-    existing dir); returns (restored dirs, the salvage found)."""
-    from archive_tool.engine import restore
-
-    pack = os.path.abspath(os.fspath(pack))
-    target = os.path.abspath(os.fspath(dest)) if dest is not None else \
-        restore.default_dest(pack)
-    os.makedirs(target, exist_ok=True)
-    done = []
-    with SalvagedPack(pack) as p:
-        ast = os.fstat(p.fd)
-        for i, name in enumerate(p.names):
-            where = os.path.join(target, name)
-            fd = p.frame_fd(i)
-            try:
-                with restore._parent(where, None, ArchiveError(where, "no such directory")) \
-                        as (parent_fd, dname):
-                    _total, tree_fd = restore._restore_at(f"{pack}::{name}", fd, parent_fd,
-                                                          dname, where, ast, None,
-                                                          keep_special)
-                    os.close(tree_fd)
-            finally:
-                os.close(fd)
-            done.append(where)
-        return done, p.salvage

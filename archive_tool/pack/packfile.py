@@ -25,18 +25,18 @@ from typing import Any
 
 import zstandard
 
-from archive_tool.engine import commit, restore, seekable
+from archive_tool.engine import commit
 from archive_tool.engine.formats import zstd_level
 from archive_tool.engine.read import verify_archive
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import (
     ArchiveError,
-    BadArgument,
     CorruptArchive,
     UnsafeArchive,
     VerifyFailed,
 )
 from archive_tool.names import is_session_name
+from archive_tool.pack import seekable
 
 PACK_SUFFIX = ".pack.tar.zst"
 INDEX_MAGIC = 0x184D2A50
@@ -177,14 +177,14 @@ class PackWriter:
                     got = _digest(seekable.read_frame(self.tmp.fd, f, where))
                 if got != want:
                     raise VerifyFailed(where, f"frame at {f.offset} read back differs")
-            names = _index(self.tmp.fd, frames, where)
+            names = read_index(self.tmp.fd, frames, where)
         except CorruptArchive as e:
             raise VerifyFailed(where, f"read-back failed: {e.reason}") from None
         if names != [f.name for f in self.frames]:
             raise VerifyFailed(where, "pack index read back differs")
 
 
-def _index(fd: int, frames: seekable.SeekTable, where: str) -> list[str]:
+def read_index(fd: int, frames: seekable.SeekTable, where: str) -> list[str]:
     if len(frames) < 2:
         raise CorruptArchive(where, "pack has no index frame")
     raw = seekable.read_skippable(fd, frames[-1], INDEX_MAGIC, where)
@@ -215,7 +215,7 @@ class Pack:
             raise ArchiveError(self.path, f"cannot open: {e.strerror or e}") from None
         try:
             self.frames = seekable.read_seek_table(self.fd, self.path)
-            self.names = _index(self.fd, self.frames, self.path)
+            self.names = read_index(self.fd, self.frames, self.path)
         except BaseException:
             os.close(self.fd)
             raise
@@ -258,14 +258,14 @@ class Pack:
     def session_fd(self, session: str) -> int:
         """An anonymous file (memfd) holding :meth:`session_tar`: every reader of the
         engine that takes an archive fd (list, cat, extract) reads it as a plain tar."""
-        return _memfd(self.session_tar(session))
+        return memfd_of(self.session_tar(session))
 
     def frame_fd(self, i: int) -> int:
         """:meth:`session_fd` of frame *i* (a caller that knows the exact frame)."""
-        return _memfd(self.members(i) + END_BLOCKS)
+        return memfd_of(self.members(i) + END_BLOCKS)
 
 
-def _memfd(data: bytes) -> int:
+def memfd_of(data: bytes) -> int:
     fd = os.memfd_create("session", os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
@@ -311,7 +311,7 @@ def _session_fd_at(pack: str, name: str, offset: int, csize: int, dsize: int,
         data = seekable.read_frame(fd, seekable.Frame(offset, csize, dsize, None), pack)
         first = iter_tar(data[:tarfile.BLOCKSIZE * 8])[:1]
         if first and first[0][0].rstrip("/") == name:
-            return _memfd(data + END_BLOCKS)
+            return memfd_of(data + END_BLOCKS)
     except CorruptArchive:
         pass
     with Pack(pack, os.dup(fd)) as p:
@@ -322,46 +322,6 @@ def session_fd(pack: str | os.PathLike[str], session: str) -> int:
     """A memfd holding one session of *pack* as a plain tar (seek table + one frame read)."""
     with Pack(pack) as p:
         return p.session_fd(session)
-
-
-def restore_session(pack: str | os.PathLike[str], session: str,
-                    dest: str | os.PathLike[str] | None = None, *,
-                    keep_special: bool = False, fd: int | None = None,
-                    root: str | None = None) -> str:
-    """Restore one session of *pack* as a session dir (default: beside the pack, under the
-    session's name), through restore.py's extraction (same member rules, temp dir, one
-    rename, never overwrite). The pack is only read: it is never rewritten. *fd*: the
-    pack opened by the caller (taken over); *root*: the pack is below it (a catalog
-    row), so the destination dir is reached below it by dir fds too."""
-    if keep_special and os.geteuid() != 0:
-        raise BadArgument("keeping setuid/setgid/sticky bits needs root")
-    from archive_tool.engine.packsalvage import open_pack
-
-    pack = os.path.abspath(os.fspath(pack))
-    # A pack whose seek table or index is damaged is read through the salvage scan: its
-    # other sessions must still come back (issue 26).
-    with open_pack(pack, fd) as p:
-        name = p.names[p.find(session)]
-        # The name comes from the file and becomes a path: a hostile index ("ID-/../x")
-        # must not choose where the restore lands.
-        if not is_session_name(name):
-            raise UnsafeArchive(pack, f"index names {name!r}, not a session dir name; refused")
-        ast = os.fstat(p.fd)
-        fd = p.session_fd(session)
-    label = f"{pack}::{name}"
-    target = os.path.abspath(os.fspath(dest)) if dest is not None else \
-        os.path.join(os.path.dirname(pack), name)
-    try:
-        if root is None:
-            os.makedirs(os.path.dirname(target), exist_ok=True)  # as restore_one does
-        with restore.open_parent(target, root, ArchiveError(target, "no such directory")) \
-                as (parent_fd, dname):
-            _total, tree_fd = restore.restore_at(label, fd, parent_fd, dname, target, ast,
-                                                  None, keep_special)
-            os.close(tree_fd)
-    finally:
-        os.close(fd)
-    return target
 
 
 def verify_pack(path: str | os.PathLike[str], fd: int | None = None,

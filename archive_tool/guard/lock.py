@@ -21,6 +21,7 @@ from types import TracebackType
 
 from archive_tool import fs
 from archive_tool.errors import BadRoot, LockBusy, SourceUnreadable
+from archive_tool.guard.liveness import hostname
 from archive_tool.names import FORMATS
 
 LOCK_NAME = ".session-archive.lock"
@@ -135,7 +136,6 @@ class RootLock:
         try:
             # "PID HOST START": what a contender's error names (issue 26); PID first, as
             # before, for whoever reads only that.
-            from archive_tool.liveness import hostname
 
             start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             os.ftruncate(fd, 0)
