@@ -201,7 +201,37 @@ def read_index(fd: int, frames: seekable.SeekTable, where: str) -> list[str]:
     return names
 
 
-class Pack:
+def find_session(names: list[str], session: str) -> int:
+    """Index of *session* in *names*: its full dir name or its ID (``<ID>`` of ``<ID>-x``),
+    the last one winning if a name occurs twice (a source changed after being packed and
+    was packed again: never within one pack by construction); -1 if absent."""
+    prefix = session + "-"
+    for i in range(len(names) - 1, -1, -1):
+        n = names[i]
+        if n == session or n.startswith(prefix):
+            return i
+    return -1
+
+
+class PackFd:
+    """The open fd of a pack file, closed by ``close`` or at the end of a ``with`` (the
+    part every pack reader shares: Pack here, packsalvage.SalvagedPack)."""
+
+    fd: int
+
+    def __enter__(self) -> PackFd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Pack(PackFd):
     """An open pack, for reading single sessions: seek table + index, nothing else read
     until a session is asked for."""
 
@@ -223,25 +253,12 @@ class Pack:
     def __enter__(self) -> Pack:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
     def find(self, session: str) -> int:
-        """Frame index of *session*: its full dir name or its ID (``<ID>`` of ``<ID>-x``).
-        The last one wins if a name occurs twice (a source changed after being packed
-        and was packed again: never within one pack by construction)."""
-        names = self.names
-        prefix = session + "-"
-        for i in range(len(names) - 1, -1, -1):
-            n = names[i]
-            if n == session or n.startswith(prefix):
-                return i
-        raise ArchiveError(self.path, f"no session {session!r} in this pack")
+        """Frame index of *session* (:func:`find_session`); ArchiveError if absent."""
+        i = find_session(self.names, session)
+        if i < 0:
+            raise ArchiveError(self.path, f"no session {session!r} in this pack")
+        return i
 
     def frame_info(self, i: int) -> FrameInfo:
         f = self.frames[i]

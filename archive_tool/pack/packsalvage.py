@@ -41,6 +41,8 @@ from archive_tool.pack.packfile import (
     INDEX_VERSION,
     FrameInfo,
     Pack,
+    PackFd,
+    find_session,
     iter_tar,
     memfd_of,
     read_index,
@@ -300,7 +302,7 @@ def _by_scan(fd: int, s: Salvage, size: int, found: list[tuple[int, int, int, st
     return names
 
 
-class SalvagedPack:
+class SalvagedPack(PackFd):
     """The readable sessions of a damaged pack, with the reading side of :class:`Pack`
     (names, frame_fd, session_fd, find): restore code reads it as it reads a pack."""
 
@@ -323,21 +325,11 @@ class SalvagedPack:
     def __enter__(self) -> SalvagedPack:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
     def find(self, session: str) -> int:
-        prefix = session + "-"
-        for i in range(len(self.names) - 1, -1, -1):
-            n = self.names[i]
-            if n == session or n.startswith(prefix):
-                return i
-        if any(x == session or x.startswith(prefix) for x in self.salvage.lost):
+        i = find_session(self.names, session)
+        if i >= 0:
+            return i
+        if find_session(self.salvage.lost, session) >= 0:
             raise CorruptArchive(self.path, f"session {session!r} is in a damaged frame "
                                             "of this pack; it cannot be restored")
         raise ArchiveError(self.path, f"no session {session!r} in this damaged pack")

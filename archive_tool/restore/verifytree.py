@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from archive_tool import fs
 from archive_tool.engine.read import verify_archive
 from archive_tool.errors import ArchiveError
 from archive_tool.pack import packfile
 from archive_tool.pack.packsalvage import salvage
 from archive_tool.restore.many import iter_session_archives
-from archive_tool.retention.repackplan import pack_dirs
+from archive_tool.retention.repackplan import iter_packs
 from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.plan import check_root
 
@@ -36,20 +35,7 @@ class Checked(NamedTuple):
 def find_archives(root: str) -> list[str]:
     """Session archives and packs in the FINISHED_* dirs below *root*, sorted."""
     out = [e.path for e in iter_session_archives(root)]
-    root_fd = fs.open_trusted_dir(root)
-    try:
-        for rel in pack_dirs(root, root_fd):
-            try:
-                dfd = fs.open_beneath(root_fd, rel)
-            except OSError:
-                continue
-            try:
-                out += [os.path.join(root, rel, e.name) for e in fs.scandir_sorted(dfd)
-                        if packfile.is_pack_name(e.name)]
-            finally:
-                os.close(dfd)
-    finally:
-        os.close(root_fd)
+    out += [os.path.join(root, rel, e.name) for rel, _dfd, e in iter_packs(root)]
     return sorted(set(out))
 
 

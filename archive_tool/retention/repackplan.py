@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,28 @@ def pack_listings(root: str, on_damaged: Callable[[str, str, Any], None] | None 
     unless *on_damaged* is given: then its readable sessions are listed (the salvage
     scan, packsalvage.py) and *on_damaged(rel, pack, Salvage)* is told."""
     out = []
+    for rel, dfd, e in iter_packs(root):
+        try:
+            path = os.path.join(root, rel, e.name)
+            if on_damaged is not None:
+                with open_pack(path, fs.open_file(e.name, dfd)) as sp:
+                    if isinstance(sp, SalvagedPack):
+                        on_damaged(rel, e.name, sp.salvage)
+                        out.append((rel, e.name, os.fstat(sp.fd).st_mtime,
+                                    list(zip(sp.names, sp.csize, strict=True))))
+                        continue
+            with packfile.Pack(path, fs.open_file(e.name, dfd)) as p:
+                out.append((rel, e.name, os.fstat(p.fd).st_mtime,
+                            [(n, p.frames.csize[k]) for k, n in enumerate(p.names)]))
+        except (ArchiveError, OSError):
+            continue
+    return out
+
+
+def iter_packs(root: str) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
+    """(rel dir, its fd, entry) of every pack file (a regular file: no symlink) in the
+    FINISHED_* dirs below *root*, reached by dir fds from the root; the dir fd is valid
+    until the next item."""
     root_fd = fs.open_trusted_dir(root)
     try:
         for rel in pack_dirs(root, root_fd):
@@ -134,27 +156,12 @@ def pack_listings(root: str, on_damaged: Callable[[str, str, Any], None] | None 
                 continue
             try:
                 for e in fs.scandir_sorted(dfd):
-                    if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
-                        continue
-                    try:
-                        path = os.path.join(root, rel, e.name)
-                        if on_damaged is not None:
-                            with open_pack(path, fs.open_file(e.name, dfd)) as sp:
-                                if isinstance(sp, SalvagedPack):
-                                    on_damaged(rel, e.name, sp.salvage)
-                                    out.append((rel, e.name, os.fstat(sp.fd).st_mtime,
-                                                list(zip(sp.names, sp.csize, strict=True))))
-                                    continue
-                        with packfile.Pack(path, fs.open_file(e.name, dfd)) as p:
-                            out.append((rel, e.name, os.fstat(p.fd).st_mtime,
-                                        [(n, p.frames.csize[k]) for k, n in enumerate(p.names)]))
-                    except (ArchiveError, OSError):
-                        continue
+                    if packfile.is_pack_name(e.name) and e.is_file(follow_symlinks=False):
+                        yield rel, dfd, e
             finally:
                 os.close(dfd)
     finally:
         os.close(root_fd)
-    return out
 
 
 def pack_dirs(root: str, root_fd: int) -> list[str]:
