@@ -66,6 +66,11 @@ def is_pack_name(name: str) -> bool:
     return name.endswith(PACK_SUFFIX) and not name.startswith(".")
 
 
+def is_pack_entry(e: os.DirEntry[str]) -> bool:
+    """A listed pack file: a pack's name on a regular file (a symlink is never followed)."""
+    return is_pack_name(e.name) and e.is_file(follow_symlinks=False)
+
+
 def _digest(b: bytes) -> bytes:
     # A second check beside libzstd's XXH64 (which already proves the frame decodes to the
     # bytes the compressor hashed): CRC32 and length. BLAKE2b ran at 534 MB/s here, twice a

@@ -156,7 +156,7 @@ def iter_packs(root: str) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
                 continue
             try:
                 for e in fs.scandir_sorted(dfd):
-                    if packfile.is_pack_name(e.name) and e.is_file(follow_symlinks=False):
+                    if packfile.is_pack_entry(e):
                         yield rel, dfd, e
             finally:
                 os.close(dfd)
@@ -175,7 +175,7 @@ def pack_dirs(root: str, root_fd: int) -> list[str]:
             try:
                 items = fs.scandir_sorted(fd)
                 if os.path.basename(rel or root) in FINISHED_STATES and any(
-                        packfile.is_pack_name(e.name) and e.is_file(follow_symlinks=False)
+                        packfile.is_pack_entry(e)
                         for e in items):
                     out.append(rel)
                 for e in reversed(items):
@@ -229,7 +229,7 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
     fds = PackFds(dfd, where, ids)
     try:
         for e in fs.scandir_sorted(dfd):
-            if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
+            if not packfile.is_pack_entry(e):
                 continue
             path = os.path.join(where, e.name)
             try:

@@ -29,7 +29,7 @@ def plan_salvage(root: str, rel: str, dfd: int, s: dict[str, Any]) -> list[Group
     where = os.path.join(root, rel)
     groups = []
     for e in fs.scandir_sorted(dfd):
-        if not packfile.is_pack_name(e.name) or not e.is_file(follow_symlinks=False):
+        if not packfile.is_pack_entry(e):
             continue
         path = os.path.join(where, e.name)
         try:
