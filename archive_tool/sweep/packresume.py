@@ -18,7 +18,7 @@ from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError
 from archive_tool.guard.lock import lock_session
-from archive_tool.names import FORMATS, session_of_trash
+from archive_tool.names import FORMATS, TMP_SUFFIX, session_of_trash
 from archive_tool.pack import packfile
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
 from archive_tool.sweep import step
@@ -28,10 +28,17 @@ Out = list[tuple[Result, dict[str, Any] | None]]
 
 
 def packed_names(parent_fd: int, d: str) -> dict[str, tuple[str, int]]:
-    """Session name -> (pack file, frame) for the packs already in the dir."""
+    """Session name -> (pack file, frame) for the packs already in the dir. A named-tmp
+    pack (``<pack>.tmp``, the fallback where O_TMPFILE fails) seen in the same listing is
+    a crash's garbage and is removed: the caller holds the root's lock, so no live writer
+    owns it (open_tmp no longer unlinks that name blindly, issue 24)."""
     found: dict[str, tuple[str, int]] = {}
     for item in fs.scandir_sorted(parent_fd):
-        if not packfile.is_pack_name(item.name) or not item.is_file(follow_symlinks=False):
+        if (item.name.endswith(TMP_SUFFIX) and packfile.is_pack_name(item.name[:-len(TMP_SUFFIX)])
+                and item.is_file(follow_symlinks=False)):
+            fs.unlink_at(parent_fd, item.name)
+            continue
+        if not packfile.is_pack_entry(item):
             continue
         try:
             fd = fs.open_file(item.name, parent_fd)
