@@ -29,8 +29,10 @@ def archive_session_dir(
     with what was read from the source, makes it durable (fsync), links it to its final
     name (never replacing an existing archive: FileExistsError) and fsyncs the directory.
     Only then, when *remove_src*, is the source deleted — after a re-check that nothing
-    in it changed. On any error the source is untouched. *compresslevel* is on gzip's
-    1..9 scale for every format. Returns the archive's absolute path.
+    in it changed. On any error the source is untouched. *compresslevel* is the format's
+    own level (gzip 1..9, zstd 1..19, xz 0..9; ignored for tar), so API.md's default 1 is
+    valid for every format; out of range is BadArgument (a ValueError) before anything is
+    written. Returns the archive's absolute path.
     """
     return archive_one(src_dir, format=format, remove_src=remove_src, compresslevel=compresslevel)
 
@@ -63,7 +65,8 @@ def archive_existing(
 
     *pattern* keeps names containing it. Keyword extras are forwarded to
     :func:`archive_tool.sweep.sessions.sweep` (``workers=``, ``executor=``, ``shard=``,
-    ``compresslevel=``, ``remove_src=``, ``batch_size=``). Returns the Summary dict:
+    ``compresslevel=``: the format's own level, default the format's default, as
+    ``--level``; ``remove_src=``, ``batch_size=``). Returns the Summary dict:
     scanned, candidates, archived, skipped, failed, bytes_in, bytes_out (0 unless
     *track_bytes*), inodes_in, elapsed, failures, ...
     """

@@ -124,10 +124,10 @@ def main() -> None:
     res["kept"] = len(got)
     res["frames_identical"] = all(old[n] == f for n, f in got.items()) and \
         set(got) == set(names) - set(back)
-    # What recompressing the kept frames would have cost on top (decompress + level-1
-    # compress each): the work repack does not do.
+    # What recompressing the kept frames would have cost on top (decompress +
+    # compress each, at our default level): the work repack does not do.
     dctx = zstandard.ZstdDecompressor()
-    cctx = zstandard.ZstdCompressor(level=zstd_level(1), write_checksum=True)
+    cctx = zstandard.ZstdCompressor(level=zstd_level(None), write_checksum=True)
     t = time.monotonic()
     for f in got.values():
         cctx.compress(dctx.decompress(f))

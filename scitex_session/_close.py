@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from archive_tool.levels import resolve_level
 from archive_tool.names import (
     ERROR_STATE,
     PLAIN_STATE,
@@ -53,6 +54,15 @@ def _configured_format(config: dict[str, Any], archive_format: str | None) -> st
         if isinstance(sess, dict):
             archive_format = sess.get("ARCHIVE_FORMAT")
     return normalize_format(archive_format) if archive_format else None
+
+
+def _configured_level(config: dict[str, Any], fmt: str) -> int:
+    """``SESSION.ARCHIVE_LEVEL`` (the format's own level, as ``--level``) or the format's
+    default. Passed explicitly: archive_session_dir's documented default (1) would be
+    zstd 1 for tar.zst, and a decorated run has always been archived at zstd 3."""
+    sess = config.get("SESSION")
+    level = sess.get("ARCHIVE_LEVEL") if isinstance(sess, dict) else None
+    return resolve_level(fmt, level, "SESSION.ARCHIVE_LEVEL")
 
 
 def move_dir(src: Path, dst: Path, remove_src: bool = True) -> None:
@@ -180,7 +190,8 @@ def _finish_claimed(src: Path, config: dict[str, Any], exit_status: int | None,
         from .archive import archive_session_dir  # lazy: the engine is only needed here
 
         try:
-            config["ARCHIVE"] = archive_session_dir(dst, format=fmt)
+            config["ARCHIVE"] = archive_session_dir(
+                dst, format=fmt, compresslevel=_configured_level(config, fmt))
             # The dir is gone; SDIR_RUN names what exists (the published package left
             # it naming the deleted dir). ARCHIVE stays for callers that read it.
             config["SDIR_RUN"] = config["ARCHIVE"]

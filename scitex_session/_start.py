@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from archive_tool.errors import BadArgument
+from archive_tool.levels import resolve_level
 from archive_tool.names import (
     ID_REGEX,
     RUNNING_STATE,
@@ -127,8 +128,10 @@ def check_options(sdir_suffix: str | None = None, archive_format: str | None = N
                   yaml_configs: dict[str, Any] | None = None) -> str | None:
     """Refuse, before a run dir exists, every option that would otherwise only fail in
     close(): an unknown archive format (the argument, or ``SESSION.ARCHIVE_FORMAT`` of
-    ``./config/*.yaml``) and a suffix that is not one path component. Returns the
-    canonical format. A ``BadArgument`` (a ValueError) names what is accepted.
+    ``./config/*.yaml``), a ``SESSION.ARCHIVE_LEVEL`` outside that format's own range
+    (levels.py; when no format is known here, close() checks the range), and a suffix
+    that is not one path component. Returns the canonical format. A ``BadArgument`` (a
+    ValueError) names what is accepted.
 
     Checked in close() only, a typo such as ``archive_format="zip"`` ran the whole script
     and then left the run in RUNNING/ (issue 22)."""
@@ -139,8 +142,13 @@ def check_options(sdir_suffix: str | None = None, archive_format: str | None = N
                           f"got {sdir_suffix!r}")
     fmt = normalize_format(archive_format) if archive_format is not None else None
     sess = (yaml_configs or {}).get("SESSION")
+    level_fmt = fmt
     if isinstance(sess, dict) and sess.get("ARCHIVE_FORMAT") is not None:
-        normalize_format(sess["ARCHIVE_FORMAT"])
+        level_fmt = level_fmt or normalize_format(sess["ARCHIVE_FORMAT"])
+    if isinstance(sess, dict) and sess.get("ARCHIVE_LEVEL") is not None:
+        # tar ignores an int level; with the format not known yet, tar's rule is the
+        # type check alone and close() checks the range.
+        resolve_level(level_fmt or "tar", sess["ARCHIVE_LEVEL"], "SESSION.ARCHIVE_LEVEL")
     return fmt
 
 

@@ -24,11 +24,12 @@ from typing import Any
 
 from archive_tool import fs
 from archive_tool.engine import attrs
-from archive_tool.engine.formats import check_level, compress_bytes, open_compressed_writer
+from archive_tool.engine.formats import compress_bytes, open_compressed_writer
 from archive_tool.engine.scan import DIR, FILE, Entry, content_bytes, newest_mtime_ns
 from archive_tool.engine.single import IN_MEMORY_LIMIT
 from archive_tool.engine.tarwrite import tar_header, write_tar
 from archive_tool.errors import ArchiveError, BadArgument, SourceUnreadable
+from archive_tool.levels import resolve_level
 from archive_tool.names import normalize_format
 from archive_tool.stale import finalize as stale
 from archive_tool.sweep.discover import Discovery
@@ -83,7 +84,7 @@ def _sample_key(seed: int, rel: str) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
-def compressed_size(src: str, entries: list[Entry], fmt: str, compresslevel: int) -> int:
+def compressed_size(src: str, entries: list[Entry], fmt: str, compresslevel: int | None) -> int:
     """Size of *src*'s archive as ``single`` would write it, built in memory (large sessions
     stream through the compressor into a byte counter). Raises ArchiveError if the session
     changes or cannot be read meanwhile."""
@@ -151,7 +152,7 @@ def build_report(
     *,
     older_than_days: float | None = None,
     format: str = "tar.zst",  # noqa: A002 - matches sweep()'s name
-    compresslevel: int = 1,
+    compresslevel: int | None = None,
     use_fd: bool = True,
     sample: int = 50,
     seed: int = 0,
@@ -168,7 +169,8 @@ def build_report(
     check_days(older_than_days)
     if sample < 0:
         raise BadArgument(f"sample must be >= 0, got {sample}")
-    check_level(compresslevel)  # a bad level fails now, not after the walk
+    # The codec's own level (None: its default); a bad one fails now, not after the walk.
+    compresslevel = resolve_level(fmt, compresslevel)
     root_p = check_root(root)
     now = time.time()
     disc = Discovery(root_p, False, use_fd)

@@ -17,6 +17,7 @@ from archive_tool.errors import (
     DaskUnavailable,
     LockBusy,
 )
+from archive_tool.levels import check_cli_level, level_help
 from archive_tool.names import FORMATS
 from archive_tool.stale.staleness import parse_duration
 from archive_tool.sweep.plan import MAX_DAYS
@@ -105,11 +106,22 @@ def age_option(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return days_option(ctx, param, days)
 
 
-# The engine's one level scale (formats.py); the help says what it means per codec, so
-# "--level 1" and the README's "zstd level 3" are visibly the same thing (issue 26).
-LEVEL_HELP = ("Compression level on one 1..9 scale for every format: gzip and xz use it "
-              "as is; tar.zst maps 1,2,3,4,5,6,7,8,9 to zstd 3,4,5,6,7,9,12,15,19 "
-              "(default 1 = zstd 3, zstd's own default).")
+# Each codec's own levels and the default we really use, built from the one table
+# (levels.py), so --help, the engine and the README cannot drift apart (issue 26).
+LEVEL_HELP = level_help()
+
+
+def level_option(f: T) -> T:
+    """``--level`` as every compressing command takes it: an int, None when not given
+    (the format's default). The range depends on --format, so it is checked in the
+    command (:func:`checked_level`), before anything is read or written."""
+    return click.option("--level", type=int, default=None, metavar="N", help=LEVEL_HELP)(f)
+
+
+def checked_level(fmt: str, level: int | None) -> int:
+    """--level for *fmt* resolved (None: the format's default) or a one-line error, exit 2,
+    naming the format's range."""
+    return call(check_cli_level, fmt, level)
 
 
 def reconcile_catalog(root: str) -> None:

@@ -12,12 +12,13 @@ import click
 # (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
 from archive_tool.cli.common import (
     FORMAT,
-    LEVEL_HELP,
     STALE_AFTER_HELP,
     BadInput,
     age_option,
     call,
+    checked_level,
     days_option,
+    level_option,
     nonneg_option,
     reconcile_catalog,
     stale_after_option,
@@ -58,8 +59,7 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
         opts = [
             click.option("--format", "-f", "fmt", type=FORMAT, default=default_format,
                          show_default=True, help="Archive format of each session."),
-            click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-                         help=LEVEL_HELP),
+            level_option,
             click.option("--workers", "-j", type=click.IntRange(1, None), default=None,
                          help="Worker processes [default: one per core; more when the "
                               "root's metadata calls are slow (not --pack)]."),
@@ -96,7 +96,7 @@ def _sweep_options(default_format: str) -> Callable[[T], T]:
     return deco
 
 
-def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int,
+def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int | None,
                workers: int | None, older_than_days: float | None, pattern: str | None,
                max_dirs: int | None, track_bytes: bool, use_fd: bool, as_json: bool,
                quiet: bool, verbose: bool, progress: bool | None, **extra: Any) -> None:
@@ -230,6 +230,8 @@ def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler:
 
     _no_contradiction(dry_run, execute)
     _one_age(kw)
+    # Packs are always zstd; _pack_sweep refuses another --format.
+    kw["level"] = checked_level(kw["fmt"] if pack is None else "tar.zst", kw["level"])
     if stale_after is not None and not finalize_stale:
         raise click.BadParameter("only with --finalize-stale", param_hint="--stale-after")
     # A root that has a catalog keeps it true: every sweep adds its rows, and first
@@ -273,6 +275,7 @@ def compress(root: str, dry_run: bool, execute: bool, remove_src: bool, **kw: An
     Example: session-archive compress main_out/FINISHED_SUCCESS --no-dry-run
     """
     _one_age(kw)
+    kw["level"] = checked_level(kw["fmt"], kw["level"])
     _run_sweep(root, flat=True, execute=execute or not dry_run, remove_src=remove_src, **kw)
 
 

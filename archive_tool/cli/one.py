@@ -10,10 +10,11 @@ import click
 
 from archive_tool.cli.common import (
     FORMAT,
-    LEVEL_HELP,
     BadInput,
     Failed,
     call,
+    checked_level,
+    level_option,
 )
 from archive_tool.cli.group import cli
 from archive_tool.errors import ArchiveError
@@ -25,11 +26,11 @@ from archive_tool.units import human_bytes, human_count
 @click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
               help="Archive format.")
 @click.option("--keep-source", is_flag=True, help="Keep the session dir after archiving.")
-@click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-              help=LEVEL_HELP)
+@level_option
 @click.option("--force", is_flag=True,
               help="Pack a dir under RUNNING/ or one not named like a session.")
-def archive_cmd(directory: str, fmt: str, keep_source: bool, level: int, force: bool) -> None:
+def archive_cmd(directory: str, fmt: str, keep_source: bool, level: int | None,
+                force: bool) -> None:
     """Archive one session DIRECTORY into DIRECTORY.<format> beside it.
 
     (Called `pack` before issue 26; that name still works. Packs of many sessions are
@@ -41,6 +42,7 @@ def archive_cmd(directory: str, fmt: str, keep_source: bool, level: int, force: 
     from archive_tool.engine.single import archive_one
     from archive_tool.sweep.plan import check_pack_target
 
+    level = checked_level(fmt, level)
     call(check_pack_target, directory, force)
     path = call(archive_one, directory, format=fmt, remove_src=not keep_source, compresslevel=level)
     click.echo(str(path))

@@ -12,13 +12,14 @@ import click
 # (a TAB press runs this program) load only click, not the engine (~0.1 s vs ~0.3 s).
 from archive_tool.cli.common import (
     FORMAT,
-    LEVEL_HELP,
     STALE_AFTER_HELP,
     BadInput,
     Failed,
     age_option,
     call,
+    checked_level,
     days_option,
+    level_option,
     reconcile_catalog,
     stale_after_option,
 )
@@ -111,8 +112,7 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
               help="Old spelling of --older-than (a number of days).")
 @click.option("--format", "-f", "fmt", type=FORMAT, default="tar.zst", show_default=True,
               help="Archive format to estimate the size for.")
-@click.option("--level", type=click.IntRange(1, 9), default=1, show_default=True,
-              help=LEVEL_HELP)
+@level_option
 @click.option("--sample", type=click.IntRange(0, None), default=50, show_default=True,
               help="Sessions compressed in memory for the size estimate (0 = none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the sample.")
@@ -125,7 +125,7 @@ def prune(root: str, older_than: str | None, keep_last: int | None, states: tupl
 @click.option("--stale-after", default=None, metavar="D", callback=stale_after_option,
               help=STALE_AFTER_HELP)
 def report(root: str, older_than: float | None, older_than_days: float | None, fmt: str,
-           level: int, sample: int,
+           level: int | None, sample: int,
            seed: int, use_fd: bool, as_json: bool, plot: str | None,
            stale_after: float | None) -> None:
     """Show what a sweep of ROOT would archive, changing nothing.
@@ -146,6 +146,7 @@ def report(root: str, older_than: float | None, older_than_days: float | None, f
             raise BadInput("--older-than and --older-than-days are the same filter; give one")
         older_than_days = older_than
 
+    level = checked_level(fmt, level)
     rep = call(build_report, root, older_than_days=older_than_days, format=fmt,
                 compresslevel=level, use_fd=use_fd, sample=sample, seed=seed,
                 stale_after=stale_after)

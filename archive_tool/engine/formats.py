@@ -1,8 +1,8 @@
 """Compressors for tar, tar.gz, tar.zst and tar.xz: one-shot (small sessions) and streaming.
 
-``compresslevel`` follows gzip's 1..9 scale everywhere, so one knob means "faster" or
-"smaller" whatever the format. zstd gets a mapped level (gzip 1 -> zstd 3, zstd's own
-default, which is both faster and smaller than gzip -1 on logs and configs).
+``compresslevel`` is the codec's own level (levels.py: zstd 1..19, gzip 1..9, xz 0..9;
+None = the format's default). :func:`compress_bytes` and :func:`open_compressed_writer`
+check it, so every writer sees a level valid for its codec.
 """
 
 from __future__ import annotations
@@ -20,24 +20,14 @@ from typing import IO, Any
 import zstandard
 
 from archive_tool.engine.decoders import GzipMembersReader, ZstdFramesReader
-from archive_tool.errors import BadArgument, CorruptArchive
+from archive_tool.errors import CorruptArchive
+from archive_tool.levels import resolve_level
 from archive_tool.names import FORMATS, normalize_format, split_archive_name
 
-_ZSTD_LEVELS = {1: 3, 2: 4, 3: 5, 4: 6, 5: 7, 6: 9, 7: 12, 8: 15, 9: 19}
-LEVELS = range(1, 10)  # gzip's scale, for every codec
 
-
-def check_level(level: int) -> int:
-    """*level* if it is an int in 1..9, else BadArgument (checked at the edge, once)."""
-    if not isinstance(level, int) or isinstance(level, bool):
-        raise BadArgument(f"compresslevel must be an integer 1..9, got {level!r}")
-    if level not in LEVELS:
-        raise BadArgument(f"compresslevel must be 1..9, got {level}")
-    return level
-
-
-def zstd_level(compresslevel: int) -> int:
-    return _ZSTD_LEVELS[check_level(compresslevel)]
+def zstd_level(compresslevel: int | None) -> int:
+    """A zstd level (None = our default, 3), checked against zstd's range (levels.py)."""
+    return resolve_level("tar.zst", compresslevel)
 
 
 # One compressor per level and thread, reused: a fresh ZstdCompressor sets up its context
@@ -46,21 +36,19 @@ def zstd_level(compresslevel: int) -> int:
 _local = threading.local()
 
 
-def _new_zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
+def _new_zstd_compressor(level: int) -> zstandard.ZstdCompressor:
     # libzstd leaves the frame checksum off unless asked; the zstd CLI turns it on. We want
     # a corrupted archive to fail loudly on read, so it is always on.
-    return zstandard.ZstdCompressor(level=zstd_level(compresslevel), write_checksum=True,
-                                    write_content_size=True)
+    return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
 
 
-def _zstd_compressor(compresslevel: int) -> zstandard.ZstdCompressor:
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
     """The thread's compressor for one-shot use only: a stream left open on it would be
     interleaved with the next caller's (stream writers get their own)."""
-    level = zstd_level(compresslevel)
     cache = _local.__dict__.setdefault("cctx", {})
     c = cache.get(level)
     if c is None:
-        c = cache[level] = _new_zstd_compressor(compresslevel)
+        c = cache[level] = _new_zstd_compressor(level)
     return c
 
 
@@ -108,7 +96,7 @@ class GzipWriter:
     """
 
     def __init__(self, write: Callable[[Any], object], level: int) -> None:
-        level = check_level(level)
+        level = resolve_level("tar.gz", level)
         self._write = write
         self._deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
         self._crc = 0
@@ -166,6 +154,7 @@ class Codec:
 
     name: str  # canonical suffix without the dot: "tar.zst"
     magic: bytes | None  # leading bytes, for archives whose name does not say (or lies)
+    # The level they get is checked for this codec (compress_bytes, open_compressed_writer).
     compress: Callable[[Sequence[bytes], int], bytes]  # in-memory tar stream (its parts)
     decompress: Callable[[bytes, int | None], bytes]  # whole stream, at most N bytes out
     writer: Callable[[IO[bytes], int], IO[bytes]]  # closing it leaves the raw file open
@@ -173,7 +162,6 @@ class Codec:
 
 
 def _plain(parts: Sequence[bytes], level: int) -> bytes:
-    check_level(level)  # same argument rules for every codec
     return b"".join(parts)
 
 
@@ -208,9 +196,9 @@ CODECS: dict[str, Codec] = {
               _GzipFileWriter,
               lambda raw: GzipMembersReader(raw)),
         Codec("tar.xz", b"\xfd7zXZ\x00",
-              lambda parts, lv: lzma.compress(b"".join(parts), preset=check_level(lv)),
+              lambda parts, lv: lzma.compress(b"".join(parts), preset=lv),
               lambda d, m: _read_limited(lzma.LZMAFile(io.BytesIO(d)), m),
-              lambda raw, lv: lzma.LZMAFile(raw, mode="wb", preset=check_level(lv)),
+              lambda raw, lv: lzma.LZMAFile(raw, mode="wb", preset=lv),
               lambda raw: lzma.LZMAFile(raw, mode="rb")),
         Codec("tar", None,
               _plain,
@@ -228,11 +216,13 @@ def codec(fmt: str | Codec) -> Codec:
 
 
 def compress_bytes(data: bytes | Sequence[bytes], fmt: str | Codec,
-                   compresslevel: int = 1) -> bytes:
+                   compresslevel: int | None = None) -> bytes:
     """Compress a whole in-memory tar stream in one call: its bytes, or its parts in order
-    (headers and file contents apart, so gzip can store what it cannot shrink)."""
+    (headers and file contents apart, so gzip can store what it cannot shrink).
+    *compresslevel*: the codec's own level, None for the format's default (levels.py)."""
     parts = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    return codec(fmt).compress(parts, compresslevel)
+    c = codec(fmt)
+    return c.compress(parts, resolve_level(c.name, compresslevel))
 
 
 def decompress_bytes(data: bytes, fmt: str | Codec, max_size: int | None = None) -> bytes:
@@ -291,10 +281,12 @@ def _read_limited(f: IO[bytes], max_size: int | None) -> bytes:
         out.append(chunk)
 
 
-def open_compressed_writer(raw: IO[bytes], fmt: str | Codec, compresslevel: int = 1) -> IO[bytes]:
+def open_compressed_writer(raw: IO[bytes], fmt: str | Codec,
+                           compresslevel: int | None = None) -> IO[bytes]:
     """A file object that compresses into *raw*; closing it finishes the stream but leaves
-    *raw* open."""
-    return codec(fmt).writer(raw, compresslevel)
+    *raw* open. *compresslevel* as for :func:`compress_bytes`."""
+    c = codec(fmt)
+    return c.writer(raw, resolve_level(c.name, compresslevel))
 
 
 def open_decompressed_reader(raw: IO[bytes], fmt: str | Codec) -> IO[bytes]:

@@ -30,6 +30,7 @@ from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import ArchiveError, SourceUnreadable, UnsafeSource, VerifyFailed
 from archive_tool.guard.holds import Holds
 from archive_tool.guard.lock import lock_session_stat
+from archive_tool.levels import resolve_level
 from archive_tool.names import FORMATS, archive_name, normalize_format
 
 # Above this many content bytes a session streams instead of being built in memory.
@@ -166,7 +167,7 @@ def lock_batch(srcs: list[str], dirs: fs.DirCache
 def prepare(
     src: str | os.PathLike[str],
     fmt: str,
-    compresslevel: int = 1,
+    compresslevel: int | None = None,
     *,
     cutoff_ns: int | None = None,
     dirs: fs.DirCache | None = None,
@@ -184,6 +185,7 @@ def prepare(
     over (closed on error, else held by the Prepared).
     """
     fmt = normalize_format(fmt)
+    compresslevel = resolve_level(fmt, compresslevel)  # before anything is opened
     src = os.path.abspath(os.fspath(src))
     parent, top = os.path.split(src)
     final = os.path.join(parent, archive_name(top, fmt))
@@ -313,7 +315,7 @@ def archive_one(
     src_dir: str | os.PathLike[str],
     format: str = "tar.gz",  # noqa: A002 - API.md's name
     remove_src: bool = True,
-    compresslevel: int = 1,
+    compresslevel: int | None = None,
 ) -> Path:
     """The single-session path: prepare -> fsync -> link -> fsync dir -> delete source."""
     src = os.path.abspath(os.fspath(src_dir))

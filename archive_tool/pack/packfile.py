@@ -94,7 +94,7 @@ class PackWriter:
     than one session (the read-back compares digests)."""
 
     tmp: commit.TmpArchive
-    compresslevel: int = 1
+    compresslevel: int | None = None  # zstd's own level; None: our default (levels.py)
     frames: list[FrameInfo] = field(default_factory=list)
     _digests: list[bytes] = field(default_factory=list)
     _entries: list[tuple[int, int, int]] = field(default_factory=list)

@@ -23,6 +23,7 @@ from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument, Interrupted
 from archive_tool.guard.holds import Holds, check_quiet_period
 from archive_tool.guard.lock import RootLock
+from archive_tool.levels import resolve_level
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
@@ -61,7 +62,7 @@ def pack_sweep(
     pack: str | int,
     *,
     dry_run: bool = True,
-    compresslevel: int = 1,
+    compresslevel: int | None = None,
     workers: int | None = None,
     older_than_days: float | None = None,
     pattern: str | None = None,
@@ -83,6 +84,7 @@ def pack_sweep(
     the pack (runlog.RunLog.packed writes the run's manifest from it)."""
     t0 = time.monotonic()
     mode = parse_pack(pack)
+    compresslevel = resolve_level("tar.zst", compresslevel)  # zstd's own; None: 3
     check_days(older_than_days)
     if workers is not None and workers < 1:
         raise BadArgument(f"workers must be >= 1, got {workers}")

@@ -32,6 +32,7 @@ from archive_tool.errors import (
 from archive_tool.guard import interrupt
 from archive_tool.guard.holds import Holds, check_quiet_period
 from archive_tool.guard.lock import RootLock, lock_session
+from archive_tool.levels import resolve_level
 from archive_tool.names import normalize_format
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import (
@@ -200,7 +201,7 @@ def sweep(
     flat: bool = False,
     dry_run: bool = True,
     format: str = "tar.zst",  # noqa: A002 - matches the API's name
-    compresslevel: int = 1,
+    compresslevel: int | None = None,
     workers: int | None = None,
     older_than_days: float | None = None,
     pattern: str | None = None,
@@ -234,6 +235,9 @@ def sweep(
     """
     t0 = time.monotonic()
     fmt = normalize_format(format)
+    # The codec's own level (None: its default), refused before anything is read or
+    # written, dry run included (issue 26).
+    compresslevel = resolve_level(fmt, compresslevel)
     shard_t = parse_shard(shard)
     if workers is not None and workers < 1:
         raise BadArgument(f"workers must be >= 1, got {workers}")
