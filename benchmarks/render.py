@@ -234,7 +234,7 @@ def render(picked: dict[str, tuple[str, dict]], with_plots: bool = True) -> str:
                  f"median of {sec['reps']} interleaved repetitions)\n")
         L.append(f"Ratio = contender's wall time / `{ref}` wall time in the same repetition "
                  "(> 1: ours is faster). Wall time is the whole command (process start included). "
-                 "Ours: zstd level 3 (`compresslevel=1`) / gzip level 1, every archive verified "
+                 "Ours: zstd level 3 / gzip level 1 (the defaults), every archive verified "
                  "(decompressed and compared), durable commit (syncfs + dir fsync) before any "
                  "source is deleted. Baselines: no verification, no fsync.\n")
         rows = [[s["name"], s["format"], f2(s["wall"]), f1(s["sps"]), f2(s["ratio"]) + "x",
