@@ -89,11 +89,15 @@ def _run_session(
     session_kwargs: dict[str, Any],
 ) -> tuple[Any, int]:
     from ._close import close
+    from ._config import load_yaml_configs
     from ._start import check_options, start
 
     start_kw, close_kw = _split_kwargs(session_kwargs)
     try:
-        check_options(sdir_suffix, archive_format)
+        # With archive_format given here, ./config's SESSION.ARCHIVE_LEVEL is checked
+        # against that format now (start() sees only the YAML's format).
+        check_options(sdir_suffix, archive_format,
+                      load_yaml_configs(Path.cwd() / "config") if archive_format else None)
     except ValueError as e:
         # Before any run dir exists and before the function runs: one line, usage exit.
         print(f"scitex_session: {func.__name__}: {e}", file=sys.stderr)

@@ -129,7 +129,8 @@ def check_options(sdir_suffix: str | None = None, archive_format: str | None = N
     """Refuse, before a run dir exists, every option that would otherwise only fail in
     close(): an unknown archive format (the argument, or ``SESSION.ARCHIVE_FORMAT`` of
     ``./config/*.yaml``), a ``SESSION.ARCHIVE_LEVEL`` outside that format's own range
-    (levels.py; when no format is known here, close() checks the range), and a suffix
+    (levels.py; the argument's format first, else the YAML's; with neither, only its
+    type), and a suffix
     that is not one path component. Returns the canonical format. A ``BadArgument`` (a
     ValueError) names what is accepted.
 
