@@ -331,3 +331,22 @@ def test_verify_with_a_stale_size_still_reads_and_checks_the_whole_archive(
             verify_archive(archive, size=hint)
     with pytest.raises(ArchiveError, match="is a directory"):
         verify_archive(tmp_path, size=100)
+
+
+def test_a_rebuild_walk_stopped_early_leaves_no_fd_open(tmp_path: Path) -> None:
+    """The walk holds the dirs it will enter next: stopped at its first archive (a
+    SIGTERM mid-rebuild is an exception there), every one of them is closed."""
+    from archive_tool.catalog import rebuild
+
+    sid = "2026Y-11M-23D-10h00m00s_K000-main"
+    for proj in ("a", "b", "c"):
+        _archived_tree(tmp_path / proj, [sid])
+    before = len(os.listdir("/proc/self/fd"))
+    rfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        walk = rebuild.walk_archives(rfd)
+        assert next(walk)[1] == f"{sid}.tar.zst"
+        walk.close()
+    finally:
+        os.close(rfd)
+    assert len(os.listdir("/proc/self/fd")) == before

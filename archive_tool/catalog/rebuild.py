@@ -62,46 +62,50 @@ def walk_archives(root_fd: int) -> Iterator[tuple[str, str, int]]:
     it is opened is checked then (O_NOFOLLOW, fstat)."""
     dev = os.fstat(root_fd).st_dev
     stack: list[tuple[str, int]] = [("", os.dup(root_fd))]
-    while stack:
-        rel, fd = stack.pop()
-        try:
+    try:
+        while stack:
+            rel, fd = stack.pop()
             try:
-                entries = fs.scandir_sorted(fd)
-            except OSError:
-                continue  # unreadable: skipped, as discovery skips it
-            subdirs = []
-            for e in entries:
                 try:
-                    if e.is_dir(follow_symlinks=False):
-                        if _walk_into(e.name):
-                            subdirs.append(e.name)
+                    entries = fs.scandir_sorted(fd)
+                except OSError:
+                    continue  # unreadable: skipped, as discovery skips it
+                subdirs = []
+                for e in entries:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            if _walk_into(e.name):
+                                subdirs.append(e.name)
+                            continue
+                        if not e.is_file(follow_symlinks=False):
+                            continue  # symlinks, FIFOs, devices: never opened
+                    except OSError:
                         continue
-                    if not e.is_file(follow_symlinks=False):
-                        continue  # symlinks, FIFOs, devices: never opened
-                except OSError:
-                    continue
-                if packfile.is_pack_name(e.name):
-                    yield rel, e.name, fd
-                else:
-                    named = split_archive_name(e.name)
-                    if named and is_session_name(named[0]):
+                    if packfile.is_pack_name(e.name):
                         yield rel, e.name, fd
-            for name in reversed(subdirs):
-                try:
-                    # O_NOFOLLOW|O_DIRECTORY: a symlink swapped in since the listing is
-                    # ELOOP/ENOTDIR, never followed; its fstat says which filesystem.
-                    child = os.open(name, fs.O_DIR, dir_fd=fd)
-                except OSError:
-                    continue
-                try:
-                    same_dev = os.fstat(child).st_dev == dev
-                except OSError:
-                    same_dev = False
-                if not same_dev:
-                    os.close(child)
-                    continue
-                stack.append((f"{rel}/{name}" if rel else name, child))
-        finally:
+                    else:
+                        named = split_archive_name(e.name)
+                        if named and is_session_name(named[0]):
+                            yield rel, e.name, fd
+                for name in reversed(subdirs):
+                    try:
+                        # O_NOFOLLOW|O_DIRECTORY: a symlink swapped in since the listing is
+                        # ELOOP/ENOTDIR, never followed; its fstat says which filesystem.
+                        child = os.open(name, fs.O_DIR, dir_fd=fd)
+                    except OSError:
+                        continue
+                    try:
+                        same_dev = os.fstat(child).st_dev == dev
+                    except OSError:
+                        same_dev = False
+                    if not same_dev:
+                        os.close(child)
+                        continue
+                    stack.append((f"{rel}/{name}" if rel else name, child))
+            finally:
+                os.close(fd)
+    finally:  # the walk stopped early (a signal, an error): no fd left open
+        for _, fd in stack:
             os.close(fd)
 
 
