@@ -19,7 +19,8 @@ Behind ``--extra`` (``--extra-only``: those rows alone), the other commands of t
 target list against their floors: ``sweep --pack daily --execute`` against the one-stream
 tar floor on the same tree; ``report ROOT --sample 0`` against
 ``find ROOT -printf '%p %s %T@\n'``; ``catalog --rebuild`` of a per-session-swept tree and
-of a packed tree, each against ``zstd -t`` of every archive (or pack) in it.
+of a packed tree, each against ``zstd -t`` of every archive (or pack) in it; ``verify ROOT``
+(``-j 1`` and the default workers) of the swept tree against the same ``zstd -t``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def extra_rows(pristine: str, root: str, out: str, work: str, sessions: int) -> 
     # catalog --rebuild indexes what a sweep left: per-session archives, or packs.
     fresh(pristine, root)
     subprocess.run(ours_sweep(root, 2), check=True, env=_env())
+    # verify ROOT: the same archives found by its own walk; -j 1 is zstd -t's parallelism.
+    for label, jobs in (("-j 1", ["-j", "1"]), ("default workers", [])):
+        rows.append(count(f"session-archive verify ROOT ({label})",
+                          [PY, "-m", "archive_tool", "verify", "-q", *jobs, root], sessions))
     for label, tree in (("per-session archives", root), ("daily packs", packed)):
         arch = archives(tree)
         rows.append(count(f"session-archive catalog --rebuild ({label})",

@@ -86,7 +86,9 @@ def connect(root: str | os.PathLike[str], name: str = CATALOG_NAME) -> sqlite3.C
         try:
             conn.execute("PRAGMA trusted_schema=OFF")
             conn.execute("PRAGMA journal_mode=MEMORY")
-            conn.executescript(_SCHEMA)  # opens the file now, while our fd pins it
+            # Opens the file now, while our fd pins it. One transaction: each CREATE on its
+            # own was a commit (journal and WAL probes, an fstat, an fdatasync) of its own.
+            conn.executescript(f"BEGIN;\n{_SCHEMA}\nCOMMIT;")
             untrusted.guard_catalog(conn, expected_schema(), label)
         except sqlite3.Error as e:
             conn.close()

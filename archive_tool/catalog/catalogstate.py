@@ -47,7 +47,7 @@ def _on_disk(root: str, errors: list[str]) -> set[tuple[str, int, str]]:
     out: set[tuple[str, int, str]] = set()
     rfd = fs.open_trusted_dir(root)
     try:
-        for rel, fname, _st in rebuild.walk_archives(rfd):
+        for rel, fname, _dfd in rebuild.walk_archives(rfd):
             arel = os.path.join(rel, fname)
             if packfile.is_pack_name(fname):
                 try:
@@ -133,7 +133,7 @@ def reconcile(root: str | os.PathLike[str]) -> dict[str, int]:
     rows: list[dict[str, Any]] = []
     rfd = fs.open_trusted_dir(root_p)
     try:
-        for rel, fname, _st in rebuild.walk_archives(rfd):
+        for rel, fname, _dfd in rebuild.walk_archives(rfd):
             if os.path.join(rel, fname) not in have:
                 try:
                     rows += rebuild.rows_of_file(root_p, rel, fname, rfd)

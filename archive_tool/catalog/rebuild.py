@@ -5,6 +5,7 @@ what ``catalog --check`` compares with), each file opened below the root, regula
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sqlite3
@@ -28,56 +29,104 @@ from archive_tool.engine.read import iter_members, open_tar
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard import interrupt, untrusted
-from archive_tool.names import is_session_name, split_archive_name
+from archive_tool.names import RUNNING_STATE, is_session_name, split_archive_name
 from archive_tool.pack import packfile
 from archive_tool.sweep.plan import check_root
 
 # A per-session archive is read into memory up to this size (compressed, and its tar);
 # a bigger one is streamed (bounded memory), its row made from the member headers.
 IN_MEMORY_CAP = 64 * 1024 * 1024
+# Rows written per SQLite transaction. A transaction per archive cost ~6 metadata calls
+# each (the journal and WAL probes, an fstat, an fdatasync: issue 24); the file is a temp
+# that only replaces the catalog once complete, so how it is committed on the way does
+# not change what a crash leaves (the old catalog, or the complete new one).
+ROWS_PER_COMMIT = 1000
 _REBUILD_TMP = re.compile(rf"^{re.escape(CATALOG_NAME)}\.rebuild-(\d+)$")
 
 
-def walk_archives(root_fd: int) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(dir relative to root, file name, lstat) of every pack and session archive below
-    the root: a walk by dir fds that never follows a symlink (a link to another user's
-    archive is not read), skips hidden dirs and dirs on another filesystem; only regular
-    files are yielded."""
+def _walk_into(name: str) -> bool:
+    # Hidden dirs (our state dir, a crash's trash .X.deleting, restore temps .X.restore-*),
+    # RUNNING/ and session dirs hold no archives of ours: session content, not archives
+    # (discovery and extract --tree's walk do not enter them either). Not entering them
+    # saves an open, an fstat and a listing per dir (issue 24).
+    return not name.startswith(".") and name != RUNNING_STATE and not is_session_name(name)
+
+
+def walk_archives(root_fd: int) -> Iterator[tuple[str, str, int]]:
+    """(dir relative to root, file name, fd of that dir) of every pack and session archive
+    below the root: a walk by dir fds that never follows a symlink (a link to another
+    user's archive is not read), skips dirs on another filesystem and the dirs that hold
+    no archives (_walk_into). The dir fd is the walk's, valid until the next item: open
+    the file relative to it (:func:`open_listed`) instead of walking down from the root
+    again. Types come from the listing (d_type): no lstat per entry; what a name is when
+    it is opened is checked then (O_NOFOLLOW, fstat)."""
     dev = os.fstat(root_fd).st_dev
     stack: list[tuple[str, int]] = [("", os.dup(root_fd))]
-    while stack:
-        rel, fd = stack.pop()
-        try:
+    try:
+        while stack:
+            rel, fd = stack.pop()
             try:
-                entries = fs.scandir_sorted(fd)
-            except OSError:
-                continue  # unreadable: skipped, as discovery skips it
-            subdirs = []
-            for e in entries:
                 try:
-                    st = e.stat(follow_symlinks=False)
+                    entries = fs.scandir_sorted(fd)
                 except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if not e.name.startswith(".") and st.st_dev == dev:
-                        subdirs.append((e.name, st))
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue  # symlinks, FIFOs, devices: never opened
-                if packfile.is_pack_name(e.name):
-                    yield rel, e.name, st
-                else:
-                    named = split_archive_name(e.name)
-                    if named and is_session_name(named[0]):
-                        yield rel, e.name, st
-            for name, st in reversed(subdirs):
-                try:
-                    child = fs.open_dir(name, fd, st)
-                except OSError:
-                    continue
-                stack.append((f"{rel}/{name}" if rel else name, child))
-        finally:
+                    continue  # unreadable: skipped, as discovery skips it
+                subdirs = []
+                for e in entries:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            if _walk_into(e.name):
+                                subdirs.append(e.name)
+                            continue
+                        if not e.is_file(follow_symlinks=False):
+                            continue  # symlinks, FIFOs, devices: never opened
+                    except OSError:
+                        continue
+                    if packfile.is_pack_name(e.name):
+                        yield rel, e.name, fd
+                    else:
+                        named = split_archive_name(e.name)
+                        if named and is_session_name(named[0]):
+                            yield rel, e.name, fd
+                for name in reversed(subdirs):
+                    try:
+                        # O_NOFOLLOW|O_DIRECTORY: a symlink swapped in since the listing is
+                        # ELOOP/ENOTDIR, never followed; its fstat says which filesystem.
+                        child = os.open(name, fs.O_DIR, dir_fd=fd)
+                    except OSError:
+                        continue
+                    try:
+                        same_dev = os.fstat(child).st_dev == dev
+                    except OSError:
+                        same_dev = False
+                    if not same_dev:
+                        os.close(child)
+                        continue
+                    stack.append((f"{rel}/{name}" if rel else name, child))
+            finally:
+                os.close(fd)
+    finally:  # the walk stopped early (a signal, an error): no fd left open
+        for _, fd in stack:
             os.close(fd)
+
+
+def open_listed(dir_fd: int, fname: str, dev: int, label: str) -> tuple[int, os.stat_result]:
+    """(fd, its fstat) of the file *fname* a walk listed in *dir_fd*: O_NOFOLLOW|
+    O_NONBLOCK, a regular file on the root's device *dev* (UntrustedInput otherwise, as
+    untrusted.open_file_below refuses). One open and one fstat."""
+    try:
+        fd = os.open(fname, fs.O_FILE | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as e:
+        raise untrusted.refusal(label, e) from None
+    try:
+        st = os.fstat(fd)
+        err = (errno.EINVAL if not stat.S_ISREG(st.st_mode) else
+               errno.EXDEV if st.st_dev != dev else 0)
+    except OSError as e:
+        err = e.errno or errno.EIO
+    if err:
+        os.close(fd)
+        raise untrusted.refusal(label, OSError(err, os.strerror(err)))
+    return fd, st
 
 
 def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
@@ -96,6 +145,20 @@ def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
     finally:
         if own:
             os.close(rfd)  # type: ignore[arg-type]
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    yield from rows_of_fd(root, rel, fname, fd, st)
+
+
+def rows_of_fd(root: str, rel: str, fname: str, fd: int, st: os.stat_result
+               ) -> Iterator[dict[str, Any]]:
+    """The rows of the pack or session archive *rel*/*fname* open as *fd* (closed when
+    done; *st* its fstat, so its size costs no second call)."""
+    path = os.path.join(root, rel, fname)
+    arel = os.path.join(rel, fname)
     if packfile.is_pack_name(fname):
         with packfile.Pack(path, fd) as p:
             for i, name in enumerate(p.names):
@@ -103,12 +166,12 @@ def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
                 yield session_row(p.members(i), name, rel, arel, i, f.offset, f.csize)
         return
     name, fmt = split_archive_name(fname)  # type: ignore[misc]
-    size = os.fstat(fd).st_size
+    size = st.st_size
     if size > IN_MEMORY_CAP:
         yield _streamed_row(fd, path, name, rel, arel, size)
         return
     try:
-        data = untrusted.read_capped(fd, IN_MEMORY_CAP, path)
+        data = untrusted.read_capped(fd, IN_MEMORY_CAP, path, size)
         try:
             tar = decompress_bytes(data, fmt, IN_MEMORY_CAP)
         except OutputTooBig:
@@ -173,47 +236,48 @@ def rebuild(root: str | os.PathLike[str]) -> dict[str, Any]:
     t0 = time.monotonic()
     final = catalog_path(root)
     tmp = f"{CATALOG_NAME}.rebuild-{os.getpid()}"
+    # The state dir is opened once, for the cleanup, the rename and its fsync.
     d = fs.open_state_dir(root)
+    done = False
     try:
         _remove_dead_rebuilds(d)
         fs.unlink_at(d, tmp)
-    finally:
-        os.close(d)
-    done = False
-    try:
         conn = connect(root, tmp)
         files = rows = 0
         errors: list[str] = []
+        pending: list[dict[str, Any]] = []
         rfd = fs.open_trusted_dir(root)
         try:
-            for rel, fname, _st in walk_archives(rfd):
+            dev = os.fstat(rfd).st_dev
+            for rel, fname, dfd in walk_archives(rfd):
                 interrupt.check()  # SIGTERM: the half-built file is removed below
+                arel = os.path.join(rel, fname)
                 try:
-                    rows += add_rows(conn, list(rows_of_file(root, rel, fname, rfd)))
+                    # Opened relative to the dir fd the walk holds: no walk down from
+                    # the root again per archive (issue 24: 3 opens + 2 fstats each).
+                    fd, st = open_listed(dfd, fname, dev, os.path.join(root, arel))
+                    pending += list(rows_of_fd(root, rel, fname, fd, st))
                     files += 1
                 except (ArchiveError, OSError, ValueError) as e:
-                    errors.append(f"{os.path.join(rel, fname)}: {e}")
+                    errors.append(f"{arel}: {e}")
+                if len(pending) >= ROWS_PER_COMMIT:
+                    rows += add_rows(conn, pending)
+                    pending.clear()
+            rows += add_rows(conn, pending)
         finally:
             os.close(rfd)
             conn.close()
         with interrupt.shielded():  # built: put it in place, then honour a late signal
-            d = fs.open_state_dir(root)
-            try:
-                fs.rename_at(d, tmp, CATALOG_NAME)
-                done = True
-                os.fsync(d)
-            finally:
-                os.close(d)
+            fs.rename_at(d, tmp, CATALOG_NAME)
+            done = True
+            os.fsync(d)
     finally:
         if not done:
             # Interrupted (or anything else): no catalog.sqlite.rebuild-PID left behind;
             # the old catalog stays as it was (issue 23: a killed rebuild left its file).
             with interrupt.shielded(), contextlib.suppress(OSError):
-                d = fs.open_state_dir(root)
-                try:
-                    fs.unlink_at(d, tmp)
-                finally:
-                    os.close(d)
+                fs.unlink_at(d, tmp)
+        os.close(d)
     return {"catalog": final, "files": files, "sessions": rows, "errors": errors,
             "elapsed": round(time.monotonic() - t0, 3)}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from archive_tool import fs
@@ -136,6 +135,11 @@ def durability(default: str = DEFAULT_DURABILITY) -> str:
 def _parallel_fsync(fds: list[int]) -> None:
     """fsync every fd, up to 16 at once: concurrent fsyncs on ext4/xfs share journal
     commits (the kernel's own group commit), serial ones pay one commit each."""
+    # Imported here: concurrent.futures pulls in ~10 modules (logging, traceback, queue),
+    # ~75 metadata calls at start-up for every command that imports this module only to
+    # read (verify, catalog --rebuild: issue 24).
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(16, len(fds))) as pool:
         for f in [pool.submit(os.fsync, fd) for fd in fds]:
             f.result()  # the first OSError fails the batch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import stat
 import struct
 import threading
 import zlib
@@ -20,7 +21,7 @@ from typing import IO, Any
 import zstandard
 
 from archive_tool.engine.decoders import GzipMembersReader, ZstdFramesReader
-from archive_tool.errors import CorruptArchive
+from archive_tool.errors import ArchiveError, CorruptArchive
 from archive_tool.levels import resolve_level
 from archive_tool.names import FORMATS, normalize_format, split_archive_name
 
@@ -313,6 +314,40 @@ class _NoClose(io.RawIOBase):
         return self.raw.write(b)
 
 
+class FdReader(io.RawIOBase):
+    """The raw reader of an archive's fd (closed with it): readv and lseek, nothing else.
+    ``open(fd, "rb")``'s io.FileIO fstat()s the fd first, a metadata round trip per
+    archive on a parallel filesystem (issue 24) that open_tar's one stat already took."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    seekable = readable
+
+    def readinto(self, b: Any) -> int:  # noqa: ANN401 - any writable buffer
+        return os.readv(self._fd, [b])
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self._fd, pos, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                os.close(self._fd)
+            finally:
+                super().close()
+
+
 def sniff_format(head: bytes) -> str | None:
     """Format from magic bytes, for archives whose name does not say (or lies)."""
     for c in CODECS.values():
@@ -321,6 +356,25 @@ def sniff_format(head: bytes) -> str | None:
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     return None
+
+
+def open_archive_fd(path: str) -> int:
+    """The archive *path* (operator input, opened as given) for reading: ArchiveError
+    saying why not."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ArchiveError(path, "no such archive") from None
+    except PermissionError:
+        raise ArchiveError(path, "permission denied") from None
+
+
+def archive_size(fd: int, path: str) -> int:
+    """Size of the open archive *fd* (its one fstat); ArchiveError for a directory."""
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise ArchiveError(path, "is a directory, not an archive")
+    return st.st_size
 
 
 def detect_format_fd(fd: int, where: str) -> str:

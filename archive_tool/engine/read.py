@@ -20,9 +20,12 @@ from typing import IO, Any
 
 from archive_tool.engine import attrs
 from archive_tool.engine.formats import (
+    FdReader,
     OutputTooBig,
+    archive_size,
     decompress_bytes,
     detect_format_fd,
+    open_archive_fd,
     open_decompressed_reader,
 )
 from archive_tool.errors import ArchiveError, CorruptArchive, UnsafeArchive, VerifyFailed
@@ -174,24 +177,23 @@ def check_members(
 
 
 @contextmanager
-def open_tar(path: str | os.PathLike[str], fd: int | None = None
+def open_tar(path: str | os.PathLike[str], fd: int | None = None, size: int | None = None
              ) -> Iterator[tuple[tarfile.TarFile, IO[bytes]]]:
     """Stream-open an archive of any supported format; errors become CorruptArchive.
     With *fd* (an archive opened by the caller, e.g. O_NOFOLLOW below a dir fd) *path*
-    only names it in messages; the fd is closed on exit."""
+    only names it in messages; the fd is closed on exit. *size*: from the caller's stat
+    (then no fstat here); it only picks memory or streaming, _whole's read checks it."""
     path = os.fspath(path)
-    try:
-        raw = open(path if fd is None else fd, "rb", buffering=CHUNK)
-    except FileNotFoundError:
-        raise ArchiveError(path, "no such archive") from None
-    except IsADirectoryError:
-        raise ArchiveError(path, "is a directory, not an archive") from None
-    except PermissionError:
-        raise ArchiveError(path, "permission denied") from None
+    fd = open_archive_fd(path) if fd is None else fd
+    raw = io.BufferedReader(FdReader(fd), CHUNK)  # no io.FileIO: its fstat (FdReader)
     with raw:
-        fmt = detect_format_fd(raw.fileno(), path)
+        size = archive_size(fd, path) if size is None else size
         try:
-            reader = _whole(raw, fmt)
+            fmt = detect_format_fd(fd, path)
+        except IsADirectoryError:  # a stat that said "file" before the open: a dir now
+            raise ArchiveError(path, "is a directory, not an archive") from None
+        try:
+            reader = _whole(raw, fmt, size)
             if reader is None:
                 reader = open_decompressed_reader(raw, fmt)
             tf = tarfile.open(fileobj=reader, mode="r|", tarinfo=SafeTarInfo)
@@ -201,15 +203,17 @@ def open_tar(path: str | os.PathLike[str], fd: int | None = None
             yield tf, reader
 
 
-def _whole(raw: IO[bytes], fmt: str) -> IO[bytes] | None:
+def _whole(raw: IO[bytes], fmt: str, size: int) -> IO[bytes] | None:
     """The decoded tar of a small archive, or None (rewound) to stream it instead.
-    The size comes from an fstat, not from reading up to the bound: a first read of 4 MiB
-    to learn the size held 4 MiB for every bigger archive (a verify of 20,000 empty members
-    peaked at 5.2 MB: tests/test_hostile_bounds.py). That costs one metadata call an archive
-    (verify 4.5 -> 5.4 a session, RESULTS.md)."""
-    if os.fstat(raw.fileno()).st_size > WHOLE_ARCHIVE_MAX:
+    *size* is a stat's, not learnt by reading up to the bound: that held 4 MiB for every
+    bigger archive (20,000 empty members peaked at 5.2 MB: tests/test_hostile_bounds.py).
+    A file that grew past the bound since that stat is streamed too (the read says so)."""
+    if size > WHOLE_ARCHIVE_MAX:
         return None
     data = raw.read(WHOLE_ARCHIVE_MAX + 1)
+    if len(data) > WHOLE_ARCHIVE_MAX:
+        raw.seek(0)
+        return None
     try:
         return io.BytesIO(decompress_bytes(data, fmt, max_size=WHOLE_TAR_MAX))
     except OutputTooBig:
@@ -334,15 +338,17 @@ class ArchiveInfo:
     top: str | None
 
 
-def verify_archive(path: str | os.PathLike[str], fd: int | None = None) -> ArchiveInfo:
+def verify_archive(path: str | os.PathLike[str], fd: int | None = None,
+                   size: int | None = None) -> ArchiveInfo:
     """Read an archive completely: every header, every byte, the compressor's checksum,
     and every member's safety for restore. Raises CorruptArchive / UnsafeArchive.
-    With *fd* (closed on return) that open file is read; *path* only names it."""
+    With *fd* (closed on return) that open file is read; *path* only names it. *size*:
+    the file's size from a stat the caller took (open_tar)."""
     path = os.fspath(path)
     members = files = total = 0
     tops: set[str] = set()
     seen = MemberRules()
-    with open_tar(path, fd) as (tf, reader):
+    with open_tar(path, fd, size) as (tf, reader):
         try:
             for m in iter_members(tf):
                 members += 1

@@ -169,10 +169,11 @@ def open_state_file(dir_fd: int, name: str, label: str, allowed: set[int]) -> in
     return fd
 
 
-def read_capped(fd: int, cap: int, label: str) -> bytes:
+def read_capped(fd: int, cap: int, label: str, size: int | None = None) -> bytes:
     """All of the regular file *fd* if it is at most *cap* bytes (checked by size first and
-    again while reading: a file that grows is cut off, not followed)."""
-    if os.fstat(fd).st_size > cap:
+    again while reading: a file that grows is cut off, not followed). *size*: the caller's
+    fstat of *fd* (no second fstat: a metadata round trip on a parallel filesystem)."""
+    if (os.fstat(fd).st_size if size is None else size) > cap:
         raise UntrustedInput(label, f"larger than {cap >> 20} MiB; refused")
     parts, n = [], 0
     while True:

@@ -16,7 +16,7 @@ import fnmatch
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -32,13 +32,10 @@ from archive_tool.errors import ArchiveError, BadArgument, Interrupted
 from archive_tool.guard import interrupt
 from archive_tool.guard.lock import RootLock
 from archive_tool.names import (
-    FINISHED_STATES,
-    RUNNING_STATE,
-    is_session_name,
-    session_of_trash,
     split_archive_name,
 )
 from archive_tool.restore import packrestore
+from archive_tool.restore.walk import iter_session_archives
 from archive_tool.summary import (
     FAILED,
     RESTORED,
@@ -50,44 +47,6 @@ from archive_tool.summary import (
 from archive_tool.sweep.discover import iter_archives
 from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.plan import check_root
-
-STATE_DIR = ".session-archive"
-
-
-def _walk_into(name: str) -> bool:
-    # Hidden project dirs are walked (a sweep archives there too); session dirs, a crash's
-    # trash (.X.deleting) and restore temp dirs (.X.restore-*) hold session content, not
-    # archives of ours.
-    if name in (RUNNING_STATE, STATE_DIR) or is_session_name(name):
-        return False
-    return session_of_trash(name) is None and ".restore-" not in name
-
-
-def iter_session_archives(root: str) -> Iterator[os.DirEntry[str]]:
-    """Regular files ``<ID>[-<name>].<format>`` whose parent is a FINISHED_* dir, anywhere
-    under *root*; symlinks never followed, RUNNING/ and session dirs never entered."""
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue  # unreadable: skipped, as discovery skips it
-        in_finished = os.path.basename(d) in FINISHED_STATES
-        with it:
-            for e in it:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        if _walk_into(e.name):
-                            stack.append(e.path)
-                        continue
-                    if not in_finished or not e.is_file(follow_symlinks=False):
-                        continue
-                except OSError:
-                    continue
-                named = split_archive_name(e.name)
-                if named is not None and is_session_name(named[0]):
-                    yield e
 
 
 def new_restore_summary(root: str, dry_run: bool, mode: str) -> dict[str, Any]:

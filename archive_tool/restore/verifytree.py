@@ -3,8 +3,9 @@ worker pool (issue 26: ``find -exec verify`` took 76 s serially with no progress
 
 The same checks as ``verify ARCHIVE`` (read.verify_archive, packfile.verify_pack); a bad
 pack also gets the salvage line (which sessions are lost, packsalvage.py). Only reads:
-the tree is walked by dir fds and each file opened O_NOFOLLOW, so a file name swapped
-for a symlink after the walk is reported, not followed.
+the tree is listed once without following a symlink (restore.many.iter_session_archives)
+and each file opened O_NOFOLLOW, so a file name swapped for a symlink after the walk is
+reported, not followed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from archive_tool.engine.read import verify_archive
 from archive_tool.errors import ArchiveError
 from archive_tool.pack import packfile
 from archive_tool.pack.packsalvage import salvage
-from archive_tool.restore.many import iter_session_archives
-from archive_tool.retention.repackplan import iter_packs
+from archive_tool.restore.walk import iter_session_archives
 from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.plan import check_root
 
@@ -33,10 +33,11 @@ class Checked(NamedTuple):
 
 
 def find_archives(root: str) -> list[str]:
-    """Session archives and packs in the FINISHED_* dirs below *root*, sorted."""
-    out = [e.path for e in iter_session_archives(root)]
-    out += [os.path.join(root, rel, e.name) for rel, _dfd, e in iter_packs(root)]
-    return sorted(set(out))
+    """Session archives and packs in the FINISHED_* dirs below *root*, sorted: one walk
+    (a second one for the packs cost an lstat, an open, an fstat and a listing per dir
+    again: issue 24), types from the listing (d_type), each file opened O_NOFOLLOW by
+    check_one."""
+    return sorted(e.path for e in iter_session_archives(root, packs=True))
 
 
 def check_one(path: str) -> Checked:
