@@ -29,7 +29,7 @@ from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard import interrupt, untrusted
 from archive_tool.names import is_session_name, split_archive_name
-from archive_tool.pack import packfile
+from archive_tool.pack import entrypath, packfile
 from archive_tool.sweep.plan import check_root
 
 # A per-session archive is read into memory up to this size (compressed, and its tar);
@@ -98,9 +98,12 @@ def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
             os.close(rfd)  # type: ignore[arg-type]
     if packfile.is_pack_name(fname):
         with packfile.Pack(path, fd) as p:
-            for i, name in enumerate(p.names):
+            for i, entry in enumerate(p.names):
                 f = p.frames[i]
-                yield session_row(p.members(i), name, rel, arel, i, f.offset, f.csize)
+                # A spanning pack (--pack auto) names the session's path below it.
+                d, name = entrypath.split(entrypath.check_entry(path, entry))
+                yield session_row(p.members(i), name, os.path.join(rel, d) if d else rel,
+                                  arel, i, f.offset, f.csize, top=entry)
         return
     name, fmt = split_archive_name(fname)  # type: ignore[misc]
     size = os.fstat(fd).st_size

@@ -78,13 +78,14 @@ def started_of(name: str) -> str | None:
 
 
 def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: int,
-                offset: int, bytes_out: int) -> dict[str, Any]:
+                offset: int, bytes_out: int, top: str | None = None) -> dict[str, Any]:
     """One catalog row from a session's tar members. *rel_dir*: the session's directory
     below the root (``<script>_out/<STATE>``); *archive*: the file, relative to the root;
-    *frame* -1 for a per-session archive."""
+    *frame* -1 for a per-session archive; *top*: the members' top dir when it is not
+    *name* (a spanning pack's entry path, pack/entrypath.py)."""
     files = [(s, t) for _, _, s, t in iter_tar(members)]
     return make_row(name, rel_dir, archive, frame, offset, bytes_out,
-                    read_config(members, name),
+                    read_config(members, top or name),
                     sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
                     len(members), len(files))
 

@@ -30,7 +30,7 @@ from archive_tool.engine.scan import scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard.lock import lock_session
-from archive_tool.names import FINISHED_STATES, RUNNING_STATE, is_session_name
+from archive_tool.names import RUNNING_STATE, is_session_name
 from archive_tool.pack import packfile, seekable
 from archive_tool.pack.packsalvage import SalvagedPack, open_pack
 from archive_tool.summary import record_failure
@@ -165,8 +165,9 @@ def iter_packs(root: str) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
 
 
 def pack_dirs(root: str, root_fd: int) -> list[str]:
-    """FINISHED_* dirs (relative to *root*) holding packs, walked by fds: no symlink is
-    followed, session dirs, RUNNING/ and hidden dirs are not entered."""
+    """Dirs (relative to *root*) holding packs, walked by fds: no symlink is followed,
+    session dirs, RUNNING/ and hidden dirs are not entered. Any dir: a ``--pack auto``
+    pack sits in its sessions' deepest common dir (FINISHED_* for the other modes)."""
     out: list[str] = []
     stack = [("", os.dup(root_fd))]
     try:
@@ -174,9 +175,7 @@ def pack_dirs(root: str, root_fd: int) -> list[str]:
             rel, fd = stack.pop()
             try:
                 items = fs.scandir_sorted(fd)
-                if os.path.basename(rel or root) in FINISHED_STATES and any(
-                        packfile.is_pack_entry(e)
-                        for e in items):
+                if any(packfile.is_pack_entry(e) for e in items):
                     out.append(rel)
                 for e in reversed(items):
                     if (e.name.startswith(".") or e.name == RUNNING_STATE
