@@ -22,7 +22,13 @@ from archive_tool.catalog.catalog import (
     catalog_path,
     connect,
 )
-from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
+from archive_tool.catalog.rows import (
+    CONFIG_NAMES,
+    config_of,
+    entry_row,
+    make_row,
+    session_row,
+)
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
 from archive_tool.engine.read import iter_members, open_tar
 from archive_tool.engine.tarwrite import iter_tar
@@ -101,9 +107,8 @@ def rows_of_file(root: str, rel: str, fname: str, root_fd: int | None = None
             for i, entry in enumerate(p.names):
                 f = p.frames[i]
                 # A spanning pack (--pack auto) names the session's path below it.
-                d, name = entrypath.split(entrypath.check_entry(path, entry))
-                yield session_row(p.members(i), name, os.path.join(rel, d) if d else rel,
-                                  arel, i, f.offset, f.csize, top=entry)
+                entrypath.check_entry(path, entry)
+                yield entry_row(p.members(i), entry, rel, arel, i, f.offset, f.csize)
         return
     name, fmt = split_archive_name(fname)  # type: ignore[misc]
     size = os.fstat(fd).st_size

@@ -90,6 +90,16 @@ def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: in
                     len(members), len(files))
 
 
+def entry_row(members: bytes, entry: str, pack_dir: str, archive: str, frame: int,
+              offset: int, bytes_out: int) -> dict[str, Any]:
+    """:func:`session_row` of a pack's frame named *entry*: the session's name, or in a
+    spanning pack (--pack auto) its path below the pack's dir *pack_dir* (relative to the
+    root), whose dirs become the row's dir."""
+    d, _, name = entry.rpartition("/")
+    return session_row(members, name, f"{pack_dir}/{d}" if d and pack_dir else d or pack_dir,
+                       archive, frame, offset, bytes_out, top=entry)
+
+
 def make_row(name: str, rel_dir: str, archive: str, frame: int, offset: int, bytes_out: int,
              cfg: dict[str, Any], bytes_in: int, tar_bytes: int, inodes: int) -> dict[str, Any]:
     """A row from counts already taken (the streamed path of a big archive)."""

@@ -31,7 +31,7 @@ from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard.lock import lock_session
 from archive_tool.names import RUNNING_STATE, is_session_name
-from archive_tool.pack import packfile, seekable
+from archive_tool.pack import entrypath, packfile, seekable
 from archive_tool.pack.packsalvage import SalvagedPack, open_pack
 from archive_tool.summary import record_failure
 from archive_tool.sweep.packplan import period_of
@@ -195,12 +195,26 @@ def pack_dirs(root: str, root_fd: int) -> list[str]:
 
 
 def _same_as_dir(dfd: int, where: str, f: Frame, packs: PackFds) -> bool:
-    """The session dir *f.name* beside the pack holds exactly the frame's tar bytes."""
-    if not fs.lexists_at(dfd, f.name):
+    """The session dir *f.name* beside the pack (or at its path below the pack's dir, a
+    spanning pack's entry: walked without following a symlink) holds exactly the frame's
+    tar bytes."""
+    rel, name = entrypath.split(f.name)
+    try:
+        sub = entrypath.open_entry_dir(dfd, rel)
+    except OSError:
+        return False
+    try:
+        return _same_at(sub, name, where, f, packs)
+    finally:
+        os.close(sub)
+
+
+def _same_at(dfd: int, name: str, where: str, f: Frame, packs: PackFds) -> bool:
+    if not fs.lexists_at(dfd, name):
         return False
     path = os.path.join(where, f.name)
     try:
-        lock_fd = lock_session(dfd, f.name, path, archived_ok=True)
+        lock_fd = lock_session(dfd, name, path, archived_ok=True)
     except (FileExistsError, ArchiveError, OSError):
         return False
     try:
@@ -238,7 +252,7 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
                 record_failure(s, path, f"not repacked, left as it is: {reason_of(ex)}")
                 continue
             with p:
-                bad = next((n for n in p.names if not is_session_name(n)), None)
+                bad = next((n for n in p.names if not entrypath.is_entry(n)), None)
                 st = os.fstat(p.fd)
             if bad is not None:
                 record_failure(s, path, f"not repacked, left as it is: index names {bad!r}, "
@@ -334,7 +348,9 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
             (f, f"the same frame is in {reuse}") for f in keep if f.pack != reuse]
         keep = frames[reuse]
     if merge == "all" and keep:
-        base = f"{period_of(keep[0].name, 'daily')}_{period_of(keep[-1].name, 'daily')}"
+        # (Sorted by name, a spanning pack's frames are in path order, not date order.)
+        days = sorted(period_of(f.name, "daily") for f in keep)
+        base = f"{days[0]}_{days[-1]}"
     elif merge and len(gp) > 1:
         base = _merge_period(keep[0].name if keep else gp[0], merge)
     else:

@@ -44,8 +44,9 @@ def parse_pack(value: str | int) -> str | int:
 
 
 def period_of(name: str, mode: str | int) -> str:
-    """The pack a session belongs to, from the date in its ID (when it started)."""
-    m = _ID_DATE.match(name)
+    """The pack a session belongs to, from the date in its ID (when it started). *name*
+    may be a spanning pack's entry path (``a/b/<ID>-main``)."""
+    m = _ID_DATE.match(name.rpartition("/")[2])
     if not m:
         return "undated"
     d = _dt.date(int(m[1]), int(m[2]), int(m[3]))

@@ -83,6 +83,20 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int],
     return Result(path, RESUMED, "", content_bytes(entries), 0, len(entries))
 
 
+def held_above(dirs: fs.DirCache, root: str | None, trash: str, name: str) -> bool:
+    """Does a ``--pack auto`` pack in a dir above the trash's (up to *root*) hold the
+    session, as its path below that dir (pack/entrypath.py)? A trash is half deleted: it
+    must never be renamed back over a session a pack holds whole."""
+    d = os.path.dirname(trash)
+    session = os.path.join(d, name)
+    top = (root or "").rstrip("/")
+    while root and d.startswith(top + "/"):
+        d = os.path.dirname(d)
+        if os.path.relpath(session, d) in packed_names(dirs.parent(os.path.join(d, "-"))[0], d):
+            return True
+    return False
+
+
 def cleanup(t: Task, opts: dict[str, Any]) -> Out:
     """``.<name>.deleting``: removed if a pack in its dir (or an archive) holds the
     session, else renamed back (step.cleanup's rule, packs included)."""
@@ -90,7 +104,8 @@ def cleanup(t: Task, opts: dict[str, Any]) -> Out:
         try:
             parent_fd, trash = dirs.parent(t.path)
             name = session_of_trash(trash)
-            if name and name in packed_names(parent_fd, os.path.dirname(t.path)) and not any(
+            if name and (name in packed_names(parent_fd, os.path.dirname(t.path))
+                         or held_above(dirs, opts.get("root"), t.path, name)) and not any(
                     fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS):
                 lock_fd = lock_session(parent_fd, trash, t.path, archived_ok=True)
                 try:

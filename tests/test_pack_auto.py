@@ -1,0 +1,338 @@
+"""`sweep --pack auto` (issue 26): packs that span one owner's dirs, placed in their
+deepest common dir, with each session stored at its path below the pack, and every reader
+putting it back exactly there."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from archive_tool.names import FINISHED_STATES, is_session_name
+from archive_tool.pack import packfile
+
+from .conftest import make_session, needs_gnu_tar, run_cli
+
+DAY0 = (2025, 12, 1)
+
+
+def _packs(root: Path) -> list[Path]:
+    return sorted(root.rglob("*" + packfile.PACK_SUFFIX))
+
+
+def _sessions(root: Path) -> list[str]:
+    """Session dirs below FINISHED_* dirs, relative to *root*."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(root):
+        if os.path.basename(dirpath) in FINISHED_STATES:
+            out += [os.path.relpath(os.path.join(dirpath, d), root)
+                    for d in dirnames if is_session_name(d)]
+        dirnames[:] = [d for d in dirnames if not is_session_name(d) and not d.startswith(".")]
+    return sorted(out)
+
+
+def _tree_snapshot(root: Path) -> dict[str, tuple]:
+    """Every path below *root* but our state, locks and packs -> (type, mode, bytes, mtime)."""
+    out = {}
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".session-archive"]
+        for n in dirnames + files:
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            if n.endswith(packfile.PACK_SUFFIX) or n.startswith(".session-archive"):
+                continue
+            st = os.lstat(p)
+            data = Path(p).read_bytes() if os.path.isfile(p) and not os.path.islink(p) else b""
+            mt = st.st_mtime_ns if not os.path.isdir(p) else 0  # dirs: their entries changed
+            out[rel] = (st.st_mode, data, mt, os.readlink(p) if os.path.islink(p) else "")
+    return out
+
+
+def _index(pack: Path) -> list[str]:
+    with packfile.Pack(pack) as p:
+        return list(p.names)
+
+
+def _sid(i: int, day: int) -> str:
+    import datetime as dt
+
+    d = dt.date(*DAY0) + dt.timedelta(days=day)
+    return f"{d.year:04d}Y-{d.month:02d}M-{d.day:02d}D-03h{i % 60:02d}m00s_R{i:03d}X-main"
+
+
+def _small_tree(root: Path) -> None:
+    """Three projects, two scripts each, both states: 24 sessions in 12 FINISHED dirs."""
+    k = 0
+    for proj in ("alpha", "beta", "gamma"):
+        for script in ("train", "eval"):
+            for state in ("FINISHED_SUCCESS", "FINISHED_ERROR"):
+                parent = root / proj / f"{script}_out" / state
+                parent.mkdir(parents=True)
+                for _ in range(2):
+                    d = make_session(parent, _sid(k, k), extra=k % 2 == 0)
+                    (d / "CONFIGS" / "CONFIG.yaml").write_text(f"SEED: {k}\nARGS:\n  lr: 0.{k}\n")
+                    k += 1
+    (root / "alpha" / "README.md").write_text("not a session\n")
+
+
+def _sweep(root: Path, *extra: str) -> dict:
+    r = run_cli("sweep", str(root), "--pack", "auto", "--execute", "--json", *extra)
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)
+
+
+# ------------------------------------------------------------------ packs of useful size
+
+
+def test_demo_tree_gives_at_most_one_pack_per_200_sessions(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    assert run_cli("demo-tree", str(root)).returncode == 0
+    n = len(_sessions(root))
+    s = _sweep(root, "-q")
+    packs = _packs(root)
+    assert s["archived"] == n and s["failed"] == 0 and not _sessions(root)
+    assert 1 <= len(packs) and len(packs) * 200 <= n, (len(packs), n)
+    assert sum(len(_index(p)) for p in packs) == n
+    r = run_cli("verify", str(root))
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+
+
+def test_a_year_of_daily_runs_gives_at_most_one_pack_per_200_sessions(tmp_path: Path) -> None:
+    root = tmp_path / "year"
+    parent = root / "lab" / "nightly_out" / "FINISHED_SUCCESS"
+    parent.mkdir(parents=True)
+    for day in range(365):
+        make_session(parent, _sid(day, day), extra=False)
+    s = _sweep(root, "-q")
+    packs = _packs(root)
+    assert s["archived"] == 365 and len(packs) * 200 <= 365, packs
+    # One script's dir: the pack sits beside its sessions, as a daily pack would.
+    assert [p.parent for p in packs] == [parent]
+
+
+def test_pack_targets_close_packs_by_sessions_and_by_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _small_tree(root)
+    _sweep(root, "--pack-sessions", "10")
+    assert sorted(len(_index(p)) for p in _packs(root)) == [4, 10, 10]
+    root2 = tmp_path / "t2"
+    _small_tree(root2)
+    _sweep(root2, "--pack-bytes", "1K")
+    packs = _packs(root2)
+    assert len(packs) > 3 and sum(len(_index(p)) for p in packs) == 24
+    for p in packs:  # closed by the first frame that reached the target
+        with packfile.Pack(p) as pk:
+            assert sum(pk.frames.csize[:len(pk.names) - 1]) < 1024
+    assert run_cli("sweep", str(root2), "--pack", "daily", "--pack-sessions", "5").returncode == 2
+
+
+# ------------------------------------------------------------------ where things land
+
+
+@needs_gnu_tar
+def test_gnu_tar_in_the_pack_dir_puts_every_session_back(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _small_tree(root)
+    before = _tree_snapshot(root)
+    _sweep(root)
+    [pack] = _packs(root)
+    assert pack.parent == root  # three projects: their common dir is the root
+    names = _index(pack)
+    assert names[0].startswith("alpha/eval_out/FINISHED_ERROR/")
+    with packfile.Pack(pack) as p:
+        first = packfile.iter_tar(p.members(0))[0][0]
+        assert first.rstrip("/") == names[0]
+    subprocess.run(["tar", "--zstd", "-xpf", pack.name], cwd=root, check=True)
+    assert _tree_snapshot(root) == before
+
+
+def test_round_trips_of_an_auto_pack(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _small_tree(root)
+    before = _tree_snapshot(root)
+    sessions = _sessions(root)
+    _sweep(root)
+    assert not _sessions(root)
+    assert run_cli("verify", str(root)).returncode == 0
+    chk = run_cli("catalog", str(root), "--check")
+    assert chk.returncode == 0, chk.stdout.decode()
+    # unpack -s: back at its own path, not beside the pack
+    [pack] = _packs(root)
+    target = sessions[5]
+    sid = os.path.basename(target)[:-len("-main")]
+    seed = int(sid.split("_R")[1][:3])
+    r = run_cli("unpack", str(pack), "-s", sid)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == str(root / target) and (root / target).is_dir()
+    assert not (root / os.path.basename(target)).exists()
+    # show: the member by its path below the session; from the root's catalog too
+    for where in (str(pack), str(root)):
+        r = run_cli("show", where, "-s", sid, "CONFIGS/CONFIG.yaml")
+        assert r.returncode == 0 and r.stdout.startswith(f"SEED: {seed}\n".encode()), r.stderr.decode()
+    shutil.rmtree(root / target)
+    # extract --undo last: every session back where it was, the tree as before
+    r = run_cli("extract", str(root), "--undo", "last", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert _tree_snapshot(root) == before
+    # extract --tree: the same from the pack alone (no manifest)
+    for s in sessions:
+        shutil.rmtree(root / s)
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert _tree_snapshot(root) == before
+    # repack drops the frames whose dirs are back and identical; catalog stays true
+    r = run_cli("repack", str(root), "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert not _packs(root)
+    assert run_cli("catalog", str(root), "--check").returncode == 0
+
+
+def test_repack_merge_and_prune_keep_paths_below_the_pack(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _small_tree(root)
+    before = _tree_snapshot(root)
+    sessions = _sessions(root)
+    _sweep(root, "--pack-sessions", "10")
+    assert len(_packs(root)) == 3
+    r = run_cli("repack", str(root), "--merge", "all", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    packs = _packs(root)
+    assert len(packs) < 3 and sum(len(_index(p)) for p in packs) == 24
+    for p in packs:  # every session still at its path below its pack
+        assert all((p.parent / n).relative_to(root).as_posix() in sessions for n in _index(p))
+    assert run_cli("verify", str(root)).returncode == 0
+    assert run_cli("catalog", str(root), "--check").returncode == 0
+    # prune: the 12 oldest runs (one a day, from DAY0) go; the others stay in their packs
+    r = run_cli("prune", str(root), "--older-than", f"{_age_days(11)}d", "--keep-last", "0",
+                "--include-latest", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    left = sorted(str((p.parent / n).relative_to(root)) for p in _packs(root)
+                  for n in _index(p))
+    assert left == sorted(s for s in sessions if int(s.split("_R")[1][:3]) >= 12)
+    assert run_cli("catalog", str(root), "--check").returncode == 0
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert {k: v for k, v in before.items() if not any(k.startswith(s) for s in sessions
+            if int(s.split("_R")[1][:3]) < 12)} == _tree_snapshot(root)
+
+
+def _age_days(k: int) -> float:
+    """An age between the start of run k and of run k + 1 (runs one a day from DAY0)."""
+    import datetime as dt
+    import time
+
+    t = time.mktime((dt.datetime(*DAY0) + dt.timedelta(days=k, hours=12)).timetuple())
+    return round((time.time() - t) / 86400, 3)
+
+
+# ------------------------------------------------------------------ owners and symlinks
+
+
+def test_two_owners_never_share_a_pack(tmp_path: Path, world_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a subtree to another user")
+    root = world_dir / "t"
+    _small_tree(root)
+    for dirpath, dirnames, files in os.walk(root / "beta"):
+        for n in [*dirnames, *files]:
+            os.lchown(os.path.join(dirpath, n), 65534, 65534)
+    os.chown(root / "beta", 65534, 65534)
+    owner_of = {s: (root / s).stat().st_uid for s in _sessions(root)}
+    _sweep(root)
+    assert not _sessions(root)
+    packs = _packs(root)
+    seen = set()
+    for p in packs:
+        uids = {owner_of[str((p.parent / n).relative_to(root))] for n in _index(p)}
+        assert len(uids) == 1 and p.stat().st_uid in uids, (p, uids)
+        # nobody's pack sits in nobody's own dir, root's never in beta/
+        assert (p.parent == root / "beta") if uids == {65534} else "beta" not in p.parts
+        seen |= uids
+    assert seen == {0, 65534}
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert {s: (root / s).stat().st_uid for s in _sessions(root)} == owner_of
+
+
+def test_a_dir_others_may_write_never_holds_a_spanning_pack(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    _small_tree(root)
+    os.chmod(root / "alpha", 0o777)  # shared: alpha's sessions pack below it, per script
+    os.chmod(root, 0o775)
+    _sweep(root)
+    dirs = sorted(str(p.parent.relative_to(root)) for p in _packs(root))
+    assert dirs == ["alpha/eval_out", "alpha/train_out", "beta", "gamma"], dirs
+
+
+def test_a_symlinked_dir_on_restore_is_refused(tmp_path: Path, world_dir: Path) -> None:
+    root = world_dir / "t"
+    _small_tree(root)
+    sessions = _sessions(root)
+    _sweep(root)
+    [pack] = _packs(root)
+    elsewhere = world_dir / "elsewhere"
+    (elsewhere / "FINISHED_SUCCESS").mkdir(parents=True)
+    (elsewhere / "FINISHED_ERROR").mkdir()
+    shutil.rmtree(root / "beta" / "train_out")
+    os.symlink(elsewhere, root / "beta" / "train_out")
+    in_beta_train = [s for s in sessions if s.startswith("beta/train_out/")]
+    sid = os.path.basename(in_beta_train[0])
+    r = run_cli("unpack", str(pack), "-s", sid)
+    assert r.returncode == 1 and b"refused" in r.stderr, r.stderr.decode()
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 1
+    # every other session came back; nothing went through the link
+    assert not any(os.scandir(elsewhere / "FINISHED_SUCCESS"))
+    assert not any(os.scandir(elsewhere / "FINISHED_ERROR"))
+    assert sorted(_sessions(root)) == sorted(set(sessions) - set(in_beta_train))
+
+
+# ------------------------------------------------------------------ the index
+
+
+def test_an_index_with_paths_is_version_2_and_per_dir_packs_stay_version_1(tmp_path: Path
+                                                                         ) -> None:
+    root = tmp_path / "t"
+    _small_tree(root)
+    _sweep(root)
+    [pack] = _packs(root)
+    raw = _raw_index(pack)
+    assert raw["version"] == 2 and all("/" in n for n in raw["sessions"])
+    root2 = tmp_path / "t2"
+    _small_tree(root2)
+    assert run_cli("sweep", str(root2), "--pack", "daily", "--execute").returncode == 0
+    assert {_raw_index(p)["version"] for p in _packs(root2)} == {1}
+
+
+def _raw_index(pack: Path) -> dict:
+    from archive_tool.pack import seekable
+
+    fd = os.open(pack, os.O_RDONLY)
+    try:
+        t = seekable.read_seek_table(fd, str(pack))
+        return json.loads(seekable.read_skippable(fd, t[-1], packfile.INDEX_MAGIC, str(pack)))
+    finally:
+        os.close(fd)
+
+
+def members_below(pack: Path) -> dict[str, dict[str, bytes]]:
+    """Entry path -> {member below the session: bytes} of a pack, read with zstd + tarfile
+    alone (what any tool sees)."""
+    raw = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(pack.read_bytes()), read_across_frames=True).read()
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        for m in tf:
+            parts = m.name.rstrip("/").split("/")
+            k = next(i for i, p in enumerate(parts) if is_session_name(p))
+            got = out.setdefault("/".join(parts[:k + 1]), {})
+            if m.isfile():
+                got["/".join(parts[k + 1:])] = tf.extractfile(m).read()
+    return out
