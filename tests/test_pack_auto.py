@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -336,3 +337,95 @@ def members_below(pack: Path) -> dict[str, dict[str, bytes]]:
             if m.isfile():
                 got["/".join(parts[k + 1:])] = tf.extractfile(m).read()
     return out
+
+
+# ------------------------------------------------------------------ crashes
+
+
+def _span_members(pack: Path) -> dict[str, dict[str, tuple]]:
+    """Session path (absolute) -> members below it, in reliability.snapshot_sessions' form."""
+    from .reliability import _member
+
+    raw = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(pack.read_bytes()), read_across_frames=True).read()
+    out: dict[str, dict[str, tuple]] = {}
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        for m in tf:
+            parts = m.name.rstrip("/").split("/")
+            k = next(i for i, p in enumerate(parts) if is_session_name(p))
+            got = out.setdefault(str(pack.parent / "/".join(parts[:k + 1])), {})
+            if k + 1 < len(parts):
+                got["/".join(parts[k + 1:])] = _member(tf, m)
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sweep_pack_auto_keeps_every_session_at_every_crash_point(tmp_path: Path,
+                                                                  workers: int) -> None:
+    from archive_tool.names import trash_name
+
+    from . import crashpoints as cp
+    from .reliability import snapshot_sessions
+    from .test_crash_points_packs import is_archive
+
+    if not cp.HAVE_STRACE:
+        pytest.skip("strace missing")
+    root = tmp_path / "root"
+    _small_tree(root)
+    (root / "beta" / "train_out" / "FINISHED_SUCCESS" / _sid(8, 8) / "big.bin").write_bytes(
+        os.urandom(200_000))
+    before = snapshot_sessions(root)
+    # Two packs (--pack-sessions 16): their common dirs are the root and gamma/.
+    run = cp.traced(cp.cli("sweep", str(root), "--pack", "auto", "--pack-sessions", "16",
+                           "--execute", "-q", "-j", str(workers)), root, cwd=tmp_path,
+                    trace_file=tmp_path / "trace")
+    assert run.proc.returncode == 0, run.proc.stderr.decode()
+    packs = _packs(root)
+    assert [p.parent for p in packs] == [root, root / "gamma"]
+    held: dict[str, list[str]] = {}
+    for p in packs:
+        for path, members in _span_members(p).items():
+            if members == before.get(os.path.relpath(path, root)):
+                held.setdefault(path, []).append(str(p))
+    units = []
+    for rel in before:
+        d = str(root / rel)
+        trash = os.path.join(os.path.dirname(d), trash_name(os.path.basename(d)))
+        units.append(cp.Unit(rel, d, held.get(d, [])[:1], (d, trash)))
+    assert all(u.copies for u in units)
+    verdict = cp.check(run.model, units, is_archive)
+    assert verdict.ok, verdict
+    assert verdict.damaged == len(before) == 24, verdict
+    assert verdict.crash_points > 300
+
+
+def test_a_crash_between_publish_and_delete_is_finished_by_the_next_sweep(
+        tmp_path: Path) -> None:
+    """Killed once the first pack (of the whole root) is linked: its sources are still
+    there. The next sweep plans smaller groups (other sessions are gone), yet finds the
+    pack above them, deletes each source whose frame equals its bytes, and packs nothing
+    twice; --undo of the second run brings them back too."""
+    from .conftest import crash_at
+
+    root = tmp_path / "t"
+    _small_tree(root)
+    before = _tree_snapshot(root)
+    call = ("from archive_tool.sweep.runlog import pack_sweep_logged\n"
+            "pack_sweep_logged(sys.argv[1], 'auto', workers=1, pack_sessions=14)\n")
+    r = subprocess.run([sys.executable, "-c", crash_at(call), str(root), "pack-published",
+                        "1"], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 9
+    [first] = _packs(root)
+    held = len(_index(first))
+    assert held == 14 and len(_sessions(root)) == 24
+    # Some of the first pack's sources go meanwhile (as if deleted before the crash):
+    # the next plan's groups are different and their common dirs lower.
+    for s in _sessions(root)[:3]:
+        shutil.rmtree(root / s)
+    s = _sweep(root)
+    assert s["resumed"] == 11 and s["archived"] == 10 and s["failed"] == 0, s
+    assert sum(len(_index(p)) for p in _packs(root)) == 24  # nothing packed twice
+    assert not _sessions(root)
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert _tree_snapshot(root) == before
