@@ -429,3 +429,39 @@ def test_a_crash_between_publish_and_delete_is_finished_by_the_next_sweep(
     r = run_cli("extract", str(root), "--tree", "--execute")
     assert r.returncode == 0, r.stderr.decode()
     assert _tree_snapshot(root) == before
+
+
+# ------------------------------------------------------------------ mount
+
+
+def test_the_mount_shows_auto_packed_sessions_in_their_own_dirs(tmp_path: Path) -> None:
+    from archive_tool.mount.view import View
+
+    root = tmp_path / "t"
+    _small_tree(root)
+    before = _tree_snapshot(root)
+    _sweep(root, "--pack-sessions", "16")  # packs at the root and in gamma/
+    assert {p.parent for p in _packs(root)} == {root, root / "gamma"}
+    v = View(root)
+    try:
+        assert sorted(n for n, _m in v.listdir("/")) == ["alpha", "beta", "gamma"]  # no pack
+        assert sorted(n for n, _m in v.listdir("/gamma")) == ["eval_out", "train_out"]
+        got = {}
+        for rel, (mode, data, _mt, _link) in before.items():
+            node = v.resolve("/" + rel)
+            if node.live:
+                continue
+            assert node.entry.mode == mode, rel
+            if data:
+                got[rel] = node.tree.blob.pread(node.entry.size, node.entry.offset)
+        want = {k: d for k, (_m, d, _t, _l) in before.items() if d and k in got}
+        assert got == want and len(got) == sum(1 for _k, v_ in before.items() if v_[1]) - 1
+        for s in _sessions_of(before):
+            d, name = s.rsplit("/", 1)
+            assert name in [n for n, _m in v.listdir("/" + d)], s
+    finally:
+        v.close()
+
+
+def _sessions_of(snap: dict[str, tuple]) -> list[str]:
+    return sorted(k for k in snap if is_session_name(k.rsplit("/", 1)[-1]))

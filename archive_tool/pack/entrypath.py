@@ -124,3 +124,15 @@ class EntryDirs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def by_dir(names: list[str]) -> dict[str, dict[str, int]] | None:
+    """A spanning pack's index as {dir below the pack: {session name: frame}} (the last
+    frame of a name winning, as packfile.find_session picks); None for a per-dir pack."""
+    if not any("/" in n for n in names):
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for i, n in enumerate(names):
+        d, _, name = n.rpartition("/")
+        out.setdefault(d, {})[name] = i
+    return out
