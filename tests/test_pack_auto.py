@@ -465,3 +465,70 @@ def test_the_mount_shows_auto_packed_sessions_in_their_own_dirs(tmp_path: Path) 
 
 def _sessions_of(snap: dict[str, tuple]) -> list[str]:
     return sorted(k for k in snap if is_session_name(k.rsplit("/", 1)[-1]))
+
+
+# ------------------------------------------------------------------ a hostile tree owner
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="plays root against a user: needs root and setpriv")
+def test_a_user_swapping_a_dir_below_an_auto_pack_cannot_make_root_restore_outside(
+        tmp_path: Path) -> None:
+    """Root sweeps a user's tree (uid 4242) with --pack auto: the pack goes in the user's
+    own dir; the user then swaps a dir between the pack and its sessions for a symlink to
+    a root-only dir. Root's extract --tree and unpack -s restore nothing through it."""
+    import tempfile
+
+    from archive_tool import fs
+
+    from .test_security_races import USER, as_user, chown_tree
+
+    base = Path(tempfile.mkdtemp(prefix="auto-race-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        root = base / "runs"
+        alice = root / "alice"
+        for proj in ("p1/a_out", "p2/b_out"):
+            for k in range(2):
+                make_session(alice / proj / "FINISHED_SUCCESS", _sid(k, k + (proj < "p2") * 5))
+        chown_tree(alice)
+        secret = base / "rootonly"
+        (secret / "FINISHED_SUCCESS").mkdir(parents=True, mode=0o700)
+        os.chmod(secret, 0o700)
+        sessions = _sessions(root)
+        s = _sweep(root)
+        assert s["archived"] == 4
+        [pack] = _packs(root)
+        assert pack.parent == alice and pack.stat().st_uid == USER
+        b_out = alice / "p2" / "b_out"
+        as_user(f"os.rename({str(b_out)!r}, {str(b_out) + '.x'!r})\n"
+                f"os.symlink({str(secret)!r}, {str(b_out)!r})")
+        r = run_cli("extract", str(root), "--tree", "--execute")
+        assert r.returncode == 1
+        assert not any(os.scandir(secret / "FINISHED_SUCCESS"))
+        assert _sessions(root) == [x for x in sessions if x.startswith("alice/p1/")]
+        r = run_cli("unpack", str(pack), "-s", os.path.basename(sessions[-1]))
+        assert r.returncode == 1 and b"refused" in r.stderr, r.stderr
+        assert not any(os.scandir(secret / "FINISHED_SUCCESS"))
+        # Swapped while root is restoring (after the dirs were opened): the session lands
+        # in the dir root opened, wherever the user moved it; never in the root-only dir.
+        as_user(f"os.unlink({str(b_out)!r})\nos.rename({str(b_out) + '.x'!r}, {str(b_out)!r})")
+
+        def attack(p: str, where: str) -> None:
+            if p == "restore-extract":
+                as_user(f"os.rename({str(alice / 'p2')!r}, {str(alice / 'p2.moved')!r})\n"
+                        f"os.symlink({str(secret)!r}, {str(alice / 'p2')!r})")
+                fs.race_hook = None
+
+        from archive_tool.restore.many import restore_tree
+
+        fs.race_hook = attack
+        try:
+            restore_tree(root, dry_run=False, workers=1)
+        finally:
+            fs.race_hook = None
+        assert not any(os.scandir(secret / "FINISHED_SUCCESS"))
+        moved = alice / "p2.moved" / "b_out" / "FINISHED_SUCCESS"
+        assert len([d for d in os.listdir(moved) if is_session_name(d)]) >= 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
