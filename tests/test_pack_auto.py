@@ -532,3 +532,28 @@ def test_a_user_swapping_a_dir_below_an_auto_pack_cannot_make_root_restore_outsi
         assert len([d for d in os.listdir(moved) if is_session_name(d)]) >= 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_half_deleted_source_under_an_auto_pack_is_removed_not_put_back(
+        tmp_path: Path) -> None:
+    """A crash mid-delete leaves `.<name>.deleting` (part of the files gone) in its
+    FINISHED_* dir while the pack holding the session whole sits dirs above: the next
+    auto sweep removes it; renaming it back would resurrect a damaged session."""
+    root = tmp_path / "t"
+    _small_tree(root)
+    before = _tree_snapshot(root)
+    sessions = _sessions(root)
+    _sweep(root)
+    victim = root / sessions[7]
+    trash = victim.parent / f".{victim.name}.deleting"
+    make_session(victim.parent, trash.name.removeprefix(".").removesuffix(".deleting"))
+    (victim.parent / victim.name).rename(trash)
+    for f in list(trash.rglob("*"))[:2]:
+        if f.is_file():
+            f.unlink()
+    s = _sweep(root)
+    assert s["cleaned"] == 1 and s["failed"] == 0, s
+    assert not trash.exists() and not victim.exists()
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    assert _tree_snapshot(root) == before
