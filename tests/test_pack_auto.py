@@ -557,3 +557,26 @@ def test_a_half_deleted_source_under_an_auto_pack_is_removed_not_put_back(
     r = run_cli("extract", str(root), "--tree", "--execute")
     assert r.returncode == 0, r.stderr.decode()
     assert _tree_snapshot(root) == before
+
+
+def test_nightly_auto_sweeps_packs_are_merged_to_the_target_by_repack_merge_auto(
+        tmp_path: Path) -> None:
+    """A script that runs once a night, swept every night: one small pack a night in its
+    FINISHED dir; `repack --merge auto` makes them packs of up to 1,000 sessions (here:
+    one), every session still at its place, nothing else touched."""
+    root = tmp_path / "t"
+    parent = root / "lab" / "nightly_out" / "FINISHED_SUCCESS"
+    parent.mkdir(parents=True)
+    for night in range(12):
+        make_session(parent, _sid(night, night), extra=False)
+        _sweep(root, "-q")
+    assert len(_packs(root)) == 12
+    r = run_cli("repack", str(root), "--merge", "auto", "--execute")
+    assert r.returncode == 0, r.stderr.decode()
+    [pack] = _packs(root)
+    assert pack.parent == parent and len(_index(pack)) == 12
+    assert run_cli("catalog", str(root), "--check").returncode == 0
+    again = run_cli("repack", str(root), "--merge", "auto", "--execute", "--json")
+    assert json.loads(again.stdout)["packs_written"] == 0  # one pack alone: left as it is
+    r = run_cli("extract", str(root), "--tree", "--execute")
+    assert r.returncode == 0 and len(_sessions(root)) == 12

@@ -34,9 +34,9 @@ from archive_tool.names import RUNNING_STATE, is_session_name
 from archive_tool.pack import entrypath, packfile, seekable
 from archive_tool.pack.packsalvage import SalvagedPack, open_pack
 from archive_tool.summary import record_failure
-from archive_tool.sweep.packplan import period_of
+from archive_tool.sweep.packplan import DEFAULT_PACK_BYTES, DEFAULT_PACK_SESSIONS, period_of
 
-MERGE_MODES = ("weekly", "monthly", "all")
+MERGE_MODES = ("auto", "weekly", "monthly", "all")
 DropFn = Callable[[str, str], "str | None"]  # (dir relative to root, session name) -> why
 
 
@@ -99,7 +99,7 @@ def parse_merge(value: str | None) -> str | None:
         return None
     v = value.strip().lower()
     if v not in MERGE_MODES:
-        raise BadArgument(f"--merge wants weekly, monthly or all, got {value!r}")
+        raise BadArgument(f"--merge wants auto, weekly, monthly or all, got {value!r}")
     return v
 
 
@@ -278,7 +278,9 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
                                f"not repacked, left as it is: {reason_of(ex)}")
                 del frames[pack]
         order = sorted(frames, key=lambda p: (ids[p][2], p))
-        if merge:
+        if merge == "auto":
+            todo = _auto_groups(order, frames)
+        elif merge:
             by: dict[str, list[str]] = {}
             for p in order:
                 first = frames[p][0].name if frames[p] else "undated"
@@ -310,6 +312,23 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
         return groups
     finally:
         fds.close()
+
+
+def _auto_groups(order: list[str], frames: dict[str, list[Frame]]) -> list[list[str]]:
+    """``--merge auto``: consecutive packs (oldest first) gathered until a group reaches
+    --pack auto's targets (packplan), so nightly auto sweeps' small packs of one dir
+    become packs of useful size; a pack at a target already stays alone (untouched)."""
+    todo: list[list[str]] = []
+    n = size = 0
+    for p in order:
+        if not todo or n >= DEFAULT_PACK_SESSIONS or size >= DEFAULT_PACK_BYTES or (
+                n + len(frames[p]) > DEFAULT_PACK_SESSIONS):
+            todo.append([])
+            n = size = 0
+        todo[-1].append(p)
+        n += len(frames[p])
+        size += sum(f.csize for f in frames[p])
+    return todo
 
 
 def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str, list[Frame]],
@@ -347,7 +366,7 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
         drops = [(f, w) for f, w in drops if f.pack != reuse] + [
             (f, f"the same frame is in {reuse}") for f in keep if f.pack != reuse]
         keep = frames[reuse]
-    if merge == "all" and keep:
+    if (merge == "all" or (merge == "auto" and len(gp) > 1)) and keep:
         # (Sorted by name, a spanning pack's frames are in path order, not date order.)
         days = sorted(period_of(f.name, "daily") for f in keep)
         base = f"{days[0]}_{days[-1]}"
