@@ -54,21 +54,67 @@ def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -
                            "its frame in the pack is damaged; cannot be restored")
 
     for rel, pack, _mtime, sessions in pack_listings(root, on_damaged=damaged):
-        for name, csize in sessions:
-            s["scanned"] += 1
-            dest = os.path.join(root, rel, name)
-            # (lexists by path: a planning look only; the restore itself walks by fds.)
-            if dest in taken or not entrypath.is_entry(name) or os.path.lexists(dest):
-                s["skipped"] += 1
-                continue
-            if max_files and s["candidates"] >= max_files:
-                s["capped"] += 1
-                continue
-            taken.add(dest)
-            s["candidates"] += 1
-            s["bytes_in"] += csize
-            jobs.append((rel, pack, name))
+        with _PackDir(root, rel) as dfd:
+            _plan_pack(root, rel, pack, sessions, dfd, s, max_files, taken, jobs)
     return jobs
+
+
+class _PackDir:
+    """The pack's dir fd below the root, opened on first use (-1 if it does not open)."""
+
+    def __init__(self, root: str, rel: str) -> None:
+        self.root, self.rel, self.fd = root, rel, None
+
+    def get(self) -> int:
+        if self.fd is None:
+            try:
+                rfd = fs.open_trusted_dir(self.root)
+                try:
+                    self.fd = fs.open_beneath(rfd, self.rel)
+                finally:
+                    os.close(rfd)
+            except OSError:
+                self.fd = -1
+        return self.fd
+
+    def __enter__(self) -> _PackDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None and self.fd >= 0:
+            os.close(self.fd)
+
+
+def _plan_pack(root: str, rel: str, pack: str, sessions: list[tuple[str, int]],
+               pdir: _PackDir, s: dict[str, Any], max_files: int | None, taken: set[str],
+               jobs: list[Job]) -> None:
+    for name, csize in sessions:
+        s["scanned"] += 1
+        dest = os.path.join(root, rel, name)
+        if dest in taken or not entrypath.is_entry(name):
+            s["skipped"] += 1
+            continue
+        # A spanning pack's entry is looked at by fds from the root, as it will be
+        # restored: no probe through a symlinked dir of the tree.
+        if "/" in name:
+            there = _entry_exists(pdir.get(), name) if pdir.get() >= 0 else None
+        else:
+            there = os.path.lexists(dest)
+        if there is None:
+            record_failure(s, f"{os.path.join(root, rel, pack)}::{name}",
+                           "a dir on its path below the pack is a symlink or not a "
+                           "dir; refused")
+            continue
+        if there:
+            s["skipped"] += 1
+            continue
+        if max_files and s["candidates"] >= max_files:
+            s["capped"] += 1
+            continue
+        taken.add(dest)
+        s["candidates"] += 1
+        s["bytes_in"] += csize
+        jobs.append((rel, pack, name))
 
 
 def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[str]
@@ -112,7 +158,12 @@ def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[st
         record_failure(s, archive, untrusted.refusal(archive, e).reason)
         return None
     try:
-        if dfd >= 0 and _entry_exists(dfd, name):
+        there = _entry_exists(dfd, name) if dfd >= 0 else False
+        if there is None:
+            record_failure(s, archive, f"a dir on the path of {session} below the pack is a "
+                                       "symlink or not a dir; refused")
+            return None
+        if there:
             s["skipped"] += 1
             return None
         if dfd < 0 or not fs.lexists_at(dfd, pack):
@@ -128,19 +179,21 @@ def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[st
     return (d, pack, name)
 
 
-def _entry_exists(dfd: int, entry: str) -> bool:
-    """Is there anything at *entry* below the pack's dir fd (walked without following)?"""
+def _entry_exists(dfd: int, entry: str) -> bool | None:
+    """Is there anything at *entry* below the pack's dir fd (walked without following)?
+    None: a symlink or a file is in the way (the restore would be refused)."""
     rel, name = entrypath.split(entry)
     try:
         sub = entrypath.open_entry_dir(dfd, rel)
     except FileNotFoundError:
         return False
     except OSError:
-        return True  # a symlink or a file in the way: the restore would be refused
+        return None
     try:
         return fs.lexists_at(sub, name)
     finally:
         os.close(sub)
+
 
 
 def restore(root: str, jobs: list[Job], s: dict[str, Any],
