@@ -580,3 +580,50 @@ def test_nightly_auto_sweeps_packs_are_merged_to_the_target_by_repack_merge_auto
     assert json.loads(again.stdout)["packs_written"] == 0  # one pack alone: left as it is
     r = run_cli("extract", str(root), "--tree", "--execute")
     assert r.returncode == 0 and len(_sessions(root)) == 12
+
+
+def test_plan_auto_groups_by_owner_and_stops_below_dirs_it_may_not_use() -> None:
+    """The plan alone, on a described tree (lstat faked): per owner, path order, the
+    common dir never above a dir of another owner, a writable-by-others dir, another
+    device, or so high that an entry would be deeper than a reader accepts."""
+    from archive_tool.pack.entrypath import MAX_DEPTH
+    from archive_tool.sweep.packplan import plan_auto
+    from archive_tool.sweep.plan import Task
+
+    class St:
+        def __init__(self, uid: int, mode: int = 0o755, dev: int = 1) -> None:
+            self.st_uid, self.st_mode, self.st_dev = uid, 0o040000 | mode, dev
+
+    dirs = {"/r": St(0), "/r/a": St(1), "/r/a/q": St(1, 0o777), "/r/b": St(2),
+            "/r/a/m": St(1, dev=2)}
+    fins = {"/r/a/p/x_out/F": 3, "/r/a/p/x2_out/F": 3, "/r/a/q/y_out/F": 2,
+            "/r/a/q/y2_out/F": 2, "/r/b/z_out/F": 2, "/r/b/z2_out/F": 2, "/r/a/m/w_out/F": 2,
+            "/r/a/m/w2_out/F": 2}
+    deep = "/r/a/p/" + "/".join(f"d{k}" for k in range(MAX_DEPTH + 2))
+    fins |= {f"{deep}/u_out/F": 1, f"{deep}/v_out/F": 1}
+    for d in fins:
+        parts = d.split("/")
+        for k in range(3, len(parts) + 1):
+            p = "/".join(parts[:k])
+            dirs.setdefault(p, St(dirs["/".join(parts[:3])].st_uid,
+                                  dev=dirs["/".join(parts[:3])].st_dev if k > 3 else 1))
+    dirs["/r/a/m"] = St(1, dev=2)
+    for p in list(dirs):
+        if p.startswith("/r/a/m/"):
+            dirs[p] = St(1, dev=2)
+
+    def lstat(p: str) -> St:
+        return dirs[p]
+
+    todo = [Task("archive", f"{d}/2026Y-01M-01D-00h00m{k:02d}s_T{k}-main")
+            for d, n in fins.items() for k in range(n)]
+    jobs = plan_auto(todo, "/r", 1000, 1 << 30, lstat=lstat)
+    got = sorted((j.dir, j.owner, len(j.paths)) for j in jobs)
+    assert got == sorted([
+        (deep, 1, 2),               # not in a/p with x_out's: an entry would be too deep
+        ("/r/a/m", 1, 4),           # its own device: the group stops at a/m
+        ("/r/a/p", 1, 6),
+        ("/r/a/q/y2_out/F", 1, 2),  # q is 0777: no pack in it, none above its runs
+        ("/r/a/q/y_out/F", 1, 2),
+        ("/r/b", 2, 4),             # owner 2's own dir, never /r (root's)
+    ]), got

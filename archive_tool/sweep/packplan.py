@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from archive_tool.errors import BadArgument
+from archive_tool.pack import entrypath
 from archive_tool.sweep.plan import Task
 
 # A day's or week's sessions of one dir beyond this go to further packs (.2, .3 ...):
@@ -159,7 +160,8 @@ def plan_auto(tasks: list[Task], root: str, sessions: int, max_bytes: int,
         if st is None:
             continue  # gone since the walk: nothing to pack there
         owner = st.st_uid
-        floor = _depth(top_of(d, owner, st.st_dev))
+        # (and never so high that an entry path gets deeper than a reader accepts)
+        floor = max(_depth(top_of(d, owner, st.st_dev)), _depth(d) + 1 - entrypath.MAX_DEPTH)
         for path in sorted(by_dir[d]):
             cur = open_.get(owner)
             if cur is not None:
