@@ -627,3 +627,64 @@ def test_plan_auto_groups_by_owner_and_stops_below_dirs_it_may_not_use() -> None
         ("/r/a/q/y_out/F", 1, 2),
         ("/r/b", 2, 4),             # owner 2's own dir, never /r (root's)
     ]), got
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="plays root against users: needs root and setpriv")
+def test_a_pack_planted_in_a_shared_dir_cannot_make_root_write_into_another_users_dir(
+        tmp_path: Path) -> None:
+    """In a world-writable dir (1777) user A plants a spanning pack whose entry names a
+    session below user B's dir there. Root's extract --tree must not create anything in
+    B's dir (it would be A's files in B's tree): the walk requires every dir on the way
+    to be the pack owner's."""
+    import tempfile
+
+    from .test_security_races import OTHER, USER, as_user
+
+    base = Path(tempfile.mkdtemp(prefix="auto-plant-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        root = base / "runs"
+        shared = root / "shared"
+        shared.mkdir(parents=True)
+        os.chmod(shared, 0o1777)
+        # B's dir in the shared one, with an (empty) FINISHED_SUCCESS dir of B's.
+        as_user(f"os.makedirs({str(shared / 'bob' / 'x_out' / 'FINISHED_SUCCESS')!r})",
+                uid=OTHER)
+        # A's pack of one of A's sessions, naming it below bob/ (what A can write).
+        sid = _sid(1, 1)
+        d = make_session(base / "src", sid)
+        planted = shared / "evil.pack.tar.zst"
+        _write_span_pack(planted, d, f"bob/x_out/FINISHED_SUCCESS/{sid}")
+        os.chown(planted, USER, USER)
+        r = run_cli("extract", str(root), "--tree", "--execute")
+        assert r.returncode == 1, r.stdout.decode() + r.stderr.decode()
+        assert os.listdir(shared / "bob" / "x_out" / "FINISHED_SUCCESS") == []
+        r = run_cli("unpack", str(planted), "-s", sid[:-len("-main")])
+        assert r.returncode == 1 and b"another user" in r.stderr, r.stderr
+        assert os.listdir(shared / "bob" / "x_out" / "FINISHED_SUCCESS") == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _write_span_pack(pack: Path, session: Path, entry: str) -> None:
+    from archive_tool.engine import commit
+    from archive_tool.engine.scan import scan_session
+    from archive_tool.engine.tarwrite import write_tar
+
+    fd = os.open(session, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parts: list[bytes] = []
+        write_tar(fd, str(session), entry, scan_session(str(session)), parts.append)
+    finally:
+        os.close(fd)
+    dfd = os.open(pack.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        tmp = commit.open_tmp(dfd, str(pack), 0o644)
+        w = packfile.PackWriter(tmp)
+        w.add(entry, b"".join(parts)[:-1024])
+        w.finish()
+        commit.publish(tmp)
+        tmp.close()
+    finally:
+        os.close(dfd)

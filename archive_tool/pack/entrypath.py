@@ -62,13 +62,17 @@ def name_of(path: str) -> str:
 
 
 def open_entry_dir(pack_dir_fd: int, rel_dir: str, create: bool = False,
-                   owner: tuple[int, int] | None = None) -> int:
+                   owner: tuple[int, int] | None = None, only_uid: int | None = None) -> int:
     """The dir *rel_dir* below the pack's dir fd, walked one component at a time with
     O_NOFOLLOW (a symlinked component is ELOOP, never followed). With *create*, missing
     dirs are made (mode 0o755 less the umask, as ``tar -xf`` makes them) and, with
-    *owner*, given to that owner (root restoring a user's pack)."""
+    *owner*, given to that owner (root restoring a user's pack). With *only_uid*, the
+    pack's dir and every dir walked must belong to that uid (EPERM otherwise): root
+    restoring a user's spanning pack must not write into a dir of someone else, which a
+    pack the user planted in a shared dir could otherwise name."""
     fd = os.dup(pack_dir_fd)
     try:
+        _owned(fd, only_uid, rel_dir)
         for part in rel_dir.split("/") if rel_dir else ():
             if part in ("", ".", ".."):
                 raise OSError(errno.EPERM, "not a plain path below the pack", rel_dir)
@@ -87,10 +91,17 @@ def open_entry_dir(pack_dir_fd: int, rel_dir: str, create: bool = False,
                     os.fchown(nxt, *owner)
             os.close(fd)
             fd = nxt
+            _owned(fd, only_uid, rel_dir)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _owned(fd: int, uid: int | None, rel_dir: str) -> None:
+    if uid is not None and os.fstat(fd).st_uid != uid:
+        raise OSError(errno.EPERM, "a dir on the way belongs to another user than the pack",
+                      rel_dir)
 
 
 class EntryDirs:

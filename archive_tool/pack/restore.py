@@ -69,8 +69,11 @@ def restore_entry(label: str, fd: int, pack_dir_fd: int, entry: str, target: str
     the content bytes."""
     rel, name = entrypath.split(entry)
     owner = (ast.st_uid, ast.st_gid) if os.geteuid() == 0 and ast.st_uid != 0 else None
+    # As root, a spanning pack restores only into its owner's dirs (entrypath.py).
+    only = ast.st_uid if rel and os.geteuid() == 0 else None
     try:
-        dfd = entrypath.open_entry_dir(pack_dir_fd, rel, create=True, owner=owner)
+        dfd = entrypath.open_entry_dir(pack_dir_fd, rel, create=True, owner=owner,
+                                       only_uid=only)
     except OSError as e:
         raise ArchiveError(target, f"cannot open its dir below the pack: "
                                    f"{e.strerror or e}; refused") from None
