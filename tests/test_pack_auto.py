@@ -663,6 +663,14 @@ def test_a_pack_planted_in_a_shared_dir_cannot_make_root_write_into_another_user
         r = run_cli("unpack", str(planted), "-s", sid[:-len("-main")])
         assert r.returncode == 1 and b"another user" in r.stderr, r.stderr
         assert os.listdir(shared / "bob" / "x_out" / "FINISHED_SUCCESS") == []
+        from archive_tool.mount.view import View
+
+        v = View(root)  # nor does the mount show A's session in B's dir
+        try:
+            assert v.listdir("/shared/bob/x_out/FINISHED_SUCCESS") == []
+            assert [n for n, _m in v.listdir("/shared")] == ["bob"]  # the pack itself hidden
+        finally:
+            v.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

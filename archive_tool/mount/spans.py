@@ -14,8 +14,8 @@ from typing import Any
 
 from archive_tool.pack import entrypath
 
-# (pack file name, pack identity, frame, the pack's dir relative to ROOT)
-Where = tuple[str, Any, int, str]
+# (pack file name, pack identity, frame, the pack's dir relative to ROOT, the pack's owner)
+Where = tuple[str, Any, int, str, int]
 
 
 class Spans:
@@ -27,18 +27,22 @@ class Spans:
         """*rel* is being listed again: what its packs recorded goes."""
         self.by_pack_dir.pop(rel, None)
 
-    def add(self, rel: str, name: str, idx: Any) -> bool:  # noqa: ANN401 - view.PackIndex
-        """Record the pack *name* of dir *rel* (its PackIndex, None if it did not read);
-        False if it is not a spanning pack (it is then listed as any file)."""
+    def add(self, rel: str, name: str, idx: Any, uid: int) -> bool:  # noqa: ANN401
+        """Record the pack *name* of dir *rel* (its PackIndex, None if it did not read;
+        *uid* its owner); False if it is not a spanning pack (then listed as any file)."""
         dirs = entrypath.by_dir(idx.names) if idx is not None else None
         mine = self.by_pack_dir.setdefault(rel, {})
         for d, sessions in (dirs or {}).items():
             got = mine.setdefault(f"{rel}/{d}" if rel else d, {})
-            got.update((s, (name, idx.ident, i, rel)) for s, i in sessions.items())
+            got.update((s, (name, idx.ident, i, rel, uid)) for s, i in sessions.items())
         return dirs is not None
 
-    def above(self, rel: str) -> Iterator[tuple[str, Where]]:
-        """(session name, where) of the sessions of dir *rel* in packs above it."""
+    def above(self, rel: str, uid: int) -> Iterator[tuple[str, Where]]:
+        """(session name, where) of the sessions of dir *rel* (owned by *uid*) in packs
+        above it: only packs of that owner (a pack a user planted in a shared dir must not
+        make sessions appear in another user's dir)."""
         parts = rel.split("/") if rel else []
         for k in range(len(parts)):
-            yield from self.by_pack_dir.get("/".join(parts[:k]), {}).get(rel, {}).items()
+            for s, w in self.by_pack_dir.get("/".join(parts[:k]), {}).get(rel, {}).items():
+                if w[4] == uid:
+                    yield s, w

@@ -181,7 +181,7 @@ class View:
                 if _hidden_state(name):
                     continue
                 if stat.S_ISREG(st.st_mode) and packfile.is_pack_name(name) and not finished:
-                    if self.spans.add(rel, name, self._pack_index(rel, fd, name, st)):
+                    if self.spans.add(rel, name, self._pack_index(rel, fd, name, st), st.st_uid):
                         continue  # a --pack auto pack: not part of the tree as it was
                 if finished and stat.S_ISREG(st.st_mode):
                     if packfile.is_pack_name(name):
@@ -209,7 +209,8 @@ class View:
                     # tuple.__new__: Source(...)/_replace cost ~1 us each, 40 % of listing
                     # a 10k-session pack's dir (cProfile).
                     archives[sess] = tuple.__new__(Source, (name, "pack", idx.ident, i, None))
-        for sess, (pname, pident, i, prel) in self.spans.above(rel) if finished else ():
+        uid = os.fstat(fd).st_uid if finished and self.spans.by_pack_dir else -1
+        for sess, (pname, pident, i, prel, _u) in self.spans.above(rel, uid) if uid >= 0 else ():
             archives.setdefault(sess, Source(pname, "pack", pident, i, prel))
         for sess, src in archives.items():
             if sess not in ds.live:
