@@ -201,8 +201,8 @@ class View:
                 ds.live[name] = st
         for name, st in sorted(packs):
             idx = self._pack_index(rel, fd, name, st)
-            if idx is None:
-                continue
+            if idx is None or self.spans.add(rel, name, idx, st.st_uid):
+                continue  # (a spanning pack here: its sessions are in dirs below)
             for i, sess in enumerate(idx.names):
                 old = archives.get(sess)
                 if old is None or old.fmt == "pack":
