@@ -12,7 +12,7 @@ from archive_tool.catalog import catalog, rebuild
 from archive_tool.errors import ArchiveError
 from archive_tool.guard import untrusted
 from archive_tool.names import split_archive_name
-from archive_tool.pack import packfile
+from archive_tool.pack import entrypath, packfile
 from archive_tool.sweep.plan import check_root
 
 
@@ -53,7 +53,8 @@ def _on_disk(root: str, errors: list[str]) -> set[tuple[str, int, str]]:
                 try:
                     fd = untrusted.open_file_below(rfd, arel)
                     with packfile.Pack(os.path.join(root, arel), fd) as p:
-                        out.update((arel, i, n) for i, n in enumerate(p.names))
+                        out.update((arel, i, entrypath.name_of(n))
+                                   for i, n in enumerate(p.names))
                 except (ArchiveError, OSError) as e:
                     errors.append(f"{arel}: {getattr(e, 'reason', None) or e}")
             else:

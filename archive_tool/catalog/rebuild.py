@@ -23,14 +23,20 @@ from archive_tool.catalog.catalog import (
     catalog_path,
     connect,
 )
-from archive_tool.catalog.rows import CONFIG_NAMES, config_of, make_row, session_row
+from archive_tool.catalog.rows import (
+    CONFIG_NAMES,
+    config_of,
+    entry_row,
+    make_row,
+    session_row,
+)
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes
 from archive_tool.engine.read import iter_members, open_tar
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard import interrupt, untrusted
 from archive_tool.names import RUNNING_STATE, is_session_name, split_archive_name
-from archive_tool.pack import packfile
+from archive_tool.pack import entrypath, packfile
 from archive_tool.sweep.plan import check_root
 
 # A per-session archive is read into memory up to this size (compressed, and its tar);
@@ -161,9 +167,11 @@ def rows_of_fd(root: str, rel: str, fname: str, fd: int, st: os.stat_result
     arel = os.path.join(rel, fname)
     if packfile.is_pack_name(fname):
         with packfile.Pack(path, fd) as p:
-            for i, name in enumerate(p.names):
+            for i, entry in enumerate(p.names):
                 f = p.frames[i]
-                yield session_row(p.members(i), name, rel, arel, i, f.offset, f.csize)
+                # A spanning pack (--pack auto) names the session's path below it.
+                entrypath.check_entry(path, entry)
+                yield entry_row(p.members(i), entry, rel, arel, i, f.offset, f.csize)
         return
     name, fmt = split_archive_name(fname)  # type: ignore[misc]
     size = st.st_size

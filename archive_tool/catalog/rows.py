@@ -78,15 +78,26 @@ def started_of(name: str) -> str | None:
 
 
 def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: int,
-                offset: int, bytes_out: int) -> dict[str, Any]:
+                offset: int, bytes_out: int, top: str | None = None) -> dict[str, Any]:
     """One catalog row from a session's tar members. *rel_dir*: the session's directory
     below the root (``<script>_out/<STATE>``); *archive*: the file, relative to the root;
-    *frame* -1 for a per-session archive."""
+    *frame* -1 for a per-session archive; *top*: the members' top dir when it is not
+    *name* (a spanning pack's entry path, pack/entrypath.py)."""
     files = [(s, t) for _, _, s, t in iter_tar(members)]
     return make_row(name, rel_dir, archive, frame, offset, bytes_out,
-                    read_config(members, name),
+                    read_config(members, top or name),
                     sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
                     len(members), len(files))
+
+
+def entry_row(members: bytes, entry: str, pack_dir: str, archive: str, frame: int,
+              offset: int, bytes_out: int) -> dict[str, Any]:
+    """:func:`session_row` of a pack's frame named *entry*: the session's name, or in a
+    spanning pack (--pack auto) its path below the pack's dir *pack_dir* (relative to the
+    root), whose dirs become the row's dir."""
+    d, _, name = entry.rpartition("/")
+    return session_row(members, name, f"{pack_dir}/{d}" if d and pack_dir else d or pack_dir,
+                       archive, frame, offset, bytes_out, top=entry)
 
 
 def make_row(name: str, rel_dir: str, archive: str, frame: int, offset: int, bytes_out: int,

@@ -126,9 +126,11 @@ def find(root: str, where: tuple[str, ...], state: str | None, script: str | Non
 
 @cli.command()
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.option("--merge", default=None, type=click.Choice(["weekly", "monthly", "all"]),
-              help="Also merge the packs of each FINISHED_* dir whose first session falls "
-                   "in the same week or month (or all of a dir's packs) into one pack.")
+@click.option("--merge", default=None, type=click.Choice(["auto", "weekly", "monthly", "all"]),
+              help="Also merge the packs of each dir whose first session falls in the "
+                   "same week or month (or all of a dir's packs) into one pack; 'auto': "
+                   "consecutive packs of a dir until one holds --pack auto's targets "
+                   "(1,000 sessions or 256 MiB): what nightly auto sweeps leave.")
 @click.option("--drop", "drop", multiple=True, metavar="NAME|ID",
               help="Delete this session from its pack (repeatable). Its frame is gone "
                    "for good: this is retention, not restore.")

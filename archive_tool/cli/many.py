@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -154,9 +155,19 @@ def _run_sweep(root: str, *, flat: bool, execute: bool, fmt: str, level: int | N
     finish_sweep(summary, as_json, quiet, verbose)
 
 
+def _pack_size(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """``--pack-bytes``: a size such as 256M or 2G."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+    if not m or int(m.group(1)) == 0:
+        raise click.BadParameter(f"a size such as 256M or 2G, got {value!r}", param=param)
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
+
+
 def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, scheduler: str | None,
                 batch_size: int | None, finalize_stale: bool, stale_after: float | None,
-                kw: dict[str, Any]) -> None:
+                kw: dict[str, Any], targets: dict[str, int | None]) -> None:
     from archive_tool.sweep.packsweep import pack_sweep
     from archive_tool.sweep.runlog import pack_sweep_logged
 
@@ -180,7 +191,7 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                     pattern=kw["pattern"], max_dirs=kw["max_dirs"] or None,
                     use_fd=kw["use_fd"], shard=shard, executor=executor,
                     finalize_stale=finalize_stale, stale_after=stale_after,
-                    quiet_period=kw["quiet_period"])
+                    quiet_period=kw["quiet_period"], **targets)
     finish_sweep(summary, kw["as_json"], kw["quiet"], kw["verbose"])
 
 
@@ -206,16 +217,25 @@ def _pack_sweep(root: str, pack: str, execute: bool, shard: str | None, schedule
                    "gone) to FINISHED_ERROR/ with a marker, so they are archived too.")
 @click.option("--stale-after", default=None, metavar="D", callback=stale_after_option,
               help=STALE_AFTER_HELP)
-@click.option("--pack", "pack", default=None, metavar="daily|weekly|N",
-              help="Opt-in: write one pack <period>.pack.tar.zst per FINISHED_* dir and day, "
-                   "ISO week or N sessions (seekable zstd, one frame a session) instead of "
-                   "one archive a session; fills ROOT/.session-archive/catalog.sqlite.")
+@click.option("--pack", "pack", default=None, metavar="auto|daily|weekly|N",
+              help="Opt-in: many sessions per file (seekable zstd, one frame a session) "
+                   "instead of one archive a session; fills ROOT/.session-archive/"
+                   "catalog.sqlite. 'auto' (the usual choice): one owner's dirs in path "
+                   "order until a pack holds --pack-sessions sessions or --pack-bytes "
+                   "bytes, the pack in their deepest common dir; daily|weekly|N: one pack "
+                   "<period>.pack.tar.zst per FINISHED_* dir and day, ISO week or N sessions.")
+@click.option("--pack-sessions", type=click.IntRange(1, 10_000), default=None,
+              help="--pack auto: close a pack at this many sessions [default: 1000].")
+@click.option("--pack-bytes", default=None, metavar="SIZE", callback=_pack_size,
+              help="--pack auto: close a pack at this many compressed bytes, e.g. 256M, "
+                   "1G [default: 256M].")
 @click.option("--catalog", is_flag=True,
               help="Also add a row per archived session to ROOT/.session-archive/"
                    "catalog.sqlite (always on with --pack, and when ROOT has a catalog).")
 def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler: str | None,
           batch_size: int | None, finalize_stale: bool, stale_after: float | None,
-          pack: str | None = None, catalog: bool = False, **kw: Any) -> None:
+          pack: str | None = None, catalog: bool = False, pack_sessions: int | None = None,
+          pack_bytes: int | None = None, **kw: Any) -> None:
     """Archive every finished session dir anywhere under ROOT.
 
     Finds <ID>[-<name>] dirs whose parent is FINISHED_SUCCESS, FINISHED_ERROR or
@@ -241,9 +261,12 @@ def sweep(root: str, execute: bool, dry_run: bool, shard: str | None, scheduler:
     has = os.path.lexists(catalog_path(os.path.abspath(root)))
     if has and execute:
         reconcile_catalog(root)
+    if (pack_sessions is not None or pack_bytes is not None) and \
+            (pack is None or pack.strip().lower() != "auto"):
+        raise click.BadParameter("only with --pack auto", param_hint="--pack-sessions/--pack-bytes")
     if pack is not None:
         _pack_sweep(root, pack, execute, shard, scheduler, batch_size, finalize_stale,
-                    stale_after, kw)
+                    stale_after, kw, {"pack_sessions": pack_sessions, "pack_bytes": pack_bytes})
         return
     extra: dict[str, Any] = {"shard": shard, "batch_size": batch_size or DEFAULT_BATCH,
                              "catalog": catalog or has}

@@ -17,6 +17,7 @@ from archive_tool.engine.read import CHUNK, MemberRules, drain, iter_members, me
 from archive_tool.engine.scan import DIR, FILE, LINK, escaping_link
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 from archive_tool.guard import interrupt
+from archive_tool.names import is_session_name
 
 
 class MultiTop(Exception):
@@ -96,8 +97,17 @@ class _Dirs:
             os.close(self.fds.popitem()[1])
 
 
+def _below(archive: str, rel: str, prefix: str) -> tuple[str, str]:
+    """(prefix, the rest of *rel* below it); UnsafeArchive if *rel* is not at or below."""
+    if rel == prefix:
+        return prefix, ""
+    if rel.startswith(prefix + "/"):
+        return prefix, rel[len(prefix) + 1:]
+    raise UnsafeArchive(archive, f"refused: {rel!r} is not below {prefix!r}")
+
+
 def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_members: int,
-                 strip: bool, owner: tuple[int, int] | None = None,
+                 strip: bool | str, owner: tuple[int, int] | None = None,
                  keep_special: bool = False) -> int:
     """Extract every member of the open archive *afd* below the open dir *tmp_fd*;
     returns the content bytes written. *archive* names it in messages; *afd* is closed.
@@ -105,7 +115,9 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
     With *strip*, the archive's single top-level directory becomes the temp dir itself
     (its members land directly in it), so the caller renames it into place — one rename
     instead of a rename, a listdir and an rmdir per restore. Raises MultiTop when the
-    archive turns out to have more than one top-level entry.
+    archive turns out to have more than one top-level entry. *strip* as a path (a
+    spanning pack's session, ``a/b/<ID>-main``): that dir becomes the temp dir, and a
+    member not below it is refused.
 
     Safety without tarfile's extraction machinery, whose ``data`` filter resolves the
     realpath of every member (~10 lstat calls each: most of a small restore's cost):
@@ -138,7 +150,18 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                     raise UnsafeArchive(archive, f"refused: {why}")
                 xattrs = _xattrs(archive, m, trusted, keep_special)
                 rel = member_path(m.name)
-                if strip:
+                if isinstance(strip, str):
+                    # A spanning pack's frame (pack/entrypath.py): every member lies at or
+                    # below the session's path *strip*, which becomes the temp dir.
+                    first, rest = _below(archive, rel, strip)
+                    top = strip
+                    if not rest:
+                        if not m.isdir():
+                            raise UnsafeArchive(archive, f"refused: {m.name!r} is not a dir")
+                        root_attrs = (m.mode, _mtime_ns(m), xattrs)
+                        continue
+                    rel = rest
+                elif strip:
                     first, _, rest = rel.partition("/")
                     if top is None:
                         top = first
@@ -188,7 +211,11 @@ def extract_into(archive: str, afd: int, tmp_fd: int, max_bytes: int, max_member
                         os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
                 elif m.islnk():
                     target = member_path(m.linkname)
-                    if strip:
+                    if isinstance(strip, str):
+                        first, target = _below(archive, target, strip)
+                        if not target:
+                            raise UnsafeArchive(archive, f"refused: hard link {m.name!r} leaves the archive")
+                    elif strip:
                         first, _, target = target.partition("/")
                         if first != top or not target:
                             raise UnsafeArchive(archive, f"refused: hard link {m.name!r} leaves the archive")
@@ -316,6 +343,11 @@ def copy_member(path: str | os.PathLike[str], member: str, out: IO[bytes],
                     raise UnsafeArchive(path, f"refused on restore: {why}")
                 name = member_path(m.name)
                 below = name.split("/", 1)[1] if "/" in name else None
+                parts = name.split("/")
+                # A spanning pack's session (a/b/<ID>-main/...): below its session dir.
+                k = next((k for k, p in enumerate(parts[:-1]) if is_session_name(p)), 0)
+                if k:
+                    below = "/".join(parts[k + 1:])
                 if want not in (name, below):
                     continue
                 if not m.isfile():

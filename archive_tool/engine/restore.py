@@ -264,9 +264,10 @@ def open_parent(path: str, root: str | None, missing: Exception,
 
 def restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
                 ast: os.stat_result, max_bytes: int | None,
-                keep_special: bool = False) -> tuple[int, int]:
+                keep_special: bool = False, prefix: str | None = None) -> tuple[int, int]:
     """Extract into a fresh temp dir in *parent_fd*, rename it to *dname*; returns
-    (content bytes, fd of the restored dir)."""
+    (content bytes, fd of the restored dir). *prefix*: the session's path inside the
+    archive (a spanning pack's frame, pack/entrypath.py), stripped from every member."""
     if fs.lexists_at(parent_fd, dname):
         raise FileExistsError(17, "destination already exists; refusing to overwrite", dest)
     space, inodes, free, reserve = _limits(parent_fd)
@@ -275,7 +276,8 @@ def restore_at(archive: str, afd: int, parent_fd: int, dname: str, dest: str,
     # Root restoring a user's archive gives the tree to the archive's owner (who could
     # not otherwise remove or use it); never the owners named inside the archive.
     owner = (ast.st_uid, ast.st_gid) if euid == 0 and ast.st_uid != 0 else None
-    for strip in (True, False):
+    strips: tuple[bool | str, ...] = (True, False) if prefix is None else (prefix,)
+    for strip in strips:
         tname = f".{dname}.restore-{secrets.token_hex(4)}"
         # The SIGTERM backstop (interrupt.py) must not land between the mkdir and the try
         # below that removes the temp dir: a signal meanwhile is seen by the first check.

@@ -44,6 +44,7 @@ from archive_tool.mount.session import (
     decode_frame,
     index_session,
 )
+from archive_tool.mount.spans import Spans
 from archive_tool.names import (
     FINISHED_STATES,
     FORMATS,
@@ -52,7 +53,7 @@ from archive_tool.names import (
     session_of_trash,
     split_archive_name,
 )
-from archive_tool.pack import packfile, seekable
+from archive_tool.pack import entrypath, packfile, seekable
 
 log = logging.getLogger("archive_tool.mount")
 # Real dirs whose listing is kept (LRU); each holds an lstat per entry.
@@ -68,6 +69,7 @@ class Source(NamedTuple):
     fmt: str  # a FORMATS name, or "pack"
     ident: tuple[int, int, int]
     frame: int = -1
+    pdir: str | None = None  # a --pack auto pack's dir (relative to ROOT), if not this one
 
 
 @dataclass
@@ -122,6 +124,7 @@ class View:
         # Refused sessions by source identity: logged once, not decoded again until the
         # file changes.
         self.refused: dict[tuple[str, Source], str] = {}
+        self.spans = Spans()  # sessions of --pack auto packs, by their dirs (spans.py)
 
     def close(self) -> None:
         if self.root_fd >= 0:
@@ -162,6 +165,7 @@ class View:
 
     def _list(self, rel: str, fd: int, ident: tuple[int, int, int, int], now: float) -> DirState:
         ds = DirState(now, ident)
+        self.spans.forget(rel)
         # ROOT itself may be a FINISHED_* dir (mount just one script's runs).
         finished = os.path.basename(rel or self.root) in FINISHED_STATES
         archives: dict[str, Source] = {}
@@ -176,6 +180,9 @@ class View:
                     continue  # gone since the listing
                 if _hidden_state(name):
                     continue
+                if stat.S_ISREG(st.st_mode) and packfile.is_pack_name(name) and not finished:
+                    if self.spans.add(rel, name, self._pack_index(rel, fd, name, st), st.st_uid):
+                        continue  # a --pack auto pack: not part of the tree as it was
                 if finished and stat.S_ISREG(st.st_mode):
                     if packfile.is_pack_name(name):
                         packs.append((name, st))
@@ -194,14 +201,17 @@ class View:
                 ds.live[name] = st
         for name, st in sorted(packs):
             idx = self._pack_index(rel, fd, name, st)
-            if idx is None:
-                continue
+            if idx is None or self.spans.add(rel, name, idx, st.st_uid):
+                continue  # (a spanning pack here: its sessions are in dirs below)
             for i, sess in enumerate(idx.names):
                 old = archives.get(sess)
                 if old is None or old.fmt == "pack":
                     # tuple.__new__: Source(...)/_replace cost ~1 us each, 40 % of listing
                     # a 10k-session pack's dir (cProfile).
-                    archives[sess] = tuple.__new__(Source, (name, "pack", idx.ident, i))
+                    archives[sess] = tuple.__new__(Source, (name, "pack", idx.ident, i, None))
+        uid = os.fstat(fd).st_uid if finished and self.spans.by_pack_dir else -1
+        for sess, (pname, pident, i, prel, _u) in self.spans.above(rel, uid) if uid >= 0 else ():
+            archives.setdefault(sess, Source(pname, "pack", pident, i, prel))
         for sess, src in archives.items():
             if sess not in ds.live:
                 ds.archived[sess] = src
@@ -227,7 +237,7 @@ class View:
             if not stat.S_ISREG(pst.st_mode):
                 return None
             with packfile.Pack(where, os.dup(pfd)) as p:
-                bad = [n for n in p.names if not is_session_name(n)]
+                bad = [n for n in p.names if not entrypath.is_entry(n)]
                 if bad:
                     raise UnsafeArchive(where, f"index names {bad[0]!r}, not a session dir name")
                 idx = PackIndex(_ident(pst), p.frames, p.names)
@@ -264,7 +274,9 @@ class View:
         return tree
 
     def _decode(self, rel: str, name: str, src: Source, where: str) -> SessionTree:
-        dfd = self._open_dir(rel)
+        prel = rel if src.pdir is None else src.pdir  # (the members: below the entry path)
+        entry = name if src.pdir is None else os.path.relpath(os.path.join(rel, name), prel)
+        dfd = self._open_dir(prel)
         try:
             fd = os.open(src.file, _OPEN_FILE, dir_fd=dfd)
         except FileNotFoundError:
@@ -277,13 +289,13 @@ class View:
             if not stat.S_ISREG(st.st_mode) or _ident(st) != src.ident:
                 raise FileNotFoundError(errno.ENOENT, "changed since listed", src.file)
             if src.fmt == "pack":
-                idx = self.packs[f"{rel}/{src.file}"]
+                idx = self.packs[f"{prel}/{src.file}"]
                 blob = decode_frame(fd, idx.frames[src.frame], where)
             else:
                 blob = decode_archive(os.dup(fd), src.fmt, where, self.tmp_dir)
         finally:
             os.close(fd)
-        return index_session(name, blob, where, st.st_mtime_ns)
+        return index_session(entry, blob, where, st.st_mtime_ns)
 
     # -- paths ------------------------------------------------------------------------
 

@@ -35,12 +35,13 @@ from archive_tool.errors import (
     UnsafeArchive,
     VerifyFailed,
 )
-from archive_tool.names import is_session_name
-from archive_tool.pack import seekable
+from archive_tool.pack import entrypath, seekable
 
 PACK_SUFFIX = ".pack.tar.zst"
 INDEX_MAGIC = 0x184D2A50
 INDEX_VERSION = 1
+# Sessions in dirs below the pack (--pack auto, entrypath.py): a reader of version 1 only
+SPAN_VERSION = 2  # refuses the pack rather than restore its sessions beside it.
 END_BLOCKS = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
 
 
@@ -154,7 +155,8 @@ class PackWriter:
         end = END_BLOCKS + tarfile.NUL * (-(self._tar_len + len(END_BLOCKS))
                                           % tarfile.RECORDSIZE)
         self._frame(end)
-        index = json.dumps({"version": INDEX_VERSION,
+        span = any("/" in f.name for f in self.frames)
+        index = json.dumps({"version": SPAN_VERSION if span else INDEX_VERSION,
                             "sessions": [f.name for f in self.frames]},
                            separators=(",", ":")).encode()
         skip = seekable.skippable(INDEX_MAGIC, index)
@@ -197,7 +199,7 @@ def read_index(fd: int, frames: seekable.SeekTable, where: str) -> list[str]:
         doc = json.loads(raw)
         names = doc["sessions"]
         # set(map(type, ...)) runs in C: a per-name generator was ~6 ms on 10k names.
-        ok = (doc.get("version") == INDEX_VERSION and isinstance(names, list)
+        ok = (doc.get("version") in (INDEX_VERSION, SPAN_VERSION) and isinstance(names, list)
               and set(map(type, names)) <= {str})
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
@@ -209,11 +211,15 @@ def read_index(fd: int, frames: seekable.SeekTable, where: str) -> list[str]:
 def find_session(names: list[str], session: str) -> int:
     """Index of *session* in *names*: its full dir name or its ID (``<ID>`` of ``<ID>-x``),
     the last one winning if a name occurs twice (a source changed after being packed and
-    was packed again: never within one pack by construction); -1 if absent."""
+    was packed again: never within one pack by construction); -1 if absent. Of a spanning
+    pack's paths (entrypath.py) the whole or the last component matches."""
     prefix = session + "-"
     for i in range(len(names) - 1, -1, -1):
         n = names[i]
         if n == session or n.startswith(prefix):
+            return i
+        b = n.rpartition("/")[2]
+        if b != n and (b == session or b.startswith(prefix)):
             return i
     return -1
 
@@ -332,7 +338,9 @@ def _session_fd_at(pack: str, name: str, offset: int, csize: int, dsize: int,
             raise CorruptArchive(pack, "catalog frame outside the pack")
         data = seekable.read_frame(fd, seekable.Frame(offset, csize, dsize, None), pack)
         first = iter_tar(data[:tarfile.BLOCKSIZE * 8])[:1]
-        if first and first[0][0].rstrip("/") == name:
+        top = first[0][0].rstrip("/") if first else ""
+        # (A spanning pack's frame starts with the session's path below the pack.)
+        if top == name or top.endswith("/" + name):
             return memfd_of(data + END_BLOCKS)
     except CorruptArchive:
         pass
@@ -365,7 +373,7 @@ def verify_pack(path: str | os.PathLike[str], fd: int | None = None,
     info = verify_archive(path, stream)
     with Pack(path, None if fd is None else os.dup(fd)) as p:
         for i, name in enumerate(p.names):
-            if not is_session_name(name):
+            if not entrypath.is_entry(name):
                 raise UnsafeArchive(path, f"index names {name!r}, not a session dir name")
             f = p.frames[i]
             if f.checksum is not None and f.checksum != int.from_bytes(

@@ -34,11 +34,12 @@ import zstandard
 from archive_tool.engine.single import IN_MEMORY_LIMIT
 from archive_tool.errors import ArchiveError, CorruptArchive
 from archive_tool.names import is_session_name
-from archive_tool.pack import seekable
+from archive_tool.pack import entrypath, seekable
 from archive_tool.pack.packfile import (
     END_BLOCKS,
     INDEX_MAGIC,
     INDEX_VERSION,
+    SPAN_VERSION,
     FrameInfo,
     Pack,
     PackFd,
@@ -144,14 +145,18 @@ def _next_frame(fd: int, start: int, size: int) -> int:
 
 
 def _session_of(members: bytes) -> str | None:
-    """The one session dir all of a frame's members lie below, or None."""
+    """The one session dir all of a frame's members lie below, or None: its name, or in a
+    spanning pack its path below the pack (entrypath.py; the frame's first member is the
+    session dir itself, as tarwrite writes it)."""
     if not members or len(members) % tarfile.BLOCKSIZE:
         return None
     ms = iter_tar(members)
     if not ms:
         return None
-    name = ms[0][0].split("/", 1)[0]
-    if not is_session_name(name):
+    parts = ms[0][0].split("/")
+    k = next((k for k, p in enumerate(parts) if is_session_name(p)), -1)
+    name = "/".join(parts[:k + 1])
+    if k < 0 or not entrypath.is_entry(name):
         return None
     for m, *_ in ms:
         if m.rstrip("/") != name and not m.startswith(name + "/"):
@@ -167,7 +172,7 @@ def _parse_index(raw: bytes) -> list[str] | None:
     try:
         doc = json.loads(raw)
         names = doc["sessions"]
-        if doc.get("version") == INDEX_VERSION and isinstance(names, list) \
+        if doc.get("version") in (INDEX_VERSION, SPAN_VERSION) and isinstance(names, list) \
                 and all(isinstance(n, str) for n in names):
             return names
     except (ValueError, KeyError, TypeError, AttributeError):

@@ -1,8 +1,10 @@
-"""``extract ROOT --tree`` for sessions inside packs: each session of each pack in a
-FINISHED_* dir whose session dir does not exist comes back beside the pack; and
+"""``extract ROOT --tree`` for sessions inside packs: each session of each pack whose
+session dir does not exist comes back where it was: beside the pack, or for a ``--pack
+auto`` pack at its path below the pack's dir (pack/entrypath.py; the dirs between are
+walked without following a symlink, and made if missing); and
 ``extract ROOT --undo RUN`` for the sessions a ``sweep --pack`` run packed (the manifest
 lines naming a pack, runlog.py; :func:`plan_undo` refuses a line whose pack is not a
-plain path below the root or whose session is not beside it).
+plain path below the root or whose session is not at a session path below the pack's dir).
 
 Per session: its frame alone is read (packfile.Pack.session_fd, a memfd holding a plain
 tar of that session) and restored by engine/restore.py's extraction (temp dir, member
@@ -18,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine.restore import remove_dead_temps, restore_at
+from archive_tool.engine.restore import remove_dead_temps
 from archive_tool.errors import ArchiveError
 from archive_tool.guard import untrusted
-from archive_tool.names import is_session_name
-from archive_tool.pack import packfile
+from archive_tool.pack import entrypath, packfile
 from archive_tool.pack.packsalvage import Salvage, SalvagedPack, open_pack
+from archive_tool.pack.restore import restore_entry
 from archive_tool.retention.repackplan import pack_listings
 from archive_tool.summary import (
     FAILED,
@@ -34,7 +36,9 @@ from archive_tool.summary import (
     record_failure,
 )
 
-Job = tuple[str, str, str]  # (dir relative to the root, pack file name, session name)
+# (dir relative to the root, pack file name, session name or, in a spanning pack, its path
+# below the pack's dir: pack/entrypath.py)
+Job = tuple[str, str, str]
 
 
 def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -> list[Job]:
@@ -50,20 +54,67 @@ def plan(root: str, s: dict[str, Any], max_files: int | None, taken: set[str]) -
                            "its frame in the pack is damaged; cannot be restored")
 
     for rel, pack, _mtime, sessions in pack_listings(root, on_damaged=damaged):
-        for name, csize in sessions:
-            s["scanned"] += 1
-            dest = os.path.join(root, rel, name)
-            if dest in taken or not is_session_name(name) or os.path.lexists(dest):
-                s["skipped"] += 1
-                continue
-            if max_files and s["candidates"] >= max_files:
-                s["capped"] += 1
-                continue
-            taken.add(dest)
-            s["candidates"] += 1
-            s["bytes_in"] += csize
-            jobs.append((rel, pack, name))
+        with _PackDir(root, rel) as dfd:
+            _plan_pack(root, rel, pack, sessions, dfd, s, max_files, taken, jobs)
     return jobs
+
+
+class _PackDir:
+    """The pack's dir fd below the root, opened on first use (-1 if it does not open)."""
+
+    def __init__(self, root: str, rel: str) -> None:
+        self.root, self.rel, self.fd = root, rel, None
+
+    def get(self) -> int:
+        if self.fd is None:
+            try:
+                rfd = fs.open_trusted_dir(self.root)
+                try:
+                    self.fd = fs.open_beneath(rfd, self.rel)
+                finally:
+                    os.close(rfd)
+            except OSError:
+                self.fd = -1
+        return self.fd
+
+    def __enter__(self) -> _PackDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None and self.fd >= 0:
+            os.close(self.fd)
+
+
+def _plan_pack(root: str, rel: str, pack: str, sessions: list[tuple[str, int]],
+               pdir: _PackDir, s: dict[str, Any], max_files: int | None, taken: set[str],
+               jobs: list[Job]) -> None:
+    for name, csize in sessions:
+        s["scanned"] += 1
+        dest = os.path.join(root, rel, name)
+        if dest in taken or not entrypath.is_entry(name):
+            s["skipped"] += 1
+            continue
+        # A spanning pack's entry is looked at by fds from the root, as it will be
+        # restored: no probe through a symlinked dir of the tree.
+        if "/" in name:
+            there = _entry_exists(pdir.get(), name) if pdir.get() >= 0 else None
+        else:
+            there = os.path.lexists(dest)
+        if there is None:
+            record_failure(s, f"{os.path.join(root, rel, pack)}::{name}",
+                           "a dir on its path below the pack is a symlink or not a "
+                           "dir; refused")
+            continue
+        if there:
+            s["skipped"] += 1
+            continue
+        if max_files and s["candidates"] >= max_files:
+            s["capped"] += 1
+            continue
+        taken.add(dest)
+        s["candidates"] += 1
+        s["bytes_in"] += csize
+        jobs.append((rel, pack, name))
 
 
 def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[str]
@@ -82,12 +133,13 @@ def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[st
         record_failure(s, archive, f"pack {rel!r} is not a pack path below {root}; refused")
         return None
     d, pack = os.path.split(rel)
-    name = os.path.basename(session)
-    if not is_session_name(name) or session != os.path.join(root, d, name):
+    pack_dir = os.path.join(root, d) if d else root
+    name = session[len(pack_dir) + 1:] if session.startswith(pack_dir + "/") else ""
+    if not entrypath.is_entry(name) or session != os.path.join(pack_dir, name):
         # A forged line could otherwise make root restore another user's session into
-        # this user's dir.
+        # this user's dir. (A --pack auto pack holds sessions in dirs below its own.)
         record_failure(s, archive, f"manifest pairs it with {session}, not a session dir "
-                                   "beside the pack; refused")
+                                   "at its path below the pack's dir; refused")
         return None
     if session in planned:
         s["skipped"] += 1
@@ -106,7 +158,12 @@ def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[st
         record_failure(s, archive, untrusted.refusal(archive, e).reason)
         return None
     try:
-        if dfd >= 0 and fs.lexists_at(dfd, name):
+        there = _entry_exists(dfd, name) if dfd >= 0 else False
+        if there is None:
+            record_failure(s, archive, f"a dir on the path of {session} below the pack is a "
+                                       "symlink or not a dir; refused")
+            return None
+        if there:
             s["skipped"] += 1
             return None
         if dfd < 0 or not fs.lexists_at(dfd, pack):
@@ -120,6 +177,23 @@ def plan_undo(root: str, rec: dict[str, Any], s: dict[str, Any], planned: set[st
     b = rec.get("bytes")
     s["bytes_in"] += b if isinstance(b, int) and b > 0 else 0
     return (d, pack, name)
+
+
+def _entry_exists(dfd: int, entry: str) -> bool | None:
+    """Is there anything at *entry* below the pack's dir fd (walked without following)?
+    None: a symlink or a file is in the way (the restore would be refused)."""
+    rel, name = entrypath.split(entry)
+    try:
+        sub = entrypath.open_entry_dir(dfd, rel)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        return fs.lexists_at(sub, name)
+    finally:
+        os.close(sub)
+
 
 
 def restore(root: str, jobs: list[Job], s: dict[str, Any],
@@ -174,9 +248,8 @@ def _restore_pack(where: str, pack: str, names: list[str], dfd: int, s: dict[str
                                                  "be restored")
                     raise ArchiveError(path, f"no session {n!r} in this pack")
                 fd = p.frame_fd(i)
-                total, tree_fd = restore_at(label, fd, dfd, n, os.path.join(where, n), ast,
-                                             None)
-                os.close(tree_fd)
+                entrypath.check_entry(path, n)
+                total = restore_entry(label, fd, dfd, n, os.path.join(where, n), ast)
                 r = Result(label, RESTORED, "", 0, total)
             except FileExistsError:
                 r = Result(label, SKIPPED, "destination exists")

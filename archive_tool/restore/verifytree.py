@@ -33,7 +33,7 @@ class Checked(NamedTuple):
 
 
 def find_archives(root: str) -> list[str]:
-    """Session archives and packs in the FINISHED_* dirs below *root*, sorted: one walk
+    """Session archives (in FINISHED_* dirs) and packs (any dir) below *root*, sorted: one walk
     (a second one for the packs cost an lstat, an open, an fstat and a listing per dir
     again: issue 24), types from the listing (d_type), each file opened O_NOFOLLOW by
     check_one."""

@@ -32,7 +32,8 @@ def _walk_into(name: str) -> bool:
 def iter_session_archives(root: str, packs: bool = False) -> Iterator[os.DirEntry[str]]:
     """Regular files ``<ID>[-<name>].<format>`` whose parent is a FINISHED_* dir, anywhere
     under *root*; symlinks never followed, RUNNING/ and session dirs never entered. With
-    *packs*, the pack files of those dirs too (verify ROOT: one walk for both)."""
+    *packs*, pack files too, in any dir (a ``--pack auto`` pack sits in its sessions'
+    deepest common dir): verify ROOT, one walk for both."""
     stack = [root]
     while stack:
         d = stack.pop()
@@ -48,12 +49,15 @@ def iter_session_archives(root: str, packs: bool = False) -> Iterator[os.DirEntr
                         if _walk_into(e.name):
                             stack.append(e.path)
                         continue
-                    if not in_finished or not e.is_file(follow_symlinks=False):
+                    if not (in_finished or packs) or not e.is_file(follow_symlinks=False):
                         continue
                 except OSError:
                     continue
+                if packs and is_pack_name(e.name):
+                    yield e  # any dir: a --pack auto pack sits above its FINISHED_* dirs
+                    continue
+                if not in_finished:
+                    continue
                 named = split_archive_name(e.name)
                 if named is not None and is_session_name(named[0]):
-                    yield e
-                elif packs and is_pack_name(e.name):
                     yield e

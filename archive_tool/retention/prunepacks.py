@@ -25,14 +25,18 @@ def scan_packs(root: str, now: float) -> list[Archived]:
     report it) and so never pruned."""
     out = []
     for rel, pack, mtime, sessions in pack_listings(root):
-        finished = os.path.join(root, rel) if rel else root
-        script = os.path.dirname(rel) if rel else os.path.dirname(finished)
-        path = os.path.join(finished, pack)
-        for name, csize in sessions:
+        path = os.path.join(root, rel, pack) if rel else os.path.join(root, pack)
+        for entry, csize in sessions:
+            # A spanning pack's entry (--pack auto) is the session's path below the pack:
+            # its script and state are the dirs it came from, not the pack's.
+            d, _, name = entry.rpartition("/")
+            srel = "/".join(p for p in (rel, d) if p)
+            finished = os.path.join(root, srel) if srel else root
+            script = os.path.dirname(srel) if srel else os.path.dirname(finished)
             t = started_at(name)
             t = mtime if t is None else t
             out.append(Archived(
-                path=f"{path}::{name}", script=script or ".",
+                path=f"{path}::{entry}", script=script or ".",
                 state=os.path.basename(finished), started=t,
                 age_days=(now - t) / 86400, bytes=csize, pack=path))
     return out

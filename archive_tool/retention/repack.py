@@ -37,7 +37,7 @@ from typing import Any
 
 from archive_tool import fs
 from archive_tool.catalog import catalog
-from archive_tool.catalog.rows import session_row
+from archive_tool.catalog.rows import entry_row
 from archive_tool.engine import commit
 from archive_tool.errors import ArchiveError, BadArgument, VerifyFailed
 from archive_tool.guard import interrupt
@@ -62,8 +62,8 @@ def _rows_of(where: str, rel: str, pack: str, fd: int) -> list[dict[str, Any]]:
     crash may have come before the catalog step that would have listed it."""
     with packfile.Pack(os.path.join(where, pack), os.dup(fd)) as p:
         arel = os.path.join(rel, pack)
-        return [session_row(p.members(i), n, rel, arel, i, p.frames.offset[i],
-                            p.frames.csize[i]) for i, n in enumerate(p.names)]
+        return [entry_row(p.members(i), n, rel, arel, i, p.frames.offset[i],
+                          p.frames.csize[i]) for i, n in enumerate(p.names)]
 
 
 def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]:
@@ -99,7 +99,7 @@ def _write(dfd: int, where: str, g: Group, fds: PackFds) -> list[dict[str, Any]]
 
         def row(i: int, name: str, members: bytes) -> None:
             fi = w.frames[i]
-            rows.append(session_row(members, name, g.dir, "", i, fi.offset, fi.csize))
+            rows.append(entry_row(members, name, g.dir, "", i, fi.offset, fi.csize))
 
         try:
             packfile.verify_pack(tmp.final, tmp.fd, on_frame=row)
@@ -195,6 +195,7 @@ def repack(
         raise BadArgument("--salvage rewrites damaged packs only: not with --merge or --drop")
     if drop_fn is None and wanted:
         def drop_fn(_rel: str, name: str) -> str | None:
+            name = name.rpartition("/")[2]  # a spanning pack's entry path: its session
             hit = name in wanted or any(name.startswith(w + "-") for w in wanted)
             return "dropped (--drop)" if hit else None
     s = new_summary("repack", root_p, dry_run, merge=merge, packs_read=0, packs_written=0,
@@ -219,7 +220,7 @@ def repack(
                     os.close(dfd)
         finally:
             os.close(root_fd)
-    dropped = {d["session"] for g in s["groups"] for d in g["dropped"]}
+    dropped = {d["session"].rpartition("/")[2] for g in s["groups"] for d in g["dropped"]}
     for w in sorted(wanted):
         if not any(n == w or n.startswith(w + "-") for n in dropped):
             s["warnings"].append(f"--drop {w}: no such session in a pack under {root_p}")

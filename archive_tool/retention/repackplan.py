@@ -30,13 +30,13 @@ from archive_tool.engine.scan import scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError, BadArgument
 from archive_tool.guard.lock import lock_session
-from archive_tool.names import FINISHED_STATES, RUNNING_STATE, is_session_name
-from archive_tool.pack import packfile, seekable
+from archive_tool.names import RUNNING_STATE, is_session_name
+from archive_tool.pack import entrypath, packfile, seekable
 from archive_tool.pack.packsalvage import SalvagedPack, open_pack
 from archive_tool.summary import record_failure
-from archive_tool.sweep.packplan import period_of
+from archive_tool.sweep.packplan import DEFAULT_PACK_BYTES, DEFAULT_PACK_SESSIONS, period_of
 
-MERGE_MODES = ("weekly", "monthly", "all")
+MERGE_MODES = ("auto", "weekly", "monthly", "all")
 DropFn = Callable[[str, str], "str | None"]  # (dir relative to root, session name) -> why
 
 
@@ -99,7 +99,7 @@ def parse_merge(value: str | None) -> str | None:
         return None
     v = value.strip().lower()
     if v not in MERGE_MODES:
-        raise BadArgument(f"--merge wants weekly, monthly or all, got {value!r}")
+        raise BadArgument(f"--merge wants auto, weekly, monthly or all, got {value!r}")
     return v
 
 
@@ -165,8 +165,9 @@ def iter_packs(root: str) -> Iterator[tuple[str, int, os.DirEntry[str]]]:
 
 
 def pack_dirs(root: str, root_fd: int) -> list[str]:
-    """FINISHED_* dirs (relative to *root*) holding packs, walked by fds: no symlink is
-    followed, session dirs, RUNNING/ and hidden dirs are not entered."""
+    """Dirs (relative to *root*) holding packs, walked by fds: no symlink is followed,
+    session dirs, RUNNING/ and hidden dirs are not entered. Any dir: a ``--pack auto``
+    pack sits in its sessions' deepest common dir (FINISHED_* for the other modes)."""
     out: list[str] = []
     stack = [("", os.dup(root_fd))]
     try:
@@ -174,9 +175,7 @@ def pack_dirs(root: str, root_fd: int) -> list[str]:
             rel, fd = stack.pop()
             try:
                 items = fs.scandir_sorted(fd)
-                if os.path.basename(rel or root) in FINISHED_STATES and any(
-                        packfile.is_pack_entry(e)
-                        for e in items):
+                if any(packfile.is_pack_entry(e) for e in items):
                     out.append(rel)
                 for e in reversed(items):
                     if (e.name.startswith(".") or e.name == RUNNING_STATE
@@ -196,12 +195,26 @@ def pack_dirs(root: str, root_fd: int) -> list[str]:
 
 
 def _same_as_dir(dfd: int, where: str, f: Frame, packs: PackFds) -> bool:
-    """The session dir *f.name* beside the pack holds exactly the frame's tar bytes."""
-    if not fs.lexists_at(dfd, f.name):
+    """The session dir *f.name* beside the pack (or at its path below the pack's dir, a
+    spanning pack's entry: walked without following a symlink) holds exactly the frame's
+    tar bytes."""
+    rel, name = entrypath.split(f.name)
+    try:
+        sub = entrypath.open_entry_dir(dfd, rel)
+    except OSError:
+        return False
+    try:
+        return _same_at(sub, name, where, f, packs)
+    finally:
+        os.close(sub)
+
+
+def _same_at(dfd: int, name: str, where: str, f: Frame, packs: PackFds) -> bool:
+    if not fs.lexists_at(dfd, name):
         return False
     path = os.path.join(where, f.name)
     try:
-        lock_fd = lock_session(dfd, f.name, path, archived_ok=True)
+        lock_fd = lock_session(dfd, name, path, archived_ok=True)
     except (FileExistsError, ArchiveError, OSError):
         return False
     try:
@@ -239,7 +252,7 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
                 record_failure(s, path, f"not repacked, left as it is: {reason_of(ex)}")
                 continue
             with p:
-                bad = next((n for n in p.names if not is_session_name(n)), None)
+                bad = next((n for n in p.names if not entrypath.is_entry(n)), None)
                 st = os.fstat(p.fd)
             if bad is not None:
                 record_failure(s, path, f"not repacked, left as it is: index names {bad!r}, "
@@ -265,7 +278,9 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
                                f"not repacked, left as it is: {reason_of(ex)}")
                 del frames[pack]
         order = sorted(frames, key=lambda p: (ids[p][2], p))
-        if merge:
+        if merge == "auto":
+            todo = _auto_groups(order, frames)
+        elif merge:
             by: dict[str, list[str]] = {}
             for p in order:
                 first = frames[p][0].name if frames[p] else "undated"
@@ -297,6 +312,23 @@ def plan_dir(root: str, rel: str, dfd: int, s: dict[str, Any], *, merge: str | N
         return groups
     finally:
         fds.close()
+
+
+def _auto_groups(order: list[str], frames: dict[str, list[Frame]]) -> list[list[str]]:
+    """``--merge auto``: consecutive packs (oldest first) gathered until a group reaches
+    --pack auto's targets (packplan), so nightly auto sweeps' small packs of one dir
+    become packs of useful size; a pack at a target already stays alone (untouched)."""
+    todo: list[list[str]] = []
+    n = size = 0
+    for p in order:
+        if not todo or n >= DEFAULT_PACK_SESSIONS or size >= DEFAULT_PACK_BYTES or (
+                n + len(frames[p]) > DEFAULT_PACK_SESSIONS):
+            todo.append([])
+            n = size = 0
+        todo[-1].append(p)
+        n += len(frames[p])
+        size += sum(f.csize for f in frames[p])
+    return todo
 
 
 def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str, list[Frame]],
@@ -334,8 +366,10 @@ def _plan_group(rel: str, where: str, dfd: int, gp: list[str], frames: dict[str,
         drops = [(f, w) for f, w in drops if f.pack != reuse] + [
             (f, f"the same frame is in {reuse}") for f in keep if f.pack != reuse]
         keep = frames[reuse]
-    if merge == "all" and keep:
-        base = f"{period_of(keep[0].name, 'daily')}_{period_of(keep[-1].name, 'daily')}"
+    if (merge == "all" or (merge == "auto" and len(gp) > 1)) and keep:
+        # (Sorted by name, a spanning pack's frames are in path order, not date order.)
+        days = sorted(period_of(f.name, "daily") for f in keep)
+        base = f"{days[0]}_{days[-1]}"
     elif merge and len(gp) > 1:
         base = _merge_period(keep[0].name if keep else gp[0], merge)
     else:

@@ -1,40 +1,53 @@
-"""Which sessions go into which pack: ``--pack daily|weekly|N`` parsed, a session's
-period from its ID's timestamp, and the packs of one sweep planned per FINISHED_* dir."""
+"""Which sessions go into which pack: ``--pack daily|weekly|N|auto`` parsed, a session's
+period from its ID's timestamp, and the packs of one sweep planned per FINISHED_* dir, or
+with ``auto`` across dirs (plan_auto: one owner's dirs in path order until a pack reaches
+its target, the pack in their deepest common dir)."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import re
+import stat
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from archive_tool.errors import BadArgument
+from archive_tool.pack import entrypath
 from archive_tool.sweep.plan import Task
 
 # A day's or week's sessions of one dir beyond this go to further packs (.2, .3 ...):
 # bounds one worker's job and the index a reader loads.
 MAX_PACK_SESSIONS = 10_000
+AUTO = "auto"
+# --pack auto's targets: a pack is closed once it holds this many sessions or this many
+# compressed bytes (measured in RESULTS.md, "Pack size: --pack auto's targets").
+DEFAULT_PACK_SESSIONS = 1_000
+DEFAULT_PACK_BYTES = 256 * 1024 * 1024
 _ID_DATE = re.compile(r"^(\d{4})Y-(\d{2})M-(\d{2})D-")
 _ID_TIME = re.compile(r"^(\d{4})Y-(\d{2})M-(\d{2})D-(\d{2})h(\d{2})m(\d{2})s_")
 
 
 def parse_pack(value: str | int) -> str | int:
-    """``daily`` | ``weekly`` | N (sessions per pack) -> the mode; BadArgument otherwise."""
+    """``daily`` | ``weekly`` | ``auto`` | N (sessions per pack) -> the mode; BadArgument
+    otherwise."""
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         n = int(value)
         if not 1 <= n <= MAX_PACK_SESSIONS:
             raise BadArgument(f"--pack N wants 1..{MAX_PACK_SESSIONS}, got {n}")
         return n
     v = str(value).strip().lower()
-    if v not in ("daily", "weekly"):
-        raise BadArgument(f"--pack wants daily, weekly or a number of sessions, got {value!r}")
+    if v not in ("daily", "weekly", AUTO):
+        raise BadArgument(f"--pack wants auto, daily, weekly or a number of sessions, "
+                          f"got {value!r}")
     return v
 
 
 def period_of(name: str, mode: str | int) -> str:
-    """The pack a session belongs to, from the date in its ID (when it started)."""
-    m = _ID_DATE.match(name)
+    """The pack a session belongs to, from the date in its ID (when it started). *name*
+    may be a spanning pack's entry path (``a/b/<ID>-main``)."""
+    m = _ID_DATE.match(name.rpartition("/")[2])
     if not m:
         return "undated"
     d = _dt.date(int(m[1]), int(m[2]), int(m[3]))
@@ -46,11 +59,16 @@ def period_of(name: str, mode: str | int) -> str:
 
 @dataclass
 class PackJob:
-    """One pack to write: sessions (paths) of one dir, one period."""
+    """One pack to write: sessions (paths) of one dir, one period; or (``--pack auto``)
+    sessions of one owner in dirs below *dir*, where the pack goes (*span*), closed at
+    *max_bytes* of frames (the rest goes to the next pack of the same dir)."""
 
     dir: str
     period: str
     paths: list[str]
+    span: bool = False
+    owner: int = -1
+    max_bytes: int = 0
 
 
 def plan_packs(tasks: list[Task], mode: str | int) -> list[PackJob]:
@@ -65,12 +83,104 @@ def plan_packs(tasks: list[Task], mode: str | int) -> list[PackJob]:
         for i in range(0, len(paths), size):
             chunk = paths[i:i + size]
             # N-packs are named by their first session's date and ID: unique and sortable.
-            jobs.append(PackJob(d, period or _n_name(chunk[0]), chunk))
+            jobs.append(PackJob(d, period or start_name(chunk[0]), chunk))
     return jobs
 
 
-def _n_name(first: str) -> str:
+def start_name(first: str) -> str:
     """``2026-11-23T103158``: when the pack's first session started (never an ID, so no
     tool mistakes the pack for one session's archive)."""
     m = _ID_TIME.match(os.path.basename(first))
     return f"{m[1]}-{m[2]}-{m[3]}T{m[4]}{m[5]}{m[6]}" if m else "undated"
+
+
+def parse_targets(sessions: int | None, max_bytes: int | None) -> tuple[int, int]:
+    """``--pack-sessions`` / ``--pack-bytes`` checked, defaults filled in."""
+    n = DEFAULT_PACK_SESSIONS if sessions is None else sessions
+    b = DEFAULT_PACK_BYTES if max_bytes is None else max_bytes
+    if not 1 <= n <= MAX_PACK_SESSIONS:
+        raise BadArgument(f"--pack-sessions wants 1..{MAX_PACK_SESSIONS}, got {n}")
+    if b < 1:
+        raise BadArgument(f"--pack-bytes wants a positive size, got {b}")
+    return n, b
+
+
+def pack_dir_ok(st: os.stat_result, owner: int) -> bool:
+    """May a spanning pack of *owner*'s sessions go in the dir *st* (an lstat/fstat)? A
+    dir of that owner that no one else may write: another user could otherwise rename
+    the pack or its sessions' dirs away between a sweep and a restore."""
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == owner
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def plan_auto(tasks: list[Task], root: str, sessions: int, max_bytes: int,
+              lstat: Callable[[str], os.stat_result] = os.lstat) -> list[PackJob]:
+    """``--pack auto``: per owner (of the FINISHED_* dir: a pack never holds two users'
+    sessions, and packwork gives a session of another owner its own archive), the
+    sessions in path order, accumulated over consecutive dirs into one pack until it holds
+    *sessions* of them (the worker closes it at *max_bytes*). The pack goes in the deepest
+    common dir of its sessions (at or below *root*); a dir may join only while that dir is
+    one :func:`pack_dir_ok` allows, and so is every dir between it and the session's
+    FINISHED_* dir (else the pack is closed and a new one started). What the plan saw
+    is advice: the worker opens the pack's dir by fds and checks it again."""
+    root = root.rstrip("/") or "/"
+    by_dir: dict[str, list[str]] = defaultdict(list)
+    for t in tasks:
+        by_dir[os.path.dirname(t.path)].append(t.path)
+    info: dict[str, os.stat_result | None] = {}
+
+    def st_of(d: str) -> os.stat_result | None:
+        if d not in info:
+            try:
+                info[d] = lstat(d)
+            except OSError:
+                info[d] = None
+        return info[d]
+
+    def top_of(d: str, owner: int, dev: int) -> str:
+        # The highest dir a pack of d's sessions may go in: up from d while allowed.
+        top = d
+        while top != root and top.startswith(root):
+            up = os.path.dirname(top)
+            st = st_of(up)
+            if st is None or st.st_dev != dev or not pack_dir_ok(st, owner):
+                break
+            top = up
+        return top
+
+    jobs: list[PackJob] = []
+    open_: dict[int, tuple[str, int, list[str]]] = {}  # owner -> (common dir, floor, paths)
+
+    def close(owner: int) -> None:
+        common, _floor, paths = open_.pop(owner)
+        jobs.append(PackJob(common, start_name(paths[0]), paths, True, owner, max_bytes))
+
+    for d in sorted(by_dir):
+        st = st_of(d)
+        if st is None:
+            continue  # gone since the walk: nothing to pack there
+        owner = st.st_uid
+        # (and never so high that an entry path gets deeper than a reader accepts)
+        floor = max(_depth(top_of(d, owner, st.st_dev)), _depth(d) + 1 - entrypath.MAX_DEPTH)
+        for path in sorted(by_dir[d]):
+            cur = open_.get(owner)
+            if cur is not None:
+                common = os.path.commonpath([cur[0], d])
+                lowest = max(cur[1], floor)
+                if _depth(common) >= lowest:
+                    cur[2].append(path)
+                    open_[owner] = (common, lowest, cur[2])
+                else:
+                    close(owner)
+                    cur = None
+            if cur is None:
+                open_[owner] = (d, floor, [path])
+            if len(open_[owner][2]) >= sessions:
+                close(owner)
+    for owner in sorted(open_):
+        close(owner)
+    return jobs
+
+
+def _depth(d: str) -> int:
+    return len([p for p in d.split("/") if p])

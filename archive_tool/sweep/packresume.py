@@ -50,11 +50,14 @@ def packed_names(parent_fd: int, d: str) -> dict[str, tuple[str, int]]:
     return found
 
 
-def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Result | None:
+def resume(parent_fd: int, path: str, name: str, where: tuple[str, int],
+           pack_fd: int | None = None, arc: str | None = None) -> Result | None:
     """Source and a pack holding it (a crash between publish and delete): delete the
     source only if the frame is exactly its tar bytes now; None if it differs (the source
-    changed after it was packed: the caller packs it again)."""
+    changed after it was packed: the caller packs it again). *pack_fd*, *arc*: the pack
+    is in that ancestor dir and holds the session as *arc* (``--pack auto``)."""
     pack_name, i = where
+    pack_fd = parent_fd if pack_fd is None else pack_fd
     try:
         lock_fd = lock_session(parent_fd, name, path, archived_ok=True)
     except FileExistsError as e:
@@ -64,20 +67,34 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Resu
     try:
         entries = scan_fd(lock_fd, path)
         parts: list[bytes] = []
-        write_tar(lock_fd, path, name, entries, parts.append)
+        write_tar(lock_fd, path, arc or name, entries, parts.append)
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
-        fd = fs.open_file(pack_name, parent_fd)
+        fd = fs.open_file(pack_name, pack_fd)
         with packfile.Pack(os.path.join(os.path.dirname(path), pack_name), fd) as p:
             if p.members(i) != tar:
                 return None
             os.fsync(p.fd)
-        commit.fsync_dir(parent_fd, os.path.dirname(path))
+        commit.fsync_dir(pack_fd, os.path.dirname(path))
         removesource.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
     except (ArchiveError, OSError) as e:
         return step.fail(path, e)
     finally:
         os.close(lock_fd)
     return Result(path, RESUMED, "", content_bytes(entries), 0, len(entries))
+
+
+def held_above(dirs: fs.DirCache, root: str | None, trash: str, name: str) -> bool:
+    """Does a ``--pack auto`` pack in a dir above the trash's (up to *root*) hold the
+    session, as its path below that dir (pack/entrypath.py)? A trash is half deleted: it
+    must never be renamed back over a session a pack holds whole."""
+    d = os.path.dirname(trash)
+    session = os.path.join(d, name)
+    top = (root or "").rstrip("/")
+    while root and d.startswith(top + "/"):
+        d = os.path.dirname(d)
+        if os.path.relpath(session, d) in packed_names(dirs.parent(os.path.join(d, "-"))[0], d):
+            return True
+    return False
 
 
 def cleanup(t: Task, opts: dict[str, Any]) -> Out:
@@ -87,7 +104,8 @@ def cleanup(t: Task, opts: dict[str, Any]) -> Out:
         try:
             parent_fd, trash = dirs.parent(t.path)
             name = session_of_trash(trash)
-            if name and name in packed_names(parent_fd, os.path.dirname(t.path)) and not any(
+            if name and (name in packed_names(parent_fd, os.path.dirname(t.path))
+                         or held_above(dirs, opts.get("root"), t.path, name)) and not any(
                     fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS):
                 lock_fd = lock_session(parent_fd, trash, t.path, archived_ok=True)
                 try:

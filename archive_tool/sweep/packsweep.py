@@ -29,8 +29,11 @@ from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_fa
 from archive_tool.sweep.discover import Discovery
 from archive_tool.sweep.executors import run_batches
 from archive_tool.sweep.packplan import (
+    AUTO,
     PackJob,
     parse_pack,
+    parse_targets,
+    plan_auto,
     plan_packs,
 )
 from archive_tool.sweep.packresume import cleanup
@@ -77,14 +80,18 @@ def pack_sweep(
     stale_after: float | None = None,
     on_packed: Callable[[Result, dict[str, Any] | None], None] | None = None,
     quiet_period: float | None = None,
+    pack_sessions: int | None = None,
+    pack_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Sweep *root* into packs (see the module doc). Returns the Summary dict, with
     ``packs`` (files written). The catalog (catalog.py) gets a row per packed session.
     *on_packed(result, row)*: each result with its catalog row, whose ``archive`` names
-    the pack (runlog.RunLog.packed writes the run's manifest from it)."""
+    the pack (runlog.RunLog.packed writes the run's manifest from it). *pack_sessions*,
+    *pack_bytes*: ``--pack auto``'s targets (packplan.plan_auto)."""
     t0 = time.monotonic()
     mode = parse_pack(pack)
     compresslevel = resolve_level("tar.zst", compresslevel)  # zstd's own; None: 3
+    targets = parse_targets(pack_sessions, pack_bytes)
     check_days(older_than_days)
     if workers is not None and workers < 1:
         raise BadArgument(f"workers must be >= 1, got {workers}")
@@ -108,7 +115,8 @@ def pack_sweep(
     others = [t for t in tasks if t.kind != ARCHIVE]
     if others:
         jobs.append(others)
-    packs = plan_packs([t for t in tasks if t.kind == ARCHIVE], mode)
+    todo = [t for t in tasks if t.kind == ARCHIVE]
+    packs = plan_auto(todo, root_p, *targets) if mode == AUTO else plan_packs(todo, mode)
     jobs += packs
     acc = Accounts(summary, True, on_result)
     if dry_run:

@@ -156,9 +156,19 @@ class RunLog:
 
 
 def _pack_holding(root: str, session: str) -> str | None:
-    """A pack beside *session* that lists it (last by name), relative to *root*; read only,
-    packs opened by the dir's fd without following a symlink (rare: crash resumes only)."""
-    parent, name = os.path.split(session)
+    """A pack beside *session* that lists it (last by name), or in a dir above it up to
+    *root* listing it by its path below that dir (a ``--pack auto`` pack), relative to
+    *root*; read only, packs opened by the dir's fd without following a symlink (rare:
+    crash resumes only)."""
+    parent = os.path.dirname(session)
+    while True:
+        found = _pack_in(root, parent, os.path.relpath(session, parent))
+        if found is not None or not parent.startswith(root.rstrip("/") + "/"):
+            return found
+        parent = os.path.dirname(parent)
+
+
+def _pack_in(root: str, parent: str, name: str) -> str | None:
     try:
         dfd = fs.open_trusted_dir(parent)
     except OSError:
