@@ -19,6 +19,7 @@ import subprocess
 from typing import Any
 
 from archive_tool.errors import ArchiveError, BadArgument, MountUnavailable
+from archive_tool.mount.listed import KERNEL_CACHE_S
 from archive_tool.mount.session import Entry
 from archive_tool.mount.view import View, log
 
@@ -46,7 +47,7 @@ _CAP_READDIRPLUS_AUTO = 1 << 14
 # mounted must show within about a second, and libfuse's high-level API has one timeout
 # for all entries, live and archived alike. Archived files' pages are kept across opens
 # instead (keep_cache): their bytes never change under a name while its archive stands.
-ENTRY_TIMEOUT = ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = ATTR_TIMEOUT = KERNEL_CACHE_S
 
 
 def _attrs(st: os.stat_result) -> dict[str, int]:

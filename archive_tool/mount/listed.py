@@ -32,6 +32,11 @@ from archive_tool.mount.session import LRU, Entry, SessionTree, build_tree
 
 log = logging.getLogger("archive_tool.mount")
 
+# How long the kernel may keep an entry's attributes (fusefs sets its timeouts from it),
+# and so how long a session whose catalog listing proved false keeps refusing opens: the
+# kernel may still check a permission against the false mode until its copy expires.
+KERNEL_CACHE_S = 1.0
+QUARANTINE_S = 2 * KERNEL_CACHE_S + 0.5
 # A sweep holds the catalog's write lock for a batch: the single-threaded mount waits at
 # most this long, then lists that session by decoding it.
 BUSY_MS = 20
@@ -80,12 +85,25 @@ class CatalogListings:
             ident = (st.st_dev, st.st_ino, st.st_ctime_ns)
         except OSError:
             ident = None
-        if ident is not None and ident[:2] == (self.ident or (0, 0, 0))[:2] and self.conn:
+        if ident is not None and ident == self.ident and self.conn:
             return
+        if ident is not None and self.ident and ident[:2] == self.ident[:2] and self.conn:
+            # Written since (a sweep's rows; or the owner's hand): the schema checked again,
+            # as connect_ro checked it, and a table added since picked up.
+            self.ident = ident
+            try:
+                got = set(self.conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+            except sqlite3.Error:
+                got = set()
+            if got == catalog.expected_schema():
+                self.has_table = True
+                return
+            if got == catalog.legacy_schema():
+                self.has_table = False
+                return
         self.close()
         self.ident = ident
         if ident is None:
-            self._note("no catalog")
             return
         try:
             conn = catalog.connect_ro(self.root)
@@ -105,6 +123,10 @@ class CatalogListings:
         if not self.has_table:
             self._note("catalog without member lists (written before them; "
                        "`catalog --rebuild` adds them)")
+
+    def available(self) -> bool:
+        self._refresh()
+        return self.conn is not None and self.has_table
 
     def get(self, archive: str, frame: int, name: str, offset: int, size: int
             ) -> dict[str, listing.Member] | None:
@@ -132,8 +154,10 @@ class ListedSessions:
 
     cache: LRU
     packs: dict[str, Any]
-    listings: CatalogListings | None
-    bad_listing: set[tuple[str, str, Source]]
+    use_catalog: bool
+    catalogs: dict[str, CatalogListings]
+    ttl: float
+    bad_listing: dict[tuple[str, str, Source], float]
     root: str
 
     def _session_retry(self, rel: str, name: str, src: Source) -> SessionTree:
@@ -164,7 +188,7 @@ class ListedSessions:
         return self._session_retry(rel, name, src) if decode else None
 
     def _from_catalog(self, rel: str, name: str, src: Source) -> SessionTree | None:
-        if self.listings is None:
+        if not self.use_catalog:
             return None
         if src.fmt == "pack":
             idx = self.packs.get(f"{rel}/{src.file}")
@@ -174,9 +198,12 @@ class ListedSessions:
             frame, offset, size = src.frame, f.offset, f.csize
         else:
             frame, offset, size = -1, 0, src.ident[1]
-        members = self.listings.get(f"{rel}/{src.file}" if rel else src.file, frame, name,
-                                    offset, size)
-        if members is None:
+        where = os.path.join(self.root, rel, src.file)
+        for cat in self._catalogs_of(os.path.dirname(where)):
+            members = cat.get(os.path.relpath(where, cat.root), frame, name, offset, size)
+            if members is not None:
+                break
+        else:
             return None
         entries = {r: Entry(m.mode, m.size, m.mtime_ns, m.uid, m.gid, -1, m.link)
                    for r, m in members.items()}
@@ -184,18 +211,39 @@ class ListedSessions:
         tree.key = (rel, name, src)
         return tree
 
+    def _catalogs_of(self, d: str) -> list[CatalogListings]:
+        """The catalogs that may hold a row for an archive in dir *d*: the one of each
+        sweep root it could have been swept from, i.e. *d* and every dir above it (also
+        above ROOT: a mount of one project of a swept tree), nearest first; those without
+        a catalog file cost a stat a second."""
+        out = []
+        while True:
+            c = self.catalogs.get(d)
+            if c is None:
+                c = self.catalogs[d] = CatalogListings(d, self.ttl)
+            if c.available():
+                out.append(c)
+            parent = os.path.dirname(d)
+            if parent == d:
+                return out
+            d = parent
+
     def verified(self, tree: SessionTree) -> SessionTree:
         """The decoded tree behind *tree*. For a tree listed from the catalog: decoded
         now, and every entry compared with the listing (the kernel checked permissions
         against the listed owner and mode): a difference is a forged or stale catalog,
-        logged, the listing dropped for good, and EIO, so no byte is ever served on the
-        catalog's word."""
+        logged, the listing dropped for good, and EIO — for every open of that session
+        until the kernel's copy of the false attributes has expired (QUARANTINE_S), so no
+        byte is ever served on the catalog's word."""
+        since = self.bad_listing.get(tree.key)  # type: ignore[call-overload]
+        if since is not None and time.monotonic() - since < QUARANTINE_S:
+            raise OSError(errno.EIO, "catalog listing did not match the archive", tree.name)
         if tree.blob is not None:
             return tree
         rel, name, src = tree.key  # type: ignore[misc]
         real = self._session_retry(rel, name, src)
         if not _same_entries(tree.entries, real.entries):
-            self.bad_listing.add(tree.key)  # type: ignore[arg-type]
+            self.bad_listing[tree.key] = time.monotonic()  # type: ignore[index]
             self.cache.discard(("listing", *tree.key))  # type: ignore[misc]
             where = os.path.join(self.root, rel, src.file)
             log.error("%s: catalog listing of %s does not match the archive; listed from "

@@ -115,13 +115,14 @@ class View(ListedSessions):
         self.refused: dict[tuple[str, Source], str] = {}
         # Sessions listed from the catalog (listed.py), and those whose catalog listing
         # disagreed with their archive: listed by decoding from then on.
-        self.listings = CatalogListings(self.root, ttl) if catalog else None
-        self.bad_listing: set[tuple[str, str, Source]] = set()
+        self.use_catalog = catalog
+        self.catalogs: dict[str, CatalogListings] = {}
+        self.bad_listing: dict[tuple[str, str, Source], float] = {}
         self.decodes = 0  # archives decoded (what tests and benchmarks count)
 
     def close(self) -> None:
-        if self.listings is not None:
-            self.listings.close()
+        for c in self.catalogs.values():
+            c.close()
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
