@@ -231,8 +231,10 @@ def _int(v: object, lo: int, hi: int) -> bool:
     return type(v) is int and lo <= v < hi  # noqa: E721 - bool is not a size
 
 
-def parse(blob: object) -> dict[str, Member] | None:
-    """A listing blob from the catalog, checked: None if it is not one we write."""
+def parse(blob: object, root_only: bool = False) -> dict[str, Member] | None:
+    """A listing blob from the catalog, checked: None if it is not one we write. With
+    *root_only*, only the session dir's own entry (first, as our writer stores it; {} if
+    the list has none) is checked and returned: what a listing of the dir above needs."""
     if not isinstance(blob, bytes):
         return None
     try:
@@ -245,6 +247,11 @@ def parse(blob: object) -> dict[str, Member] | None:
         return None
     if not isinstance(rows, list) or not rows or len(rows) > MAX_ENTRIES:
         return None
+    if root_only:
+        first = rows[0]
+        if not (isinstance(first, list) and first and first[0] == ""):
+            return {}
+        rows = rows[:1]
     out: dict[str, Member] = {}
     for r in rows:
         if not (isinstance(r, list) and len(r) == 7):

@@ -19,7 +19,6 @@ import subprocess
 from typing import Any
 
 from archive_tool.errors import ArchiveError, BadArgument, MountUnavailable
-from archive_tool.mount.listed import KERNEL_CACHE_S
 from archive_tool.mount.session import Entry
 from archive_tool.mount.view import View, log
 
@@ -47,7 +46,7 @@ _CAP_READDIRPLUS_AUTO = 1 << 14
 # mounted must show within about a second, and libfuse's high-level API has one timeout
 # for all entries, live and archived alike. Archived files' pages are kept across opens
 # instead (keep_cache): their bytes never change under a name while its archive stands.
-ENTRY_TIMEOUT = ATTR_TIMEOUT = KERNEL_CACHE_S
+ENTRY_TIMEOUT = ATTR_TIMEOUT = 1.0
 
 
 def _attrs(st: os.stat_result) -> dict[str, int]:
@@ -62,6 +61,47 @@ def _entry_attrs(e: Entry) -> dict[str, int]:
             "st_nlink": 2 if stat.S_ISDIR(e.mode) else 1,
             "st_blocks": (e.size + 511) // 512, "st_atime": e.mtime_ns,
             "st_mtime": e.mtime_ns, "st_ctime": e.mtime_ns}
+
+
+def _groups(pid: int, gid: int) -> set[int]:
+    """The caller's groups (its primary *gid* and, from /proc, its supplementary ones)."""
+    out = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    out.update(int(g) for g in line.split()[1:])
+                    break
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def permitted(tree: Any, rel: str, want: int, uid: int, gid: int, pid: int) -> bool:
+    """Whether the caller may reach *rel* of a decoded session *tree* and access it with
+    *want* (4 read; 0 to reach only): search on the session dir and each dir below it, as
+    the kernel checks a path, on the archive's own owners and modes. The kernel checked
+    it already, but against the attributes it was given, which for a session listed from
+    the catalog were the catalog's word (the tree owner's to forge)."""
+    if uid == 0:
+        return True
+    groups = None
+
+    def allows(e: Entry, bits: int) -> bool:
+        nonlocal groups
+        if e.uid == uid:
+            return (e.mode >> 6) & bits == bits
+        if groups is None:
+            groups = _groups(pid, gid)
+        if e.gid in groups:
+            return (e.mode >> 3) & bits == bits
+        return e.mode & bits == bits
+
+    parts = rel.split("/") if rel else []
+    for i in range(len(parts)):
+        if not allows(tree.entries["/".join(parts[:i])], 1):
+            return False
+    return allows(tree.entries[rel], want) if want else True
 
 
 def binding_class(fuse: Any) -> Any:
@@ -185,6 +225,11 @@ def operations(view: View, fuse: Any) -> Any:
             e = tree.entries.get(node.rel)
             if e is None:
                 raise fuse.FuseOSError(errno.ENOENT)
+            # Always, not only for a tree listed just now: the kernel may still hold
+            # attributes a catalog listing gave it before the session was decoded.
+            uid, gid, pid = fuse.fuse_get_context()
+            if not permitted(tree, node.rel, 4 if stat.S_ISREG(e.mode) else 0, uid, gid, pid):
+                raise fuse.FuseOSError(errno.EACCES)
             return tree, e
 
         def open(self, path: str, fi: Any) -> int:

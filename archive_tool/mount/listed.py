@@ -32,11 +32,10 @@ from archive_tool.mount.session import LRU, Entry, SessionTree, build_tree
 
 log = logging.getLogger("archive_tool.mount")
 
-# How long the kernel may keep an entry's attributes (fusefs sets its timeouts from it),
-# and so how long a session whose catalog listing proved false keeps refusing opens: the
-# kernel may still check a permission against the false mode until its copy expires.
-KERNEL_CACHE_S = 1.0
-QUARANTINE_S = 2 * KERNEL_CACHE_S + 0.5
+# Trees listed from the catalog are cheap to make again (one indexed query, ~50 us) and
+# cost ~3x their accounted size in Python objects: a small cache of its own, enough for
+# the sessions a walk is inside at once, keeps 100k listed sessions from filling memory.
+LISTED_CACHE = 4 << 20
 # A sweep holds the catalog's write lock for a batch: the single-threaded mount waits at
 # most this long, then lists that session by decoding it.
 BUSY_MS = 20
@@ -128,8 +127,8 @@ class CatalogListings:
         self._refresh()
         return self.conn is not None and self.has_table
 
-    def get(self, archive: str, frame: int, name: str, offset: int, size: int
-            ) -> dict[str, listing.Member] | None:
+    def get(self, archive: str, frame: int, name: str, offset: int, size: int,
+            root_only: bool = False) -> dict[str, listing.Member] | None:
         """The checked member list of session *name* in *archive* (relative to the root)
         at *frame* (-1: a per-session archive), if the catalog has one that matches the
         archive as found on disk (*offset*, compressed *size*); else None."""
@@ -145,7 +144,7 @@ class CatalogListings:
             return None  # busy (a sweep writing) or refused: decode this one
         if row is None or row[0] != name or row[1] != offset or row[2] != size:
             return None
-        return listing.parse(row[3])
+        return listing.parse(row[3], root_only)
 
 
 class ListedSessions:
@@ -153,11 +152,12 @@ class ListedSessions:
     view's cache, pack indexes and decoding)."""
 
     cache: LRU
+    listed_cache: LRU
     packs: dict[str, Any]
     use_catalog: bool
     catalogs: dict[str, CatalogListings]
     ttl: float
-    bad_listing: dict[tuple[str, str, Source], float]
+    bad_listing: set[tuple[str, str, Source]]
     root: str
 
     def _session_retry(self, rel: str, name: str, src: Source) -> SessionTree:
@@ -180,14 +180,15 @@ class ListedSessions:
             return tree
         lkey = ("listing", rel, name, src)
         if key not in self.bad_listing:
-            tree = self.cache.get(lkey)
+            tree = self.listed_cache.get(lkey)
             if tree is None and (tree := self._from_catalog(rel, name, src)) is not None:
-                self.cache.put(lkey, tree)
+                self.listed_cache.put(lkey, tree)
             if tree is not None:
                 return tree
         return self._session_retry(rel, name, src) if decode else None
 
-    def _from_catalog(self, rel: str, name: str, src: Source) -> SessionTree | None:
+    def _from_catalog(self, rel: str, name: str, src: Source, root_only: bool = False
+                      ) -> SessionTree | None:
         if not self.use_catalog:
             return None
         if src.fmt == "pack":
@@ -200,7 +201,8 @@ class ListedSessions:
             frame, offset, size = -1, 0, src.ident[1]
         where = os.path.join(self.root, rel, src.file)
         for cat in self._catalogs_of(os.path.dirname(where)):
-            members = cat.get(os.path.relpath(where, cat.root), frame, name, offset, size)
+            members = cat.get(os.path.relpath(where, cat.root), frame, name, offset, size,
+                              root_only)
             if members is not None:
                 break
         else:
@@ -210,6 +212,18 @@ class ListedSessions:
         tree = build_tree(name, None, entries, src.ident[2])
         tree.key = (rel, name, src)
         return tree
+
+    def _session_attrs(self, rel: str, name: str, src: Source) -> Entry | None:
+        """The attributes of an archived session's own dir for a listing of the dir above:
+        from a tree in a cache, else the first entry of its catalog listing alone (not
+        kept: a walk of a 10k-session dir enters each session later, one at a time)."""
+        key = (rel, name, src)
+        tree = self.cache.get(key)
+        if tree is None and key not in self.bad_listing:
+            tree = self.listed_cache.get(("listing", *key))
+            if tree is None:
+                tree = self._from_catalog(rel, name, src, root_only=True)
+        return tree.entries[""] if tree is not None else None
 
     def _catalogs_of(self, d: str) -> list[CatalogListings]:
         """The catalogs that may hold a row for an archive in dir *d*: the one of each
@@ -232,19 +246,16 @@ class ListedSessions:
         """The decoded tree behind *tree*. For a tree listed from the catalog: decoded
         now, and every entry compared with the listing (the kernel checked permissions
         against the listed owner and mode): a difference is a forged or stale catalog,
-        logged, the listing dropped for good, and EIO — for every open of that session
-        until the kernel's copy of the false attributes has expired (QUARANTINE_S), so no
-        byte is ever served on the catalog's word."""
-        since = self.bad_listing.get(tree.key)  # type: ignore[call-overload]
-        if since is not None and time.monotonic() - since < QUARANTINE_S:
-            raise OSError(errno.EIO, "catalog listing did not match the archive", tree.name)
+        logged, the listing dropped for good, and EIO. The caller (fusefs) then checks
+        the reader's permission against the decoded entries itself: the kernel checked it
+        against listed attributes, which may have been the catalog's word."""
         if tree.blob is not None:
             return tree
         rel, name, src = tree.key  # type: ignore[misc]
         real = self._session_retry(rel, name, src)
         if not _same_entries(tree.entries, real.entries):
-            self.bad_listing[tree.key] = time.monotonic()  # type: ignore[index]
-            self.cache.discard(("listing", *tree.key))  # type: ignore[misc]
+            self.bad_listing.add(tree.key)  # type: ignore[arg-type]
+            self.listed_cache.discard(("listing", *tree.key))  # type: ignore[misc]
             where = os.path.join(self.root, rel, src.file)
             log.error("%s: catalog listing of %s does not match the archive; listed from "
                       "the archive from now on", where, name)
@@ -267,11 +278,7 @@ class ListedSessions:
                 (n, s.st_mode, s if stat.S_ISDIR(s.st_mode) else None)
                 for n, s in ds.live.items()]
             for n, src in list(ds.archived.items()):
-                try:
-                    tree = self.listed(node.rel, n, src, decode=False)
-                except OSError:
-                    tree = None
-                out.append((n, stat.S_IFDIR | 0o755, tree.entries[""] if tree else None))
+                out.append((n, stat.S_IFDIR | 0o755, self._session_attrs(node.rel, n, src)))
             return out
         tree, rel = node.tree, node.rel
         if not stat.S_ISDIR(node.entry.mode):  # type: ignore[union-attr]

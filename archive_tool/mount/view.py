@@ -36,7 +36,7 @@ from typing import NamedTuple
 from archive_tool import fs
 from archive_tool.errors import ArchiveError, BadRoot, UnsafeArchive
 from archive_tool.guard.lock import LOCK_NAME
-from archive_tool.mount.listed import CatalogListings, ListedSessions, Source
+from archive_tool.mount.listed import LISTED_CACHE, CatalogListings, ListedSessions, Source
 from archive_tool.mount.session import (
     LRU,
     Entry,
@@ -110,6 +110,7 @@ class View(ListedSessions):
         self.dirs: OrderedDict[str, DirState] = OrderedDict()
         self.packs: dict[str, PackIndex] = {}
         self.cache = LRU(cache_bytes)
+        self.listed_cache = LRU(LISTED_CACHE)
         # Refused sessions by source identity: logged once, not decoded again until the
         # file changes.
         self.refused: dict[tuple[str, Source], str] = {}
@@ -117,7 +118,7 @@ class View(ListedSessions):
         # disagreed with their archive: listed by decoding from then on.
         self.use_catalog = catalog
         self.catalogs: dict[str, CatalogListings] = {}
-        self.bad_listing: dict[tuple[str, str, Source], float] = {}
+        self.bad_listing: set[tuple[str, str, Source]] = set()
         self.decodes = 0  # archives decoded (what tests and benchmarks count)
 
     def close(self) -> None:
