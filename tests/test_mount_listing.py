@@ -312,3 +312,26 @@ def test_a_catalog_from_before_the_member_lists_still_mounts(tmp_path, mounts) -
     r = run_cli("catalog", root, "--rebuild")
     assert r.returncode == 0, r.stderr
     assert len(_listings(root)) == 3
+
+
+def test_the_mount_checks_the_archived_owner_and_mode_along_the_whole_path() -> None:
+    import stat as st
+
+    from archive_tool.mount.fusefs import permitted
+    from archive_tool.mount.session import Entry, build_tree
+
+    def e(kind: int, mode: int, uid: int = 1000, gid: int = 1000) -> Entry:
+        return Entry(kind | mode, 0, 0, uid, gid, -1, "")
+
+    tree = build_tree("s", None, {
+        "": e(st.S_IFDIR, 0o755), "priv": e(st.S_IFDIR, 0o700),
+        "priv/a": e(st.S_IFREG, 0o644), "grp": e(st.S_IFDIR, 0o750, gid=2000),
+        "grp/b": e(st.S_IFREG, 0o640, gid=2000), "c": e(st.S_IFREG, 0o604)}, 0)
+    gone = 1 << 30  # no such process: only the primary group counts
+    assert permitted(tree, "priv/a", 4, 1000, 1000, gone)  # the owner
+    assert not permitted(tree, "priv/a", 4, 65534, 65534, gone)  # a 0700 dir on the way
+    assert not permitted(tree, "priv/a", 0, 65534, 65534, gone)
+    assert permitted(tree, "grp/b", 4, 65534, 2000, gone)  # the group's bits
+    assert not permitted(tree, "grp/b", 4, 65534, 65534, gone)
+    assert permitted(tree, "c", 4, 65534, 65534, gone)  # other's read bit
+    assert permitted(tree, "priv/a", 4, 0, 0, gone)  # root

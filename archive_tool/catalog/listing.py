@@ -227,10 +227,6 @@ def listing_of(tar: bytes, top: str) -> bytes | None:
     return encode(members) if members is not None and len(members) <= MAX_ENTRIES else None
 
 
-def _int(v: object, lo: int, hi: int) -> bool:
-    return type(v) is int and lo <= v < hi  # noqa: E721 - bool is not a size
-
-
 def parse(blob: object, root_only: bool = False) -> dict[str, Member] | None:
     """A listing blob from the catalog, checked: None if it is not one we write. With
     *root_only*, only the session dir's own entry (first, as our writer stores it; {} if
@@ -252,17 +248,23 @@ def parse(blob: object, root_only: bool = False) -> dict[str, Member] | None:
         if not (isinstance(first, list) and first and first[0] == ""):
             return {}
         rows = rows[:1]
+    # Types first, for the whole list in C (set(map(type, ...))): a Python check per
+    # field was half the cost of listing a session.
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {7}:
+        return None
+    cols = list(zip(*rows, strict=True))
+    if set(map(type, cols[0] + cols[6])) != {str} or \
+            set(map(type, cols[1] + cols[2] + cols[3] + cols[4] + cols[5])) != {int}:
+        return None
+    if min(cols[1] + cols[2] + cols[4] + cols[5]) < 0 or max(cols[1] + cols[4] + cols[5]) \
+            >= 1 << 32 or max(cols[2]) >= 1 << 63 or not -(1 << 63) <= min(cols[3]) \
+            or max(cols[3]) >= 1 << 63:
+        return None
     out: dict[str, Member] = {}
     for r in rows:
-        if not (isinstance(r, list) and len(r) == 7):
-            return None
         rel, mode, size, mtime, uid, gid, link = r
-        if not (isinstance(rel, str) and isinstance(link, str) and "\0" not in rel
-                and "\0" not in link and _int(mode, 0, 1 << 32) and _int(size, 0, 1 << 63)
-                and _int(mtime, -(1 << 63), 1 << 63) and _int(uid, 0, 1 << 32)
-                and _int(gid, 0, 1 << 32)):
-            return None
-        if rel and any(p in ("", ".", "..") for p in rel.split("/")):
+        if "\0" in rel or "\0" in link or (rel and any(
+                p in ("", ".", "..") for p in rel.split("/"))):
             return None
         kind = stat.S_IFMT(mode)
         if kind not in (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK) or mode & ~(kind | _PERM) \

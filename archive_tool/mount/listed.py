@@ -156,6 +156,7 @@ class ListedSessions:
     packs: dict[str, Any]
     use_catalog: bool
     catalogs: dict[str, CatalogListings]
+    catalog_chain: dict[str, tuple[float, list[CatalogListings]]]
     ttl: float
     bad_listing: set[tuple[str, str, Source]]
     root: str
@@ -201,8 +202,9 @@ class ListedSessions:
             frame, offset, size = -1, 0, src.ident[1]
         where = os.path.join(self.root, rel, src.file)
         for cat in self._catalogs_of(os.path.dirname(where)):
-            members = cat.get(os.path.relpath(where, cat.root), frame, name, offset, size,
-                              root_only)
+            # where is below cat.root (a dir above it): the row's path is the rest.
+            members = cat.get(where[len(cat.root.rstrip("/")) + 1:], frame, name, offset,
+                              size, root_only)
             if members is not None:
                 break
         else:
@@ -230,7 +232,11 @@ class ListedSessions:
         sweep root it could have been swept from, i.e. *d* and every dir above it (also
         above ROOT: a mount of one project of a swept tree), nearest first; those without
         a catalog file cost a stat a second."""
-        out = []
+        now = time.monotonic()
+        hit = self.catalog_chain.get(d)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        out, start = [], d
         while True:
             c = self.catalogs.get(d)
             if c is None:
@@ -239,8 +245,10 @@ class ListedSessions:
                 out.append(c)
             parent = os.path.dirname(d)
             if parent == d:
-                return out
+                break
             d = parent
+        self.catalog_chain[start] = (now, out)
+        return out
 
     def verified(self, tree: SessionTree) -> SessionTree:
         """The decoded tree behind *tree*. For a tree listed from the catalog: decoded

@@ -118,6 +118,7 @@ class View(ListedSessions):
         # disagreed with their archive: listed by decoding from then on.
         self.use_catalog = catalog
         self.catalogs: dict[str, CatalogListings] = {}
+        self.catalog_chain: dict[str, tuple[float, list[CatalogListings]]] = {}
         self.bad_listing: set[tuple[str, str, Source]] = set()
         self.decodes = 0  # archives decoded (what tests and benchmarks count)
 
