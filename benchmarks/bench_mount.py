@@ -23,7 +23,9 @@ Measured, in interleaved repetitions:
   straight into packs of 10,000 (one per ``s<k>_out/FINISHED_SUCCESS``, written with the
   pack writer and catalogued with the sweep's own row function: minutes, not the hour a
   real sweep of 100k sessions takes here), mounted, ``ls -R``: the mount's peak RSS and
-  the listing's time.
+  the listing's time;
+- the FUSE floor (``--floor-sessions N``, alone): ``ls -R`` of a tree, of the same tree
+  unarchived through a mount, and of a pack-swept copy through a mount.
 
 Writes benchmarks/results/<--out>-<date>.json and .png.
 """
@@ -219,6 +221,33 @@ def rss_run(a: argparse.Namespace) -> dict:
     return out
 
 
+def floor_run(a: argparse.Namespace) -> dict:
+    """The FUSE floor: ``ls -R`` of the unarchived tree, of that same tree through a mount
+    (every dir live: what the binding costs, no archive involved), and of a pack-swept
+    copy through a mount; medians of --reps fresh mounts."""
+    w = os.path.join(WORK, "floor")
+    orig, packed = os.path.join(w, "orig"), os.path.join(w, "packed")
+    log(f"floor: tree of {a.floor_sessions} sessions ({a.shape})")
+    demo.make_tree(orig, a.floor_sessions, shape=a.shape, projects=1, scripts_per_project=2)
+    subprocess.run(["cp", "-a", orig, packed], check=True)
+    cli("sweep", packed, "--execute", "--quiet", "--pack", "10000")
+    runs = []
+    for _ in range(a.reps):
+        timed(["ls", "-R", orig])
+        row = {"ls_orig_s": timed(["ls", "-R", orig])}
+        for key, root in (("ls_mount_unarchived_s", orig), ("ls_mount_packed_s", packed)):
+            with Mounted(root, os.path.join(w, "mnt")) as m:
+                row[key] = timed(["ls", "-R", m.mnt])
+        log(json.dumps(row))
+        runs.append(row)
+    shutil.rmtree(w, ignore_errors=True)
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {"sessions": a.floor_sessions, "tree_dirs_files": None, "runs": runs,
+            "median": med,
+            "ratio_unarchived_mount": med["ls_mount_unarchived_s"] / med["ls_orig_s"],
+            "ratio_packed_mount": med["ls_mount_packed_s"] / med["ls_orig_s"]}
+
+
 def count(root: str) -> tuple[int, int]:
     dirs = files = 0
     for _d, ds, fs in os.walk(root):
@@ -235,8 +264,18 @@ def main() -> None:
     ap.add_argument("--cat-sessions", type=int, default=10000)
     ap.add_argument("--rss-sessions", type=int, default=100000)
     ap.add_argument("--rss-only", action="store_true")
+    ap.add_argument("--floor-sessions", type=int, default=0,
+                    help="only the FUSE floor run, on a tree of this many sessions")
     ap.add_argument("--out", default="mount-listing")
     a = ap.parse_args()
+    if a.floor_sessions:
+        res = {"date": dt.datetime.now().isoformat(timespec="seconds"),
+               "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+               "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version(), "loadavg": os.getloadavg()},
+               "floor": floor_run(a)}
+        write(res, a.out)
+        return
     if a.rss_only:
         res = {"date": dt.datetime.now().isoformat(timespec="seconds"),
                "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
@@ -364,6 +403,12 @@ def plot(res: dict, path: str) -> None:
         panels.append((f"mount RSS, {res['rss']['sessions']} sessions in packs",
                        ["idle", "after ls -R"], [r["rss_idle_mb"], r["rss_after_ls_mb"]], "MB",
                        200))
+    if "floor" in res:
+        f = res["floor"]["median"]
+        panels.append((f"ls -R, {res['floor']['sessions']} sessions: the FUSE floor",
+                       ["unarchived", "unarchived\nthrough mount", "packs\nthrough mount"],
+                       [f["ls_orig_s"], f["ls_mount_unarchived_s"], f["ls_mount_packed_s"]],
+                       "seconds", 3 * f["ls_orig_s"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, labels, values, unit, target) in zip(axes[0], panels, strict=True):
         ax.bar(labels, values, color="#4c72b0")
