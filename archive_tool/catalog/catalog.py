@@ -41,23 +41,33 @@ CREATE INDEX IF NOT EXISTS s_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS s_id ON sessions (id);
 CREATE INDEX IF NOT EXISTS s_name ON sessions (name);
 """
+# Added for `mount` (issue 25): each session's member list (catalog/listing.py), so a
+# mount lists an archived session without decompressing it. Writers add the table to an
+# older catalog (CREATE IF NOT EXISTS); a reader accepts a catalog without it
+# (legacy_schema), and the mount then decodes to list.
+_LISTING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS listing (sid INTEGER PRIMARY KEY, data BLOB);
+"""
+_SCHEMA_V1 = _SCHEMA
+_SCHEMA = _SCHEMA_V1 + _LISTING_SCHEMA
 
 
 def catalog_path(root: str | os.PathLike[str]) -> str:
     return os.path.join(os.fspath(root), CATALOG)
 
 
-def _expected_schema() -> set[tuple[Any, ...]]:
+def _expected_schema(script: str = _SCHEMA) -> set[tuple[Any, ...]]:
     """sqlite_master of a catalog as we create it: what a catalog file must hold."""
     mem = sqlite3.connect(":memory:")
     try:
-        mem.executescript(_SCHEMA)
+        mem.executescript(script)
         return set(mem.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
     finally:
         mem.close()
 
 
 _EXPECTED: set[tuple[Any, ...]] | None = None
+_LEGACY: set[tuple[Any, ...]] | None = None
 
 
 def expected_schema() -> set[tuple[Any, ...]]:
@@ -65,6 +75,14 @@ def expected_schema() -> set[tuple[Any, ...]]:
     if _EXPECTED is None:
         _EXPECTED = _expected_schema()
     return _EXPECTED
+
+
+def legacy_schema() -> set[tuple[Any, ...]]:
+    """A catalog written before the listing table: still read (find, locate, mount)."""
+    global _LEGACY
+    if _LEGACY is None:
+        _LEGACY = _expected_schema(_SCHEMA_V1)
+    return _LEGACY
 
 
 def connect(root: str | os.PathLike[str], name: str = CATALOG_NAME) -> sqlite3.Connection:
@@ -128,7 +146,7 @@ def connect_ro(root: str | os.PathLike[str]) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(f"file:/proc/self/fd/{fd}?mode=ro", uri=True)
         try:
-            untrusted.guard_catalog(conn, expected_schema(), path)
+            untrusted.guard_catalog(conn, expected_schema(), path, older=(legacy_schema(),))
         except BaseException:
             conn.close()
             raise
@@ -154,6 +172,8 @@ def replace_archives(root: str | os.PathLike[str], old: Iterable[str],
             for a in old:
                 conn.execute("DELETE FROM kv WHERE sid IN (SELECT sid FROM sessions WHERE "
                              "archive=?)", (a,))
+                conn.execute("DELETE FROM listing WHERE sid IN (SELECT sid FROM sessions "
+                             "WHERE archive=?)", (a,))
                 conn.execute("DELETE FROM sessions WHERE archive=?", (a,))
             _insert(conn, rows)
     finally:
@@ -167,6 +187,7 @@ def _insert(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> int:
                            (r["archive"], r["frame"])).fetchone()
         if old:
             conn.execute("DELETE FROM kv WHERE sid=?", old)
+            conn.execute("DELETE FROM listing WHERE sid=?", old)
             conn.execute("DELETE FROM sessions WHERE sid=?", old)
         cur = conn.execute(
             "INSERT INTO sessions (id, name, script, state, started, exit_status, bytes_in,"
@@ -176,6 +197,13 @@ def _insert(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> int:
              r["bytes_in"], r["tar_bytes"], r["bytes_out"], r["inodes"], r["archive"],
              r["frame"], r["offset"], json.dumps(r["config"], sort_keys=True)))
         sid = cur.lastrowid
+        # A sid SQLite hands out again (the highest row was deleted) may still have a
+        # listing of the row that had it: replaced or removed, never inherited.
+        if r.get("listing"):
+            conn.execute("INSERT OR REPLACE INTO listing (sid, data) VALUES (?,?)",
+                         (sid, r["listing"]))
+        else:
+            conn.execute("DELETE FROM listing WHERE sid=?", (sid,))
         conn.executemany(
             "INSERT INTO kv (sid, key, value, num) VALUES (?,?,?,?)",
             [(sid, k, _text(v), _num(v)) for k, v in r["config"].items()])

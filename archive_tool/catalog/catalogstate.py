@@ -110,6 +110,8 @@ def forget_missing(root: str | os.PathLike[str]) -> int:
             for a in gone:
                 conn.execute("DELETE FROM kv WHERE sid IN (SELECT sid FROM sessions WHERE "
                              "archive=?)", (a,))
+                conn.execute("DELETE FROM listing WHERE sid IN (SELECT sid FROM sessions "
+                             "WHERE archive=?)", (a,))
                 n += conn.execute("DELETE FROM sessions WHERE archive=?", (a,)).rowcount
         return n
     finally:

@@ -23,6 +23,7 @@ from archive_tool.catalog.catalog import (
     catalog_path,
     connect,
 )
+from archive_tool.catalog.listing import Collector
 from archive_tool.catalog.rows import (
     CONFIG_NAMES,
     config_of,
@@ -202,9 +203,11 @@ def _streamed_row(fd: int, path: str, name: str, rel: str, arel: str, size: int
     wanted = {f"{name}/{c}" for c in CONFIG_NAMES}
     cfg: dict[str, Any] | None = None
     bytes_in = inodes = end = 0
+    listing = Collector(name)  # the member list for `mount`, as session_row makes it
     with open_tar(path, fd) as (tf, _reader):
         for m in iter_members(tf):
             inodes += 1
+            listing.add(m)
             if m.isfile():
                 bytes_in += m.size
             end = m.offset_data + m.size + (-m.size % tarfile.BLOCKSIZE)
@@ -212,7 +215,8 @@ def _streamed_row(fd: int, path: str, name: str, rel: str, arel: str, size: int
                     and m.size <= untrusted.CONFIG_CAP):
                 f = tf.extractfile(m)
                 cfg = config_of(f.read() if f else b"", m.name.endswith(".json"))
-    return make_row(name, rel, arel, -1, 0, size, cfg or {}, bytes_in, end, inodes)
+    return make_row(name, rel, arel, -1, 0, size, cfg or {}, bytes_in, end, inodes,
+                    listing.blob())
 
 
 def _remove_dead_rebuilds(d: int) -> None:

@@ -10,6 +10,7 @@ import re
 import tarfile
 from typing import Any
 
+from archive_tool.catalog.listing import listing_of
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.guard import untrusted
 from archive_tool.names import FINISHED_STATES, ID_REGEX
@@ -87,7 +88,7 @@ def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: in
     return make_row(name, rel_dir, archive, frame, offset, bytes_out,
                     read_config(members, top or name),
                     sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
-                    len(members), len(files))
+                    len(members), len(files), listing_of(members, top or name))
 
 
 def entry_row(members: bytes, entry: str, pack_dir: str, archive: str, frame: int,
@@ -101,8 +102,10 @@ def entry_row(members: bytes, entry: str, pack_dir: str, archive: str, frame: in
 
 
 def make_row(name: str, rel_dir: str, archive: str, frame: int, offset: int, bytes_out: int,
-             cfg: dict[str, Any], bytes_in: int, tar_bytes: int, inodes: int) -> dict[str, Any]:
-    """A row from counts already taken (the streamed path of a big archive)."""
+             cfg: dict[str, Any], bytes_in: int, tar_bytes: int, inodes: int,
+             listing: bytes | None = None) -> dict[str, Any]:
+    """A row from counts already taken (the streamed path of a big archive: no *listing*,
+    the mount decodes such a session to list it). *listing*: listing.py's member list."""
     parts = rel_dir.split("/") if rel_dir else []
     state = parts[-1] if parts and parts[-1] in FINISHED_STATES else None
     script = parts[-2] if len(parts) >= 2 else None
@@ -113,5 +116,5 @@ def make_row(name: str, rel_dir: str, archive: str, frame: int, offset: int, byt
         "started": started_of(name), "exit_status": ex if isinstance(ex, int) else None,
         "bytes_in": bytes_in, "tar_bytes": tar_bytes, "bytes_out": bytes_out,
         "inodes": inodes, "archive": archive, "frame": frame, "offset": offset,
-        "config": cfg,
+        "config": cfg, "listing": listing,
     }

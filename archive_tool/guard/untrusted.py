@@ -251,11 +251,13 @@ def load_config(raw: bytes, is_json: bool) -> Any:  # noqa: ANN401
 
 
 def guard_catalog(conn: sqlite3.Connection, expected: set[tuple[Any, ...]], label: str,
-                  seconds: float = QUERY_SECONDS) -> None:
+                  seconds: float = QUERY_SECONDS,
+                  older: tuple[set[tuple[Any, ...]], ...] = ()) -> None:
     """Make *conn* (a catalog the tree's owner could have written) safe to query:
     ``trusted_schema=OFF``, its schema exactly *expected* (rows of ``type, name,
     tbl_name, sql`` from ``sqlite_master``: no view, trigger or unknown object is ever
-    run), and every statement after this aborted past *seconds*. UntrustedInput if not."""
+    run; or exactly one of the *older* schemas a reader still accepts), and every
+    statement after this aborted past *seconds*. UntrustedInput if not."""
     conn.execute("PRAGMA trusted_schema=OFF")
     conn.execute("PRAGMA cell_size_check=ON")
     deadline = [time.monotonic() + seconds]
@@ -268,7 +270,7 @@ def guard_catalog(conn: sqlite3.Connection, expected: set[tuple[Any, ...]], labe
         got = set(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
     except sqlite3.Error as e:
         raise UntrustedInput(label, f"not a catalog we can read ({e}); refused") from None
-    if got != expected:
+    if got != expected and got not in older:
         raise UntrustedInput(label, "schema is not the catalog's (views, triggers or other "
                                     "objects); refused: rebuild it with `catalog --rebuild`")
 

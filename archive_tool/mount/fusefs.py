@@ -19,6 +19,7 @@ import subprocess
 from typing import Any
 
 from archive_tool.errors import ArchiveError, BadArgument, MountUnavailable
+from archive_tool.mount.session import Entry
 from archive_tool.mount.view import View, log
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
@@ -35,11 +36,108 @@ def _binding() -> Any:
     return mfusepy
 
 
+# libfuse 3 (fuse_common.h / fuse.h): a kernel READDIRPLUS request, a filler entry that
+# carries full attributes, and the capability that makes the kernel ask for READDIRPLUS
+# only on a directory's first chunk (cleared: every chunk of a 10k-session dir is "plus").
+_READDIR_PLUS = 1 << 0
+_FILL_DIR_PLUS = 1 << 1
+_CAP_READDIRPLUS_AUTO = 1 << 14
+# What the kernel may cache (libfuse's defaults, stated): a sweep, repack or prune while
+# mounted must show within about a second, and libfuse's high-level API has one timeout
+# for all entries, live and archived alike. Archived files' pages are kept across opens
+# instead (keep_cache): their bytes never change under a name while its archive stands.
+ENTRY_TIMEOUT = ATTR_TIMEOUT = 1.0
+
+
 def _attrs(st: os.stat_result) -> dict[str, int]:
     return {"st_mode": st.st_mode, "st_size": st.st_size, "st_uid": st.st_uid,
             "st_gid": st.st_gid, "st_nlink": st.st_nlink, "st_blocks": st.st_blocks,
             "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
             "st_ctime": st.st_ctime_ns}
+
+
+def _entry_attrs(e: Entry) -> dict[str, int]:
+    return {"st_mode": e.mode, "st_size": e.size, "st_uid": e.uid, "st_gid": e.gid,
+            "st_nlink": 2 if stat.S_ISDIR(e.mode) else 1,
+            "st_blocks": (e.size + 511) // 512, "st_atime": e.mtime_ns,
+            "st_mtime": e.mtime_ns, "st_ctime": e.mtime_ns}
+
+
+def _groups(pid: int, gid: int) -> set[int]:
+    """The caller's groups (its primary *gid* and, from /proc, its supplementary ones)."""
+    out = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    out.update(int(g) for g in line.split()[1:])
+                    break
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def permitted(tree: Any, rel: str, want: int, uid: int, gid: int, pid: int) -> bool:
+    """Whether the caller may reach *rel* of a decoded session *tree* and access it with
+    *want* (4 read; 0 to reach only): search on the session dir and each dir below it, as
+    the kernel checks a path, on the archive's own owners and modes. The kernel checked
+    it already, but against the attributes it was given, which for a session listed from
+    the catalog were the catalog's word (the tree owner's to forge)."""
+    if uid == 0:
+        return True
+    groups = None
+
+    def allows(e: Entry, bits: int) -> bool:
+        nonlocal groups
+        if e.uid == uid:
+            return (e.mode >> 6) & bits == bits
+        if groups is None:
+            groups = _groups(pid, gid)
+        if e.gid in groups:
+            return (e.mode >> 3) & bits == bits
+        return e.mode & bits == bits
+
+    parts = rel.split("/") if rel else []
+    for i in range(len(parts)):
+        if not allows(tree.entries["/".join(parts[:i])], 1):
+            return False
+    return allows(tree.entries[rel], want) if want else True
+
+
+def binding_class(fuse: Any) -> Any:
+    """mfusepy's FUSE with READDIRPLUS. mfusepy 3.1 hands libfuse only each entry's mode,
+    and at offset 0, where libfuse's high-level API buffers the whole directory and then
+    sends every entry with inode 0 ("no attributes": the kernel LOOKUPs each one anyway).
+    Here each entry goes with its own offset, and one our readdir gives full attributes
+    for is flagged FUSE_FILL_DIR_PLUS: libfuse registers it and the kernel learns it with
+    the listing, without a LOOKUP round trip each. Falls back to mfusepy's own readdir on a
+    binding without the hook (libfuse 2, a renamed method)."""
+    base = fuse.FUSE
+    if getattr(fuse, "fuse_version_major", 0) != 3 or not hasattr(base, "readdir_fuse_3"):
+        return base
+
+    class PlusFUSE(base):  # type: ignore[misc, valid-type]
+        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
+                           fip: Any, flags: int) -> int:
+            items = self.operations.readdir_at(
+                None if path is None else path.decode(self.encoding, self.errors), offset)
+            plus = bool(flags & _READDIR_PLUS)
+            for i in range(offset, len(items)):
+                name, attrs = items[i]
+                st = fuse.c_stat()
+                full = plus and len(attrs) > 1
+                if full:
+                    fuse.set_st_attrs(st, attrs, use_ns=True)
+                else:
+                    st.st_mode = attrs["st_mode"]
+                # Offset i + 1 (never 0): the kernel asks again from there when the
+                # buffer is full (filler answers 1).
+                if filler(buf, name.encode(self.encoding, self.errors), st, i + 1,
+                          _FILL_DIR_PLUS if full else 0) != 0:
+                    break
+            return 0
+
+    return PlusFUSE
 
 
 def operations(view: View, fuse: Any) -> Any:
@@ -50,11 +148,18 @@ def operations(view: View, fuse: Any) -> Any:
 
         def __init__(self) -> None:
             self.handles: dict[int, Any] = {}
+            self.last_listing: tuple[str | None, list[Any]] = (None, [])
             self.next_fh = 1
             self.started = False
 
-        def init(self, path: str) -> None:
+        def init_with_config(self, conn: Any, config: Any) -> None:
             self.started = True
+            if config is not None:
+                config.entry_timeout = ENTRY_TIMEOUT
+                config.attr_timeout = ATTR_TIMEOUT
+                config.negative_timeout = 0.0
+            if conn is not None and conn.capable & _CAP_READDIRPLUS_AUTO:
+                conn.want &= ~_CAP_READDIRPLUS_AUTO
 
         def _resolve(self, path: str) -> Any:
             try:
@@ -68,18 +173,32 @@ def operations(view: View, fuse: Any) -> Any:
             node = self._resolve(path)
             if node.live:
                 return _attrs(node.st)
-            e = node.entry
-            return {"st_mode": e.mode, "st_size": e.size, "st_uid": e.uid, "st_gid": e.gid,
-                    "st_nlink": 2 if stat.S_ISDIR(e.mode) else 1,
-                    "st_blocks": (e.size + 511) // 512, "st_atime": e.mtime_ns,
-                    "st_mtime": e.mtime_ns, "st_ctime": e.mtime_ns}
+            return _entry_attrs(node.entry)
 
-        def readdir(self, path: str, fh: int) -> list[Any]:
+        def readdir_at(self, path: str, offset: int) -> list[tuple[str, dict[str, int]]]:
+            """The listing of *path* as (name, attributes): computed at offset 0, the
+            same list served for the rest of that directory's reads (the next chunks
+            come at once: single-threaded, one directory read at a time)."""
+            if offset and self.last_listing[0] == path:
+                return self.last_listing[1]
             try:
-                entries = view.listdir(path)
+                entries = view.listdir_plus(path)
             except OSError as e:
                 raise fuse.FuseOSError(e.errno or errno.EIO) from None
-            return [".", ".."] + [(n, {"st_mode": m}, 0) for n, m in entries]
+            out = [(".", {"st_mode": stat.S_IFDIR}), ("..", {"st_mode": stat.S_IFDIR})]
+            for n, m, a in entries:
+                if a is None:
+                    out.append((n, {"st_mode": m}))
+                elif isinstance(a, Entry):
+                    out.append((n, _entry_attrs(a)))
+                else:
+                    out.append((n, _attrs(a)))
+            self.last_listing = (path, out)
+            return out
+
+        def readdir(self, path: str, fh: int) -> list[Any]:
+            # mfusepy's own readdir (a binding without the READDIRPLUS hook).
+            return [(n, a, 0) for n, a in self.readdir_at(path, 0)]
 
         def readlink(self, path: str) -> str:
             node = self._resolve(path)
@@ -92,10 +211,29 @@ def operations(view: View, fuse: Any) -> Any:
                     raise fuse.FuseOSError(e.errno or errno.EIO) from None
             if not stat.S_ISLNK(node.entry.mode):
                 raise fuse.FuseOSError(errno.EINVAL)
-            return node.entry.link
+            return self._real(node, path)[1].link
 
-        def open(self, path: str, flags: int) -> int:
-            if flags & _WRITE_FLAGS:
+        def _real(self, node: Any, path: str) -> tuple[Any, Entry]:
+            """The archive's own entry for an archived node (listed from the catalog or
+            decoded): a target or a byte is served from the archive, never the catalog."""
+            try:
+                tree = view.verified(node.tree)
+            except OSError as e:
+                if e.errno == errno.EIO:
+                    log.error("%s: %s", path, e.strerror)
+                raise fuse.FuseOSError(e.errno or errno.EIO) from None
+            e = tree.entries.get(node.rel)
+            if e is None:
+                raise fuse.FuseOSError(errno.ENOENT)
+            # Always, not only for a tree listed just now: the kernel may still hold
+            # attributes a catalog listing gave it before the session was decoded.
+            uid, gid, pid = fuse.fuse_get_context()
+            if not permitted(tree, node.rel, 4 if stat.S_ISREG(e.mode) else 0, uid, gid, pid):
+                raise fuse.FuseOSError(errno.EACCES)
+            return tree, e
+
+        def open(self, path: str, fi: Any) -> int:
+            if fi.flags & _WRITE_FLAGS:
                 raise fuse.FuseOSError(errno.EROFS)
             node = self._resolve(path)
             if node.live:
@@ -106,15 +244,21 @@ def operations(view: View, fuse: Any) -> Any:
             else:
                 if not stat.S_ISREG(node.entry.mode):
                     raise fuse.FuseOSError(errno.EISDIR)
+                tree, e = self._real(node, path)
                 # The decoded tar itself, not the cache slot: a repack or an eviction
                 # while the file is open leaves the bytes it opened readable.
-                h = (node.tree.blob, node.entry.offset, node.entry.size)
+                h = (tree.blob, e.offset, e.size)
+                # Immutable while its archive stands: the kernel keeps its pages across
+                # opens (a changed archive is a new lookup after the 1 s timeouts).
+                fi.keep_cache = 1
             fh = self.next_fh
             self.next_fh += 1
             self.handles[fh] = h
-            return fh
+            fi.fh = fh
+            return 0
 
-        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+            fh = fi.fh
             h = self.handles.get(fh)
             if h is None:
                 raise fuse.FuseOSError(errno.EBADF)
@@ -124,8 +268,8 @@ def operations(view: View, fuse: Any) -> Any:
             n = max(0, min(size, length - offset))
             return blob.pread(n, start + offset) if n else b""
 
-        def release(self, path: str, fh: int) -> int:
-            h = self.handles.pop(fh, None)
+        def release(self, path: str, fi: Any) -> int:
+            h = self.handles.pop(fi.fh, None)
             if isinstance(h, int):
                 os.close(h)
             return 0
@@ -207,7 +351,7 @@ def mount(root: str, mountpoint: str, *, foreground: bool = False, allow_other: 
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_DFL)
         try:
-            fuse.FUSE(ops, mountpoint, foreground=foreground,
+            binding_class(fuse)(ops, mountpoint, foreground=foreground, raw_fi=True,
                       nothreads=True, ro=True, default_permissions=True,
                       allow_other=allow_other, nodev=True, nosuid=True,
                       fsname="session-archive", subtype="session-archive")

@@ -86,14 +86,17 @@ class Blob:
 
 class SessionTree:
     """The index of one session: ``entries[rel]`` ("" is the session dir itself) and
-    ``children[rel]`` (names, in archive order) for each directory."""
+    ``children[rel]`` (names, in archive order) for each directory. *blob* is None for a
+    tree listed from the catalog (catalog/listing.py): attributes only, no bytes; *key*
+    says where the view found the session (its cache key)."""
 
-    __slots__ = ("name", "blob", "entries", "children", "cost")
+    __slots__ = ("name", "blob", "entries", "children", "cost", "key")
 
-    def __init__(self, name: str, blob: Blob, entries: dict[str, Entry],
+    def __init__(self, name: str, blob: Blob | None, entries: dict[str, Entry],
                  children: dict[str, list[str]]) -> None:
         self.name, self.blob, self.entries, self.children = name, blob, entries, children
-        self.cost = blob.size + MEMBER_COST * len(entries)
+        self.cost = (blob.size if blob is not None else 0) + MEMBER_COST * len(entries)
+        self.key: object = None
 
 
 def _mtime_ns(m: tarfile.TarInfo) -> int:
@@ -158,8 +161,14 @@ def index_session(name: str, blob: Blob, where: str, fallback_mtime_ns: int = 0)
         raise CorruptArchive(where, f"corrupt archive: {e}") from None
     if not entries:
         raise CorruptArchive(where, "empty archive")
-    # Directories the archive implies without a member of their own (e.g. written by
-    # another tar): shown 0755, root-owned; our writer always stores them.
+    return build_tree(name, blob, entries, fallback_mtime_ns)
+
+
+def build_tree(name: str, blob: Blob | None, entries: dict[str, Entry],
+               fallback_mtime_ns: int) -> SessionTree:
+    """The tree of *entries* (rel -> Entry): each directory's children, plus the
+    directories the entries imply without a member of their own (e.g. written by another
+    tar): shown 0755, root-owned; our writer always stores them."""
     children: dict[str, list[str]] = {}
     for rel in list(entries):
         while rel:
@@ -244,6 +253,11 @@ class LRU:
         if t is not None:
             self.items.move_to_end(key)
         return t
+
+    def discard(self, key: object) -> None:
+        t = self.items.pop(key, None)
+        if t is not None:
+            self.cost -= t.cost
 
     def put(self, key: object, tree: SessionTree) -> None:
         old = self.items.pop(key, None)

@@ -36,6 +36,7 @@ from typing import NamedTuple
 from archive_tool import fs
 from archive_tool.errors import ArchiveError, BadRoot, UnsafeArchive
 from archive_tool.guard.lock import LOCK_NAME
+from archive_tool.mount.listed import LISTED_CACHE, CatalogListings, ListedSessions, Source
 from archive_tool.mount.session import (
     LRU,
     Entry,
@@ -59,17 +60,6 @@ log = logging.getLogger("archive_tool.mount")
 # Real dirs whose listing is kept (LRU); each holds an lstat per entry.
 MAX_DIRS = 20_000
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-class Source(NamedTuple):
-    """Where an archived session lives: *file* in the same dir, its identity (inode,
-    size, mtime) as listed, and for a pack the frame."""
-
-    file: str
-    fmt: str  # a FORMATS name, or "pack"
-    ident: tuple[int, int, int]
-    frame: int = -1
-    pdir: str | None = None  # a --pack auto pack's dir (relative to ROOT), if not this one
 
 
 @dataclass
@@ -107,9 +97,9 @@ def _hidden_state(name: str) -> bool:
         name.startswith(fs.STATE_DIR + ".shard-") and name.endswith(".lock"))
 
 
-class View:
+class View(ListedSessions):
     def __init__(self, root: str | os.PathLike[str], cache_bytes: int = 64 << 20,
-                 ttl: float = 1.0, tmp_dir: str | None = None) -> None:
+                 ttl: float = 1.0, tmp_dir: str | None = None, catalog: bool = True) -> None:
         self.root = os.path.abspath(os.fspath(root))
         try:
             self.root_fd = fs.open_trusted_dir(self.root)
@@ -121,12 +111,22 @@ class View:
         self.dirs: OrderedDict[str, DirState] = OrderedDict()
         self.packs: dict[str, PackIndex] = {}
         self.cache = LRU(cache_bytes)
+        self.listed_cache = LRU(LISTED_CACHE)
         # Refused sessions by source identity: logged once, not decoded again until the
         # file changes.
         self.refused: dict[tuple[str, Source], str] = {}
         self.spans = Spans()  # sessions of --pack auto packs, by their dirs (spans.py)
+        # Sessions listed from the catalog (listed.py), and those whose catalog listing
+        # disagreed with their archive: listed by decoding from then on.
+        self.use_catalog = catalog
+        self.catalogs: dict[str, CatalogListings] = {}
+        self.catalog_chain: dict[str, tuple[float, list[CatalogListings]]] = {}
+        self.bad_listing: set[tuple[str, str, Source]] = set()
+        self.decodes = 0  # archives decoded (what tests and benchmarks count)
 
     def close(self) -> None:
+        for c in self.catalogs.values():
+            c.close()
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
@@ -265,11 +265,13 @@ class View:
         if src.fmt == "pack":
             where = f"{where}::{name}"
         try:
+            self.decodes += 1
             tree = self._decode(rel, name, src, where)
         except ArchiveError as e:
             log.error("%s: session refused: %s", e.path, e.reason)
             self.refused[key] = e.reason
             raise
+        tree.key = key
         self.cache.put(key, tree)
         return tree
 
@@ -315,7 +317,7 @@ class View:
             src = ds.archived.get(part)
             if src is None:
                 raise OSError(errno.ENOENT, "no such file or directory", path)
-            tree = self._session_retry(rel, part, src)
+            tree = self.listed(rel, part, src)
             inner = "/".join(parts[i + 1:])
             entry = tree.entries.get(inner)
             if entry is None:
