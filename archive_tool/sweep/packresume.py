@@ -27,27 +27,57 @@ from archive_tool.sweep.plan import Task
 Out = list[tuple[Result, dict[str, Any] | None]]
 
 
-def packed_names(parent_fd: int, d: str) -> dict[str, tuple[str, int]]:
-    """Session name -> (pack file, frame) for the packs already in the dir. A named-tmp
-    pack (``<pack>.tmp``, the fallback where O_TMPFILE fails) seen in the same listing is
-    a crash's garbage and is removed: the caller holds the root's lock, so no live writer
-    owns it (open_tmp no longer unlinks that name blindly, issue 24)."""
+def packed_names(parent_fd: int, d: str, packs: tuple[str, ...] | None = None
+                 ) -> dict[str, tuple[str, int]]:
+    """Session name -> (pack file, frame) for the packs already in the dir: *packs*, the
+    pack names the planner listed before this sweep wrote any (a pack this sweep wrote
+    holds no leftover source: reading those made a dir of n packs cost n^2/2 opens,
+    issue 24), or, with None, the packs a listing of the dir shows now. A named-tmp pack
+    (``<pack>.tmp``, the fallback where O_TMPFILE fails) seen in that listing is a
+    crash's garbage and is removed: the caller holds the root's lock, so no live writer
+    owns it (open_tmp no longer unlinks that name blindly, issue 24; with *packs* the
+    sweeping process removes them first: :func:`remove_stale_pack_tmps`)."""
     found: dict[str, tuple[str, int]] = {}
-    for item in fs.scandir_sorted(parent_fd):
-        if (item.name.endswith(TMP_SUFFIX) and packfile.is_pack_name(item.name[:-len(TMP_SUFFIX)])
-                and item.is_file(follow_symlinks=False)):
-            fs.unlink_at(parent_fd, item.name)
-            continue
-        if not packfile.is_pack_entry(item):
-            continue
+    if packs is None:
+        names = []
+        for item in fs.scandir_sorted(parent_fd):
+            if (item.name.endswith(TMP_SUFFIX)
+                    and packfile.is_pack_name(item.name[:-len(TMP_SUFFIX)])
+                    and item.is_file(follow_symlinks=False)):
+                fs.unlink_at(parent_fd, item.name)
+            elif packfile.is_pack_entry(item):
+                names.append(item.name)
+    else:
+        names = [n for n in packs if packfile.is_pack_name(n)]
+    for name in names:
         try:
-            fd = fs.open_file(item.name, parent_fd)
-            with packfile.Pack(os.path.join(d, item.name), fd) as p:
-                for i, name in enumerate(p.names):
-                    found[name] = (item.name, i)
+            # open_file: O_NOFOLLOW and a regular file, as is_pack_entry asked of a listing.
+            fd = fs.open_file(name, parent_fd)
+            with packfile.Pack(os.path.join(d, name), fd) as p:
+                for i, session in enumerate(p.names):
+                    found[session] = (name, i)
         except (ArchiveError, OSError):
-            continue  # not ours to judge here; `verify` reports it
+            continue  # not ours to judge here (gone, or not a pack); `verify` reports it
     return found
+
+
+def remove_stale_pack_tmps(root: str, dir_packs: dict[str, tuple[str, ...] | None]) -> None:
+    """Unlink the named-tmp packs (``<pack>.tmp``) the planner listed in the dirs a pack
+    sweep writes to: what a killed fallback run left (O_TMPFILE leaves nothing). Called
+    by the sweeping process once it holds the root's lock and before any worker starts,
+    so neither another sweep nor one of ours owns such a file. No call where there is
+    none."""
+    todo = {d: [n for n in names if n.endswith(TMP_SUFFIX)]
+            for d, names in dir_packs.items() if names}
+    if not any(todo.values()):
+        return
+    with fs.DirCache(root) as dirs:
+        for d, tmps in todo.items():
+            for name in tmps:
+                try:
+                    fs.unlink_at(dirs.parent(os.path.join(d, name))[0], name)
+                except OSError:
+                    continue  # a dir of that name, or unreadable: not ours, left alone
 
 
 def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Result | None:

@@ -23,6 +23,7 @@ from archive_tool.catalog import catalog
 from archive_tool.errors import ArchiveError, BadArgument, Interrupted
 from archive_tool.guard.holds import Holds, check_quiet_period
 from archive_tool.guard.lock import RootLock
+from archive_tool.pack import packfile
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
@@ -32,7 +33,7 @@ from archive_tool.sweep.packplan import (
     parse_pack,
     plan_packs,
 )
-from archive_tool.sweep.packresume import cleanup
+from archive_tool.sweep.packresume import cleanup, remove_stale_pack_tmps
 from archive_tool.sweep.packwork import Out, process_pack
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
 from archive_tool.sweep.sessions import process_batch
@@ -100,13 +101,16 @@ def pack_sweep(
         for f in summary["stale"]["failures"]:
             record_failure(summary, f["path"], f["reason"])
     disc = Discovery(root_p, False, use_fd)
-    planner = Planner(root_p, False, "tar.zst", pattern, older_than_days, max_dirs, shard_t)
+    planner = Planner(root_p, False, "tar.zst", pattern, older_than_days, max_dirs, shard_t,
+                      packs=packfile.is_pack_name)
     tasks = list(planner.tasks(disc.paths()))
     jobs: list[PackJob | list[Task]] = []
     others = [t for t in tasks if t.kind != ARCHIVE]
     if others:
         jobs.append(others)
     packs = plan_packs([t for t in tasks if t.kind == ARCHIVE], mode)
+    for job in packs:
+        job.packs = planner.dir_packs.get(job.dir)
     jobs += packs
     acc = Accounts(summary, True, on_result)
     if dry_run:
@@ -138,6 +142,7 @@ def pack_sweep(
             return [(Result(p, FAILED, f"worker lost: {e!r}"), None) for p in paths]
 
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():
+            remove_stale_pack_tmps(root_p, planner.dir_packs)
             res = run_batches(iter(jobs), process_job, (opts,), absorb=absorb, lost=lost,
                               executor=executor, workers=workers,
                               halt=lambda: f"disk full, sweep stopped: {acc.fatal}"

@@ -74,9 +74,12 @@ def _rel_dir(root: str, d: str) -> str:
 def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> None:
     root, level, cutoff_ns = opts["root"], opts["compresslevel"], opts["cutoff_ns"]
     parent_fd = dirs.parent(job.paths[0])[0]
-    in_packs = packed_names(parent_fd, job.dir)
+    in_packs = packed_names(parent_fd, job.dir, job.packs)
     n = 1
-    while fs.lexists_at(parent_fd, packfile.pack_file_name(job.period, n)):
+    # The first name free in the planner's listing (no stat per name); publish_free_name
+    # takes the next one if that was taken since: its link never replaces.
+    while (packfile.pack_file_name(job.period, n) in job.packs if job.packs is not None
+           else fs.lexists_at(parent_fd, packfile.pack_file_name(job.period, n))):
         n += 1
     final = os.path.join(job.dir, packfile.pack_file_name(job.period, n))
     as_root = os.geteuid() == 0

@@ -1,0 +1,64 @@
+"""Issue 24 for ``sweep --pack``: the checks that kept their meaning when the pack path's
+metadata calls were cut (the per-session count bound is in test_md_calls.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from archive_tool import fs
+from archive_tool.pack import packfile
+from archive_tool.sweep.packsweep import pack_sweep
+from tests.conftest import make_session, snapshot
+
+DAY = "2026Y-11M-23D"
+
+
+def _sessions(parent: Path, n: int, day: str = DAY) -> dict[str, dict]:
+    parent.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i in range(n):
+        d = make_session(parent, f"{day}-10h{i:02d}m00s_P{i:03d}-main")
+        out[d.name] = snapshot(d)
+    return out
+
+
+def test_a_named_tmp_pack_a_crash_left_is_removed_and_a_dir_of_that_name_kept(
+        tmp_path: Path) -> None:
+    """The planner's listing names the leftover; the sweeping process unlinks it under the
+    root lock before any worker writes (no listing of its own, no call where there is none)."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    _sessions(fin, 2)
+    stale = fin / ("2026-11-20" + packfile.PACK_SUFFIX + ".tmp")
+    stale.write_bytes(b"half a pack from a killed fallback run")
+    same_day = fin / ("2026-11-23" + packfile.PACK_SUFFIX + ".tmp")
+    same_day.write_bytes(b"the name this sweep's own fallback tmp would take")
+    a_dir = fin / ("2026-11-21" + packfile.PACK_SUFFIX + ".tmp")
+    a_dir.mkdir()
+    s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    assert (s["archived"], s["failed"]) == (2, 0), s
+    assert not stale.exists() and not same_day.exists()
+    assert a_dir.is_dir()
+    assert [p.name for p in fin.glob("*" + packfile.PACK_SUFFIX)] == [
+        "2026-11-23" + packfile.PACK_SUFFIX]
+
+
+def test_a_pack_name_taken_after_planning_goes_to_the_next_free_name(tmp_path: Path) -> None:
+    """The first name is chosen from the planner's listing, not a stat: a pack of that
+    name appearing afterwards is never replaced (the link fails, the next name is used)."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 2)
+    taken = fin / ("2026-11-23" + packfile.PACK_SUFFIX)
+
+    def appear(point: str, _where: str) -> None:
+        if point == "pack-publish" and not taken.exists():
+            taken.write_bytes(b"another writer's file")
+
+    fs.race_hook = appear
+    try:
+        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    finally:
+        fs.race_hook = None
+    assert (s["archived"], s["failed"]) == (2, 0), s
+    assert taken.read_bytes() == b"another writer's file"
+    with packfile.Pack(fin / ("2026-11-23.2" + packfile.PACK_SUFFIX)) as p:
+        assert sorted(p.names) == sorted(before)
