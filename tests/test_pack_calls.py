@@ -62,3 +62,56 @@ def test_a_pack_name_taken_after_planning_goes_to_the_next_free_name(tmp_path: P
     assert taken.read_bytes() == b"another writer's file"
     with packfile.Pack(fin / ("2026-11-23.2" + packfile.PACK_SUFFIX)) as p:
         assert sorted(p.names) == sorted(before)
+
+
+def test_an_archive_appearing_before_the_lock_keeps_the_session_out_of_the_pack(
+        tmp_path: Path) -> None:
+    """One listing of the dir, taken once the job's sessions are locked, stands for the
+    stat per format per session: it sees an archive another archiver finished before."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 3)
+    victim = sorted(before)[1]
+    other = fin / f"{victim}.tar.gz"
+
+    def appear(point: str, _where: str) -> None:
+        if point == "lock" and not other.exists():
+            other.write_bytes(b"another archiver's archive")
+
+    fs.race_hook = appear
+    try:
+        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    finally:
+        fs.race_hook = None
+    assert (s["archived"], s["skipped"], s["failed"]) == (2, 1, 0), s
+    assert s["skipped_reasons"] == {"archived meanwhile by another process": 1}
+    assert snapshot(fin / victim) == before[victim]
+    assert other.read_bytes() == b"another archiver's archive"
+    with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
+        assert sorted(p.names) == sorted(n for n in before if n != victim)
+
+
+def test_a_session_dir_swapped_after_packing_is_kept_and_never_entered(tmp_path: Path) -> None:
+    """The lock held from the scan serves the delete: a dir put in the session's place
+    after its frame was written is not the locked inode, so it is renamed back, kept
+    whole, and the pack keeps the frame of what was read."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 2)
+    victim = sorted(before)[0]
+
+    def swap(point: str, where: str) -> None:
+        if point == "pack-published":
+            (fin / victim).rename(fin / "moved-away")
+            (fin / victim).mkdir()
+            (fin / victim / "new.txt").write_text("not what was packed\n")
+
+    fs.race_hook = swap
+    try:
+        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    finally:
+        fs.race_hook = None
+    assert (s["archived"], s["failed"]) == (1, 1), s
+    assert "replaced" in s["failures"][0]["reason"], s["failures"]
+    assert (fin / victim / "new.txt").read_text() == "not what was packed\n"
+    assert snapshot(fin / "moved-away") == before[victim]
+    with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
+        assert sorted(p.names) == sorted(before)

@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import commit, removesource
+from archive_tool.engine import commit, removesource, single
 from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError
-from archive_tool.guard.lock import lock_session
+from archive_tool.guard.lock import lock_session, lock_session_stat
 from archive_tool.names import FORMATS, TMP_SUFFIX, session_of_trash
 from archive_tool.pack import packfile
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
@@ -80,19 +80,24 @@ def remove_stale_pack_tmps(root: str, dir_packs: dict[str, tuple[str, ...] | Non
                     continue  # a dir of that name, or unreadable: not ours, left alone
 
 
-def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Result | None:
+def resume(parent_fd: int, path: str, name: str, where: tuple[str, int],
+           lock: single.Locked | None = None) -> Result | None:
     """Source and a pack holding it (a crash between publish and delete): delete the
     source only if the frame is exactly its tar bytes now; None if it differs (the source
-    changed after it was packed: the caller packs it again)."""
+    changed after it was packed: the caller packs it again). *lock*: the session already
+    locked by the caller (single.lock_batch), who keeps it; else it is locked here."""
     pack_name, i = where
+    if lock is None:
+        try:
+            lock_fd, top_st = lock_session_stat(parent_fd, name, path, archived_ok=True)
+        except FileExistsError as e:
+            return Result(path, SKIPPED, e.strerror)
+        except (ArchiveError, OSError) as e:
+            return step.fail(path, e)
+    else:
+        lock_fd, top_st = lock.fd, lock.st
     try:
-        lock_fd = lock_session(parent_fd, name, path, archived_ok=True)
-    except FileExistsError as e:
-        return Result(path, SKIPPED, e.strerror)
-    except (ArchiveError, OSError) as e:
-        return step.fail(path, e)
-    try:
-        entries = scan_fd(lock_fd, path)
+        entries = scan_fd(lock_fd, path, None, top_st)
         parts: list[bytes] = []
         write_tar(lock_fd, path, name, entries, parts.append)
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
@@ -102,11 +107,14 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int]) -> Resu
                 return None
             os.fsync(p.fd)
         commit.fsync_dir(parent_fd, os.path.dirname(path))
-        removesource.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
+        # The locked fd is the inode scanned (its fstat is the manifest's top entry).
+        removesource.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True,
+                                   top_fd=lock_fd)
     except (ArchiveError, OSError) as e:
         return step.fail(path, e)
     finally:
-        os.close(lock_fd)
+        if lock is None:
+            os.close(lock_fd)
     return Result(path, RESUMED, "", content_bytes(entries), 0, len(entries))
 
 

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from archive_tool import fs
+from archive_tool import fdwalk, fs
 from archive_tool.catalog import rebuild
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, removesource, single
@@ -46,6 +46,7 @@ class _Packed:
     entries: list[Entry]
     frame: packfile.FrameInfo
     row: dict[str, Any]
+    lock_fd: int = -1  # the session's lock, kept until its delete (LOCK_AHEAD), else -1
 
 
 def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
@@ -71,6 +72,14 @@ def _rel_dir(root: str, d: str) -> str:
     return "" if rel == "." else rel
 
 
+# Sessions of a pack locked at once (single.lock_batch: then ONE listing of their dir says
+# which were archived meanwhile, not a stat per format per session). A pack of at most
+# this many keeps each lock until its source is deleted: no second lock, and the locked fd
+# serves the delete (issue 24). A bigger pack closes each lock once its frame is written
+# (10,000 sessions would otherwise hold 10,000 dir fds) and locks again to delete.
+LOCK_AHEAD = 128
+
+
 def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> None:
     root, level, cutoff_ns = opts["root"], opts["compresslevel"], opts["cutoff_ns"]
     parent_fd = dirs.parent(job.paths[0])[0]
@@ -84,31 +93,50 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
     final = os.path.join(job.dir, packfile.pack_file_name(job.period, n))
     as_root = os.geteuid() == 0
     dst = os.fstat(parent_fd)
-    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None)
-    big: list[str] = []
+    keep = len(job.paths) <= LOCK_AHEAD
+    locked: dict[str, single.Locked] = {}
+    errors: dict[str, BaseException] = {}
+    big: list[tuple[str, single.Locked | None]] = []
     packed: list[_Packed] = []
+    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None)
     mode = 0o644
     try:
         w = packfile.PackWriter(tmp, level)
         for i, path in enumerate(job.paths):
             interrupt.check()
+            if path not in locked and path not in errors:
+                got_locks, got_errors = single.lock_batch(job.paths[i:i + LOCK_AHEAD], dirs)
+                locked.update(got_locks)
+                errors.update(got_errors)
             name = os.path.basename(path)
+            try:
+                err = errors.pop(path, None)
+                if err is not None:
+                    raise err
+                lk = locked.pop(path)
+            except FileExistsError as e:
+                why = e.strerror if name in in_packs else "archived meanwhile by another process"
+                out.append((Result(path, SKIPPED, why), None))
+                continue
+            except (ArchiveError, OSError) as e:
+                out.append((fail(path, e), None))
+                continue
             if name in in_packs:
-                resumed = resume(parent_fd, path, name, in_packs[name])
+                resumed = resume(parent_fd, path, name, in_packs[name], lk)
                 if resumed is not None:
+                    os.close(lk.fd)
                     out.append((resumed, None))
                     continue
                 # The pack holds an earlier state of it: this state goes into a new pack.
             try:
-                got = _add(w, parent_fd, path, name, cutoff_ns, as_root, dst,
+                got = _add(w, path, name, lk, cutoff_ns, as_root, dst,
                            _rel_dir(root, job.dir), opts.get("holds"))
             except single.TooRecent as e:
+                os.close(lk.fd)
                 out.append((Result(path, SKIPPED, e.reason), None))
                 continue
-            except FileExistsError:
-                out.append((Result(path, SKIPPED, "archived meanwhile by another process"), None))
-                continue
             except (ArchiveError, OSError) as e:
+                os.close(lk.fd)
                 out.append((fail(path, e), None))
                 if isinstance(e, DiskFull) or w.broken:
                     # The tmp pack is unusable (or the disk full): nothing of it is
@@ -119,39 +147,51 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                     return
                 continue
             if got is None:
-                big.append(path)
+                big.append((path, lk if keep else None))
+                if not keep:
+                    os.close(lk.fd)
                 continue
             entries, frame, bits, row = got
             mode &= bits
-            packed.append(_Packed(path, name, entries, frame, row))
+            packed.append(_Packed(path, name, entries, frame, row, lk.fd if keep else -1))
+            if not keep:
+                os.close(lk.fd)
         if packed:
             with interrupt.shielded():  # written and read back: commit it whole
                 _commit_pack(w, tmp, packed, mode, out, root, job)
+        tmp.close()
+        if big:
+            for r in _per_session(big, opts, dirs):
+                row = None
+                if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
+                    with contextlib.suppress(ArchiveError, OSError, ValueError):
+                        rel = _rel_dir(root, job.dir)
+                        fname = os.path.basename(r.path) + ".tar.zst"
+                        row = next(rebuild.rows_of_file(root, rel, fname))
+                out.append((r, row))
     finally:
         tmp.close()
-    if big:
-        for r in _per_session(big, opts, dirs):
-            row = None
-            if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
-                with contextlib.suppress(ArchiveError, OSError, ValueError):
-                    rel = _rel_dir(root, job.dir)
-                    fname = os.path.basename(r.path) + ".tar.zst"
-                    row = next(rebuild.rows_of_file(root, rel, fname))
-            out.append((r, row))
+        # Locks not handed on (disk full, a signal): their sources untouched.
+        for fd in ([p.lock_fd for p in packed] + [lk.fd for _, lk in big if lk is not None]
+                   + [lk.fd for lk in locked.values()]):
+            if fd >= 0:
+                os.close(fd)
 
 
-def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
+def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
          cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str,
          holds: Holds | None = None) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
-    """Session *name* as the pack's next frame; None: it goes to a per-session archive
-    (too big for memory, or, as root, owned by another user than the dir: a pack
-    belongs to one user, and single.py gives each archive its session's owner)."""
-    lock_fd = lock_session(parent_fd, name, path)
+    """Session *name*, locked by *lk*, as the pack's next frame; None: it goes to a
+    per-session archive (too big for memory, or, as root, owned by another user than the
+    dir: a pack belongs to one user, and single.py gives each archive its session's owner).
+    The lock stays the caller's."""
+    # Subdir fds the scan opened and checked serve the tar writer (as single.prepare's).
+    held: dict[str, int] = {}
     try:
-        entries = scan_fd(lock_fd, path)
+        entries = scan_fd(lk.fd, path, held, lk.st)
         if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
             raise single.TooRecent(path)
-        why = holds.reason(os.fstat(lock_fd).st_dev, entries) if holds is not None else None
+        why = holds.reason(lk.st.st_dev, entries) if holds is not None else None
         if why:
             raise single.TooRecent(path, why)  # a writer may still hold it (holds.py)
         size = content_bytes(entries)
@@ -161,7 +201,8 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
             return None
         bits = single.archive_mode(entries, dst.st_gid, path, as_root)
         parts: list[bytes] = []
-        write_tar(lock_fd, path, name, entries, parts.append, chunk=max(CHUNK, size + 1))
+        write_tar(lk.fd, path, name, entries, parts.append, chunk=max(CHUNK, size + 1),
+                  held=held)
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
         frame = w.add(name, tar)
         fs.race_point("pack-frame", path)
@@ -170,7 +211,7 @@ def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
                                   frame.csize)
         return entries, frame, bits, row
     finally:
-        os.close(lock_fd)
+        fdwalk.close_held(held)
 
 
 def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_Packed],
@@ -195,15 +236,22 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
         f = p.frame
         row = p.row
         row["archive"] = arel
-        try:
-            lock_fd = lock_session(tmp.dir_fd, p.name, p.path, archived_ok=True)
-        except (FileExistsError, ArchiveError, OSError) as e:
-            out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source could "
-                               f"not be locked again: {getattr(e, 'reason', e)}"), row))
-            continue
+        # The lock held since the scan: its fd is the inode scanned and packed, so it
+        # serves the re-check and delete (remove_source's top_fd). One closed after its
+        # frame (a big pack) is taken again; then the trash is opened by name as before.
+        lock_fd, top_fd, p.lock_fd = p.lock_fd, p.lock_fd, -1
+        if lock_fd < 0:
+            top_fd = None
+            try:
+                lock_fd = lock_session(tmp.dir_fd, p.name, p.path, archived_ok=True)
+            except (FileExistsError, ArchiveError, OSError) as e:
+                out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source "
+                                   f"could not be locked again: {getattr(e, 'reason', e)}"),
+                            row))
+                continue
         try:
             removesource.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
-                                 keep_archive=True)
+                                       keep_archive=True, top_fd=top_fd)
             out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], f.csize,
                                len(p.entries)), row))
         except SourceChanged as e:
@@ -216,15 +264,19 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
             os.close(lock_fd)
 
 
-def _per_session(paths: list[str], opts: dict[str, Any], dirs: fs.DirCache) -> list[Result]:
+def _per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any],
+                 dirs: fs.DirCache) -> list[Result]:
+    """Per-session archives for the sessions a pack does not take; a session still locked
+    (*big*'s Locked) is handed to single.prepare as lock_batch's are, the others lock anew."""
     out: list[Result] = []
     prepared: list[single.Prepared] = []
     try:
-        for path in paths:
+        for i, (path, lk) in enumerate(big):
+            big[i] = (path, None)  # prepare owns the lock from here (closes it on error)
             try:
                 prepared.append(single.prepare(path, "tar.zst", opts["compresslevel"],
                                                cutoff_ns=opts["cutoff_ns"], dirs=dirs,
-                                               holds=opts.get("holds")))
+                                               holds=opts.get("holds"), locked=lk))
             except single.TooRecent as e:
                 out.append(Result(path, SKIPPED, e.reason))
             except FileExistsError:
@@ -237,4 +289,7 @@ def _per_session(paths: list[str], opts: dict[str, Any], dirs: fs.DirCache) -> l
     finally:
         for p in prepared:
             p.unlock()
+        for _path, lk in big:
+            if lk is not None:
+                os.close(lk.fd)
     return out
