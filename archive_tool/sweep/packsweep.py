@@ -27,30 +27,52 @@ from archive_tool.pack import packfile
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
-from archive_tool.sweep.executors import run_batches
+from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.packplan import (
     PackJob,
     parse_pack,
     plan_packs,
 )
 from archive_tool.sweep.packresume import cleanup, remove_stale_pack_tmps
-from archive_tool.sweep.packwork import Out, process_pack
+from archive_tool.sweep.packwork import LOCK_AHEAD, Out, process_packs
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
 from archive_tool.sweep.sessions import process_batch
 from archive_tool.sweep.step import Accounts
 
 
-def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
-    if isinstance(job, PackJob):
-        return process_pack(job, opts)
+def process_job(job: list[PackJob] | list[Task], opts: dict[str, Any]) -> Out:
+    if job and isinstance(job[0], PackJob):
+        return process_packs(job, opts)  # type: ignore[arg-type]
     out: Out = []
     for t in job:
+        assert isinstance(t, Task)
         if t.kind == ARCHIVE:
             continue
         if t.kind == "cleanup":
             out += cleanup(t, opts)
         else:
             out += [(r, None) for r in process_batch([t], opts)]
+    return out
+
+
+def pack_batches(jobs: list[PackJob], size: int, workers: int) -> list[list[PackJob]]:
+    """Consecutive packs (plan_packs sorts them by dir) as worker batches of at most *size*
+    sessions (a bigger pack alone), smaller for a small sweep so each worker gets about
+    two: a batch opens each dir once, takes its locks and one listing per dir at once
+    (packwork.process_packs), where a pack of a day of one dir is often one session."""
+    total = sum(len(j.paths) for j in jobs)
+    size = max(1, min(size, -(-total // (2 * workers))))
+    out: list[list[PackJob]] = []
+    cur: list[PackJob] = []
+    n = 0
+    for j in jobs:
+        if cur and n + len(j.paths) > size:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(j)
+        n += len(j.paths)
+    if cur:
+        out.append(cur)
     return out
 
 
@@ -104,14 +126,16 @@ def pack_sweep(
     planner = Planner(root_p, False, "tar.zst", pattern, older_than_days, max_dirs, shard_t,
                       packs=packfile.is_pack_name)
     tasks = list(planner.tasks(disc.paths()))
-    jobs: list[PackJob | list[Task]] = []
+    jobs: list[list[PackJob] | list[Task]] = []
     others = [t for t in tasks if t.kind != ARCHIVE]
     if others:
         jobs.append(others)
     packs = plan_packs([t for t in tasks if t.kind == ARCHIVE], mode)
     for job in packs:
         job.packs = planner.dir_packs.get(job.dir)
-    jobs += packs
+    slots: Callable[[], int] | None = getattr(executor, "slots", None)
+    jobs += pack_batches(packs, LOCK_AHEAD,
+                         workers or (max(1, slots()) if slots else default_workers()))
     acc = Accounts(summary, True, on_result)
     if dry_run:
         summary["packs"] = len(packs)
@@ -134,8 +158,8 @@ def pack_sweep(
                 _catalog(root_p, rows, summary)
                 rows.clear()
 
-        def lost(job: PackJob | list[Task], e: BaseException) -> Out:
-            paths = job.paths if isinstance(job, PackJob) else [t.path for t in job]
+        def lost(job: list[PackJob] | list[Task], e: BaseException) -> Out:
+            paths = [p for j in job for p in (j.paths if isinstance(j, PackJob) else [j.path])]
             if isinstance(e, Interrupted):
                 return [(Result(p, SKIPPED, "interrupted (SIGTERM/SIGINT): source kept"), None)
                         for p in paths]

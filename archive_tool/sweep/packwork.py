@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from archive_tool import fdwalk, fs
@@ -49,22 +49,62 @@ class _Packed:
     lock_fd: int = -1  # the session's lock, kept until its delete (LOCK_AHEAD), else -1
 
 
-def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
-    """Write, verify, commit one pack and delete its sources; never raises."""
+@dataclass
+class _Batch:
+    """What the packs of one worker batch share: the parent dirs opened once (DirCache),
+    each dir's fstat taken once, and the sessions' locks (single.lock_batch) with the
+    exception each session's lock gave instead."""
+
+    dirs: fs.DirCache
+    locked: dict[str, single.Locked] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    dir_st: dict[str, os.stat_result] = field(default_factory=dict)
+
+    def lock(self, paths: list[str]) -> None:
+        locked, errors = single.lock_batch(paths, self.dirs)
+        self.locked.update(locked)
+        self.errors.update(errors)
+
+    def stat_dir(self, d: str, fd: int) -> os.stat_result:
+        st = self.dir_st.get(d)
+        if st is None:
+            st = self.dir_st[d] = os.fstat(fd)
+        return st
+
+
+def process_packs(jobs: list[PackJob], opts: dict[str, Any]) -> Out:
+    """Write, verify, commit the packs of a batch, each then deleting its sources; never
+    raises. A batch of at most LOCK_AHEAD sessions locks them all first: one listing per
+    dir for the whole batch (packs of a day or a few sessions are the common case)."""
     out: Out = []
+    paths = [p for job in jobs for p in job.paths]
+    b: _Batch | None = None
     try:
         with fs.DirCache(opts.get("root")) as dirs:
-            _pack(job, opts, out, dirs)
+            b = _Batch(dirs)
+            if len(paths) <= LOCK_AHEAD:
+                b.lock(paths)
+            for job in jobs:
+                interrupt.check()
+                _pack(job, opts, out, b)
     except Interrupted:
         # SIGTERM/SIGINT: the tmp pack was never named; every source not committed stays.
         done = {r.path for r, _ in out}
-        out += [(Result(p, SKIPPED, INTERRUPTED), None)
-                for p in job.paths if p not in done]
+        out += [(Result(p, SKIPPED, INTERRUPTED), None) for p in paths if p not in done]
     except BaseException as e:  # noqa: BLE001 - a worker must never take the sweep down
         done = {r.path for r, _ in out}
         out += [(Result(p, FAILED, f"internal error: {e!r}"), None)
-                for p in job.paths if p not in done]
+                for p in paths if p not in done]
+    finally:
+        if b is not None:  # locks of jobs not reached: their sources untouched
+            for lk in b.locked.values():
+                os.close(lk.fd)
     return out
+
+
+def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
+    """:func:`process_packs` of one pack."""
+    return process_packs([job], opts)
 
 
 def _rel_dir(root: str, d: str) -> str:
@@ -80,9 +120,9 @@ def _rel_dir(root: str, d: str) -> str:
 LOCK_AHEAD = 128
 
 
-def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> None:
+def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
     root, level, cutoff_ns = opts["root"], opts["compresslevel"], opts["cutoff_ns"]
-    parent_fd = dirs.parent(job.paths[0])[0]
+    parent_fd = b.dirs.parent(job.paths[0])[0]
     in_packs = packed_names(parent_fd, job.dir, job.packs)
     n = 1
     # The first name free in the planner's listing (no stat per name); publish_free_name
@@ -92,10 +132,9 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
         n += 1
     final = os.path.join(job.dir, packfile.pack_file_name(job.period, n))
     as_root = os.geteuid() == 0
-    dst = os.fstat(parent_fd)
+    dst = b.stat_dir(job.dir, parent_fd)
     keep = len(job.paths) <= LOCK_AHEAD
-    locked: dict[str, single.Locked] = {}
-    errors: dict[str, BaseException] = {}
+    locked, errors = b.locked, b.errors
     big: list[tuple[str, single.Locked | None]] = []
     packed: list[_Packed] = []
     tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None)
@@ -105,9 +144,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
         for i, path in enumerate(job.paths):
             interrupt.check()
             if path not in locked and path not in errors:
-                got_locks, got_errors = single.lock_batch(job.paths[i:i + LOCK_AHEAD], dirs)
-                locked.update(got_locks)
-                errors.update(got_errors)
+                b.lock(job.paths[i:i + LOCK_AHEAD])
             name = os.path.basename(path)
             try:
                 err = errors.pop(path, None)
@@ -161,7 +198,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
                 _commit_pack(w, tmp, packed, mode, out, root, job)
         tmp.close()
         if big:
-            for r in _per_session(big, opts, dirs):
+            for r in _per_session(big, opts, b.dirs):
                 row = None
                 if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
                     with contextlib.suppress(ArchiveError, OSError, ValueError):
@@ -172,8 +209,9 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> No
     finally:
         tmp.close()
         # Locks not handed on (disk full, a signal): their sources untouched.
+        rest = [locked.pop(p) for p in job.paths if p in locked]
         for fd in ([p.lock_fd for p in packed] + [lk.fd for _, lk in big if lk is not None]
-                   + [lk.fd for lk in locked.values()]):
+                   + [lk.fd for lk in rest]):
             if fd >= 0:
                 os.close(fd)
 
