@@ -73,8 +73,10 @@ def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
 
 
 def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
-             owner: tuple[int, int] | None = None) -> TmpArchive:
-    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*."""
+             owner: tuple[int, int] | None = None, dir_dev: int | None = None) -> TmpArchive:
+    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*.
+    *dir_dev*: the dir's st_dev, when the caller has its fstat; with *owner* the new
+    file's device and group are then known, and it is not fstat'ed (issue 24)."""
     name = os.path.basename(final)
     fd = -1
     tmp_name: str | None = None
@@ -101,14 +103,20 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
             os.fchown(fd, *owner)
         if mode is not None:
             os.fchmod(fd, mode)
-        st = os.fstat(fd)
+        dev, gid = ((dir_dev, owner[1]) if owner is not None and dir_dev is not None
+                    else _dev_gid(fd))
         own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
         if tmp_name:
             fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, own_dir, name, tmp_name, st.st_dev, st.st_gid)
+    return TmpArchive(fd, final, own_dir, name, tmp_name, dev, gid)
+
+
+def _dev_gid(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_gid
 
 
 def _syncfs(fd: int) -> bool:

@@ -137,7 +137,8 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
     locked, errors = b.locked, b.errors
     big: list[tuple[str, single.Locked | None]] = []
     packed: list[_Packed] = []
-    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None)
+    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None,
+                          dst.st_dev)
     mode = 0o644
     try:
         w = packfile.PackWriter(tmp, level)
