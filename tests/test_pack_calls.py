@@ -115,3 +115,29 @@ def test_a_session_dir_swapped_after_packing_is_kept_and_never_entered(tmp_path:
     assert snapshot(fin / "moved-away") == before[victim]
     with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
         assert sorted(p.names) == sorted(before)
+
+
+def test_a_subdir_replaced_after_packing_is_seen_by_the_recheck_and_the_source_kept(
+        tmp_path: Path) -> None:
+    """The delete's re-check lstats each subdir by name against the fd the scan kept (no
+    second open): a dir put in its place is another inode, so the source is kept whole."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 2)
+    victim = sorted(before)[1]
+
+    def swap(point: str, _where: str) -> None:
+        if point == "pack-published":
+            (fin / victim / "logs").rename(fin / victim / "logs.old")
+            (fin / victim / "logs").mkdir()
+
+    fs.race_hook = swap
+    try:
+        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    finally:
+        fs.race_hook = None
+    assert (s["archived"], s["failed"]) == (1, 1), s
+    assert "changed" in s["failures"][0]["reason"], s["failures"]
+    assert (fin / victim / "logs").is_dir() and (fin / victim / "logs.old").is_dir()
+    got = snapshot(fin / victim)
+    assert {k: v for k, v in got.items() if not k.startswith("logs")} == {
+        k: v for k, v in before[victim].items() if not k.startswith("logs")}

@@ -47,6 +47,7 @@ class _Packed:
     frame: packfile.FrameInfo
     row: dict[str, Any]
     lock_fd: int = -1  # the session's lock, kept until its delete (LOCK_AHEAD), else -1
+    held: dict[str, int] = field(default_factory=dict)  # the scan's subdir fds, for the delete
 
 
 @dataclass
@@ -118,6 +119,10 @@ def _rel_dir(root: str, d: str) -> str:
 # serves the delete (issue 24). A bigger pack closes each lock once its frame is written
 # (10,000 sessions would otherwise hold 10,000 dir fds) and locks again to delete.
 LOCK_AHEAD = 128
+# Subdir fds a pack keeps from its sessions' scans for their deletes (whose re-check then
+# lstats each dir by name instead of opening and fstat'ing it again); beyond, a session's
+# are closed after its frame. With the locks: ~128 + 512 + one session's 256 at most.
+HELD_PER_PACK = 512
 
 
 def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
@@ -134,6 +139,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
     as_root = os.geteuid() == 0
     dst = b.stat_dir(job.dir, parent_fd)
     keep = len(job.paths) <= LOCK_AHEAD
+    n_held = 0  # subdir fds kept from the scans for the deletes (HELD_PER_PACK)
     locked, errors = b.locked, b.errors
     big: list[tuple[str, single.Locked | None]] = []
     packed: list[_Packed] = []
@@ -166,9 +172,10 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
                     out.append((resumed, None))
                     continue
                 # The pack holds an earlier state of it: this state goes into a new pack.
+            kept: dict[str, int] | None = {} if keep and n_held < HELD_PER_PACK else None
             try:
                 got = _add(w, path, name, lk, cutoff_ns, as_root, dst,
-                           _rel_dir(root, job.dir), opts.get("holds"))
+                           _rel_dir(root, job.dir), opts.get("holds"), kept)
             except single.TooRecent as e:
                 os.close(lk.fd)
                 out.append((Result(path, SKIPPED, e.reason), None))
@@ -191,7 +198,9 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
                 continue
             entries, frame, bits, row = got
             mode &= bits
-            packed.append(_Packed(path, name, entries, frame, row, lk.fd if keep else -1))
+            packed.append(_Packed(path, name, entries, frame, row, lk.fd if keep else -1,
+                                  kept or {}))
+            n_held += len(kept or ())
             if not keep:
                 os.close(lk.fd)
         if packed:
@@ -215,15 +224,19 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
                    + [lk.fd for lk in rest]):
             if fd >= 0:
                 os.close(fd)
+        for p in packed:
+            fdwalk.close_held(p.held)
 
 
 def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
          cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str,
-         holds: Holds | None = None) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
+         holds: Holds | None = None, kept: dict[str, int] | None = None
+         ) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
     """Session *name*, locked by *lk*, as the pack's next frame; None: it goes to a
     per-session archive (too big for memory, or, as root, owned by another user than the
     dir: a pack belongs to one user, and single.py gives each archive its session's owner).
-    The lock stays the caller's."""
+    The lock stays the caller's. *kept*: once the frame is written, the subdir fds the
+    scan opened move there (the caller's, for remove_source's re-check and delete)."""
     # Subdir fds the scan opened and checked serve the tar writer (as single.prepare's).
     held: dict[str, int] = {}
     try:
@@ -248,6 +261,9 @@ def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
         # The catalog row from the bytes in memory (the pack's name is set once published).
         row = session_row(tar, name, rel_dir, "", frame.index, frame.offset,
                                   frame.csize)
+        if kept is not None:
+            kept.update(held)
+            held.clear()
         return entries, frame, bits, row
     finally:
         fdwalk.close_held(held)
@@ -288,9 +304,10 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
                                    f"could not be locked again: {getattr(e, 'reason', e)}"),
                             row))
                 continue
+        scanned, p.held = p.held, {}  # remove_source owns (and closes) them from here
         try:
             removesource.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
-                                       keep_archive=True, top_fd=top_fd)
+                                       keep_archive=True, top_fd=top_fd, scanned=scanned)
             out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], f.csize,
                                len(p.entries)), row))
         except SourceChanged as e:
