@@ -1,14 +1,18 @@
-"""The worker side of ``sweep --pack``: one worker builds, commits and deletes one pack.
+"""The worker side of ``sweep --pack``: one worker builds, commits and deletes the packs of
+a batch (consecutive packs, mostly of one dir: packsweep.pack_batches).
 
-  1. per session: lock, scan, tar in memory, compress as its own frame into ONE unnamed
-     O_TMPFILE in the FINISHED_* dir, unlock (a pack of 10,000 sessions would otherwise
-     hold 10,000 dir fds; the delete below re-checks every source against its manifest);
-  2. end the tar stream, write the index and the seek table, read the whole tmp back
-     (every frame against a digest of the bytes it was made from);
-  3. one fsync, link() to the first free name (``<period>.pack.tar.zst``, then
-     ``<period>.2.pack.tar.zst`` ...: never overwrite), fsync the dir;
-  4. per session: lock again, removesource.remove_source (rename to trash, re-check unchanged,
-     delete). A source that changed is kept (its earlier bytes stay in the pack).
+  1. lock the batch's sessions, then ONE listing per dir says which were archived
+     meanwhile (single.lock_batch); a pack of over LOCK_AHEAD sessions locks by chunks
+     and unlocks each after its frame (else 10,000 sessions held 10,000 dir fds);
+  2. per session: scan, tar in memory, compress as its own frame into its pack's ONE
+     unnamed O_TMPFILE in the FINISHED_* dir; then per pack: end the tar stream, write
+     the index and seek table, read the tmp back (each frame against a digest);
+  3. the batch's packs fsynced together, each linked to the first free name
+     (``<period>.pack.tar.zst``, then ``<period>.2.pack.tar.zst`` ...: never overwrite),
+     each dir fsynced once;
+  4. per session: removesource.remove_source (rename to trash, re-check unchanged,
+     delete) under the lock held since step 1 (or taken again). A source that changed
+     is kept (its earlier bytes stay in the pack).
 
 Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES), and, as
 root, sessions of another owner than their dir's, get a per-session archive as without
@@ -51,61 +55,99 @@ class _Packed:
 
 
 @dataclass
+class _Written:
+    """A pack written and read back, not yet durable or named."""
+
+    job: PackJob
+    tmp: commit.TmpArchive
+    packed: list[_Packed]
+
+
+@dataclass
 class _Batch:
     """What the packs of one worker batch share: the parent dirs opened once (DirCache),
-    each dir's fstat taken once, and the sessions' locks (single.lock_batch) with the
-    exception each session's lock gave instead."""
+    each dir's fstat taken once, the sessions' locks (single.lock_batch) with the
+    exception each session's lock gave instead, and what is written but not committed."""
 
     dirs: fs.DirCache
     locked: dict[str, single.Locked] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
     dir_st: dict[str, os.stat_result] = field(default_factory=dict)
+    written: list[_Written] = field(default_factory=list)
+    big: list[tuple[str, single.Locked | None]] = field(default_factory=list)
+    n_held: int = 0  # subdir fds kept from the scans for the deletes (HELD_MAX)
 
     def lock(self, paths: list[str]) -> None:
         locked, errors = single.lock_batch(paths, self.dirs)
         self.locked.update(locked)
         self.errors.update(errors)
 
-    def stat_dir(self, d: str, fd: int) -> os.stat_result:
-        st = self.dir_st.get(d)
-        if st is None:
-            st = self.dir_st[d] = os.fstat(fd)
-        return st
+    def close(self) -> None:
+        """Every fd still ours: tmps never named vanish, their sources stay untouched."""
+        for x in self.written:
+            x.tmp.close()
+            for p in x.packed:
+                _release(p)
+        for _, lk in self.big:
+            if lk is not None:
+                os.close(lk.fd)
+        for lk in self.locked.values():
+            os.close(lk.fd)
+        self.written, self.big, self.locked = [], [], {}
+
+
+def _release(p: _Packed) -> None:
+    if p.lock_fd >= 0:
+        os.close(p.lock_fd)
+    p.lock_fd = -1
+    fdwalk.close_held(p.held)
+
+
+# Sessions locked at once (then ONE listing per dir, not a stat per format per session),
+# the most a batch holds. A pack of at most this many keeps each lock until its source is
+# deleted, where the locked fd serves the delete (issue 24); a bigger one (alone in its
+# batch) unlocks each after its frame and locks again to delete.
+LOCK_AHEAD = 128
+# Subdir fds a batch keeps from the scans for the deletes (whose re-check lstats such a
+# dir instead of opening and fstat'ing it again): ~128 + 512 + 256 fds at most.
+HELD_MAX = 512
 
 
 def process_packs(jobs: list[PackJob], opts: dict[str, Any]) -> Out:
-    """Write, verify, commit the packs of a batch, each then deleting its sources; never
+    """Write, verify, commit the packs of a batch, then delete their sources; never
     raises. A batch of at most LOCK_AHEAD sessions locks them all first: one listing per
     dir for the whole batch (packs of a day or a few sessions are the common case)."""
     out: Out = []
     paths = [p for job in jobs for p in job.paths]
-    b: _Batch | None = None
+    root = opts["root"]
     try:
         with fs.DirCache(opts.get("root")) as dirs:
             b = _Batch(dirs)
-            if len(paths) <= LOCK_AHEAD:
-                b.lock(paths)
-            for job in jobs:
-                interrupt.check()
-                _pack(job, opts, out, b)
+            try:
+                if len(paths) <= LOCK_AHEAD:
+                    b.lock(paths)
+                for k, job in enumerate(jobs):
+                    interrupt.check()
+                    if not _write_pack(job, opts, out, b):
+                        out += [(Result(p, SKIPPED, "not attempted: disk full"), None)
+                                for j in jobs[k + 1:] for p in j.paths]
+                        break
+                if b.written:
+                    with interrupt.shielded():  # written and read back: commit it whole
+                        _commit_packs(b.written, out, root)
+                if b.big:
+                    out += _per_session(b.big, opts, dirs)
+            finally:
+                b.close()
     except Interrupted:
-        # SIGTERM/SIGINT: the tmp pack was never named; every source not committed stays.
+        # SIGTERM/SIGINT: the tmp packs were never named; every source not committed stays.
         done = {r.path for r, _ in out}
         out += [(Result(p, SKIPPED, INTERRUPTED), None) for p in paths if p not in done]
     except BaseException as e:  # noqa: BLE001 - a worker must never take the sweep down
         done = {r.path for r, _ in out}
         out += [(Result(p, FAILED, f"internal error: {e!r}"), None)
                 for p in paths if p not in done]
-    finally:
-        if b is not None:  # locks of jobs not reached: their sources untouched
-            for lk in b.locked.values():
-                os.close(lk.fd)
     return out
-
-
-def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
-    """:func:`process_packs` of one pack."""
-    return process_packs([job], opts)
 
 
 def _rel_dir(root: str, d: str) -> str:
@@ -113,19 +155,10 @@ def _rel_dir(root: str, d: str) -> str:
     return "" if rel == "." else rel
 
 
-# Sessions of a pack locked at once (single.lock_batch: then ONE listing of their dir says
-# which were archived meanwhile, not a stat per format per session). A pack of at most
-# this many keeps each lock until its source is deleted: no second lock, and the locked fd
-# serves the delete (issue 24). A bigger pack closes each lock once its frame is written
-# (10,000 sessions would otherwise hold 10,000 dir fds) and locks again to delete.
-LOCK_AHEAD = 128
-# Subdir fds a pack keeps from its sessions' scans for their deletes (whose re-check then
-# lstats each dir by name instead of opening and fstat'ing it again); beyond, a session's
-# are closed after its frame. With the locks: ~128 + 512 + one session's 256 at most.
-HELD_PER_PACK = 512
-
-
-def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
+def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool:
+    """Every session of *job* as a frame of one unnamed tmp, read back; the pack goes to
+    ``b.written``, sessions for per-session archives to ``b.big``. False: the disk is
+    full, nothing more is to be attempted (this pack's sessions are reported)."""
     root, level, cutoff_ns = opts["root"], opts["compresslevel"], opts["cutoff_ns"]
     parent_fd = b.dirs.parent(job.paths[0])[0]
     in_packs = packed_names(parent_fd, job.dir, job.packs)
@@ -137,11 +170,9 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
         n += 1
     final = os.path.join(job.dir, packfile.pack_file_name(job.period, n))
     as_root = os.geteuid() == 0
-    dst = b.stat_dir(job.dir, parent_fd)
+    dst = b.dir_st.get(job.dir) or b.dir_st.setdefault(job.dir, os.fstat(parent_fd))
     keep = len(job.paths) <= LOCK_AHEAD
-    n_held = 0  # subdir fds kept from the scans for the deletes (HELD_PER_PACK)
     locked, errors = b.locked, b.errors
-    big: list[tuple[str, single.Locked | None]] = []
     packed: list[_Packed] = []
     tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None,
                           dst.st_dev)
@@ -172,7 +203,7 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
                     out.append((resumed, None))
                     continue
                 # The pack holds an earlier state of it: this state goes into a new pack.
-            kept: dict[str, int] | None = {} if keep and n_held < HELD_PER_PACK else None
+            kept: dict[str, int] | None = {} if keep and b.n_held < HELD_MAX else None
             try:
                 got = _add(w, path, name, lk, cutoff_ns, as_root, dst,
                            _rel_dir(root, job.dir), opts.get("holds"), kept)
@@ -189,10 +220,13 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
                     why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
                     out += [(Result(p, SKIPPED, f"not attempted: {why}"), None)
                             for p in [q.path for q in packed] + job.paths[i + 1:]]
-                    return
+                    for q in packed:
+                        _release(q)
+                    packed = []
+                    return not isinstance(e, DiskFull)
                 continue
             if got is None:
-                big.append((path, lk if keep else None))
+                b.big.append((path, lk if keep else None))
                 if not keep:
                     os.close(lk.fd)
                 continue
@@ -200,32 +234,24 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> None:
             mode &= bits
             packed.append(_Packed(path, name, entries, frame, row, lk.fd if keep else -1,
                                   kept or {}))
-            n_held += len(kept or ())
+            b.n_held += len(kept or ())
             if not keep:
                 os.close(lk.fd)
         if packed:
-            with interrupt.shielded():  # written and read back: commit it whole
-                _commit_pack(w, tmp, packed, mode, out, root, job)
-        tmp.close()
-        if big:
-            for r in _per_session(big, opts, b.dirs):
-                row = None
-                if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
-                    with contextlib.suppress(ArchiveError, OSError, ValueError):
-                        rel = _rel_dir(root, job.dir)
-                        fname = os.path.basename(r.path) + ".tar.zst"
-                        row = next(rebuild.rows_of_file(root, rel, fname))
-                out.append((r, row))
+            try:
+                w.finish()
+                os.fchmod(tmp.fd, mode)
+                w.verify()
+                b.written.append(_Written(job, tmp, packed))  # the batch's now
+                tmp = None
+            except (ArchiveError, OSError) as e:
+                out += [(fail(p.path, e), None) for p in packed]
+                for q in packed:
+                    _release(q)
     finally:
-        tmp.close()
-        # Locks not handed on (disk full, a signal): their sources untouched.
-        rest = [locked.pop(p) for p in job.paths if p in locked]
-        for fd in ([p.lock_fd for p in packed] + [lk.fd for _, lk in big if lk is not None]
-                   + [lk.fd for lk in rest]):
-            if fd >= 0:
-                os.close(fd)
-        for p in packed:
-            fdwalk.close_held(p.held)
+        if tmp is not None:
+            tmp.close()
+    return True
 
 
 def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
@@ -269,26 +295,41 @@ def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
         fdwalk.close_held(held)
 
 
-def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_Packed],
-                 mode: int, out: Out, root: str, job: PackJob) -> None:
-    paths = [p.path for p in packed]
+def _commit_packs(ws: list[_Written], out: Out, root: str) -> None:
+    """Make the batch's packs durable together (parallel fsyncs), link each to a free
+    name, fsync each dir once, then delete each pack's sources. A pack whose step fails
+    is not named (or, once linked, its sources are kept): nothing is deleted on its
+    strength; the next sweep finishes a linked one (packresume.resume)."""
     try:
-        w.finish()
-        os.fchmod(tmp.fd, mode)
-        w.verify()
-        commit.make_durable([tmp])
-        fs.race_point("pack-publish", tmp.final)
-        packfile.publish_free_name(tmp, job.period, job.dir)
-        commit.fsync_dir(tmp.dir_fd, job.dir)
+        commit.make_durable([x.tmp for x in ws])
     except (ArchiveError, OSError) as e:
-        out += [(fail(p, e), None) for p in paths]
+        out += [(fail(p.path, e), None) for x in ws for p in x.packed]
         return
-    finally:
-        tmp.discard()
-    fs.race_point("pack-published", tmp.final)
+    named: list[_Written] = []
+    for x in ws:
+        fs.race_point("pack-publish", x.tmp.final)
+        try:
+            packfile.publish_free_name(x.tmp, x.job.period, x.job.dir)
+        except (ArchiveError, OSError) as e:
+            out += [(fail(p.path, e), None) for p in x.packed]
+            continue
+        finally:
+            x.tmp.discard()
+        named.append(x)
+    try:
+        commit.fsync_dirs([x.tmp for x in named])
+    except (ArchiveError, OSError) as e:
+        out += [(fail(p.path, e), None) for x in named for p in x.packed]
+        return
+    for x in named:
+        fs.race_point("pack-published", x.tmp.final)
+        _delete_sources(x, out, root)
+
+
+def _delete_sources(x: _Written, out: Out, root: str) -> None:
+    tmp = x.tmp
     arel = os.path.relpath(tmp.final, root)
-    for p in packed:
-        f = p.frame
+    for p in x.packed:
         row = p.row
         row["archive"] = arel
         # The lock held since the scan: its fd is the inode scanned and packed, so it
@@ -308,7 +349,7 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
         try:
             removesource.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
                                        keep_archive=True, top_fd=top_fd, scanned=scanned)
-            out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], f.csize,
+            out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], p.frame.csize,
                                len(p.entries)), row))
         except SourceChanged as e:
             out.append((Result(p.path, FAILED, f"{e.reason.split(';')[0]}; source kept (the "
@@ -321,9 +362,11 @@ def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_P
 
 
 def _per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any],
-                 dirs: fs.DirCache) -> list[Result]:
-    """Per-session archives for the sessions a pack does not take; a session still locked
-    (*big*'s Locked) is handed to single.prepare as lock_batch's are, the others lock anew."""
+                 dirs: fs.DirCache) -> Out:
+    """Per-session archives for the sessions a pack does not take, each catalogued as
+    ``--rebuild`` reads it; a session still locked (*big*'s Locked) is handed to
+    single.prepare as lock_batch's are (whose lock is then prepare's), the others lock
+    anew. What is still in *big* on an exception is the caller's to close."""
     out: list[Result] = []
     prepared: list[single.Prepared] = []
     try:
@@ -345,7 +388,13 @@ def _per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, An
     finally:
         for p in prepared:
             p.unlock()
-        for _path, lk in big:
-            if lk is not None:
-                os.close(lk.fd)
-    return out
+    rows: Out = []
+    for r in out:
+        row = None
+        if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
+            with contextlib.suppress(ArchiveError, OSError, ValueError):
+                rel = _rel_dir(opts["root"], os.path.dirname(r.path))
+                row = next(rebuild.rows_of_file(opts["root"], rel,
+                                                os.path.basename(r.path) + ".tar.zst"))
+        rows.append((r, row))
+    return rows
