@@ -141,3 +141,46 @@ def test_a_subdir_replaced_after_packing_is_seen_by_the_recheck_and_the_source_k
     got = snapshot(fin / victim)
     assert {k: v for k, v in got.items() if not k.startswith("logs")} == {
         k: v for k, v in before[victim].items() if not k.startswith("logs")}
+
+
+def test_a_session_renamed_away_after_its_lock_is_not_packed(tmp_path: Path) -> None:
+    """lock_batch's listing, read once every lock is held, says each name still is the dir
+    locked (in place of an lstat per session): one renamed away meanwhile is left alone."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 3)
+    first, second = sorted(before)[:2]
+
+    def move(point: str, where: str) -> None:
+        if point == "lock" and where.endswith(second) and (fin / first).exists():
+            (fin / first).rename(fin / "moved-away")  # first is locked already
+
+    fs.race_hook = move
+    try:
+        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    finally:
+        fs.race_hook = None
+    assert (s["archived"], s["failed"]) == (2, 1), s
+    assert snapshot(fin / "moved-away") == before[first]
+    with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
+        assert first not in p.names and len(p.names) == 2
+
+
+def test_a_listing_whose_inode_numbers_differ_from_stat_still_packs_every_session(
+        tmp_path: Path, monkeypatch) -> None:
+    """Where a filesystem's d_ino is not st_ino (overlayfs may do that), the lstat that
+    lock_session_stat made decides: nothing is taken for gone."""
+    from archive_tool.engine import single
+
+    real = single._archived_listing
+
+    def skewed(parent_fd: int, sessions: int):
+        names = real(parent_fd, sessions)
+        return None if names is None else {n: ino + 1 for n, ino in names.items()}
+
+    monkeypatch.setattr(single, "_archived_listing", skewed)
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 3)
+    s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    assert (s["archived"], s["failed"]) == (3, 0), s
+    with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
+        assert sorted(p.names) == sorted(before)
