@@ -3,7 +3,11 @@ metadata calls were cut (the per-session count bound is in test_md_calls.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from archive_tool import fs
 from archive_tool.pack import packfile
@@ -184,3 +188,24 @@ def test_a_listing_whose_inode_numbers_differ_from_stat_still_packs_every_sessio
     assert (s["archived"], s["failed"]) == (3, 0), s
     with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
         assert sorted(p.names) == sorted(before)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root: packs are handed to the dir's owner")
+@pytest.mark.parametrize("case", ["another user's dir", "root's setgid dir", "root's dir"])
+def test_a_pack_belongs_to_its_dirs_owner_and_group_chowned_only_when_needed(
+        tmp_path: Path, case: str) -> None:
+    """open_tmp skips the fchown of a file born with the owner it would be given (our euid,
+    and our egid or a setgid dir's group); every other pack is still chowned."""
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    _sessions(fin, 2)
+    want = {"another user's dir": (65534, 65534), "root's setgid dir": (0, 65534),
+            "root's dir": (0, 0)}[case]
+    if case == "another user's dir":
+        subprocess.run(["chown", "-R", "65534:65534", str(fin)], check=True)
+    elif case == "root's setgid dir":
+        subprocess.run(["chown", "-R", "0:65534", str(fin)], check=True)
+        fin.chmod(0o2755)
+    s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    assert (s["archived"], s["failed"]) == (2, 0), s
+    st = (fin / ("2026-11-23" + packfile.PACK_SUFFIX)).stat()
+    assert (st.st_uid, st.st_gid) == want

@@ -175,7 +175,7 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
     locked, errors = b.locked, b.errors
     packed: list[_Packed] = []
     tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None,
-                          dst.st_dev)
+                          dst)
     mode = 0o644
     try:
         w = packfile.PackWriter(tmp, level)
