@@ -26,6 +26,15 @@ def _sessions(parent: Path, n: int, day: str = DAY) -> dict[str, dict]:
     return out
 
 
+def _sweep(root: Path, hook=None) -> dict:
+    """An executed daily pack sweep of *root*, in-process, with *hook* at its race points."""
+    fs.race_hook = hook
+    try:
+        return pack_sweep(root, "daily", dry_run=False, workers=1)
+    finally:
+        fs.race_hook = None
+
+
 def test_a_named_tmp_pack_a_crash_left_is_removed_and_a_dir_of_that_name_kept(
         tmp_path: Path) -> None:
     """The planner's listing names the leftover; the sweeping process unlinks it under the
@@ -38,7 +47,7 @@ def test_a_named_tmp_pack_a_crash_left_is_removed_and_a_dir_of_that_name_kept(
     same_day.write_bytes(b"the name this sweep's own fallback tmp would take")
     a_dir = fin / ("2026-11-21" + packfile.PACK_SUFFIX + ".tmp")
     a_dir.mkdir()
-    s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    s = _sweep(tmp_path)
     assert (s["archived"], s["failed"]) == (2, 0), s
     assert not stale.exists() and not same_day.exists()
     assert a_dir.is_dir()
@@ -57,11 +66,7 @@ def test_a_pack_name_taken_after_planning_goes_to_the_next_free_name(tmp_path: P
         if point == "pack-publish" and not taken.exists():
             taken.write_bytes(b"another writer's file")
 
-    fs.race_hook = appear
-    try:
-        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
-    finally:
-        fs.race_hook = None
+    s = _sweep(tmp_path, appear)
     assert (s["archived"], s["failed"]) == (2, 0), s
     assert taken.read_bytes() == b"another writer's file"
     with packfile.Pack(fin / ("2026-11-23.2" + packfile.PACK_SUFFIX)) as p:
@@ -81,11 +86,7 @@ def test_an_archive_appearing_before_the_lock_keeps_the_session_out_of_the_pack(
         if point == "lock" and not other.exists():
             other.write_bytes(b"another archiver's archive")
 
-    fs.race_hook = appear
-    try:
-        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
-    finally:
-        fs.race_hook = None
+    s = _sweep(tmp_path, appear)
     assert (s["archived"], s["skipped"], s["failed"]) == (2, 1, 0), s
     assert s["skipped_reasons"] == {"archived meanwhile by another process": 1}
     assert snapshot(fin / victim) == before[victim]
@@ -108,11 +109,7 @@ def test_a_session_dir_swapped_after_packing_is_kept_and_never_entered(tmp_path:
             (fin / victim).mkdir()
             (fin / victim / "new.txt").write_text("not what was packed\n")
 
-    fs.race_hook = swap
-    try:
-        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
-    finally:
-        fs.race_hook = None
+    s = _sweep(tmp_path, swap)
     assert (s["archived"], s["failed"]) == (1, 1), s
     assert "replaced" in s["failures"][0]["reason"], s["failures"]
     assert (fin / victim / "new.txt").read_text() == "not what was packed\n"
@@ -134,11 +131,7 @@ def test_a_subdir_replaced_after_packing_is_seen_by_the_recheck_and_the_source_k
             (fin / victim / "logs").rename(fin / victim / "logs.old")
             (fin / victim / "logs").mkdir()
 
-    fs.race_hook = swap
-    try:
-        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
-    finally:
-        fs.race_hook = None
+    s = _sweep(tmp_path, swap)
     assert (s["archived"], s["failed"]) == (1, 1), s
     assert "changed" in s["failures"][0]["reason"], s["failures"]
     assert (fin / victim / "logs").is_dir() and (fin / victim / "logs.old").is_dir()
@@ -158,11 +151,7 @@ def test_a_session_renamed_away_after_its_lock_is_not_packed(tmp_path: Path) -> 
         if point == "lock" and where.endswith(second) and (fin / first).exists():
             (fin / first).rename(fin / "moved-away")  # first is locked already
 
-    fs.race_hook = move
-    try:
-        s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
-    finally:
-        fs.race_hook = None
+    s = _sweep(tmp_path, move)
     assert (s["archived"], s["failed"]) == (2, 1), s
     assert snapshot(fin / "moved-away") == before[first]
     with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
@@ -184,7 +173,7 @@ def test_a_listing_whose_inode_numbers_differ_from_stat_still_packs_every_sessio
     monkeypatch.setattr(single, "_archived_listing", skewed)
     fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
     before = _sessions(fin, 3)
-    s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    s = _sweep(tmp_path)
     assert (s["archived"], s["failed"]) == (3, 0), s
     with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
         assert sorted(p.names) == sorted(before)
@@ -205,7 +194,7 @@ def test_a_pack_belongs_to_its_dirs_owner_and_group_chowned_only_when_needed(
     elif case == "root's setgid dir":
         subprocess.run(["chown", "-R", "0:65534", str(fin)], check=True)
         fin.chmod(0o2755)
-    s = pack_sweep(tmp_path, "daily", dry_run=False, workers=1)
+    s = _sweep(tmp_path)
     assert (s["archived"], s["failed"]) == (2, 0), s
     st = (fin / ("2026-11-23" + packfile.PACK_SUFFIX)).stat()
     assert (st.st_uid, st.st_gid) == want
