@@ -198,3 +198,22 @@ def test_a_pack_belongs_to_its_dirs_owner_and_group_chowned_only_when_needed(
     assert (s["archived"], s["failed"]) == (2, 0), s
     st = (fin / ("2026-11-23" + packfile.PACK_SUFFIX)).stat()
     assert (st.st_uid, st.st_gid) == want
+
+
+@pytest.mark.parametrize(("lock_ahead", "held_max"), [(2, 512), (128, 0), (2, 0)])
+def test_a_pack_bigger_than_its_locks_or_fd_budget_still_packs_and_deletes_every_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lock_ahead: int,
+        held_max: int) -> None:
+    """Over LOCK_AHEAD sessions a pack locks by chunks, unlocks each after its frame and
+    locks it again to delete; past HELD_MAX the delete opens each subdir itself."""
+    from archive_tool.sweep import packwork
+
+    monkeypatch.setattr(packwork, "LOCK_AHEAD", lock_ahead)
+    monkeypatch.setattr(packwork, "HELD_MAX", held_max)
+    fin = tmp_path / "a_out" / "FINISHED_SUCCESS"
+    before = _sessions(fin, 5)
+    s = _sweep(tmp_path)
+    assert (s["archived"], s["failed"], s["packs"]) == (5, 0, 1), s
+    assert not [p for p in fin.iterdir() if p.is_dir()]
+    with packfile.Pack(fin / ("2026-11-23" + packfile.PACK_SUFFIX)) as p:
+        assert sorted(p.names) == sorted(before)
