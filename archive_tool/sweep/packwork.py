@@ -220,9 +220,6 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
                     why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
                     out += [(Result(p, SKIPPED, f"not attempted: {why}"), None)
                             for p in [q.path for q in packed] + job.paths[i + 1:]]
-                    for q in packed:
-                        _release(q)
-                    packed = []
                     return not isinstance(e, DiskFull)
                 continue
             if got is None:
@@ -246,11 +243,11 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
                 tmp = None
             except (ArchiveError, OSError) as e:
                 out += [(fail(p.path, e), None) for p in packed]
-                for q in packed:
-                    _release(q)
     finally:
-        if tmp is not None:
+        if tmp is not None:  # not handed to the batch (a failure, a signal): nothing named
             tmp.close()
+            for q in packed:
+                _release(q)
     return True
 
 
