@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -72,8 +73,12 @@ def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
 
 
 def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
-             owner: tuple[int, int] | None = None) -> TmpArchive:
-    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*."""
+             owner: tuple[int, int] | None = None, dir_st: os.stat_result | None = None
+             ) -> TmpArchive:
+    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*.
+    *dir_st*: the dir's fstat, when the caller has it; with *owner* the new file's device
+    and group are then known, and it is not fstat'ed, nor chowned when it is born with
+    that owner already (issue 24)."""
     name = os.path.basename(final)
     fd = -1
     tmp_name: str | None = None
@@ -96,18 +101,31 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
         except OSError as e:
             raise disk_error(final, e, "cannot create archive") from None
     try:
-        if owner is not None:
+        if owner is not None and not (dir_st is not None and _born_as(owner, dir_st)):
             os.fchown(fd, *owner)
         if mode is not None:
             os.fchmod(fd, mode)
-        st = os.fstat(fd)
+        dev, gid = ((dir_st.st_dev, owner[1]) if owner is not None and dir_st is not None
+                    else _dev_gid(fd))
         own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
         if tmp_name:
             fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, own_dir, name, tmp_name, st.st_dev, st.st_gid)
+    return TmpArchive(fd, final, own_dir, name, tmp_name, dev, gid)
+
+
+def _born_as(owner: tuple[int, int], dir_st: os.stat_result) -> bool:
+    """A file we create in the dir of *dir_st* belongs to *owner* from the start: our
+    euid, and our egid (or, in a setgid dir, the dir's group)."""
+    gid = dir_st.st_gid if dir_st.st_mode & stat.S_ISGID else os.getegid()
+    return owner == (os.geteuid(), gid)
+
+
+def _dev_gid(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_gid
 
 
 def _syncfs(fd: int) -> bool:

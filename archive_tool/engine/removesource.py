@@ -34,15 +34,20 @@ def _same(entry: Entry, st: os.stat_result) -> bool:
     )
 
 
-def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = None
-               ) -> str | None:
+def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = None,
+               scanned: dict[str, int] | None = None) -> str | None:
     """None if the tree at *top_fd* is exactly *entries*; else the first difference.
     Walked by fds: a subdir swapped for a symlink shows as changed, never followed. Every
     dir is listed (an entry that appeared shows) and every entry lstat'ed against the
     manifest (inode, size, mtime, ctime). With *held*, the subdir fds opened here (each
     checked to be the inode its lstat showed) are kept for the delete (rel -> fd, up to
-    fdwalk.HELD_DIRS_MAX): it then never looks a dir up by name again (issue 24)."""
+    fdwalk.HELD_DIRS_MAX): it then never looks a dir up by name again (issue 24).
+    *scanned*: subdir fds the scan that made *entries* opened and checked (rel -> fd); a
+    dir among them is lstat'ed by name and, if that is its inode (the fd pins it: the
+    number cannot be reused), listed through that fd instead of opened and fstat'ed
+    again; each one used moves from *scanned* to *held*."""
     expected = {e.rel: e for e in entries if e.rel}
+    scanned = scanned if scanned is not None else {}
     seen = 0
     # (rel, fd, ours to close after listing); scandir dups the fd it lists.
     stack: list[tuple[str, int, bool]] = [("", top_fd, False)]
@@ -58,6 +63,14 @@ def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = 
                     e = expected.get(r)
                     if e is None:
                         return f"{r} appeared"
+                    if e.kind == DIR and r in scanned and held is not None:
+                        st = item.stat(follow_symlinks=False)
+                        if not _same(e, st):
+                            return f"{r} changed"
+                        held[r] = sub = scanned.pop(r)
+                        seen += 1
+                        stack.append((r, sub, False))
+                        continue
                     if e.kind == DIR and item.is_dir(follow_symlinks=False):
                         # Opened O_NOFOLLOW and compared by its own fstat: the inode we
                         # checked is the one we walk into (no lstat + open + fstat).
@@ -95,8 +108,8 @@ def _unchanged(top_fd: int, entries: list[Entry], held: dict[str, int] | None = 
 
 
 def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
-                  where: str, *, keep_archive: bool = False, top_fd: int | None = None
-                  ) -> None:
+                  where: str, *, keep_archive: bool = False, top_fd: int | None = None,
+                  scanned: dict[str, int] | None = None) -> None:
     """Delete a source whose archive is committed — unless it changed since it was read.
 
     Every step is relative to *parent_fd*. On a change: the source goes back under its
@@ -104,16 +117,23 @@ def remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name:
     did not make is never deleted), and SourceChanged is raised. A later run archives the
     new content. *top_fd*: the session dir's fd held since it was locked (the caller's);
     once the trash name is seen to be that inode, it serves the re-check and the delete
-    instead of an open and fstat of the trash name.
+    instead of an open and fstat of the trash name. *scanned* (with *top_fd*): the
+    subdir fds its scan kept (_unchanged); remove_source owns and closes them.
     """
     # Once the source is renamed to its trash name it is deleted to the end: a signal
     # (interrupt.py) waits for it rather than leave a `.<name>.deleting` behind.
-    with interrupt.shielded():
-        _remove_source(parent_fd, name, entries, archive_name, where, keep_archive, top_fd)
+    try:
+        with interrupt.shielded():
+            _remove_source(parent_fd, name, entries, archive_name, where, keep_archive,
+                           top_fd, scanned if top_fd is not None else None)
+    finally:
+        if scanned:
+            fdwalk.close_held(scanned)
 
 
 def _remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name: str,
-                   where: str, keep_archive: bool, top_fd: int | None) -> None:
+                   where: str, keep_archive: bool, top_fd: int | None,
+                   scanned: dict[str, int] | None) -> None:
     trash = trash_name(name)
     # Rename without replacing instead of a stat of the trash name first: a trash left by a
     # crash mid-delete (its archive exists) shows as EEXIST, is removed, and the rename is
@@ -126,14 +146,15 @@ def _remove_source(parent_fd: int, name: str, entries: list[Entry], archive_name
     held: dict[str, int] = {}
     try:
         _remove_trash(parent_fd, name, trash, entries, archive_name, where, keep_archive, held,
-                      top_fd)
+                      top_fd, scanned)
     finally:
         fdwalk.close_held(held)
 
 
 def _remove_trash(parent_fd: int, name: str, trash: str, entries: list[Entry],
                   archive_name: str, where: str, keep_archive: bool,
-                  held: dict[str, int], top_fd: int | None) -> None:
+                  held: dict[str, int], top_fd: int | None,
+                  scanned: dict[str, int] | None = None) -> None:
     top = -1
     diff: str | None = None
     try:
@@ -151,7 +172,7 @@ def _remove_trash(parent_fd: int, name: str, trash: str, entries: list[Entry],
             if os.fstat(top).st_ino != entries[0].ino:
                 diff = "the session dir was replaced"
         if diff is None:
-            diff = _unchanged(top, entries, held)
+            diff = _unchanged(top, entries, held, scanned if top_fd is not None else None)
     except OSError as e:
         diff = f"re-check failed: {e.strerror or e}"
     if diff is not None:

@@ -15,6 +15,7 @@ calls pwd/grp per member, which a profile showed as a large share of per-session
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tarfile
@@ -29,7 +30,7 @@ from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import ArchiveError, SourceUnreadable, UnsafeSource, VerifyFailed
 from archive_tool.guard.holds import Holds
-from archive_tool.guard.lock import lock_session_stat
+from archive_tool.guard.lock import lock_session_stat, name_is
 from archive_tool.levels import resolve_level
 from archive_tool.names import FORMATS, archive_name, normalize_format
 
@@ -107,15 +108,16 @@ class Locked:
     st: os.stat_result
 
 
-def _archived_listing(parent_fd: int, sessions: int) -> set[str] | None:
-    """Names in the dir *parent_fd*, or None when it has more than a few per session
-    (then a stat per format costs less than reading a huge listing) or cannot be read."""
+def _archived_listing(parent_fd: int, sessions: int) -> dict[str, int] | None:
+    """Names in the dir *parent_fd* with their d_ino, or None when it has more than a few
+    per session (then a stat per format costs less than reading a huge listing) or cannot
+    be read."""
     limit = max(1024, 256 * sessions)
-    names: set[str] = set()
+    names: dict[str, int] = {}
     try:
         with os.scandir(parent_fd) as it:
             for e in it:
-                names.add(e.name)
+                names[e.name] = e.inode()  # from getdents: no call
                 if len(names) > limit:
                     return None
     except OSError:
@@ -130,7 +132,9 @@ def lock_batch(srcs: list[str], dirs: fs.DirCache
     those locks are held, instead of a stat per format per session: on Lustre/GPFS/NFS
     each stat is a round trip to the metadata server (issue 24). Taken after the locks,
     the listing sees every archive another archiver finished before we locked, exactly
-    as the stats did. Returns (Locked by path, the exception prepare would have raised
+    as the stats did. The same listing says each name still is the dir we locked (its
+    d_ino; where that differs, as overlayfs may report, one lstat decides), instead of an
+    lstat per session. Returns (Locked by path, the exception prepare would have raised
     by path: FileExistsError or an ArchiveError); the caller owns the locks' fds."""
     locked: dict[str, Locked] = {}
     errors: dict[str, BaseException] = {}
@@ -144,7 +148,7 @@ def lock_batch(srcs: list[str], dirs: fs.DirCache
             continue
         fs.race_point("lock", src)
         try:
-            fd, st = lock_session_stat(parent_fd, name, src, archived_ok=True)
+            fd, st = lock_session_stat(parent_fd, name, src, archived_ok=True, check_name=False)
         except (FileExistsError, ArchiveError, OSError) as e:
             errors[src] = e
             continue
@@ -154,11 +158,20 @@ def lock_batch(srcs: list[str], dirs: fs.DirCache
         names = _archived_listing(parent_fd, len(members))
         for src, name in members:
             wanted = [f"{name}.{f}" for f in FORMATS]
+            held = locked[src].st
             if names is None:
                 hit = any(fs.lexists_at(parent_fd, n) for n in wanted)
+                same = name_is(parent_fd, name, held)
             else:
                 hit = any(n in names for n in wanted)
-            if hit:
+                ino = names.get(name)
+                same = ino == held.st_ino or (ino is not None and name_is(parent_fd, name, held))
+            if not same:  # renamed away (or replaced) before we locked: lock_session's gone()
+                os.close(locked.pop(src).fd)
+                errors[src] = (FileExistsError(errno.EEXIST, "archived meanwhile by another "
+                                               "process", src) if hit
+                               else SourceUnreadable(src, os.strerror(errno.ENOENT)))
+            elif hit:
                 os.close(locked.pop(src).fd)
                 errors[src] = FileExistsError(17, "archive already exists", src)
     return locked, errors

@@ -163,13 +163,21 @@ class RootLock:
         self.release()
 
 
+def name_is(parent_fd: int, name: str, held: os.stat_result) -> bool:
+    """*name* in *parent_fd* is (still) the dir whose fstat is *held*: one lstat."""
+    try:
+        return fs.same_file(fs.lstat_at(parent_fd, name), held)
+    except FileNotFoundError:
+        return False
+
+
 def lock_session(parent_fd: int, name: str, where: str, *, archived_ok: bool = False) -> int:
     """See :func:`lock_session_stat`; returns only the fd."""
     return lock_session_stat(parent_fd, name, where, archived_ok=archived_ok)[0]
 
 
-def lock_session_stat(parent_fd: int, name: str, where: str, *, archived_ok: bool = False
-                      ) -> tuple[int, os.stat_result]:
+def lock_session_stat(parent_fd: int, name: str, where: str, *, archived_ok: bool = False,
+                      check_name: bool = True) -> tuple[int, os.stat_result]:
     """Open the session dir *name* in *parent_fd* (never through a symlink) and hold an
     exclusive flock on it while it is archived and deleted; returns the fd (close it to
     release). *where* is its path, for messages.
@@ -179,6 +187,8 @@ def lock_session_stat(parent_fd: int, name: str, where: str, *, archived_ok: boo
     one name. The loser gets FileExistsError: the lock is busy, or, once it is free, the
     dir is gone or (unless *archived_ok*) an archive of it exists in any format.
     Also returns the fstat of the locked dir (the scan's top entry: not stat'ed twice).
+    *check_name* False: no lstat that the name still is the locked dir; the caller makes
+    that check itself once the lock is held (single.lock_batch, from its listing).
     """
     def archived() -> bool:
         return any(fs.lexists_at(parent_fd, f"{name}.{f}") for f in FORMATS)
@@ -202,11 +212,7 @@ def lock_session_stat(parent_fd: int, name: str, where: str, *, archived_ok: boo
         except BlockingIOError:
             raise FileExistsError(errno.EEXIST, "being archived by another process", where) from None
         held = os.fstat(fd)
-        try:
-            now = fs.lstat_at(parent_fd, name)
-        except FileNotFoundError:
-            now = None
-        if now is None or not fs.same_file(now, held):
+        if check_name and not name_is(parent_fd, name, held):
             raise gone()
         if not archived_ok and archived():
             raise FileExistsError(errno.EEXIST, "archive already exists", where)

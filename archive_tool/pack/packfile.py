@@ -171,8 +171,11 @@ class PackWriter:
         checks its XXH64) to exactly the bytes it was made from, and the index names the
         sessions in order. VerifyFailed otherwise."""
         where = self.tmp.final
+        # An unnamed O_TMPFILE has no name anyone else could open: its size is what we
+        # wrote (no fstat, issue 24). A named fallback tmp is the dir owner's to append to.
+        size = self._pos if self.tmp.tmp_name is None else None
         try:
-            frames = seekable.read_seek_table(self.tmp.fd, where)
+            frames = seekable.read_seek_table(self.tmp.fd, where, size)
             if list(zip(frames.csize, frames.dsize, frames.checksum or [], strict=False)) \
                     != self._entries:
                 raise VerifyFailed(where, "seek table read back differs from what was written")

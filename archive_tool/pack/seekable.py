@@ -102,10 +102,12 @@ class SeekTable:
         return (self[i] for i in range(len(self)))
 
 
-def read_seek_table(fd: int, where: str) -> SeekTable:
+def read_seek_table(fd: int, where: str, size: int | None = None) -> SeekTable:
     """The frames of the seekable file open as *fd*; CorruptArchive if it has no valid
-    seek table (checked: magics, reserved bits, sizes adding up to the table's offset)."""
-    size = os.fstat(fd).st_size
+    seek table (checked: magics, reserved bits, sizes adding up to the table's offset).
+    *size*: the file's size when the caller knows it (the writer of an unnamed tmp)."""
+    if size is None:
+        size = os.fstat(fd).st_size
     if size < FRAME_HEADER.size + FOOTER.size:
         raise CorruptArchive(where, "too short for a seekable zstd file")
     n, desc, magic = FOOTER.unpack(os.pread(fd, FOOTER.size, size - FOOTER.size))

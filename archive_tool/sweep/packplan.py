@@ -69,6 +69,9 @@ class PackJob:
     span: bool = False
     owner: int = -1
     max_bytes: int = 0
+    # Pack files and named-tmp packs the planner listed in *dir* (Planner.dir_packs): the
+    # worker opens these, not a fresh listing's; None: unknown, the worker lists the dir.
+    packs: tuple[str, ...] | None = None
 
 
 def plan_packs(tasks: list[Task], mode: str | int) -> list[PackJob]:

@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.engine import commit, removesource
+from archive_tool.engine import commit, removesource, single
 from archive_tool.engine.scan import content_bytes, scan_fd
 from archive_tool.engine.tarwrite import write_tar
 from archive_tool.errors import ArchiveError
-from archive_tool.guard.lock import lock_session
+from archive_tool.guard.lock import lock_session, lock_session_stat
 from archive_tool.names import FORMATS, TMP_SUFFIX, session_of_trash
 from archive_tool.pack import packfile
 from archive_tool.summary import CLEANED, RESUMED, SKIPPED, Result
@@ -27,45 +27,81 @@ from archive_tool.sweep.plan import Task
 Out = list[tuple[Result, dict[str, Any] | None]]
 
 
-def packed_names(parent_fd: int, d: str) -> dict[str, tuple[str, int]]:
-    """Session name -> (pack file, frame) for the packs already in the dir. A named-tmp
-    pack (``<pack>.tmp``, the fallback where O_TMPFILE fails) seen in the same listing is
-    a crash's garbage and is removed: the caller holds the root's lock, so no live writer
-    owns it (open_tmp no longer unlinks that name blindly, issue 24)."""
+def packed_names(parent_fd: int, d: str, packs: tuple[str, ...] | None = None
+                 ) -> dict[str, tuple[str, int]]:
+    """Session name -> (pack file, frame) for the packs already in the dir: *packs*, the
+    pack names the planner listed before this sweep wrote any (a pack this sweep wrote
+    holds no leftover source: reading those made a dir of n packs cost n^2/2 opens,
+    issue 24), or, with None, the packs a listing of the dir shows now. A named-tmp pack
+    (``<pack>.tmp``, the fallback where O_TMPFILE fails) seen in that listing is a
+    crash's garbage and is removed: the caller holds the root's lock, so no live writer
+    owns it (open_tmp no longer unlinks that name blindly, issue 24; with *packs* the
+    sweeping process removes them first: :func:`remove_stale_pack_tmps`)."""
     found: dict[str, tuple[str, int]] = {}
-    for item in fs.scandir_sorted(parent_fd):
-        if (item.name.endswith(TMP_SUFFIX) and packfile.is_pack_name(item.name[:-len(TMP_SUFFIX)])
-                and item.is_file(follow_symlinks=False)):
-            fs.unlink_at(parent_fd, item.name)
-            continue
-        if not packfile.is_pack_entry(item):
-            continue
+    if packs is None:
+        names = []
+        for item in fs.scandir_sorted(parent_fd):
+            if (item.name.endswith(TMP_SUFFIX)
+                    and packfile.is_pack_name(item.name[:-len(TMP_SUFFIX)])
+                    and item.is_file(follow_symlinks=False)):
+                fs.unlink_at(parent_fd, item.name)
+            elif packfile.is_pack_entry(item):
+                names.append(item.name)
+    else:
+        names = [n for n in packs if packfile.is_pack_name(n)]
+    for name in names:
         try:
-            fd = fs.open_file(item.name, parent_fd)
-            with packfile.Pack(os.path.join(d, item.name), fd) as p:
-                for i, name in enumerate(p.names):
-                    found[name] = (item.name, i)
+            # open_file: O_NOFOLLOW and a regular file, as is_pack_entry asked of a listing.
+            fd = fs.open_file(name, parent_fd)
+            with packfile.Pack(os.path.join(d, name), fd) as p:
+                for i, session in enumerate(p.names):
+                    found[session] = (name, i)
         except (ArchiveError, OSError):
-            continue  # not ours to judge here; `verify` reports it
+            continue  # not ours to judge here (gone, or not a pack); `verify` reports it
     return found
 
 
+def remove_stale_pack_tmps(root: str, dir_packs: dict[str, tuple[str, ...] | None]) -> None:
+    """Unlink the named-tmp packs (``<pack>.tmp``) the planner listed in the dirs a pack
+    sweep writes to: what a killed fallback run left (O_TMPFILE leaves nothing). Called
+    by the sweeping process once it holds the root's lock and before any worker starts,
+    so neither another sweep nor one of ours owns such a file. No call where there is
+    none."""
+    todo = {d: [n for n in names if n.endswith(TMP_SUFFIX)]
+            for d, names in dir_packs.items() if names}
+    if not any(todo.values()):
+        return
+    with fs.DirCache(root) as dirs:
+        for d, tmps in todo.items():
+            for name in tmps:
+                try:
+                    fs.unlink_at(dirs.parent(os.path.join(d, name))[0], name)
+                except OSError:
+                    continue  # a dir of that name, or unreadable: not ours, left alone
+
+
 def resume(parent_fd: int, path: str, name: str, where: tuple[str, int],
-           pack_fd: int | None = None, arc: str | None = None) -> Result | None:
+           pack_fd: int | None = None, arc: str | None = None,
+           lock: single.Locked | None = None) -> Result | None:
     """Source and a pack holding it (a crash between publish and delete): delete the
     source only if the frame is exactly its tar bytes now; None if it differs (the source
     changed after it was packed: the caller packs it again). *pack_fd*, *arc*: the pack
-    is in that ancestor dir and holds the session as *arc* (``--pack auto``)."""
+    is in that ancestor dir and holds the session as *arc* (``--pack auto``). *lock*: the
+    session already locked by the caller (single.lock_batch), who keeps it; else it is
+    locked here."""
     pack_name, i = where
     pack_fd = parent_fd if pack_fd is None else pack_fd
+    if lock is None:
+        try:
+            lock_fd, top_st = lock_session_stat(parent_fd, name, path, archived_ok=True)
+        except FileExistsError as e:
+            return Result(path, SKIPPED, e.strerror)
+        except (ArchiveError, OSError) as e:
+            return step.fail(path, e)
+    else:
+        lock_fd, top_st = lock.fd, lock.st
     try:
-        lock_fd = lock_session(parent_fd, name, path, archived_ok=True)
-    except FileExistsError as e:
-        return Result(path, SKIPPED, e.strerror)
-    except (ArchiveError, OSError) as e:
-        return step.fail(path, e)
-    try:
-        entries = scan_fd(lock_fd, path)
+        entries = scan_fd(lock_fd, path, None, top_st)
         parts: list[bytes] = []
         write_tar(lock_fd, path, arc or name, entries, parts.append)
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
@@ -75,11 +111,14 @@ def resume(parent_fd: int, path: str, name: str, where: tuple[str, int],
                 return None
             os.fsync(p.fd)
         commit.fsync_dir(pack_fd, os.path.dirname(path))
-        removesource.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True)
+        # The locked fd is the inode scanned (its fstat is the manifest's top entry).
+        removesource.remove_source(parent_fd, name, entries, pack_name, path, keep_archive=True,
+                                   top_fd=lock_fd)
     except (ArchiveError, OSError) as e:
         return step.fail(path, e)
     finally:
-        os.close(lock_fd)
+        if lock is None:
+            os.close(lock_fd)
     return Result(path, RESUMED, "", content_bytes(entries), 0, len(entries))
 
 

@@ -24,10 +24,11 @@ from archive_tool.errors import ArchiveError, BadArgument, Interrupted
 from archive_tool.guard.holds import Holds, check_quiet_period
 from archive_tool.guard.lock import RootLock
 from archive_tool.levels import resolve_level
+from archive_tool.pack import packfile
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
-from archive_tool.sweep.executors import run_batches
+from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.packplan import (
     AUTO,
     PackJob,
@@ -36,24 +37,49 @@ from archive_tool.sweep.packplan import (
     plan_auto,
     plan_packs,
 )
-from archive_tool.sweep.packresume import cleanup
-from archive_tool.sweep.packwork import Out, process_pack
+from archive_tool.sweep.packresume import cleanup, remove_stale_pack_tmps
+from archive_tool.sweep.packspan import process_pack
+from archive_tool.sweep.packwork import LOCK_AHEAD, Out, process_packs
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
 from archive_tool.sweep.sessions import process_batch
 from archive_tool.sweep.step import Accounts
 
 
-def process_job(job: PackJob | list[Task], opts: dict[str, Any]) -> Out:
-    if isinstance(job, PackJob):
-        return process_pack(job, opts)
+def process_job(job: list[PackJob] | list[Task], opts: dict[str, Any]) -> Out:
+    if job and isinstance(job[0], PackJob):
+        if job[0].span:  # --pack auto: one spanning pack a job
+            return process_pack(job[0], opts)
+        return process_packs(job, opts)  # type: ignore[arg-type]
     out: Out = []
     for t in job:
+        assert isinstance(t, Task)
         if t.kind == ARCHIVE:
             continue
         if t.kind == "cleanup":
             out += cleanup(t, opts)
         else:
             out += [(r, None) for r in process_batch([t], opts)]
+    return out
+
+
+def pack_batches(jobs: list[PackJob], size: int, workers: int) -> list[list[PackJob]]:
+    """Consecutive packs (plan_packs sorts them by dir) as worker batches of at most *size*
+    sessions (a bigger pack alone), smaller for a small sweep so each worker gets about
+    two: a batch opens each dir once, takes its locks and one listing per dir at once
+    (packwork.process_packs), where a pack of a day of one dir is often one session."""
+    total = sum(len(j.paths) for j in jobs)
+    size = max(1, min(size, -(-total // (2 * workers))))
+    out: list[list[PackJob]] = []
+    cur: list[PackJob] = []
+    n = 0
+    for j in jobs:
+        if cur and n + len(j.paths) > size:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(j)
+        n += len(j.paths)
+    if cur:
+        out.append(cur)
     return out
 
 
@@ -109,15 +135,26 @@ def pack_sweep(
         for f in summary["stale"]["failures"]:
             record_failure(summary, f["path"], f["reason"])
     disc = Discovery(root_p, False, use_fd)
-    planner = Planner(root_p, False, "tar.zst", pattern, older_than_days, max_dirs, shard_t)
+    planner = Planner(root_p, False, "tar.zst", pattern, older_than_days, max_dirs, shard_t,
+                      packs=packfile.is_pack_name)
     tasks = list(planner.tasks(disc.paths()))
-    jobs: list[PackJob | list[Task]] = []
+    jobs: list[list[PackJob] | list[Task]] = []
     others = [t for t in tasks if t.kind != ARCHIVE]
     if others:
         jobs.append(others)
     todo = [t for t in tasks if t.kind == ARCHIVE]
-    packs = plan_auto(todo, root_p, *targets) if mode == AUTO else plan_packs(todo, mode)
-    jobs += packs
+    if mode == AUTO:
+        # A spanning pack is one job of its own (packspan.py): the pack sits above its
+        # sessions' dirs, which the batched path (packwork.py) does not handle.
+        packs = plan_auto(todo, root_p, *targets)
+        jobs += [[job] for job in packs]
+    else:
+        packs = plan_packs(todo, mode)
+        for job in packs:
+            job.packs = planner.dir_packs.get(job.dir)
+        slots: Callable[[], int] | None = getattr(executor, "slots", None)
+        jobs += pack_batches(packs, LOCK_AHEAD,
+                             workers or (max(1, slots()) if slots else default_workers()))
     acc = Accounts(summary, True, on_result)
     if dry_run:
         summary["packs"] = len(packs)
@@ -140,14 +177,15 @@ def pack_sweep(
                 _catalog(root_p, rows, summary)
                 rows.clear()
 
-        def lost(job: PackJob | list[Task], e: BaseException) -> Out:
-            paths = job.paths if isinstance(job, PackJob) else [t.path for t in job]
+        def lost(job: list[PackJob] | list[Task], e: BaseException) -> Out:
+            paths = [p for j in job for p in (j.paths if isinstance(j, PackJob) else [j.path])]
             if isinstance(e, Interrupted):
                 return [(Result(p, SKIPPED, "interrupted (SIGTERM/SIGINT): source kept"), None)
                         for p in paths]
             return [(Result(p, FAILED, f"worker lost: {e!r}"), None) for p in paths]
 
         with RootLock(root_p, shard_t) if lock else contextlib.nullcontext():
+            remove_stale_pack_tmps(root_p, planner.dir_packs)
             res = run_batches(iter(jobs), process_job, (opts,), absorb=absorb, lost=lost,
                               executor=executor, workers=workers,
                               halt=lambda: f"disk full, sweep stopped: {acc.fatal}"

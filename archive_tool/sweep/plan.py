@@ -8,7 +8,7 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from archive_tool.errors import BadArgument, BadRoot, DangerousRoot
@@ -195,6 +195,17 @@ class SiblingNames:
             return ()
         return tuple(t for fmt in FORMATS if (t := f"{name}.{fmt}{TMP_SUFFIX}") in names)
 
+    def packs(self, parent: str, is_pack: Callable[[str], bool]) -> tuple[str, ...] | None:
+        """Pack files (names *is_pack* accepts) and named-tmp packs (``<pack>.tmp``) in
+        *parent*'s listing; None if it could not be listed. What ``sweep --pack`` needs
+        of a dir before it writes there: the packs that may hold a crash's leftover
+        sources, the names taken."""
+        names = self.listing(parent)
+        if names is None:
+            return None
+        return tuple(sorted(n for n in names if is_pack(n) or (
+            n.endswith(TMP_SUFFIX) and is_pack(n[:-len(TMP_SUFFIX)]))))
+
 
 @dataclass(slots=True)
 class Task:
@@ -218,9 +229,14 @@ class Planner:
     skipped: int = 0
     skipped_reasons: dict[str, int] | None = None
     capped: int = 0  # candidates left out by max_dirs
+    # With *packs* (packfile.is_pack_name, passed in so planning loads no engine),
+    # dir_packs maps each parent of a session to archive to SiblingNames.packs of it
+    # (sweep --pack: the packs there before this sweep wrote any).
+    packs: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         self.skipped_reasons = {}
+        self.dir_packs: dict[str, tuple[str, ...] | None] = {}
         self.cutoff = (
             time.time() - self.older_than_days * 86400 if self.older_than_days is not None else None
         )
@@ -267,4 +283,6 @@ class Planner:
                 continue
             arch = siblings.archive_of(parent, name)
             self.candidates += 1
+            if self.packs is not None and not arch and parent not in self.dir_packs:
+                self.dir_packs[parent] = siblings.packs(parent, self.packs)
             yield Task(FINISH if arch else ARCHIVE, path, arch, siblings.stale_tmps(parent, name))
