@@ -40,8 +40,7 @@ from archive_tool.pack import entrypath, seekable
 PACK_SUFFIX = ".pack.tar.zst"
 INDEX_MAGIC = 0x184D2A50
 INDEX_VERSION = 1
-# Sessions in dirs below the pack (--pack auto, entrypath.py): a reader of version 1 only
-SPAN_VERSION = 2  # refuses the pack rather than restore its sessions beside it.
+SPAN_VERSION = 2  # sessions below the pack (--pack auto): a version-1 reader refuses it
 END_BLOCKS = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
 
 
@@ -171,9 +170,8 @@ class PackWriter:
         checks its XXH64) to exactly the bytes it was made from, and the index names the
         sessions in order. VerifyFailed otherwise."""
         where = self.tmp.final
-        # An unnamed O_TMPFILE has no name anyone else could open: its size is what we
-        # wrote (no fstat, issue 24). A named fallback tmp is the dir owner's to append to.
-        size = self._pos if self.tmp.tmp_name is None else None
+        # An unnamed O_TMPFILE: its size is what we wrote, no fstat (issue 24).
+        size = self._pos if self.tmp.tmp_name is None else None  # (named: the dir owner's)
         try:
             frames = seekable.read_seek_table(self.tmp.fd, where, size)
             if list(zip(frames.csize, frames.dsize, frames.checksum or [], strict=False)) \
