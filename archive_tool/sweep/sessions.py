@@ -57,6 +57,7 @@ from archive_tool.sweep.plan import (
 from archive_tool.sweep.step import INTERRUPTED, Accounts, cleanup, commit_group, fail
 
 DEFAULT_BATCH = 128
+SWEEP_FORMAT = "tar.zst"  # sweep()'s default format
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -199,7 +200,7 @@ def sweep(
     *,
     flat: bool = False,
     dry_run: bool = True,
-    format: str = "tar.zst",  # noqa: A002 - matches the API's name
+    format: str = SWEEP_FORMAT,  # noqa: A002 - matches the API's name
     compresslevel: int = 1,
     workers: int | None = None,
     older_than_days: float | None = None,
