@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class TmpArchive:
     tmp_name: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
     dev: int
     gid: int = -1  # the tmp file's group once created (and chowned): archive_mode needs it
+    mode: int = -1  # its permission bits then (umask applied): a caller skips an equal fchmod
 
     def discard(self) -> None:
         """Forget the tmp: an unnamed one vanishes with its fd; a named one is unlinked."""
@@ -73,8 +75,11 @@ def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
 
 
 def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
-             owner: tuple[int, int] | None = None) -> TmpArchive:
-    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*."""
+             owner: tuple[int, int] | None = None, *, create_mode: int = 0o600) -> TmpArchive:
+    """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*.
+    *create_mode*: the unnamed file's mode at creation (the umask applies); no other
+    process can open it by name before it is linked, so it may be the final mode and
+    spare a chmod (issue 24). The named fallback is always created 0600."""
     name = os.path.basename(final)
     fd = -1
     tmp_name: str | None = None
@@ -83,7 +88,7 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
     st_dev = os.fstat(dir_fd).st_dev if _no_tmpfile_devs else None
     if st_dev not in _no_tmpfile_devs:
         try:
-            fd = fs.open_tmpfile(dir_fd)
+            fd = fs.open_tmpfile(dir_fd, create_mode)
         except OSError as e:
             if e.errno in DISK_FULL_ERRNOS or e.errno not in _NO_TMPFILE:
                 raise disk_error(final, e, "cannot create archive") from None
@@ -97,18 +102,23 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
         except OSError as e:
             raise disk_error(final, e, "cannot create archive") from None
     try:
-        if owner is not None:
+        st = os.fstat(fd)
+        gid, perm = st.st_gid, stat.S_IMODE(st.st_mode)
+        # Chowned only when it differs (root archiving root's sessions: one call a
+        # session fewer, issue 24); a chown by root changes no permission bit we set.
+        if owner is not None and (st.st_uid, st.st_gid) != tuple(owner):
             os.fchown(fd, *owner)
+            gid = owner[1]
         if mode is not None:
             os.fchmod(fd, mode)
-        st = os.fstat(fd)
+            perm = mode
         own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
         if tmp_name:
             fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, own_dir, name, tmp_name, st.st_dev, st.st_gid)
+    return TmpArchive(fd, final, own_dir, name, tmp_name, st.st_dev, gid, perm)
 
 
 def _syncfs(fd: int) -> bool:
