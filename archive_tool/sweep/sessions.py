@@ -330,6 +330,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: in
         # one worker per core on a local disk, more where each call is a round trip.
         workers = adaptive_workers(opts["root"], default_workers())
     n = workers or (max(1, slots()) if slots else default_workers())
+    acc.s["workers"] = n  # what the default chose, for the log (--json)
 
     def absorb(results: list[Result]) -> None:
         for r in results:
