@@ -25,6 +25,7 @@ import ctypes.util
 import errno
 import os
 import shutil
+import signal
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -297,6 +298,18 @@ def _get_libc():
         except OSError:
             _libc = False
     return _libc
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills this process when the thread
+    that forked it ends (Linux; elsewhere nothing happens)."""
+    libc = _get_libc()
+    fn = getattr(libc, "prctl", None) if libc else None
+    if fn is not None:
+        fn(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def syncfs(fd: int) -> bool:

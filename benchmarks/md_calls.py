@@ -51,6 +51,21 @@ def shim_source() -> str:
     return src
 
 
+# Appended to the shim's source before it is built: a child forked without exec (a pool
+# worker under multiprocessing's fork or forkserver) starts with a copy of its parent's
+# counters and dumped them again at its exit, counting the parent's calls twice (the
+# forkserver's ~430 once per worker). exec already starts from zero (tar, zstd, fd).
+FORK_RESET = r"""
+#include <pthread.h>
+static void md_reset_after_fork(void) {
+    for (int k = 0; k < K_N; k++) counts[k] = 0;
+}
+__attribute__((constructor)) static void md_register_fork_reset(void) {
+    pthread_atfork(NULL, NULL, md_reset_after_fork);
+}
+"""
+
+
 def build_shim(src: str | None = None) -> str:
     """Path of a freshly built ``md_latency.so`` (once per process, in a temp dir)."""
     src = src or shim_source()
@@ -61,7 +76,11 @@ def build_shim(src: str | None = None) -> str:
         raise ShimUnavailable("no gcc/cc to build the shim")
     out_dir = tempfile.mkdtemp(prefix="md-shim-")
     so = os.path.join(out_dir, "md_latency.so")
-    subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", so, src, "-ldl"], check=True)
+    c_src = os.path.join(out_dir, "md_latency.c")
+    with open(src) as f, open(c_src, "w") as out:
+        out.write(f.read() + FORK_RESET)
+    subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", so, c_src, "-ldl", "-lpthread"],
+                   check=True)
     _built[src] = so
     return so
 

@@ -40,7 +40,8 @@ def _start(root: Path, fmt: str, workers: int, fallback: bool, batch: int,
     args += ["--pack", pack] if pack else ["-f", fmt, "--batch-size", str(batch)]
     cmd = ([sys.executable, "-c", _FALLBACK, *args] if fallback
            else [sys.executable, "-m", "archive_tool", "sweep", *args])
-    # A process group of its own: the kill takes the sweeper, its forkserver and workers.
+    # A process group of its own: the kill takes the sweeper and its workers (and its
+    # forkserver, when it has one).
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
 
@@ -215,6 +216,27 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """The sweep's pool workers: its forked children (they share its command line), or
+    the children of its forkserver (executors.start_method)."""
+    me, out = _cmdline(pid), []
+    for c in _children(pid):
+        cmd = _cmdline(c)
+        if cmd == me:
+            out.append(c)
+        elif b"multiprocessing.forkserver" in cmd:
+            out += _children(c)
+    return out
+
+
 @pytest.mark.timeout(90)
 def test_a_worker_killed_mid_batch_loses_nothing_and_the_sweep_ends(tmp_path: Path) -> None:
     """The OOM killer takes one worker: its batch is reported failed, the sweep exits 1
@@ -224,7 +246,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_the_sweep_ends(tmp_path: Pa
     before = snapshot_sessions(root)
     p = _start(root, "tar.zst", 2, False, 4)
     _wait_for_first_archive(root, p)
-    workers = [w for c in _children(p.pid) for w in _children(c)]  # forkserver's children
+    workers = _pool_workers(p.pid)
     assert workers, "no pool workers found"
     os.kill(workers[0], signal.SIGKILL)
     out, err = p.communicate(timeout=60)

@@ -281,17 +281,42 @@ def test_bad_numbers_are_value_errors(tmp_path: Path) -> None:
             sweep(tmp_path, dry_run=True, **kw)
 
 
-def test_sweep_at_a_scripts_top_level_stops_with_a_hint_and_loses_nothing(tmp_path: Path) -> None:
-    # No `if __name__ == "__main__":` guard: every pool worker imports the script, runs the
-    # sweep again, finds the root locked and dies while starting.
+def test_sweep_at_a_scripts_top_level_works_with_forked_workers(tmp_path: Path) -> None:
+    # No `if __name__ == "__main__":` guard. A single-threaded script's pool is forked
+    # (executors.start_method): workers do not import the script again, so it just works.
     root = tmp_path / "runs"
     make_tree(str(root), 20, seed=5)
-    before = snapshot(root)
+    candidates = sweep(str(root), dry_run=True)["candidates"]
     script = tmp_path / "unguarded.py"
     script.write_text(
         "import json\n"
         "from archive_tool.sweep.sessions import sweep\n"
         f"s = sweep({str(root)!r}, dry_run=False, workers=2)\n"
+        "print(json.dumps({k: s[k] for k in ('archived', 'failed', 'stopped')}))\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    first = json.loads(r.stdout.strip().splitlines()[0])
+    assert candidates > 0
+    assert first == {"archived": candidates, "failed": 0, "stopped": None}
+
+
+def test_sweep_at_a_scripts_top_level_stops_with_a_hint_and_loses_nothing(tmp_path: Path) -> None:
+    # No `if __name__ == "__main__":` guard and another thread running: the pool starts
+    # from a forkserver, every worker imports the script, runs the sweep again, finds the
+    # root locked and dies while starting.
+    root = tmp_path / "runs"
+    make_tree(str(root), 20, seed=5)
+    before = snapshot(root)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import json, threading\n"
+        "from archive_tool.sweep.sessions import sweep\n"
+        "stop = threading.Event()\n"
+        "t = threading.Thread(target=stop.wait)\n"
+        "t.start()\n"
+        f"s = sweep({str(root)!r}, dry_run=False, workers=2)\n"
+        "stop.set()\n"
         "print(json.dumps({k: s[k] for k in ('archived', 'failed', 'stopped')}))\n"
     )
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,

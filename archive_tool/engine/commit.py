@@ -46,6 +46,7 @@ class TmpArchive:
     tmp_name: str | None  # None: unnamed O_TMPFILE; else the named ``.tmp`` fallback
     dev: int
     gid: int = -1  # the tmp file's group once created (and chowned): archive_mode needs it
+    mode: int = -1  # its permission bits then (umask applied): a caller skips an equal fchmod
 
     def discard(self) -> None:
         """Forget the tmp: an unnamed one vanishes with its fd; a named one is unlinked."""
@@ -73,12 +74,15 @@ def remove_stale_tmp(dir_fd: int, final_name: str) -> None:
 
 
 def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
-             owner: tuple[int, int] | None = None, dir_st: os.stat_result | None = None
-             ) -> TmpArchive:
+             owner: tuple[int, int] | None = None, dir_st: os.stat_result | None = None,
+             *, create_mode: int = 0o600) -> TmpArchive:
     """An unnamed tmp for the archive *final* (a path, for messages) in *dir_fd*.
     *dir_st*: the dir's fstat, when the caller has it; with *owner* the new file's device
     and group are then known, and it is not fstat'ed, nor chowned when it is born with
-    that owner already (issue 24)."""
+    that owner already (issue 24). *create_mode*: the unnamed file's mode at creation
+    (the umask applies); no other process can open it by name before it is linked, so it
+    may be the final mode and spare a chmod (issue 24). The named fallback is always
+    created 0600."""
     name = os.path.basename(final)
     fd = -1
     tmp_name: str | None = None
@@ -87,7 +91,7 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
     st_dev = os.fstat(dir_fd).st_dev if _no_tmpfile_devs else None
     if st_dev not in _no_tmpfile_devs:
         try:
-            fd = fs.open_tmpfile(dir_fd)
+            fd = fs.open_tmpfile(dir_fd, create_mode)
         except OSError as e:
             if e.errno in DISK_FULL_ERRNOS or e.errno not in _NO_TMPFILE:
                 raise disk_error(final, e, "cannot create archive") from None
@@ -101,19 +105,29 @@ def open_tmp(dir_fd: int, final: str, mode: int | None = 0o644,
         except OSError as e:
             raise disk_error(final, e, "cannot create archive") from None
     try:
-        if owner is not None and not (dir_st is not None and _born_as(owner, dir_st)):
-            os.fchown(fd, *owner)
+        if owner is not None and dir_st is not None:
+            # Device and group known from the dir: no fstat of the new file.
+            if not _born_as(owner, dir_st):
+                os.fchown(fd, *owner)
+            dev, gid, perm = dir_st.st_dev, owner[1], -1
+        else:
+            st = os.fstat(fd)
+            dev, gid, perm = st.st_dev, st.st_gid, stat.S_IMODE(st.st_mode)
+            # Chowned only when it differs (root archiving root's sessions: one call a
+            # session fewer, issue 24); a chown by root changes no permission bit we set.
+            if owner is not None and (st.st_uid, st.st_gid) != tuple(owner):
+                os.fchown(fd, *owner)
+                gid = owner[1]
         if mode is not None:
             os.fchmod(fd, mode)
-        dev, gid = ((dir_st.st_dev, owner[1]) if owner is not None and dir_st is not None
-                    else _dev_gid(fd))
+            perm = mode
         own_dir = os.dup(dir_fd)
     except OSError:
         os.close(fd)
         if tmp_name:
             fs.unlink_at(dir_fd, tmp_name)
         raise
-    return TmpArchive(fd, final, own_dir, name, tmp_name, dev, gid)
+    return TmpArchive(fd, final, own_dir, name, tmp_name, dev, gid, perm)
 
 
 def _born_as(owner: tuple[int, int], dir_st: os.stat_result) -> bool:
@@ -121,11 +135,6 @@ def _born_as(owner: tuple[int, int], dir_st: os.stat_result) -> bool:
     euid, and our egid (or, in a setgid dir, the dir's group)."""
     gid = dir_st.st_gid if dir_st.st_mode & stat.S_ISGID else os.getegid()
     return owner == (os.geteuid(), gid)
-
-
-def _dev_gid(fd: int) -> tuple[int, int]:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_gid
 
 
 def _syncfs(fd: int) -> bool:

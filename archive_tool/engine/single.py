@@ -242,12 +242,20 @@ def _prepare_at(parent_fd: int, src: str, top: str, final: str, fmt: str, level:
             # Running as root from cron: hand the archive to the session's owner, who could
             # otherwise not delete or restore it.
             owner = (entries[0].uid, entries[0].gid) if as_root else None
-            tmp = commit.open_tmp(parent_fd, final, None, owner)
+            # The mode for the group the archive will most likely get (the owner's, or
+            # ours): created with it, the tmp needs no chmod unless the umask or a setgid
+            # dir made it differ, which its fstat shows (one call a session, issue 24).
+            gid = owner[1] if owner is not None else os.getegid()
+            mode = archive_mode(entries, gid, src, as_root)
+            tmp = commit.open_tmp(parent_fd, final, None, owner, create_mode=mode)
         except BaseException:
             os.close(lock_fd)
             raise
         try:
-            os.fchmod(tmp.fd, archive_mode(entries, tmp.gid, src, as_root))
+            if tmp.gid != gid:
+                mode = archive_mode(entries, tmp.gid, src, as_root)
+            if tmp.mode != mode:
+                os.fchmod(tmp.fd, mode)
             size = content_bytes(entries)
             # Many small files cost memory per member in the in-memory path (a list of
             # parts): stream a session of very many entries even when its bytes are few.

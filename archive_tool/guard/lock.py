@@ -12,11 +12,13 @@ emulated with POSIX locks by the client and only as reliable as the server's loc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import stat
 import time
+import weakref
 from types import TracebackType
 
 from archive_tool import fs
@@ -91,6 +93,26 @@ def _holder(fd: int) -> str:
     return f" (PID {parts[0]} on host {host}, started {start})"
 
 
+# Root locks this process holds. A forked child (a pool worker, executors.start_method)
+# inherits their fds, and with them the flock: a worker that outlived its sweep would keep
+# the root locked and every later sweep refused. The child closes its copies at once (the
+# parent's lock stands: a flock is dropped only when its last fd closes).
+_held: weakref.WeakSet[RootLock] = weakref.WeakSet()
+
+
+def _drop_inherited() -> None:
+    for lk in list(_held):
+        for fd in lk.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        lk.fds = []
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited)
+
+
 class RootLock:
     """The root's lock, exclusive for a whole-tree sweep. A shard ``(k, n)`` holds the
     root lock *shared* plus its own shard lock exclusively: shards of one root run side
@@ -127,6 +149,7 @@ class RootLock:
             err.holder = holder  # type: ignore[attr-defined]
             raise err from None
         self.fds.append(fd)
+        _held.add(self)
         return fd
 
     def acquire(self) -> RootLock:

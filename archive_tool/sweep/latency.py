@@ -18,11 +18,13 @@ import time
 
 from archive_tool import fs
 
-# Metadata calls per archived session (benchmarks/md_calls.py, demo tree: 60 marginal), and
-# the CPU a session costs a pool, calibrated: ~1 ms of archiving plus each worker's share
-# of its own start-up (~1,300 calls and ~0.3 s of imports); 2.5 ms makes the default hit
-# the best fixed --workers measured on the 2-core box (16 at 200 us, 32 at 1 ms a call;
-# benchmarks/RESULTS.md, issue 24).
+# Metadata calls per archived session (benchmarks/md_calls.py, demo tree: ~60), and the
+# CPU a session costs a pool, calibrated: ~1 ms of archiving plus what each more process
+# costs two shared cores (scheduling, a smaller batch each). Workers are forked and import
+# nothing (executors.start_method), so a worker no longer costs ~1,300 calls of start-up;
+# re-measured over --workers 1..32 (benchmarks/bench_workers.py, RESULTS.md, issue 24),
+# 2.5 ms still puts the default within 10 % of the best fixed count: 16 workers at 200 us
+# a call (best 12, 2 % slower than 16), 32 at 1 ms (best 24-32).
 CALLS_PER_SESSION = 60
 CPU_PER_SESSION = 0.0025
 MAX_WORKERS = 32

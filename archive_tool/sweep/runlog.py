@@ -30,13 +30,14 @@ from collections.abc import Callable
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.errors import ArchiveError, BadArgument, UntrustedInput
+from archive_tool.errors import ArchiveError, BadArgument, UnsupportedFormat, UntrustedInput
 from archive_tool.guard import untrusted
+from archive_tool.names import normalize_format
 from archive_tool.pack import packfile
 from archive_tool.sweep.packplan import parse_pack
 from archive_tool.sweep.packsweep import pack_sweep
 from archive_tool.sweep.plan import check_days, check_root, existing_archive, parse_shard
-from archive_tool.sweep.sessions import sweep
+from archive_tool.sweep.sessions import SWEEP_FORMAT, sweep
 
 RUNS_DIR = os.path.join(fs.STATE_DIR, "runs")
 # Results whose source this run deleted: undo puts exactly these back.
@@ -87,9 +88,13 @@ class RunLog:
     """Wraps a sweep's ``on_result`` callback: records each session the run archived."""
 
     def __init__(self, root: str, inner: Callable[[Any], None] | None = None,
-                 now: float | None = None) -> None:
+                 now: float | None = None, fmt: str | None = None) -> None:
         self.root = root
         self.inner = inner
+        # The sweep's format: an "archived" session's archive is <session>.<fmt>, the name
+        # its worker linked (never replacing) before it deleted the source; no stat per
+        # session to find it again (issue 24). None (a pack sweep): looked up.
+        self.fmt = fmt
         self.count = 0
         self.error: str | None = None  # why the manifest is incomplete, if it is
         self.name, self.path, self._f = open_stamped(root, "runs", now)
@@ -102,7 +107,10 @@ class RunLog:
 
     def _archive_line(self, r: Any) -> None:
         path = r[0]
-        archive = existing_archive(*os.path.split(path))
+        if self.fmt is not None and r[1] == "archived":
+            archive: str | None = f"{path}.{self.fmt}"
+        else:
+            archive = existing_archive(*os.path.split(path))
         if archive is not None:
             self._write({"session": path, "archive": archive, "bytes": r[4], "status": r[1]})
 
@@ -194,7 +202,11 @@ def sweep_logged(root: str | os.PathLike[str], *,
     def run(root_p: str, log: RunLog | None) -> dict[str, Any]:
         return sweep(root_p, dry_run=False, on_result=log or on_result, **kwargs)
 
-    return _logged(root, on_result, run)
+    try:
+        fmt: str | None = normalize_format(kwargs.get("format", SWEEP_FORMAT))
+    except UnsupportedFormat:
+        fmt = None  # the sweep refuses it, as before
+    return _logged(root, on_result, run, fmt)
 
 
 def pack_sweep_logged(root: str | os.PathLike[str], pack: str | int, *,
@@ -215,10 +227,11 @@ def pack_sweep_logged(root: str | os.PathLike[str], pack: str | int, *,
 
 
 def _logged(root: str | os.PathLike[str], on_result: Callable[[Any], None] | None,
-            run: Callable[[str, RunLog | None], dict[str, Any]]) -> dict[str, Any]:
+            run: Callable[[str, RunLog | None], dict[str, Any]],
+            fmt: str | None = None) -> dict[str, Any]:
     root_p = check_root(root)
     try:
-        log = RunLog(root_p, on_result)
+        log = RunLog(root_p, on_result, fmt=fmt)
     except OSError as e:
         # E.g. ROOT/.session-archive made by root's cron and this is the tree's owner:
         # archiving still goes ahead; only --undo of this run is lost, and said so.

@@ -58,6 +58,7 @@ from archive_tool.sweep.plan import (
 from archive_tool.sweep.step import INTERRUPTED, Accounts, cleanup, commit_group, fail
 
 DEFAULT_BATCH = 128
+SWEEP_FORMAT = "tar.zst"  # sweep()'s default format
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -200,7 +201,7 @@ def sweep(
     *,
     flat: bool = False,
     dry_run: bool = True,
-    format: str = "tar.zst",  # noqa: A002 - matches the API's name
+    format: str = SWEEP_FORMAT,  # noqa: A002 - matches the API's name
     compresslevel: int | None = None,
     workers: int | None = None,
     older_than_days: float | None = None,
@@ -333,6 +334,7 @@ def _execute(tasks: Iterator[Task], planner: Planner, acc: Accounts, workers: in
         # one worker per core on a local disk, more where each call is a round trip.
         workers = adaptive_workers(opts["root"], default_workers())
     n = workers or (max(1, slots()) if slots else default_workers())
+    acc.s["workers"] = n  # what the default chose, for the log (--json)
 
     def absorb(results: list[Result]) -> None:
         for r in results:
