@@ -25,6 +25,7 @@ from archive_tool.guard.holds import Holds, check_quiet_period
 from archive_tool.guard.lock import RootLock
 from archive_tool.levels import resolve_level
 from archive_tool.pack import packfile
+from archive_tool.pack.packspan import process_pack
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
@@ -38,7 +39,6 @@ from archive_tool.sweep.packplan import (
     plan_packs,
 )
 from archive_tool.sweep.packresume import cleanup, remove_stale_pack_tmps
-from archive_tool.sweep.packspan import process_pack
 from archive_tool.sweep.packwork import LOCK_AHEAD, Out, process_packs
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
 from archive_tool.sweep.sessions import process_batch
@@ -144,7 +144,7 @@ def pack_sweep(
         jobs.append(others)
     todo = [t for t in tasks if t.kind == ARCHIVE]
     if mode == AUTO:
-        # A spanning pack is one job of its own (packspan.py): the pack sits above its
+        # A spanning pack is one job of its own (pack/packspan.py): the pack sits above its
         # sessions' dirs, which the batched path (packwork.py) does not handle.
         packs = plan_auto(todo, root_p, *targets)
         jobs += [[job] for job in packs]

@@ -21,11 +21,13 @@ root, sessions of another owner than their dir's, get a per-session archive as w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from archive_tool import fdwalk, fs
+from archive_tool.catalog import rebuild
 from archive_tool.catalog.rows import session_row
 from archive_tool.engine import commit, removesource, single
 from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
@@ -38,7 +40,7 @@ from archive_tool.pack import entrypath, packfile
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
 from archive_tool.sweep.packplan import PackJob
 from archive_tool.sweep.packresume import Out, packed_names, resume
-from archive_tool.sweep.step import INTERRUPTED, fail, per_session, rel_dir
+from archive_tool.sweep.step import INTERRUPTED, commit_group, fail, rel_dir
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Packed:
     row: dict[str, Any]
     lock_fd: int = -1  # the session's lock, kept until its delete (LOCK_AHEAD), else -1
     held: dict[str, int] = field(default_factory=dict)  # the scan's subdir fds, for the delete
-    rel: str = ""  # its dir below the pack's (a spanning pack, packspan.py), "" beside it
+    rel: str = ""  # its dir below the pack's (a spanning pack, pack/packspan.py), "" beside it
 
 
 @dataclass
@@ -331,7 +333,7 @@ def delete_sources(x: Written, out: Out, root: str) -> None:
         # serves the re-check and delete (remove_source's top_fd). One closed after its
         # frame (a big pack) is taken again; then the trash is opened by name as before.
         lock_fd, top_fd, p.lock_fd = p.lock_fd, p.lock_fd, -1
-        try:  # a spanning pack's session is in its dir below the pack's (packspan.py)
+        try:  # a spanning pack's session is in its dir below the pack's (pack/packspan.py)
             dir_fd = x.below.get(p.rel) if x.below is not None else tmp.dir_fd
             if lock_fd < 0:
                 top_fd = None
@@ -356,3 +358,43 @@ def delete_sources(x: Written, out: Out, root: str) -> None:
                                f"not be removed: {e.strerror or e}"), row))
         finally:
             os.close(lock_fd)
+
+
+def per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any],
+                dirs: fs.DirCache) -> list[tuple[Result, dict[str, Any] | None]]:
+    """Per-session archives for the sessions a pack does not take (too big for memory, or
+    of another owner), each catalogued as ``--rebuild`` reads it; a session still locked
+    (*big*'s Locked) is handed to single.prepare as lock_batch's are (whose lock is then
+    prepare's), the others lock anew; what is still in *big* on an exception is the
+    caller's to close. Both pack workers' (this one and pack/packspan.py)."""
+    out: list[Result] = []
+    prepared: list[single.Prepared] = []
+    try:
+        for i, (path, lk) in enumerate(big):
+            big[i] = (path, None)  # prepare owns the lock from here (closes it on error)
+            try:
+                prepared.append(single.prepare(path, "tar.zst", opts["compresslevel"],
+                                               cutoff_ns=opts["cutoff_ns"], dirs=dirs,
+                                               holds=opts.get("holds"), locked=lk))
+            except single.TooRecent as e:
+                out.append(Result(path, SKIPPED, e.reason))
+            except FileExistsError:
+                out.append(Result(path, SKIPPED, "archive appeared meanwhile"))
+            except (ArchiveError, OSError) as e:
+                out.append(fail(path, e))
+        if prepared:
+            with interrupt.shielded():
+                commit_group(prepared, out, True)
+    finally:
+        for p in prepared:
+            p.unlock()
+    rows: list[tuple[Result, dict[str, Any] | None]] = []
+    for r in out:
+        row = None
+        if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
+            with contextlib.suppress(ArchiveError, OSError, ValueError):
+                rel = rel_dir(opts["root"], os.path.dirname(r.path))
+                row = next(rebuild.rows_of_file(opts["root"], rel,
+                                                os.path.basename(r.path) + ".tar.zst"))
+        rows.append((r, row))
+    return rows

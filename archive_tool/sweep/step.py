@@ -12,7 +12,6 @@ Everything here returns Results (plain NamedTuples); nothing raises across the p
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 from archive_tool import fs
 from archive_tool.engine import commit, removesource, single
 from archive_tool.errors import ArchiveError, DiskFull, DurabilityError, SourceChanged
-from archive_tool.guard import interrupt
 from archive_tool.guard.lock import lock_session
 from archive_tool.names import FORMATS, session_of_trash
 from archive_tool.summary import (
@@ -111,49 +109,6 @@ def rel_dir(root: str, d: str) -> str:
     """*d* below *root* ("" for the root itself), as catalog rows name a session's dir."""
     rel = os.path.relpath(d, root)
     return "" if rel == "." else rel
-
-
-def per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any],
-                dirs: fs.DirCache) -> list[tuple[Result, dict[str, Any] | None]]:
-    """Per-session archives for the sessions a pack does not take (too big for memory, or
-    of another owner), each catalogued as ``--rebuild`` reads it; a session still locked
-    (*big*'s Locked) is handed to single.prepare as lock_batch's are (whose lock is then
-    prepare's), the others lock anew. What is still in *big* on an exception is the
-    caller's to close. Both pack workers' (packwork.py, packspan.py)."""
-    out: list[Result] = []
-    prepared: list[single.Prepared] = []
-    try:
-        for i, (path, lk) in enumerate(big):
-            big[i] = (path, None)  # prepare owns the lock from here (closes it on error)
-            try:
-                prepared.append(single.prepare(path, "tar.zst", opts["compresslevel"],
-                                               cutoff_ns=opts["cutoff_ns"], dirs=dirs,
-                                               holds=opts.get("holds"), locked=lk))
-            except single.TooRecent as e:
-                out.append(Result(path, SKIPPED, e.reason))
-            except FileExistsError:
-                out.append(Result(path, SKIPPED, "archive appeared meanwhile"))
-            except (ArchiveError, OSError) as e:
-                out.append(fail(path, e))
-        if prepared:
-            with interrupt.shielded():
-                commit_group(prepared, out, True)
-    finally:
-        for p in prepared:
-            p.unlock()
-    # Imported here: the per-session sweep, which imports this module, never needs it.
-    from archive_tool.catalog import rebuild
-
-    rows: list[tuple[Result, dict[str, Any] | None]] = []
-    for r in out:
-        row = None
-        if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
-            with contextlib.suppress(ArchiveError, OSError, ValueError):
-                rel = rel_dir(opts["root"], os.path.dirname(r.path))
-                row = next(rebuild.rows_of_file(opts["root"], rel,
-                                                os.path.basename(r.path) + ".tar.zst"))
-        rows.append((r, row))
-    return rows
 
 
 class Accounts:

@@ -34,9 +34,10 @@ from archive_tool.sweep.packwork import (
     Written,
     add_frame,
     commit_packs,
+    per_session,
     release,
 )
-from archive_tool.sweep.step import INTERRUPTED, fail, per_session, rel_dir
+from archive_tool.sweep.step import INTERRUPTED, fail, rel_dir
 
 
 def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
