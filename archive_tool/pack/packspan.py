@@ -1,18 +1,19 @@
 """The worker side of ``sweep --pack auto``: one spanning pack a job (PackJob.span).
 
-The steps are packwork.py's (per session: lock, scan, tar in memory, compress as its own
-frame into one unnamed O_TMPFILE; end the tar stream, index and seek table, read back;
-fsync, link to the first free name, fsync the dir; per session: remove_source under the
-lock), with the pack in an ancestor dir of its sessions: each session's dir is opened
-below the pack's dir fd (entrypath.EntryDirs), its frame's members and index entry carry
-its path below the pack, and the pack is closed at PackJob.max_bytes (the rest of the job
-goes into the next pack of the same dir). A job is one pack, not packwork's batch of
-packs: a spanning pack holds up to --pack-sessions (1,000) sessions, so the per-batch
-savings of packwork (one listing per dir for many small packs) are not what it needs.
+The steps and their helpers are sweep/packwork.py's (lock_batch, add_frame, commit_packs,
+per_session), with the pack in an ancestor dir of its sessions: each session's dir is
+opened below the pack's dir fd (entrypath.EntryDirs, also what lock_batch opens through),
+its frame's members and index entry carry its path below the pack, and the pack is closed
+at PackJob.max_bytes (the rest of the job goes into the next pack of the same dir). A job
+is one pack of up to --pack-sessions (1,000) sessions: they are locked LOCK_AHEAD at a
+time (one listing per dir after the locks), and each lock, with the subdir fds its scan
+opened, is kept until its source is deleted while the pack holds at most half the fd
+limit (_fd_budget); past that a lock is closed after its frame and taken again to delete.
 
-Sessions too big for memory, and, as root, sessions of another owner than the pack's
-dir, get a per-session archive as without --pack. Crash leftovers (a source a pack
-already holds, trash) are packresume.py's.
+The pack's dir is checked again on its fd (pack_dir_ok); a pack has one owner: sessions
+too big for memory, and, as root, sessions of another owner than the pack's dir, get a
+per-session archive as without --pack. Crash leftovers (a source a pack here or in a dir
+above already holds, trash) are packresume.py's. In pack/ because sweep/ is full.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def _first_name(job: PackJob, rest: list[str]) -> str:
     return job.period if rest is job.paths or not job.span else start_name(rest[0])
 
 
+def _fd_budget() -> int:
+    """Session locks and scanned subdir fds a pack may keep from its frames to its
+    deletes: half the soft fd limit (the other half covers the LOCK_AHEAD locks taken
+    ahead, the dir caches, the pool), so a pack of 1,000 sessions keeps them all on a
+    machine that allows it and still runs under a 1,024-fd limit (the rest lock again)."""
+    import resource  # here: once a pack, not in every sweep's start-up
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
+
+
 def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> list[str] | None:
     """One pack of *job*; returns the paths left for the next pack (a span job that
     reached its byte target), else None."""
@@ -112,6 +123,8 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
     as_root = os.geteuid() == 0
     tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None,
                           dst)
+    budget = _fd_budget()
+    kept_fds = 0
     locked: dict[str, single.Locked] = {}
     errors: dict[str, BaseException] = {}
     big: list[tuple[str, single.Locked | None]] = []
@@ -161,7 +174,7 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
                     out.append((resumed, None))
                     continue
                 # The pack holds an earlier state of it: this state goes into a new pack.
-            keep = False  # each lock closed after its frame, taken again to delete
+            keep = kept_fds < budget  # its lock (and scanned subdirs) kept for its delete
             kept: dict[str, int] | None = {} if keep else None
             try:
                 got = add_frame(w, path, name, lk, cutoff_ns, as_root, dst,
@@ -192,6 +205,7 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
             size += frame.csize
             packed.append(Packed(path, name, entries, frame, row, lk.fd if keep else -1,
                                  kept or {}, rel))
+            kept_fds += 1 + len(kept or ()) if keep else 0
             if not keep:
                 os.close(lk.fd)
         for lk in locked.values():  # locked ahead for a session the next pack takes
