@@ -138,7 +138,7 @@ def test_auto_pack_sweep_makes_at_most_1_3x_the_metadata_calls_of_tar_per_sessio
         tmp_path: Path) -> None:
     """``sweep --pack auto`` (-j 1): one pack spanning the demo tree's dirs, its sessions
     locked by lock_batch below the pack's dir and each lock kept to its delete
-    (pack/packspan.py), against the same floor."""
+    (sweep/packspan.py), against the same floor."""
     per_ours, per_tar = _per_session(tmp_path, ["--pack", "auto", "--execute", "-q",
                                                 "-j", "1"])
     print(f"auto pack, per session: ours {per_ours:.1f}, tar {per_tar:.1f}")

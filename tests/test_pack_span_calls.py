@@ -1,5 +1,5 @@
 """Issue 24 for ``sweep --pack auto``: the checks that kept their meaning when the
-spanning pack worker (pack/packspan.py) took packwork's cuts: locks by lock_batch below
+spanning pack worker (sweep/packspan.py) took packwork's cuts: locks by lock_batch below
 the pack's dir, each lock kept to its delete within an fd budget, the scan's subdir fds
 kept for the re-check (the per-session count bound is in test_md_calls.py)."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from archive_tool import fs
-from archive_tool.pack import packfile, packspan
-from archive_tool.sweep.packsweep import pack_sweep
+from archive_tool.pack import packfile
+from archive_tool.sweep import packspan
 from tests.conftest import make_session, snapshot
+from tests.test_pack_calls import _sweep as sweep_with_hook
 
 DAY = "2026Y-11M-23D"
 
@@ -30,16 +30,21 @@ def _tree(root: Path, dirs: int, per_dir: int) -> dict[str, dict]:
 
 
 def _sweep(root: Path, hook=None) -> dict:
-    """An executed ``--pack auto`` sweep of *root*, in-process, *hook* at its race points."""
-    fs.race_hook = hook
-    try:
-        return pack_sweep(root, "auto", dry_run=False, workers=1)
-    finally:
-        fs.race_hook = None
+    return sweep_with_hook(root, hook, "auto")
 
 
 def _left(root: Path) -> list[Path]:
     return sorted(root.rglob(f"FINISHED_SUCCESS/{DAY}-*-main"))
+
+
+def _all_packed(root: Path, before: dict[str, dict], n: int) -> None:
+    """*n* sessions archived into one pack in ROOT/proj, none left, none failed."""
+    s = _sweep(root)
+    assert (s["archived"], s["failed"], s["packs"]) == (n, 0, 1), s
+    assert not _left(root)
+    (pack,) = (root / "proj").glob("*" + packfile.PACK_SUFFIX)
+    with packfile.Pack(pack) as p:
+        assert sorted(p.names) == sorted(before)
 
 
 def test_a_pack_over_more_dirs_than_its_dir_cache_packs_and_deletes_every_session(
@@ -47,13 +52,7 @@ def test_a_pack_over_more_dirs_than_its_dir_cache_packs_and_deletes_every_sessio
     """70 dirs in one lock batch (LOCK_AHEAD 128) against an EntryDirs cache of 64: the
     listing that follows the locks is taken on each session's own dir, never on an fd the
     cache closed and the kernel gave to another dir."""
-    before = _tree(tmp_path, 70, 1)
-    s = _sweep(tmp_path)
-    assert (s["archived"], s["failed"], s["packs"]) == (70, 0, 1), s
-    assert not _left(tmp_path)
-    (pack,) = (tmp_path / "proj").glob("*" + packfile.PACK_SUFFIX)
-    with packfile.Pack(pack) as p:
-        assert sorted(p.names) == sorted(before)
+    _all_packed(tmp_path, _tree(tmp_path, 70, 1), 70)
 
 
 @pytest.mark.parametrize(("lock_ahead", "budget"), [(2, 1_000), (128, 0), (2, 3)])
@@ -63,13 +62,7 @@ def test_a_pack_past_its_locks_or_fd_budget_still_packs_and_deletes_every_sessio
     after its frame and taken again (below the pack's dir) to delete."""
     monkeypatch.setattr(packspan, "LOCK_AHEAD", lock_ahead)
     monkeypatch.setattr(packspan, "_fd_budget", lambda: budget)
-    before = _tree(tmp_path, 3, 2)
-    s = _sweep(tmp_path)
-    assert (s["archived"], s["failed"], s["packs"]) == (6, 0, 1), s
-    assert not _left(tmp_path)
-    (pack,) = (tmp_path / "proj").glob("*" + packfile.PACK_SUFFIX)
-    with packfile.Pack(pack) as p:
-        assert sorted(p.names) == sorted(before)
+    _all_packed(tmp_path, _tree(tmp_path, 3, 2), 6)
 
 
 @pytest.mark.parametrize("budget", [1_000, 0])

@@ -6,7 +6,7 @@ each (packwork.py: frames into an unnamed tmp, read back, fsync, link to a free 
 fsync the dir, then delete the sources). So at every instant a session is its source, or
 its source and a complete durable pack holding it, or only that pack: never neither.
 A crash between link and delete leaves sessions that are both; the next pack sweep
-deletes such sources when the frame equals their tar bytes (packresume.py).
+deletes such sources when the frame equals their tar bytes (packplan.resume).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from archive_tool.guard.holds import Holds, check_quiet_period
 from archive_tool.guard.lock import RootLock
 from archive_tool.levels import resolve_level
 from archive_tool.pack import packfile
-from archive_tool.pack.packspan import process_pack
 from archive_tool.stale import finalize as stale
 from archive_tool.summary import FAILED, SKIPPED, Result, new_summary, record_failure
 from archive_tool.sweep.discover import Discovery
@@ -33,12 +32,14 @@ from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.packplan import (
     AUTO,
     PackJob,
+    cleanup,
     parse_pack,
     parse_targets,
     plan_auto,
     plan_packs,
+    remove_stale_pack_tmps,
 )
-from archive_tool.sweep.packresume import cleanup, remove_stale_pack_tmps
+from archive_tool.sweep.packspan import process_pack
 from archive_tool.sweep.packwork import LOCK_AHEAD, Out, process_packs
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard
 from archive_tool.sweep.sessions import process_batch
@@ -144,7 +145,7 @@ def pack_sweep(
         jobs.append(others)
     todo = [t for t in tasks if t.kind == ARCHIVE]
     if mode == AUTO:
-        # A spanning pack is one job of its own (pack/packspan.py): the pack sits above its
+        # A spanning pack is one job of its own (packspan.py): the pack sits above its
         # sessions' dirs, which the batched path (packwork.py) does not handle.
         packs = plan_auto(todo, root_p, *targets)
         jobs += [[job] for job in packs]

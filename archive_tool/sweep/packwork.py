@@ -16,7 +16,7 @@ a batch (consecutive packs, mostly of one dir: packsweep.pack_batches).
 
 Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES), and, as
 root, sessions of another owner than their dir's, get a per-session archive as without
---pack. Crash leftovers (a source a pack already holds, trash) are packresume.py's.
+--pack. Crash leftovers (a source a pack already holds, trash) are packplan.py's.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from archive_tool.guard.holds import Holds
 from archive_tool.guard.lock import lock_session
 from archive_tool.pack import entrypath, packfile
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
-from archive_tool.sweep.packplan import PackJob
-from archive_tool.sweep.packresume import Out, packed_names, resume
+from archive_tool.sweep.packplan import Out, PackJob, packed_names, resume
 from archive_tool.sweep.step import INTERRUPTED, commit_group, fail, rel_dir
 
 
@@ -52,7 +51,7 @@ class Packed:
     row: dict[str, Any]
     lock_fd: int = -1  # the session's lock, kept until its delete (LOCK_AHEAD), else -1
     held: dict[str, int] = field(default_factory=dict)  # the scan's subdir fds, for the delete
-    rel: str = ""  # its dir below the pack's (a spanning pack, pack/packspan.py), "" beside it
+    rel: str = ""  # its dir below the pack's (a spanning pack, packspan.py), "" beside it
 
 
 @dataclass
@@ -296,7 +295,7 @@ def commit_packs(ws: list[Written], out: Out, root: str) -> None:
     """Make the batch's packs durable together (parallel fsyncs), link each to a free
     name, fsync each dir once, then delete each pack's sources. A pack whose step fails
     is not named (or, once linked, its sources are kept): nothing is deleted on its
-    strength; the next sweep finishes a linked one (packresume.resume)."""
+    strength; the next sweep finishes a linked one (packplan.resume)."""
     try:
         commit.make_durable([x.tmp for x in ws])
     except (ArchiveError, OSError) as e:
@@ -333,7 +332,7 @@ def delete_sources(x: Written, out: Out, root: str) -> None:
         # serves the re-check and delete (remove_source's top_fd). One closed after its
         # frame (a big pack) is taken again; then the trash is opened by name as before.
         lock_fd, top_fd, p.lock_fd = p.lock_fd, p.lock_fd, -1
-        try:  # a spanning pack's session is in its dir below the pack's (pack/packspan.py)
+        try:  # a spanning pack's session is in its dir below the pack's (packspan.py)
             dir_fd = x.below.get(p.rel) if x.below is not None else tmp.dir_fd
             if lock_fd < 0:
                 top_fd = None
@@ -366,7 +365,7 @@ def per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any
     of another owner), each catalogued as ``--rebuild`` reads it; a session still locked
     (*big*'s Locked) is handed to single.prepare as lock_batch's are (whose lock is then
     prepare's), the others lock anew; what is still in *big* on an exception is the
-    caller's to close. Both pack workers' (this one and pack/packspan.py)."""
+    caller's to close. Both pack workers' (this one and packspan.py)."""
     out: list[Result] = []
     prepared: list[single.Prepared] = []
     try:

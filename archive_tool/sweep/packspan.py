@@ -13,7 +13,7 @@ limit (_fd_budget); past that a lock is closed after its frame and taken again t
 The pack's dir is checked again on its fd (pack_dir_ok); a pack has one owner: sessions
 too big for memory, and, as root, sessions of another owner than the pack's dir, get a
 per-session archive as without --pack. Crash leftovers (a source a pack here or in a dir
-above already holds, trash) are packresume.py's. In pack/ because sweep/ is full.
+above already holds, trash) are packplan.py's.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from archive_tool.errors import ArchiveError, DiskFull, Interrupted
 from archive_tool.guard import interrupt
 from archive_tool.pack import entrypath, packfile
 from archive_tool.summary import FAILED, SKIPPED, Result
-from archive_tool.sweep.packplan import PackJob, pack_dir_ok, start_name
-from archive_tool.sweep.packresume import Out, packed_names, resume
+from archive_tool.sweep.packplan import Out, PackJob, pack_dir_ok, packed_names, resume, start_name
 from archive_tool.sweep.packwork import (
     LOCK_AHEAD,
     Packed,
