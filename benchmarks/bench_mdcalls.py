@@ -16,8 +16,8 @@ sweep, ``extract --tree --remove-archive`` against one ``tar --zstd -xf`` + ``rm
 archive, and ``verify`` of every archive against ``zstd -t``.
 
 Behind ``--extra`` (``--extra-only``: those rows alone), the other commands of the issue's
-target list against their floors: ``sweep --pack daily --execute`` against the one-stream
-tar floor on the same tree; ``report ROOT --sample 0`` against
+target list against their floors: ``sweep --pack daily --execute`` and ``sweep --pack auto
+--execute -j 1``/``-j 2`` against the one-stream tar floor on the same tree; ``report ROOT --sample 0`` against
 ``find ROOT -printf '%p %s %T@\n'``; ``catalog --rebuild`` of a per-session-swept tree and
 of a packed tree, each against ``zstd -t`` of every archive (or pack) in it; ``verify ROOT``
 (``-j 1`` and the default workers) of the swept tree against the same ``zstd -t``.
@@ -85,6 +85,12 @@ def extra_rows(pristine: str, root: str, out: str, work: str, sessions: int) -> 
     packed = os.path.join(work, "packed")
     shutil.rmtree(packed, ignore_errors=True)
     subprocess.run(["cp", "-a", "--", root, packed], check=True)
+    # --pack auto: packs spanning dirs (issue 26), one worker a pack (the demo tree: one).
+    for w in (1, 2):
+        fresh(pristine, root)
+        rows.append(count(f"session-archive sweep --pack auto --execute -j {w}",
+                          [PY, "-m", "archive_tool", "sweep", root, "--pack", "auto",
+                           "--execute", "-q", "-j", str(w)], sessions))
     fresh(pristine, root)
     rows.append(count("tar --remove-files -cf - ... | zstd (same tree)", floor_cmd(root, out),
                       sessions, shell=True))

@@ -132,6 +132,19 @@ def test_pack_sweep_makes_at_most_1_3x_the_metadata_calls_of_tar_per_session(
     assert per_ours <= 1.3 * per_tar, (per_ours, per_tar)
 
 
+@pytest.mark.skipif(not (HAS_SHIM and HAS_FD), reason="needs gcc, ../shared/tools/md_latency.c "
+                                                       "and fd (the floor lists with it)")
+def test_auto_pack_sweep_makes_at_most_1_3x_the_metadata_calls_of_tar_per_session(
+        tmp_path: Path) -> None:
+    """``sweep --pack auto`` (-j 1): one pack spanning the demo tree's dirs, its sessions
+    locked by lock_batch below the pack's dir and each lock kept to its delete
+    (sweep/packspan.py), against the same floor."""
+    per_ours, per_tar = _per_session(tmp_path, ["--pack", "auto", "--execute", "-q",
+                                                "-j", "1"])
+    print(f"auto pack, per session: ours {per_ours:.1f}, tar {per_tar:.1f}")
+    assert per_ours <= 1.3 * per_tar, (per_ours, per_tar)
+
+
 def test_a_leftover_trash_of_an_interrupted_delete_does_not_stop_the_next(session: Path) -> None:
     trash = session.parent / f".{session.name}.deleting"
     (trash / "logs").mkdir(parents=True)

@@ -26,11 +26,11 @@ def _sessions(parent: Path, n: int, day: str = DAY) -> dict[str, dict]:
     return out
 
 
-def _sweep(root: Path, hook=None) -> dict:
-    """An executed daily pack sweep of *root*, in-process, with *hook* at its race points."""
+def _sweep(root: Path, hook=None, mode: str = "daily") -> dict:
+    """An executed *mode* pack sweep of *root*, in-process, with *hook* at its race points."""
     fs.race_hook = hook
     try:
-        return pack_sweep(root, "daily", dry_run=False, workers=1)
+        return pack_sweep(root, mode, dry_run=False, workers=1)
     finally:
         fs.race_hook = None
 

@@ -22,7 +22,7 @@ MOVED = {
     "packplan": "archive_tool.sweep.packplan",
     "packsweep": "archive_tool.sweep.packsweep",
     "packwork": "archive_tool.sweep.packwork",
-    "packresume": "archive_tool.sweep.packresume",
+    "packresume": "archive_tool.sweep.packplan",
     "restore": "archive_tool.restore.many",
     "packrestore": "archive_tool.restore.packrestore",
     "prune": "archive_tool.retention.prune",

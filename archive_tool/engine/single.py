@@ -21,6 +21,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from archive_tool import fdwalk, fs
 from archive_tool.engine import commit, removesource
@@ -125,7 +126,14 @@ def _archived_listing(parent_fd: int, sessions: int) -> dict[str, int] | None:
     return names
 
 
-def lock_batch(srcs: list[str], dirs: fs.DirCache
+class ParentDirs(Protocol):
+    """What lock_batch opens each session's dir through: fs.DirCache (below the root) or
+    entrypath.EntryDirs (below a spanning pack's dir)."""
+
+    def parent(self, path: str) -> tuple[int, str]: ...
+
+
+def lock_batch(srcs: list[str], dirs: ParentDirs
                ) -> tuple[dict[str, Locked], dict[str, BaseException]]:
     """Lock every session of a batch, then answer "was it archived meanwhile?" (an
     archive in any format beside it) from ONE listing per parent dir taken after all
@@ -138,13 +146,19 @@ def lock_batch(srcs: list[str], dirs: fs.DirCache
     by path: FileExistsError or an ArchiveError); the caller owns the locks' fds."""
     locked: dict[str, Locked] = {}
     errors: dict[str, BaseException] = {}
-    parents: dict[int, list[tuple[str, str]]] = {}
+    # By dir path, not fd: *dirs* may close an fd it holds (a bounded cache) and the
+    # number go to another dir before the listing below.
+    parents: dict[str, list[tuple[str, str]]] = {}
+
+    def unreadable(src: str, e: OSError) -> SourceUnreadable:
+        return SourceUnreadable(os.path.dirname(src), "cannot open the session's directory: "
+                                f"{e.strerror or e}")
+
     for src in srcs:
         try:
             parent_fd, name = dirs.parent(src)
         except OSError as e:
-            errors[src] = SourceUnreadable(os.path.dirname(src), "cannot open the session's "
-                                           f"directory: {e.strerror or e}")
+            errors[src] = unreadable(src, e)
             continue
         fs.race_point("lock", src)
         try:
@@ -153,8 +167,15 @@ def lock_batch(srcs: list[str], dirs: fs.DirCache
             errors[src] = e
             continue
         locked[src] = Locked(fd, st)
-        parents.setdefault(parent_fd, []).append((src, name))
-    for parent_fd, members in parents.items():
+        parents.setdefault(os.path.dirname(src), []).append((src, name))
+    for members in parents.values():
+        try:
+            parent_fd = dirs.parent(members[0][0])[0]  # reopened if the cache closed it
+        except OSError as e:
+            for src, _name in members:
+                os.close(locked.pop(src).fd)
+                errors[src] = unreadable(src, e)
+            continue
         names = _archived_listing(parent_fd, len(members))
         for src, name in members:
             wanted = [f"{name}.{f}" for f in FORMATS]

@@ -110,9 +110,19 @@ class EntryDirs:
     below the pack), at most *limit* open at once: a pack may span hundreds of dirs."""
 
     def __init__(self, pack_dir_fd: int, create: bool = False,
-                 owner: tuple[int, int] | None = None, limit: int = 32) -> None:
+                 owner: tuple[int, int] | None = None, limit: int = 32, base: str = "") -> None:
         self.pack_dir_fd, self.create, self.owner, self.limit = pack_dir_fd, create, owner, limit
+        self.base = base  # the pack's dir as a path, for parent()
         self._fds: dict[str, int] = {}
+
+    def parent(self, path: str) -> tuple[int, str]:
+        """(fd of *path*'s dir, opened below the pack's dir *base*; basename): what
+        fs.DirCache.parent gives, for single.lock_batch. The fd belongs to the cache."""
+        d, name = os.path.split(path)
+        rel = os.path.relpath(d, self.base)
+        if rel.startswith("../") or rel == "..":
+            raise OSError(errno.EPERM, "not below the pack's dir", path)
+        return self.get("" if rel == "." else rel), name
 
     def get(self, rel_dir: str) -> int:
         """The fd of *rel_dir* ("" = the pack's dir itself); the fd belongs to the cache."""

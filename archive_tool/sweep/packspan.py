@@ -1,52 +1,43 @@
 """The worker side of ``sweep --pack auto``: one spanning pack a job (PackJob.span).
 
-The steps are packwork.py's (per session: lock, scan, tar in memory, compress as its own
-frame into one unnamed O_TMPFILE; end the tar stream, index and seek table, read back;
-fsync, link to the first free name, fsync the dir; per session: remove_source under the
-lock), with the pack in an ancestor dir of its sessions: each session's dir is opened
-below the pack's dir fd (entrypath.EntryDirs), its frame's members and index entry carry
-its path below the pack, and the pack is closed at PackJob.max_bytes (the rest of the job
-goes into the next pack of the same dir). A job is one pack, not packwork's batch of
-packs: a spanning pack holds up to --pack-sessions (1,000) sessions, so the per-batch
-savings of packwork (one listing per dir for many small packs) are not what it needs.
+The steps and their helpers are sweep/packwork.py's (lock_batch, add_frame, commit_packs,
+per_session), with the pack in an ancestor dir of its sessions: each session's dir is
+opened below the pack's dir fd (entrypath.EntryDirs, also what lock_batch opens through),
+its frame's members and index entry carry its path below the pack, and the pack is closed
+at PackJob.max_bytes (the rest of the job goes into the next pack of the same dir). A job
+is one pack of up to --pack-sessions (1,000) sessions: they are locked LOCK_AHEAD at a
+time (one listing per dir after the locks), and each lock, with the subdir fds its scan
+opened, is kept until its source is deleted while the pack holds at most half the fd
+limit (_fd_budget); past that a lock is closed after its frame and taken again to delete.
 
-Sessions too big for memory, and, as root, sessions of another owner than the pack's
-dir, get a per-session archive as without --pack. Crash leftovers (a source a pack
-already holds, trash) are packresume.py's.
+The pack's dir is checked again on its fd (pack_dir_ok); a pack has one owner: sessions
+too big for memory, and, as root, sessions of another owner than the pack's dir, get a
+per-session archive as without --pack. Crash leftovers (a source a pack here or in a dir
+above already holds, trash) are packplan.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from archive_tool import fs
-from archive_tool.catalog import rebuild
-from archive_tool.catalog.rows import session_row
-from archive_tool.engine import commit, removesource, single
-from archive_tool.engine.scan import Entry, content_bytes, newest_mtime_ns, scan_fd
-from archive_tool.engine.tarwrite import CHUNK, write_tar
-from archive_tool.errors import ArchiveError, DiskFull, Interrupted, SourceChanged
+from archive_tool.engine import commit, single
+from archive_tool.errors import ArchiveError, DiskFull, Interrupted
 from archive_tool.guard import interrupt
-from archive_tool.guard.holds import Holds
-from archive_tool.guard.lock import lock_session
 from archive_tool.pack import entrypath, packfile
-from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
-from archive_tool.sweep.packplan import PackJob, pack_dir_ok, start_name
-from archive_tool.sweep.packresume import Out, packed_names, resume
-from archive_tool.sweep.step import INTERRUPTED, commit_group, fail
-
-
-@dataclass
-class _Packed:
-    path: str
-    name: str
-    rel: str  # its dir below the pack's ("" beside it)
-    entries: list[Entry]
-    frame: packfile.FrameInfo
-    row: dict[str, Any]
+from archive_tool.summary import FAILED, SKIPPED, Result
+from archive_tool.sweep.packplan import Out, PackJob, pack_dir_ok, packed_names, resume, start_name
+from archive_tool.sweep.packwork import (
+    LOCK_AHEAD,
+    Packed,
+    Written,
+    add_frame,
+    commit_packs,
+    per_session,
+    release,
+)
+from archive_tool.sweep.step import INTERRUPTED, fail, rel_dir
 
 
 def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
@@ -75,9 +66,14 @@ def _first_name(job: PackJob, rest: list[str]) -> str:
     return job.period if rest is job.paths or not job.span else start_name(rest[0])
 
 
-def _rel_dir(root: str, d: str) -> str:
-    rel = os.path.relpath(d, root)
-    return "" if rel == "." else rel
+def _fd_budget() -> int:
+    """Session locks and scanned subdir fds a pack may keep from its frames to its
+    deletes: half the soft fd limit (the other half covers the LOCK_AHEAD locks taken
+    ahead, the dir caches, the pool), so a pack of 1,000 sessions keeps them all on a
+    machine that allows it and still runs under a 1,024-fd limit (the rest lock again)."""
+    import resource  # here: once a pack, not in every sweep's start-up
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
 
 
 def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> list[str] | None:
@@ -86,8 +82,9 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> li
     # The pack's dir: the sessions' own (job.dir is their parent) or, for a span job, their
     # common ancestor (its fd through the same cache: DirCache.parent of a name in it).
     parent_fd = dirs.parent(os.path.join(job.dir, "-"))[0]
+    dst = os.fstat(parent_fd)  # the pack's owner and group, and pack_dir_ok's
     if job.span and any(os.path.dirname(p) != job.dir for p in job.paths) and not \
-            pack_dir_ok(os.fstat(parent_fd), job.owner):
+            pack_dir_ok(dst, job.owner):
         # Checked again on the fd the pack will be linked in (the plan saw paths).
         out += [(Result(p, SKIPPED, f"not packed: {job.dir} is not a dir only the sessions' "
                         "owner may write (changed since the plan); source kept"), None)
@@ -103,26 +100,34 @@ def _pack(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache) -> li
                 d = os.path.dirname(d)
                 fd = os.dup(dirs.parent(os.path.join(d, "-"))[0])
                 holders.append((fd, d, packed_names(fd, d)))
-        with entrypath.EntryDirs(parent_fd) as edirs:
-            return _pack_in(job, opts, out, dirs, parent_fd, edirs, holders)
+        # Every session's dir opened below the pack's dir fd, never through a symlink.
+        with entrypath.EntryDirs(parent_fd, limit=64, base=job.dir) as edirs:
+            return _pack_in(job, opts, out, dirs, dst, edirs, holders)
     finally:
         for fd, _d, _n in holders[1:]:
             os.close(fd)
 
 
 def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
-             parent_fd: int, edirs: entrypath.EntryDirs,
+             dst: os.stat_result, edirs: entrypath.EntryDirs,
              holders: list[tuple[int, str, dict[str, tuple[str, int]]]]) -> list[str] | None:
+    """packwork's steps for one pack (lock_batch, add_frame, commit_packs, per_session),
+    each session's dir below the pack's (*edirs*), named in the pack by its entry path."""
     root, level, cutoff_ns = opts["root"], opts["compresslevel"], opts["cutoff_ns"]
+    parent_fd = edirs.pack_dir_fd
     n = 1
     while fs.lexists_at(parent_fd, packfile.pack_file_name(job.period, n)):
         n += 1
     final = os.path.join(job.dir, packfile.pack_file_name(job.period, n))
     as_root = os.geteuid() == 0
-    dst = os.fstat(parent_fd)
-    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None)
-    big: list[str] = []
-    packed: list[_Packed] = []
+    tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None,
+                          dst)
+    budget = _fd_budget()
+    kept_fds = 0
+    locked: dict[str, single.Locked] = {}
+    errors: dict[str, BaseException] = {}
+    big: list[tuple[str, single.Locked | None]] = []
+    packed: list[Packed] = []
     mode = 0o644
     rest: list[str] | None = None
     size = 0
@@ -133,35 +138,53 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
             if job.max_bytes and size >= job.max_bytes:
                 rest = job.paths[i:]  # this pack reached its byte target (span jobs)
                 break
+            if path not in locked and path not in errors:
+                # LOCK_AHEAD sessions locked, then ONE listing per dir (single.lock_batch).
+                got_l, got_e = single.lock_batch(job.paths[i:i + LOCK_AHEAD], edirs)
+                locked.update(got_l)
+                errors.update(got_e)
             # Its dir below the pack's ("" beside it) and its name in the pack.
-            rel = os.path.relpath(os.path.dirname(path), job.dir) if job.span else ""
-            rel = "" if rel == "." else rel
+            rel = rel_dir(job.dir, os.path.dirname(path)) if job.span else ""
             name = os.path.basename(path)
             arc = f"{rel}/{name}" if rel else name
-            try:
-                sfd = edirs.get(rel)
-            except OSError as e:
-                out.append((fail(path, e), None))
-                continue
             held = next(((hfd, a, names[a]) for hfd, h, names in holders
                          if (a := os.path.relpath(path, h)) in names), None)
+            try:
+                err = errors.pop(path, None)
+                if err is not None:
+                    raise err
+                lk = locked.pop(path)
+            except FileExistsError as e:
+                why = e.strerror if held is not None else "archived meanwhile by another process"
+                out.append((Result(path, SKIPPED, why), None))
+                continue
+            except (ArchiveError, OSError) as e:
+                out.append((fail(path, e), None))
+                continue
             if held is not None:
                 hfd, a, where = held
-                resumed = resume(sfd, path, name, where, *((hfd, a) if "/" in a else ()))
+                try:
+                    resumed = resume(edirs.get(rel), path, name, where,
+                                     *((hfd, a) if "/" in a else ()), lock=lk)
+                except OSError as e:
+                    resumed = fail(path, e)
                 if resumed is not None:
+                    os.close(lk.fd)
                     out.append((resumed, None))
                     continue
                 # The pack holds an earlier state of it: this state goes into a new pack.
+            keep = kept_fds < budget  # its lock (and scanned subdirs) kept for its delete
+            kept: dict[str, int] | None = {} if keep else None
             try:
-                got = _add(w, sfd, path, name, cutoff_ns, as_root, dst,
-                           _rel_dir(root, os.path.dirname(path)), opts.get("holds"), arc)
+                got = add_frame(w, path, name, lk, cutoff_ns, as_root, dst,
+                                rel_dir(root, os.path.dirname(path)), opts.get("holds"), kept,
+                                arc)
             except single.TooRecent as e:
+                os.close(lk.fd)
                 out.append((Result(path, SKIPPED, e.reason), None))
                 continue
-            except FileExistsError:
-                out.append((Result(path, SKIPPED, "archived meanwhile by another process"), None))
-                continue
             except (ArchiveError, OSError) as e:
+                os.close(lk.fd)
                 out.append((fail(path, e), None))
                 if isinstance(e, DiskFull) or w.broken:
                     # The tmp pack is unusable (or the disk full): nothing of it is
@@ -172,129 +195,41 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
                     return None
                 continue
             if got is None:
-                big.append(path)
+                big.append((path, lk if keep else None))
+                if not keep:
+                    os.close(lk.fd)
                 continue
             entries, frame, bits, row = got
             mode &= bits
             size += frame.csize
-            packed.append(_Packed(path, name, rel, entries, frame, row))
+            packed.append(Packed(path, name, entries, frame, row, lk.fd if keep else -1,
+                                 kept or {}, rel))
+            kept_fds += 1 + len(kept or ()) if keep else 0
+            if not keep:
+                os.close(lk.fd)
+        for lk in locked.values():  # locked ahead for a session the next pack takes
+            os.close(lk.fd)
+        locked = {}
         if packed:
             with interrupt.shielded():  # written and read back: commit it whole
-                _commit_pack(w, tmp, packed, mode, out, root, job, edirs)
+                try:
+                    w.finish()
+                    os.fchmod(tmp.fd, mode)
+                    w.verify()
+                except (ArchiveError, OSError) as e:
+                    out += [(fail(p.path, e), None) for p in packed]
+                else:
+                    commit_packs([Written(job, tmp, packed, edirs)], out, root)
+        tmp.close()  # (idempotent) its dir fd back before the per-session archives
+        if big:  # after the pack, as packwork's batch: their own archives
+            out += per_session(big, opts, dirs)
     finally:
-        tmp.close()
-    if big:
-        for r in _per_session(big, opts, dirs):
-            row = None
-            if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
-                with contextlib.suppress(ArchiveError, OSError, ValueError):
-                    rel = _rel_dir(root, os.path.dirname(r.path))
-                    fname = os.path.basename(r.path) + ".tar.zst"
-                    row = next(rebuild.rows_of_file(root, rel, fname))
-            out.append((r, row))
+        tmp.close()  # never named (a failure, a signal): every source stays
+        for q in packed:
+            release(q)
+        for lk in locked.values():
+            os.close(lk.fd)
+        for _, blk in big:
+            if blk is not None:
+                os.close(blk.fd)
     return rest
-
-
-def _add(w: packfile.PackWriter, parent_fd: int, path: str, name: str,
-         cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str,
-         holds: Holds | None = None, arc: str | None = None
-         ) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
-    """Session *name* as the pack's next frame; None: it goes to a per-session archive
-    (too big for memory, or, as root, owned by another user than the dir: a pack
-    belongs to one user, and single.py gives each archive its session's owner). *arc*:
-    its path in the pack (a span pack's entry path; default its name)."""
-    arc = arc or name
-    lock_fd = lock_session(parent_fd, name, path)
-    try:
-        entries = scan_fd(lock_fd, path)
-        if cutoff_ns is not None and newest_mtime_ns(entries) >= cutoff_ns:
-            raise single.TooRecent(path)
-        why = holds.reason(os.fstat(lock_fd).st_dev, entries) if holds is not None else None
-        if why:
-            raise single.TooRecent(path, why)  # a writer may still hold it (holds.py)
-        size = content_bytes(entries)
-        if size > single.IN_MEMORY_LIMIT or len(entries) > single.IN_MEMORY_MAX_ENTRIES:
-            return None
-        if as_root and entries[0].uid != dst.st_uid:
-            return None
-        bits = single.archive_mode(entries, dst.st_gid, path, as_root)
-        parts: list[bytes] = []
-        write_tar(lock_fd, path, arc, entries, parts.append, chunk=max(CHUNK, size + 1))
-        tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
-        frame = w.add(arc, tar)
-        fs.race_point("pack-frame", path)
-        # The catalog row from the bytes in memory (the pack's name is set once published).
-        row = session_row(tar, name, rel_dir, "", frame.index, frame.offset,
-                                  frame.csize, top=arc)
-        return entries, frame, bits, row
-    finally:
-        os.close(lock_fd)
-
-
-def _commit_pack(w: packfile.PackWriter, tmp: commit.TmpArchive, packed: list[_Packed],
-                 mode: int, out: Out, root: str, job: PackJob,
-                 edirs: entrypath.EntryDirs) -> None:
-    paths = [p.path for p in packed]
-    try:
-        w.finish()
-        os.fchmod(tmp.fd, mode)
-        w.verify()
-        commit.make_durable([tmp])
-        fs.race_point("pack-publish", tmp.final)
-        packfile.publish_free_name(tmp, job.period, job.dir)
-        commit.fsync_dir(tmp.dir_fd, job.dir)
-    except (ArchiveError, OSError) as e:
-        out += [(fail(p, e), None) for p in paths]
-        return
-    finally:
-        tmp.discard()
-    fs.race_point("pack-published", tmp.final)
-    arel = os.path.relpath(tmp.final, root)
-    for p in packed:
-        f = p.frame
-        row = p.row
-        row["archive"] = arel
-        try:
-            sfd = edirs.get(p.rel)  # tmp.dir_fd itself for a session beside the pack
-            lock_fd = lock_session(sfd, p.name, p.path, archived_ok=True)
-        except (FileExistsError, ArchiveError, OSError) as e:
-            out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source could "
-                               f"not be locked again: {getattr(e, 'reason', e)}"), row))
-            continue
-        try:
-            removesource.remove_source(sfd, p.name, p.entries, tmp.name, p.path,
-                                 keep_archive=True)
-            out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], f.csize,
-                               len(p.entries)), row))
-        except SourceChanged as e:
-            out.append((Result(p.path, FAILED, f"{e.reason.split(';')[0]}; source kept (the "
-                               f"pack holds its earlier state)"), row))
-        except OSError as e:
-            out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source could "
-                               f"not be removed: {e.strerror or e}"), row))
-        finally:
-            os.close(lock_fd)
-
-
-def _per_session(paths: list[str], opts: dict[str, Any], dirs: fs.DirCache) -> list[Result]:
-    out: list[Result] = []
-    prepared: list[single.Prepared] = []
-    try:
-        for path in paths:
-            try:
-                prepared.append(single.prepare(path, "tar.zst", opts["compresslevel"],
-                                               cutoff_ns=opts["cutoff_ns"], dirs=dirs,
-                                               holds=opts.get("holds")))
-            except single.TooRecent as e:
-                out.append(Result(path, SKIPPED, e.reason))
-            except FileExistsError:
-                out.append(Result(path, SKIPPED, "archive appeared meanwhile"))
-            except (ArchiveError, OSError) as e:
-                out.append(fail(path, e))
-        if prepared:
-            with interrupt.shielded():
-                commit_group(prepared, out, True)
-    finally:
-        for p in prepared:
-            p.unlock()
-    return out

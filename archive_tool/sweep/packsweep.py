@@ -6,7 +6,7 @@ each (packwork.py: frames into an unnamed tmp, read back, fsync, link to a free 
 fsync the dir, then delete the sources). So at every instant a session is its source, or
 its source and a complete durable pack holding it, or only that pack: never neither.
 A crash between link and delete leaves sessions that are both; the next pack sweep
-deletes such sources when the frame equals their tar bytes (packresume.py).
+deletes such sources when the frame equals their tar bytes (packplan.resume).
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from archive_tool.sweep.executors import default_workers, run_batches
 from archive_tool.sweep.packplan import (
     AUTO,
     PackJob,
+    cleanup,
     parse_pack,
     parse_targets,
     plan_auto,
     plan_packs,
+    remove_stale_pack_tmps,
 )
-from archive_tool.sweep.packresume import cleanup, remove_stale_pack_tmps
 from archive_tool.sweep.packspan import process_pack
 from archive_tool.sweep.packwork import LOCK_AHEAD, Out, process_packs
 from archive_tool.sweep.plan import ARCHIVE, Planner, Task, check_days, check_root, parse_shard

@@ -16,7 +16,7 @@ a batch (consecutive packs, mostly of one dir: packsweep.pack_batches).
 
 Sessions too big for memory (single.IN_MEMORY_LIMIT / IN_MEMORY_MAX_ENTRIES), and, as
 root, sessions of another owner than their dir's, get a per-session archive as without
---pack. Crash leftovers (a source a pack already holds, trash) are packresume.py's.
+--pack. Crash leftovers (a source a pack already holds, trash) are packplan.py's.
 """
 
 from __future__ import annotations
@@ -36,15 +36,14 @@ from archive_tool.errors import ArchiveError, DiskFull, Interrupted, SourceChang
 from archive_tool.guard import interrupt
 from archive_tool.guard.holds import Holds
 from archive_tool.guard.lock import lock_session
-from archive_tool.pack import packfile
+from archive_tool.pack import entrypath, packfile
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
-from archive_tool.sweep.packplan import PackJob
-from archive_tool.sweep.packresume import Out, packed_names, resume
-from archive_tool.sweep.step import INTERRUPTED, commit_group, fail
+from archive_tool.sweep.packplan import Out, PackJob, packed_names, resume
+from archive_tool.sweep.step import INTERRUPTED, commit_group, fail, rel_dir
 
 
 @dataclass
-class _Packed:
+class Packed:
     path: str
     name: str
     entries: list[Entry]
@@ -52,15 +51,17 @@ class _Packed:
     row: dict[str, Any]
     lock_fd: int = -1  # the session's lock, kept until its delete (LOCK_AHEAD), else -1
     held: dict[str, int] = field(default_factory=dict)  # the scan's subdir fds, for the delete
+    rel: str = ""  # its dir below the pack's (a spanning pack, packspan.py), "" beside it
 
 
 @dataclass
-class _Written:
+class Written:
     """A pack written and read back, not yet durable or named."""
 
     job: PackJob
     tmp: commit.TmpArchive
-    packed: list[_Packed]
+    packed: list[Packed]
+    below: entrypath.EntryDirs | None = None  # a spanning pack's: its sessions' dirs
 
 
 @dataclass
@@ -73,7 +74,7 @@ class _Batch:
     locked: dict[str, single.Locked] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
     dir_st: dict[str, os.stat_result] = field(default_factory=dict)
-    written: list[_Written] = field(default_factory=list)
+    written: list[Written] = field(default_factory=list)
     big: list[tuple[str, single.Locked | None]] = field(default_factory=list)
     n_held: int = 0  # subdir fds kept from the scans for the deletes (HELD_MAX)
 
@@ -87,7 +88,7 @@ class _Batch:
         for x in self.written:
             x.tmp.close()
             for p in x.packed:
-                _release(p)
+                release(p)
         for _, lk in self.big:
             if lk is not None:
                 os.close(lk.fd)
@@ -96,7 +97,7 @@ class _Batch:
         self.written, self.big, self.locked = [], [], {}
 
 
-def _release(p: _Packed) -> None:
+def release(p: Packed) -> None:
     if p.lock_fd >= 0:
         os.close(p.lock_fd)
     p.lock_fd = -1
@@ -134,9 +135,9 @@ def process_packs(jobs: list[PackJob], opts: dict[str, Any]) -> Out:
                         break
                 if b.written:
                     with interrupt.shielded():  # written and read back: commit it whole
-                        _commit_packs(b.written, out, root)
+                        commit_packs(b.written, out, root)
                 if b.big:
-                    out += _per_session(b.big, opts, dirs)
+                    out += per_session(b.big, opts, dirs)
             finally:
                 b.close()
     except Interrupted:
@@ -148,11 +149,6 @@ def process_packs(jobs: list[PackJob], opts: dict[str, Any]) -> Out:
         out += [(Result(p, FAILED, f"internal error: {e!r}"), None)
                 for p in paths if p not in done]
     return out
-
-
-def _rel_dir(root: str, d: str) -> str:
-    rel = os.path.relpath(d, root)
-    return "" if rel == "." else rel
 
 
 def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool:
@@ -173,7 +169,7 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
     dst = b.dir_st.get(job.dir) or b.dir_st.setdefault(job.dir, os.fstat(parent_fd))
     keep = len(job.paths) <= LOCK_AHEAD
     locked, errors = b.locked, b.errors
-    packed: list[_Packed] = []
+    packed: list[Packed] = []
     tmp = commit.open_tmp(parent_fd, final, None, (dst.st_uid, dst.st_gid) if as_root else None,
                           dst)
     mode = 0o644
@@ -205,8 +201,8 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
                 # The pack holds an earlier state of it: this state goes into a new pack.
             kept: dict[str, int] | None = {} if keep and b.n_held < HELD_MAX else None
             try:
-                got = _add(w, path, name, lk, cutoff_ns, as_root, dst,
-                           _rel_dir(root, job.dir), opts.get("holds"), kept)
+                got = add_frame(w, path, name, lk, cutoff_ns, as_root, dst,
+                           rel_dir(root, job.dir), opts.get("holds"), kept)
             except single.TooRecent as e:
                 os.close(lk.fd)
                 out.append((Result(path, SKIPPED, e.reason), None))
@@ -229,7 +225,7 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
                 continue
             entries, frame, bits, row = got
             mode &= bits
-            packed.append(_Packed(path, name, entries, frame, row, lk.fd if keep else -1,
+            packed.append(Packed(path, name, entries, frame, row, lk.fd if keep else -1,
                                   kept or {}))
             b.n_held += len(kept or ())
             if not keep:
@@ -239,7 +235,7 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
                 w.finish()
                 os.fchmod(tmp.fd, mode)
                 w.verify()
-                b.written.append(_Written(job, tmp, packed))  # the batch's now
+                b.written.append(Written(job, tmp, packed))  # the batch's now
                 tmp = None
             except (ArchiveError, OSError) as e:
                 out += [(fail(p.path, e), None) for p in packed]
@@ -247,19 +243,22 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
         if tmp is not None:  # not handed to the batch (a failure, a signal): nothing named
             tmp.close()
             for q in packed:
-                _release(q)
+                release(q)
     return True
 
 
-def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
+def add_frame(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
          cutoff_ns: int | None, as_root: bool, dst: os.stat_result, rel_dir: str,
-         holds: Holds | None = None, kept: dict[str, int] | None = None
+         holds: Holds | None = None, kept: dict[str, int] | None = None,
+         arc: str | None = None
          ) -> tuple[list[Entry], packfile.FrameInfo, int, dict[str, Any]] | None:
     """Session *name*, locked by *lk*, as the pack's next frame; None: it goes to a
     per-session archive (too big for memory, or, as root, owned by another user than the
     dir: a pack belongs to one user, and single.py gives each archive its session's owner).
     The lock stays the caller's. *kept*: once the frame is written, the subdir fds the
-    scan opened move there (the caller's, for remove_source's re-check and delete)."""
+    scan opened move there (the caller's, for remove_source's re-check and delete).
+    *arc*: its path in the pack (a spanning pack's entry path; default its name)."""
+    arc = arc or name
     # Subdir fds the scan opened and checked serve the tar writer (as single.prepare's).
     held: dict[str, int] = {}
     try:
@@ -276,14 +275,14 @@ def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
             return None
         bits = single.archive_mode(entries, dst.st_gid, path, as_root)
         parts: list[bytes] = []
-        write_tar(lk.fd, path, name, entries, parts.append, chunk=max(CHUNK, size + 1),
+        write_tar(lk.fd, path, arc, entries, parts.append, chunk=max(CHUNK, size + 1),
                   held=held)
         tar = b"".join(parts)[:-len(packfile.END_BLOCKS)]
-        frame = w.add(name, tar)
+        frame = w.add(arc, tar)
         fs.race_point("pack-frame", path)
         # The catalog row from the bytes in memory (the pack's name is set once published).
-        row = session_row(tar, name, rel_dir, "", frame.index, frame.offset,
-                                  frame.csize)
+        row = session_row(tar, name, rel_dir, "", frame.index, frame.offset, frame.csize,
+                          top=arc)
         if kept is not None:
             kept.update(held)
             held.clear()
@@ -292,17 +291,17 @@ def _add(w: packfile.PackWriter, path: str, name: str, lk: single.Locked,
         fdwalk.close_held(held)
 
 
-def _commit_packs(ws: list[_Written], out: Out, root: str) -> None:
+def commit_packs(ws: list[Written], out: Out, root: str) -> None:
     """Make the batch's packs durable together (parallel fsyncs), link each to a free
     name, fsync each dir once, then delete each pack's sources. A pack whose step fails
     is not named (or, once linked, its sources are kept): nothing is deleted on its
-    strength; the next sweep finishes a linked one (packresume.resume)."""
+    strength; the next sweep finishes a linked one (packplan.resume)."""
     try:
         commit.make_durable([x.tmp for x in ws])
     except (ArchiveError, OSError) as e:
         out += [(fail(p.path, e), None) for x in ws for p in x.packed]
         return
-    named: list[_Written] = []
+    named: list[Written] = []
     for x in ws:
         fs.race_point("pack-publish", x.tmp.final)
         try:
@@ -320,10 +319,10 @@ def _commit_packs(ws: list[_Written], out: Out, root: str) -> None:
         return
     for x in named:
         fs.race_point("pack-published", x.tmp.final)
-        _delete_sources(x, out, root)
+        delete_sources(x, out, root)
 
 
-def _delete_sources(x: _Written, out: Out, root: str) -> None:
+def delete_sources(x: Written, out: Out, root: str) -> None:
     tmp = x.tmp
     arel = os.path.relpath(tmp.final, root)
     for p in x.packed:
@@ -333,18 +332,20 @@ def _delete_sources(x: _Written, out: Out, root: str) -> None:
         # serves the re-check and delete (remove_source's top_fd). One closed after its
         # frame (a big pack) is taken again; then the trash is opened by name as before.
         lock_fd, top_fd, p.lock_fd = p.lock_fd, p.lock_fd, -1
-        if lock_fd < 0:
-            top_fd = None
-            try:
-                lock_fd = lock_session(tmp.dir_fd, p.name, p.path, archived_ok=True)
-            except (FileExistsError, ArchiveError, OSError) as e:
-                out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source "
-                                   f"could not be locked again: {getattr(e, 'reason', e)}"),
-                            row))
-                continue
+        try:  # a spanning pack's session is in its dir below the pack's (packspan.py)
+            dir_fd = x.below.get(p.rel) if x.below is not None else tmp.dir_fd
+            if lock_fd < 0:
+                top_fd = None
+                lock_fd = lock_session(dir_fd, p.name, p.path, archived_ok=True)
+        except (FileExistsError, ArchiveError, OSError) as e:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            out.append((Result(p.path, FAILED, f"packed into {tmp.final} but the source "
+                               f"could not be locked again: {getattr(e, 'reason', e)}"), row))
+            continue
         scanned, p.held = p.held, {}  # remove_source owns (and closes) them from here
         try:
-            removesource.remove_source(tmp.dir_fd, p.name, p.entries, tmp.name, p.path,
+            removesource.remove_source(dir_fd, p.name, p.entries, tmp.name, p.path,
                                        keep_archive=True, top_fd=top_fd, scanned=scanned)
             out.append((Result(p.path, ARCHIVED, "", row["bytes_in"], p.frame.csize,
                                len(p.entries)), row))
@@ -358,12 +359,13 @@ def _delete_sources(x: _Written, out: Out, root: str) -> None:
             os.close(lock_fd)
 
 
-def _per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any],
-                 dirs: fs.DirCache) -> Out:
-    """Per-session archives for the sessions a pack does not take, each catalogued as
-    ``--rebuild`` reads it; a session still locked (*big*'s Locked) is handed to
-    single.prepare as lock_batch's are (whose lock is then prepare's), the others lock
-    anew. What is still in *big* on an exception is the caller's to close."""
+def per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, Any],
+                dirs: fs.DirCache) -> list[tuple[Result, dict[str, Any] | None]]:
+    """Per-session archives for the sessions a pack does not take (too big for memory, or
+    of another owner), each catalogued as ``--rebuild`` reads it; a session still locked
+    (*big*'s Locked) is handed to single.prepare as lock_batch's are (whose lock is then
+    prepare's), the others lock anew; what is still in *big* on an exception is the
+    caller's to close. Both pack workers' (this one and packspan.py)."""
     out: list[Result] = []
     prepared: list[single.Prepared] = []
     try:
@@ -385,12 +387,12 @@ def _per_session(big: list[tuple[str, single.Locked | None]], opts: dict[str, An
     finally:
         for p in prepared:
             p.unlock()
-    rows: Out = []
+    rows: list[tuple[Result, dict[str, Any] | None]] = []
     for r in out:
         row = None
         if r.status == ARCHIVED:  # its own archive: catalogued as `--rebuild` reads it
             with contextlib.suppress(ArchiveError, OSError, ValueError):
-                rel = _rel_dir(opts["root"], os.path.dirname(r.path))
+                rel = rel_dir(opts["root"], os.path.dirname(r.path))
                 row = next(rebuild.rows_of_file(opts["root"], rel,
                                                 os.path.basename(r.path) + ".tar.zst"))
         rows.append((r, row))

@@ -105,6 +105,12 @@ def cleanup(t: Task, dirs: fs.DirCache) -> Result:
         os.close(lock_fd)
 
 
+def rel_dir(root: str, d: str) -> str:
+    """*d* below *root* ("" for the root itself), as catalog rows name a session's dir."""
+    rel = os.path.relpath(d, root)
+    return "" if rel == "." else rel
+
+
 class Accounts:
     """The sweeping process's side: each Result into the Summary (counts, bytes, skip
     reasons, failures), passed on to *on_result*; ``fatal`` set by the first full disk."""
