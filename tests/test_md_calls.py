@@ -443,3 +443,67 @@ def test_verify_and_rebuild_of_a_pack_take_one_fstat(tmp_path: Path,
     data[100] ^= 0xFF  # inside the first session's frame
     pack.write_bytes(bytes(data))
     assert verifytree.check_one(str(pack)).error
+
+
+# ------------------------------------------------------------- the command's own start-up
+
+
+def _imported(args: list[str], tmp_path: Path) -> set[str]:
+    """The modules in sys.modules when `session-archive ARGS` (cli/start.py, what the
+    console script and `python -m archive_tool` run) exits."""
+    out = tmp_path / "modules.json"
+    code = ("import atexit, json, sys\n"
+            f"atexit.register(lambda: open({str(out)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
+            f"sys.argv = ['session-archive', *{args!r}]\n"
+            "from archive_tool.cli.start import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return set(json.loads(out.read_text()))
+
+
+def test_the_version_and_a_command_load_only_what_they_use(tmp_path: Path) -> None:
+    """`--version` loads click and the group, no command module and nothing of the engine;
+    `verify` loads its own command's module, not the sweep's, the catalog's or the
+    mount's, and neither PyYAML, SQLite, tqdm, ctypes.util nor secrets (each module is
+    ~10 metadata calls at every start: issue 24)."""
+    version = _imported(["--version"], tmp_path)
+    ours = {m for m in version if m.startswith("archive_tool")}
+    assert ours <= {"archive_tool", "archive_tool.errors",
+                    "archive_tool.cli", "archive_tool.cli.start", "archive_tool.cli.group",
+                    "archive_tool.guard", "archive_tool.guard.interrupt"}, sorted(ours)
+    assert not version & {"yaml", "sqlite3", "zstandard", "tqdm", "tarfile", "ctypes"}
+    (tmp_path / "tree").mkdir()
+    verify = _imported(["verify", "-q", "-j", "1", str(tmp_path / "tree")], tmp_path)
+    assert "archive_tool.cli.one" in verify and "archive_tool.restore.verifytree" in verify
+    assert not verify & {"archive_tool.cli.many", "archive_tool.cli.catalog",
+                         "archive_tool.cli.ops", "archive_tool.cli.mount",
+                         "archive_tool.engine.single", "yaml", "sqlite3", "tqdm",
+                         "ctypes.util", "secrets", "hmac"}, sorted(verify)
+
+
+@pytest.mark.skipif(not HAS_SHIM, reason="needs gcc and ../shared/tools/md_latency.c")
+def test_start_up_metadata_calls_of_the_command_stay_bounded(tmp_path: Path) -> None:
+    """What `session-archive --version` and `verify` of an empty tree cost beyond the
+    interpreter's own start (`python -c pass`): 1,005 and 1,505 calls before issue 24's
+    start-up cuts, ~500 and ~1,230 after (PYTHONPATH to the source tree, no bytecode
+    cache). The bounds leave ~15 % for another Python's or click's own imports; a command
+    module or a heavy library loaded for nothing again fails here."""
+    bare = _calls([sys.executable, "-c", "pass"])
+    version = _calls([sys.executable, "-m", "archive_tool", "--version"]) - bare
+    verify = _calls([sys.executable, "-m", "archive_tool", "verify", "-q", "-j", "1",
+                     str(tmp_path)]) - bare
+    print(f"start-up beyond the interpreter's: --version {version}, verify {verify}")
+    assert version <= 600, version
+    assert verify <= 1_400, verify
+
+
+def test_each_command_is_loaded_from_the_module_that_registers_it() -> None:
+    """cli/group.py's COMMANDS (what a command line loads) against what cli/app.py
+    registers: a command added to a module but not to the map would be missing from
+    the installed command, one mapped to the wrong module would fail to load."""
+    from archive_tool.cli.app import cli
+    from archive_tool.cli.group import COMMANDS
+
+    registered = {name: cmd.callback.__module__ for name, cmd in cli.commands.items()}
+    assert registered == {n: f"archive_tool.cli.{m}" for n, m in COMMANDS.items()}
