@@ -189,12 +189,12 @@ def read_capped(fd: int, cap: int, label: str, size: int | None = None) -> bytes
 # ----------------------------------------------------------------------------- CONFIG
 
 
-_LOADERS: tuple[Any, Any] | None = None
+_LOADERS: tuple[Any, Any, Any] | None = None
 
 
-def _yaml_loaders() -> tuple[Any, Any]:
-    """(the no-alias loader, the fast loader), made on the first CONFIG parsed: PyYAML
-    loads 17 modules (~250 metadata calls: issue 24), and most commands parse no CONFIG."""
+def _yaml_loaders() -> tuple[Any, Any, Any]:
+    """(yaml.load, the no-alias loader, the fast loader), made on the first CONFIG parsed:
+    PyYAML loads 17 modules (~250 metadata calls: issue 24); most commands parse none."""
     global _LOADERS
     if _LOADERS is None:
         import yaml  # late, with the classes below: see the docstring
@@ -208,7 +208,7 @@ def _yaml_loaders() -> tuple[Any, Any]:
                     raise yaml.YAMLError("aliases are not accepted in a CONFIG")
                 return super().compose_node(parent, index)
 
-        _LOADERS = NoAliasLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        _LOADERS = yaml.load, NoAliasLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return _LOADERS
 
 
@@ -243,16 +243,15 @@ def load_config(raw: bytes, is_json: bool) -> Any:  # noqa: ANN401
     raises: one session's bad CONFIG is that session's alone."""
     if len(raw) > CONFIG_CAP or _flow_depth(raw) > 4 * CONFIG_DEPTH:
         return None
+    # Outside the try: a PyYAML that does not load is no bad CONFIG of one session.
+    load, no_alias, fast = (None, None, None) if is_json else _yaml_loaders()
     try:
         if is_json:
             doc = json.loads(raw)
         else:
-            import yaml  # late (see _yaml_loaders); loaded by then, a dict lookup
-
-            no_alias, fast = _yaml_loaders()
             # No anchor, no alias: the C loader is safe and 10x faster.
             loader = no_alias if b"&" in raw or b"*" in raw else fast
-            doc = yaml.load(raw, loader)  # noqa: S506 - both are safe loaders
+            doc = load(raw, loader)  # noqa: S506 - both are safe loaders
     except (ValueError, RecursionError, MemoryError):
         return None
     except Exception:  # noqa: BLE001 - any parser failure (YAMLError too): this session's alone
