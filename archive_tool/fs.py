@@ -21,10 +21,8 @@ No other engine module calls path-based ``os`` functions on a swept tree.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
-import shutil
 import signal
 import stat
 from collections import OrderedDict
@@ -225,6 +223,8 @@ def unlink_at(dir_fd: int, name: str, missing_ok: bool = True) -> None:
 def rmtree_at(dir_fd: int, name: str) -> None:
     """Delete the tree *name* below *dir_fd*. shutil.rmtree with dir_fd walks by fds and
     refuses a top that is a symlink (``rmtree.avoids_symlink_attacks`` is True on Linux)."""
+    import shutil  # late: it loads fnmatch, bz2 and lzma; few commands delete a tree
+
     shutil.rmtree(name, dir_fd=dir_fd)
 
 
@@ -294,7 +294,11 @@ def _get_libc():
             # LD_PRELOAD shim (benchmarks/md_calls.py) sees syncfs and renameat2 too.
             _libc = ctypes.CDLL(None, use_errno=True)
             if not hasattr(_libc, "renameat"):
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+                # Late: ctypes.util loads subprocess, tempfile and shutil (~25 modules,
+                # ~200 metadata calls at every start: issue 24) for this fallback alone.
+                from ctypes.util import find_library
+
+                _libc = ctypes.CDLL(find_library("c") or None, use_errno=True)
         except OSError:
             _libc = False
     return _libc

@@ -9,9 +9,8 @@ and nowhere else.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
-import string
 import time
 
 from archive_tool.errors import UnsupportedFormat  # noqa: F401 - raised here, defined with the rest
@@ -45,7 +44,7 @@ TMP_SUFFIX = ".tmp"
 FORMATS = ("tar.zst", "tar.gz", "tar.xz", "tar")
 _ALIASES = {"tgz": "tar.gz", "tar.zstd": "tar.zst", "tzst": "tar.zst", "txz": "tar.xz"}
 
-_ID_ALPHABET = string.ascii_letters + string.digits
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def normalize_format(fmt: str) -> str:
@@ -95,8 +94,18 @@ def new_session_id(now: float | None = None, rand: str | None = None) -> str:
     """A fresh ID: local time to the second plus 4 random alphanumerics (62**4 ~ 14.8M)."""
     t = time.localtime(now)
     if rand is None:
-        rand = "".join(secrets.choice(_ID_ALPHABET) for _ in range(4))
+        rand = _random_chars(4)
     return time.strftime("%YY-%mM-%dD-%Hh%Mm%Ss", t) + "_" + rand
+
+
+def _random_chars(n: int) -> str:
+    # os.urandom, not secrets: that loads random, hmac, hashlib and base64 (~12 modules) at
+    # every start of the CLI and of its workers (issue 24). A byte >= 248 (4 * 62) is
+    # dropped, so each character stays equally likely.
+    out = ""
+    while len(out) < n:
+        out += "".join(_ID_ALPHABET[b % len(_ID_ALPHABET)] for b in os.urandom(n) if b < 248)
+    return out[:n]
 
 
 def session_dir_name(session_id: str, suffix: str | None = None) -> str:

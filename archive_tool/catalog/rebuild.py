@@ -167,7 +167,7 @@ def rows_of_fd(root: str, rel: str, fname: str, fd: int, st: os.stat_result
     path = os.path.join(root, rel, fname)
     arel = os.path.join(rel, fname)
     if packfile.is_pack_name(fname):
-        with packfile.Pack(path, fd) as p:
+        with packfile.Pack(path, fd, st.st_size) as p:  # no second fstat (issue 24)
             for i, entry in enumerate(p.names):
                 f = p.frames[i]
                 # A spanning pack (--pack auto) names the session's path below it.

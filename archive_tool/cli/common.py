@@ -19,8 +19,6 @@ from archive_tool.errors import (
 )
 from archive_tool.levels import check_cli_level, level_help
 from archive_tool.names import FORMATS
-from archive_tool.stale.staleness import parse_duration
-from archive_tool.sweep.plan import MAX_DAYS
 from archive_tool.units import parse_age
 
 T = TypeVar("T")
@@ -73,6 +71,10 @@ def days_option(_ctx: click.Context, param: click.Parameter, value: float | None
     # all three were tracebacks or a message about integers.
     if value is None:
         return None
+    # Late, as the commands' own imports: sweep.plan loads fs (ctypes) and the planner,
+    # which verify, show or catalog never need (issue 24).
+    from archive_tool.sweep.plan import MAX_DAYS
+
     if value != value:  # NaN
         raise click.BadParameter("must be a number of days, got nan", param=param)
     if not 0 <= value <= MAX_DAYS:
@@ -82,6 +84,8 @@ def days_option(_ctx: click.Context, param: click.Parameter, value: float | None
 
 
 def stale_after_option(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from archive_tool.stale.staleness import parse_duration  # late: as MAX_DAYS above
+
     try:
         return None if value is None else parse_duration(value)
     except ValueError as e:

@@ -253,5 +253,11 @@ def newest_mtime_ns(entries: list[Entry]) -> int:
     return max(e.mtime_ns for e in entries)
 
 
+# Above this many content bytes (content_bytes) a session streams instead of being built
+# in memory (single.py); packs hold only sessions below it (packsalvage.py's bound). Here,
+# not in single.py, so a pack reader does not load the archiver (issue 24).
+IN_MEMORY_LIMIT = 32 * 1024 * 1024
+
+
 def content_bytes(entries: list[Entry]) -> int:
     return sum(e.size for e in entries)

@@ -27,7 +27,14 @@ from archive_tool import fdwalk, fs
 from archive_tool.engine import commit, removesource
 from archive_tool.engine.formats import compress_bytes, decompress_bytes, open_compressed_writer
 from archive_tool.engine.read import check_members
-from archive_tool.engine.scan import LINK, Entry, content_bytes, newest_mtime_ns, scan_fd
+from archive_tool.engine.scan import (
+    IN_MEMORY_LIMIT,
+    LINK,
+    Entry,
+    content_bytes,
+    newest_mtime_ns,
+    scan_fd,
+)
 from archive_tool.engine.tarwrite import CHUNK, iter_expected_members, write_tar
 from archive_tool.errors import ArchiveError, SourceUnreadable, UnsafeSource, VerifyFailed
 from archive_tool.guard.holds import Holds
@@ -35,8 +42,7 @@ from archive_tool.guard.lock import lock_session_stat, name_is
 from archive_tool.levels import resolve_level
 from archive_tool.names import FORMATS, archive_name, normalize_format
 
-# Above this many content bytes a session streams instead of being built in memory.
-IN_MEMORY_LIMIT = 32 * 1024 * 1024
+# IN_MEMORY_LIMIT (scan.py): above it a session streams instead of being built in memory
 # ... and above this many entries (a 100k-file session cost 382 MB RSS in memory).
 IN_MEMORY_MAX_ENTRIES = 4096
 @dataclass(slots=True)

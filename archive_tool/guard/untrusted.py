@@ -31,15 +31,15 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sqlite3
 import stat
 import time
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from archive_tool import fs
 from archive_tool.errors import UntrustedInput
+
+if TYPE_CHECKING:
+    import sqlite3
 
 # Caps. A manifest line is ~300 bytes: 256 MiB is ~900k sessions in one run. A CONFIG of a
 # session is a few KiB; 1 MiB keeps a deep block-style YAML (depth ~ sqrt(2 x size)) within
@@ -189,17 +189,27 @@ def read_capped(fd: int, cap: int, label: str, size: int | None = None) -> bytes
 # ----------------------------------------------------------------------------- CONFIG
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """The pure-Python safe loader refusing anchors' aliases: a config has no use for
-    them, and each alias multiplies what flattening and JSON encoding would build."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
-        if self.check_event(yaml.events.AliasEvent):
-            raise yaml.YAMLError("aliases are not accepted in a CONFIG")
-        return super().compose_node(parent, index)
+_LOADERS: tuple[Any, Any, Any] | None = None
 
 
-_FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+def _yaml_loaders() -> tuple[Any, Any, Any]:
+    """(yaml.load, the no-alias loader, the fast loader), made on the first CONFIG parsed:
+    PyYAML loads 17 modules (~250 metadata calls: issue 24); most commands parse none."""
+    global _LOADERS
+    if _LOADERS is None:
+        import yaml  # late, with the classes below: see the docstring
+
+        class NoAliasLoader(yaml.SafeLoader):
+            """The pure-Python safe loader refusing anchors' aliases: a config has no use
+            for them, and each alias multiplies what flattening and JSON encoding build."""
+
+            def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: ANN401
+                if self.check_event(yaml.events.AliasEvent):
+                    raise yaml.YAMLError("aliases are not accepted in a CONFIG")
+                return super().compose_node(parent, index)
+
+        _LOADERS = yaml.load, NoAliasLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return _LOADERS
 
 
 def _depth_ok(doc: Any, limit: int) -> bool:
@@ -233,16 +243,18 @@ def load_config(raw: bytes, is_json: bool) -> Any:  # noqa: ANN401
     raises: one session's bad CONFIG is that session's alone."""
     if len(raw) > CONFIG_CAP or _flow_depth(raw) > 4 * CONFIG_DEPTH:
         return None
+    # Outside the try: a PyYAML that does not load is no bad CONFIG of one session.
+    load, no_alias, fast = (None, None, None) if is_json else _yaml_loaders()
     try:
         if is_json:
             doc = json.loads(raw)
         else:
             # No anchor, no alias: the C loader is safe and 10x faster.
-            loader = _NoAliasLoader if b"&" in raw or b"*" in raw else _FAST
-            doc = yaml.load(raw, loader)  # noqa: S506 - both are safe loaders
-    except (ValueError, yaml.YAMLError, RecursionError, MemoryError):
+            loader = no_alias if b"&" in raw or b"*" in raw else fast
+            doc = load(raw, loader)  # noqa: S506 - both are safe loaders
+    except (ValueError, RecursionError, MemoryError):
         return None
-    except Exception:  # noqa: BLE001 - any parser failure is this session's alone
+    except Exception:  # noqa: BLE001 - any parser failure (YAMLError too): this session's alone
         return None
     return doc if _depth_ok(doc, CONFIG_DEPTH) else None
 
@@ -264,6 +276,8 @@ def guard_catalog(conn: sqlite3.Connection, expected: set[tuple[Any, ...]], labe
 
     def too_long() -> int:
         return 1 if time.monotonic() > deadline[0] else 0
+
+    import sqlite3  # late: loaded by whoever opened *conn*; most commands open no catalog
 
     conn.set_progress_handler(too_long, 10_000)
     try:

@@ -26,7 +26,7 @@ from typing import Any
 import zstandard
 
 from archive_tool.engine import commit
-from archive_tool.engine.formats import zstd_level
+from archive_tool.engine.formats import archive_size, zstd_level
 from archive_tool.engine.read import verify_archive
 from archive_tool.engine.tarwrite import iter_tar
 from archive_tool.errors import (
@@ -245,9 +245,10 @@ class PackFd:
 
 class Pack(PackFd):
     """An open pack, for reading single sessions: seek table + index, nothing else read
-    until a session is asked for."""
+    until a session is asked for. *size*: the file's, from the caller's fstat of *fd*."""
 
-    def __init__(self, path: str | os.PathLike[str], fd: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], fd: int | None = None,
+                 size: int | None = None) -> None:
         self.path = os.fspath(path)
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC) if fd is None else fd
@@ -256,7 +257,7 @@ class Pack(PackFd):
         except OSError as e:
             raise ArchiveError(self.path, f"cannot open: {e.strerror or e}") from None
         try:
-            self.frames = seekable.read_seek_table(self.fd, self.path)
+            self.frames = seekable.read_seek_table(self.fd, self.path, size)
             self.names = read_index(self.fd, self.frames, self.path)
         except BaseException:
             os.close(self.fd)
@@ -366,13 +367,12 @@ def verify_pack(path: str | os.PathLike[str], fd: int | None = None,
     With *fd* the open file is read (not closed; an unnamed tmp has no path) and *path*
     only names it. *on_frame(i, name, members)* sees each session's checked tar bytes
     (repack makes the catalog rows from them instead of decompressing twice)."""
-    path = os.fspath(path)
-    stream = None
-    if fd is not None:
-        stream = os.dup(fd)  # verify_archive closes it
+    path, stream, size = os.fspath(path), None, None
+    if fd is not None:  # one fstat serves the stream and the seek table (issue 24)
+        stream, size = os.dup(fd), archive_size(fd, path)  # verify_archive closes it
         os.lseek(stream, 0, os.SEEK_SET)  # the stream is read from the fd's offset
-    info = verify_archive(path, stream)
-    with Pack(path, None if fd is None else os.dup(fd)) as p:
+    info = verify_archive(path, stream, size)
+    with Pack(path, None if fd is None else os.dup(fd), size) as p:
         for i, name in enumerate(p.names):
             if not entrypath.is_entry(name):
                 raise UnsafeArchive(path, f"index names {name!r}, not a session dir name")

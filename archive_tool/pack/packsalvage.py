@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from archive_tool.engine.single import IN_MEMORY_LIMIT
+from archive_tool.engine.scan import IN_MEMORY_LIMIT
 from archive_tool.errors import ArchiveError, CorruptArchive
 from archive_tool.names import is_session_name
 from archive_tool.pack import entrypath, seekable

@@ -4,7 +4,6 @@ the others are left alone. Runs in the sweeping process; cheap per path (a few s
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import OrderedDict
@@ -140,6 +139,8 @@ def shard_key(rel: str) -> str:
 
 def shard_of(rel: str, n: int) -> int:
     """Stable across machines, Python versions and runs (unlike hash())."""
+    import hashlib  # late: it loads OpenSSL's libcrypto; only --shard hashes (issue 24)
+
     h = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(h, "big") % n
 
