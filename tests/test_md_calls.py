@@ -69,27 +69,14 @@ def _calls(cmd, shell: bool = False) -> int:
     return sum(res["counts"].values())
 
 
-def _own_proc() -> list[str]:
-    """A prefix that runs a command with a /proc of its own (a new PID namespace), where
-    the machine allows it: the sweep's one pass over /proc/*/fd (holds.py) costs calls in
-    proportion to the processes on the machine, which other jobs change from one run to
-    the next (single runs of the plain bound gave 54.5 to 75.5 a session on this box)."""
-    cmd = ["unshare", "--pid", "--fork", "--mount-proc"]
-    try:
-        ok = subprocess.run([*cmd, "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    return cmd if ok else []
-
 
 def _per_session(tmp_path: Path, args: list[str]) -> tuple[float, float]:
     """Marginal calls per session of ``session-archive sweep ROOT *args`` and of the tar
     floor: the difference between a 40- and a 200-session demo tree, so process start-up
     (imports, fd's own set-up) cancels out. Ours runs with a /proc of its own where it
-    can (_own_proc), and counts as the fewer of two runs a size."""
+    can (_calls: OWN_PROC), and counts as the fewer of two runs a size."""
     from bench_sweep import floor_cmd
 
-    prefix = _own_proc()
     ours, tar = [], []
     sessions = []
     for n in (40, 200):
@@ -99,7 +86,7 @@ def _per_session(tmp_path: Path, args: list[str]) -> tuple[float, float]:
         runs = []
         for _ in range(2):
             shutil.copytree(pristine, root, symlinks=True)
-            runs.append(_calls([*prefix, sys.executable, "-m", "archive_tool", "sweep",
+            runs.append(_calls([sys.executable, "-m", "archive_tool", "sweep",
                                 str(root), *args]))
             assert not list(root.rglob("FINISHED_*/*_*-main")), "the sweep left sessions"
             shutil.rmtree(root)
