@@ -337,3 +337,38 @@ def test_the_mount_checks_the_archived_owner_and_mode_along_the_whole_path() -> 
     assert not permitted(tree, "grp/b", 4, 65534, 65534, gone)
     assert permitted(tree, "c", 4, 65534, 65534, gone)  # other's read bit
     assert permitted(tree, "priv/a", 4, 0, 0, gone)  # root
+
+
+@pytest.mark.parametrize("text", ["1733350000", "1733350000.123456789", "1733350000.5",
+                                  "-1.25", "+7.", ".000000001", " 12.0000000019 ", "0"])
+def test_pax_time_is_read_exactly_as_decimal_reads_it(text: str) -> None:
+    from decimal import Decimal
+
+    from archive_tool.engine.tarwrite import pax_time_ns
+
+    assert pax_time_ns(text) == int(Decimal(text) * 1_000_000_000)
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "1e3", "", "-", "1.2.3", "0x10", "1_0"])
+def test_a_pax_time_that_is_no_plain_decimal_is_refused(text: str) -> None:
+    from archive_tool.engine.tarwrite import pax_time_ns
+
+    with pytest.raises(ValueError):
+        pax_time_ns(text)
+
+
+def test_a_forged_infinite_mtime_lists_as_zero_in_the_catalog_and_the_mount_alike() -> None:
+    import tarfile
+
+    from archive_tool.catalog.listing import Collector
+    from archive_tool.engine.tarwrite import member_mtime_ns
+
+    m = tarfile.TarInfo("S-main/a")
+    m.pax_headers = {"mtime": "inf"}
+    m.mtime = float("inf")  # what tarfile makes of such a record
+    assert member_mtime_ns(m) == 0
+    c = Collector("S-main")
+    top = tarfile.TarInfo("S-main")
+    top.type = tarfile.DIRTYPE
+    c.add(top)
+    c.add(m)  # no OverflowError: the streamed path's member list takes it

@@ -25,10 +25,10 @@ import os
 import stat
 import tarfile
 import zlib
-from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
 from archive_tool.engine.read import member_path
+from archive_tool.engine.tarwrite import member_mtime_ns, pax_time_ns
 
 # Bounds on what parse() accepts from a (possibly forged) catalog: a real session holds
 # tens to a few thousand members (mount/session.py refuses an archive of more than 100k).
@@ -136,14 +136,8 @@ class Collector:
     def add(self, m: tarfile.TarInfo) -> None:
         if self.out is None:
             return
-        rec = m.pax_headers.get("mtime")
-        try:
-            mtime_ns = int(Decimal(rec) * 1_000_000_000) if rec is not None \
-                else int(m.mtime) * 1_000_000_000
-        except (InvalidOperation, ValueError):
-            mtime_ns = int(m.mtime) * 1_000_000_000  # as index_session falls back
         got = _member(self.out, self.top, m.name, m.type, m.mode, m.uid, m.gid, m.size,
-                      mtime_ns, m.linkname)
+                      member_mtime_ns(m), m.linkname)
         if got is None or len(self.out) >= MAX_ENTRIES:
             self.out = None
         else:
@@ -199,8 +193,8 @@ def members_of(tar: bytes, top: str) -> dict[str, Member] | None:
                 gid = int(pax.get("gid", gid))
                 size = int(pax.get("size", size))
                 if "mtime" in pax:
-                    mtime_ns = int(Decimal(pax["mtime"]) * 1_000_000_000)
-            except (ValueError, InvalidOperation):
+                    mtime_ns = pax_time_ns(pax["mtime"])
+            except ValueError:
                 return None
         pax = None
         if typ in _REG and data + size > n:

@@ -18,7 +18,6 @@ import stat
 import tarfile
 import tempfile
 from collections import OrderedDict
-from decimal import Decimal, InvalidOperation
 from typing import IO, NamedTuple
 
 from archive_tool.engine.formats import OutputTooBig, decompress_bytes, open_decompressed_reader
@@ -30,6 +29,7 @@ from archive_tool.engine.read import (
     iter_members,
     member_path,
 )
+from archive_tool.engine.tarwrite import member_mtime_ns
 from archive_tool.errors import ArchiveError, ArchiveTooLarge, CorruptArchive, UnsafeArchive
 from archive_tool.pack import seekable
 
@@ -99,15 +99,6 @@ class SessionTree:
         self.key: object = None
 
 
-def _mtime_ns(m: tarfile.TarInfo) -> int:
-    # tarfile keeps a PAX mtime as a float (nanoseconds lost); the record's text keeps them.
-    rec = m.pax_headers.get("mtime")
-    if rec is not None:
-        try:
-            return int(Decimal(rec) * 1_000_000_000)
-        except (InvalidOperation, ValueError):
-            pass
-    return int(m.mtime) * 1_000_000_000
 
 
 def index_session(name: str, blob: Blob, where: str, fallback_mtime_ns: int = 0) -> SessionTree:
@@ -132,7 +123,7 @@ def index_session(name: str, blob: Blob, where: str, fallback_mtime_ns: int = 0)
                     raise UnsafeArchive(where, f"member {m.name!r} is outside {name}/")
                 if len(entries) >= MAX_MEMBERS:
                     raise ArchiveTooLarge(where, f"more than {MAX_MEMBERS} members")
-                mtime = _mtime_ns(m)
+                mtime = member_mtime_ns(m)
                 perm = m.mode & 0o7777
                 if m.isdir():
                     e = Entry(stat.S_IFDIR | perm, 0, mtime, m.uid, m.gid, -1, "")
