@@ -23,7 +23,7 @@ from typing import Any
 
 from archive_tool import fs
 from archive_tool.engine import commit, single
-from archive_tool.errors import ArchiveError, DiskFull, Interrupted
+from archive_tool.errors import ArchiveError, Interrupted
 from archive_tool.guard import interrupt
 from archive_tool.pack import entrypath, packfile
 from archive_tool.summary import FAILED, SKIPPED, Result
@@ -37,7 +37,7 @@ from archive_tool.sweep.packwork import (
     per_session,
     release,
 )
-from archive_tool.sweep.step import INTERRUPTED, fail, rel_dir
+from archive_tool.sweep.step import INTERRUPTED, fail, frame_failed, rel_dir
 
 
 def process_pack(job: PackJob, opts: dict[str, Any]) -> Out:
@@ -184,14 +184,8 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
                 out.append((Result(path, SKIPPED, e.reason), None))
                 continue
             except (ArchiveError, OSError) as e:
-                os.close(lk.fd)
-                out.append((fail(path, e), None))
-                if isinstance(e, DiskFull) or w.broken:
-                    # The tmp pack is unusable (or the disk full): nothing of it is
-                    # committed, every source stays; the rest is not attempted.
-                    why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
-                    out += [(Result(p, SKIPPED, f"not attempted: {why}"), None)
-                            for p in [q.path for q in packed] + job.paths[i + 1:]]
+                if frame_failed(e, lk.fd, path, w.broken, out,
+                                [q.path for q in packed] + job.paths[i + 1:]):
                     return None
                 continue
             if got is None:

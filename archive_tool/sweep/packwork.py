@@ -39,7 +39,7 @@ from archive_tool.guard.lock import lock_session
 from archive_tool.pack import entrypath, packfile
 from archive_tool.summary import ARCHIVED, FAILED, SKIPPED, Result
 from archive_tool.sweep.packplan import Out, PackJob, packed_names, resume
-from archive_tool.sweep.step import INTERRUPTED, commit_group, fail, rel_dir
+from archive_tool.sweep.step import INTERRUPTED, commit_group, fail, frame_failed, rel_dir
 
 
 @dataclass
@@ -208,14 +208,8 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
                 out.append((Result(path, SKIPPED, e.reason), None))
                 continue
             except (ArchiveError, OSError) as e:
-                os.close(lk.fd)
-                out.append((fail(path, e), None))
-                if isinstance(e, DiskFull) or w.broken:
-                    # The tmp pack is unusable (or the disk full): nothing of it is
-                    # committed, every source stays; the rest is not attempted.
-                    why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
-                    out += [(Result(p, SKIPPED, f"not attempted: {why}"), None)
-                            for p in [q.path for q in packed] + job.paths[i + 1:]]
+                if frame_failed(e, lk.fd, path, w.broken, out,
+                                [q.path for q in packed] + job.paths[i + 1:]):
                     return not isinstance(e, DiskFull)
                 continue
             if got is None:

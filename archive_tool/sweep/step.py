@@ -42,6 +42,21 @@ def fail(path: str, e: BaseException) -> Result:
     return Result(path, FAILED, reason, fatal=isinstance(e, DiskFull))
 
 
+def frame_failed(e: BaseException, lock_fd: int, path: str, broken: bool,
+                 out: list[tuple[Result, Any]], unfinished: list[str]) -> bool:
+    """A pack frame's failure *e* reported for *path* (its lock *lock_fd* closed). True
+    when the tmp pack is unusable (*broken*) or the disk full: nothing of that pack is
+    committed, and *unfinished* (its other sessions and the job's rest) are reported not
+    attempted; every source stays."""
+    os.close(lock_fd)
+    out.append((fail(path, e), None))
+    if not (isinstance(e, DiskFull) or broken):
+        return False
+    why = "disk full" if isinstance(e, DiskFull) else "pack write failed"
+    out += [(Result(p, SKIPPED, f"not attempted: {why}"), None) for p in unfinished]
+    return True
+
+
 def commit_group(prepared: list[single.Prepared], out: list[Result], remove_src: bool) -> None:
     """Commit a batch's prepared archives together, then (with *remove_src*) delete their
     sources; one Result each, appended to *out*. A failed sync keeps every source."""
