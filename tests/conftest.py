@@ -120,3 +120,21 @@ fs.race_hook = hook
 {call}
 sys.exit(3)
 """
+
+
+@pytest.fixture
+def mounts():
+    """start(root, mnt, *args) -> a running `session-archive mount` (tests/test_mount.py's
+    Mount), each stopped at the end of the test: the mount tests' one fixture."""
+    from tests.test_mount import Mount  # the FUSE helper lives with the mount tests
+
+    started: list[Mount] = []
+
+    def start(root: Path, mnt: Path, *args: str) -> Mount:
+        m = Mount(root, mnt, *args)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()

@@ -82,20 +82,6 @@ def _stale(p: Path) -> bool:
     return False
 
 
-@pytest.fixture
-def mounts():
-    started: list[Mount] = []
-
-    def start(root: Path, mnt: Path, *args: str) -> Mount:
-        m = Mount(root, mnt, *args)
-        started.append(m)
-        return m
-
-    yield start
-    for m in started:
-        m.stop()
-
-
 def _find(root: Path) -> dict[str, tuple[str, int, str, Decimal]]:
     out = subprocess.run(["find", str(root), "-mindepth", "1", "-printf", "%P\\0%y %s %m %T@\\0"],
                          capture_output=True, check=True).stdout.decode("utf-8", "surrogateescape")

@@ -23,24 +23,10 @@ from archive_tool.mount.session import Blob, index_session
 from archive_tool.mount.view import View
 from archive_tool.pack import packfile
 from tests.conftest import as_nobody, make_session, run_cli
-from tests.test_mount import _BINDING, SID, Mount, _find, _same_listing, _sha
+from tests.test_mount import _BINDING, SID, _find, _same_listing, _sha
 
 fuse_only = pytest.mark.skipif(not os.path.exists("/dev/fuse") or _BINDING is not None,
                                reason=_BINDING or "/dev/fuse absent: no FUSE here")
-
-
-@pytest.fixture
-def mounts():
-    started: list[Mount] = []
-
-    def start(root: Path, mnt: Path, *args: str) -> Mount:
-        m = Mount(root, mnt, *args)
-        started.append(m)
-        return m
-
-    yield start
-    for m in started:
-        m.stop()
 
 
 def _sweep(*args: object) -> None:
