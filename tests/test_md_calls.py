@@ -17,22 +17,8 @@ from archive_tool.engine.read import verify_archive
 from archive_tool.engine.single import archive_one
 from archive_tool.sweep.sessions import sweep
 from tests.conftest import HAS_FD, make_session, snapshot
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-import md_calls  # noqa: E402
-
-try:
-    md_calls.shim_source()
-    HAS_SHIM = shutil.which("gcc") is not None
-except md_calls.ShimUnavailable:
-    HAS_SHIM = False
-
-
-def _env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(BENCH.parent) + os.pathsep + e.get("PYTHONPATH", "")
-    return e
+from tests.mdshim import HAS_SHIM, md_calls
+from tests.mdshim import bench_env as _env
 
 
 def _demo(path: Path, n: int) -> int:
