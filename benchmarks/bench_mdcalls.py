@@ -56,6 +56,18 @@ def fresh(pristine: str, dst: str) -> None:
     subprocess.run(["sync"], check=True)
 
 
+def demo_root(pristine: str, root: str, n: int) -> int:
+    """A demo tree of *n* sessions at *pristine* (made once, kept between runs), copied
+    fresh to *root*; returns how many finished sessions a sweep will take."""
+    if not os.path.isdir(pristine):
+        subprocess.run([PY, "-m", "archive_tool", "demo-tree", pristine, "-n", str(n)],
+                       check=True, env=_env(), stdout=subprocess.DEVNULL)
+    fresh(pristine, root)
+    dry = subprocess.run([PY, "-m", "archive_tool", "sweep", root, "--json"], env=_env(),
+                         capture_output=True, text=True, check=True)
+    return json.loads(dry.stdout)["candidates"]
+
+
 def ours_sweep(root: str, workers: int | None) -> list[str]:
     """The sweep CLI; *workers* None: its default (adaptive, bulk/latency.py)."""
     return [PY, "-m", "archive_tool", "sweep", root, "--execute", "-q", "-f", "tar.zst",
@@ -140,13 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     pristine = os.path.join(a.work, "pristine")
     root = os.path.join(a.work, "root")
     out = os.path.join(a.work, "floor.tar.zst")
-    if not os.path.isdir(pristine):
-        subprocess.run([PY, "-m", "archive_tool", "demo-tree", pristine, "-n", str(a.n)],
-                       check=True, env=_env(), stdout=subprocess.DEVNULL)
-    fresh(pristine, root)
-    dry = subprocess.run([PY, "-m", "archive_tool", "sweep", root, "--json"], env=_env(),
-                         capture_output=True, text=True, check=True)
-    sessions = json.loads(dry.stdout)["candidates"]
+    sessions = demo_root(pristine, root, a.n)
     print(f"{sessions} finished sessions in the demo tree ({a.n} sessions)", flush=True)
     rows = []
     for w in () if a.walls_only else (1, 2):

@@ -22,11 +22,10 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 
 import md_calls
-from bench_mdcalls import _env, fresh
+from bench_mdcalls import _env, demo_root, fresh
 from bench_sweep import floor2_cmd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,13 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     pristine = os.path.join(a.work, f"pristine-{a.n}")
     root = os.path.join(a.work, "root")
     out = os.path.join(a.work, "floor.tar.zst")
-    if not os.path.isdir(pristine):
-        subprocess.run([PY, "-m", "archive_tool", "demo-tree", pristine, "-n", str(a.n)],
-                       check=True, env=_env(), stdout=subprocess.DEVNULL)
-    fresh(pristine, root)
-    dry = subprocess.run([PY, "-m", "archive_tool", "sweep", root, "--json"], env=_env(),
-                         capture_output=True, text=True, check=True)
-    sessions = json.loads(dry.stdout)["candidates"]
+    sessions = demo_root(pristine, root, a.n)
     print(f"{sessions} finished sessions ({a.n} in the tree); workers {counts}; "
           f"delays {delays} us; {a.repeat} repetitions", flush=True)
     contenders = [*(str(w) for w in counts), "default", "tar2"]
