@@ -38,10 +38,11 @@ def sweep_cmd(root: str, workers: int | None) -> list[str]:
             *(["-j", str(workers)] if workers else [])]
 
 
-def run(cmd, latency_us: int, shell: bool = False) -> tuple[float, dict, dict]:
-    """(wall s, the sweep's JSON summary or {}, per-kind counts)."""
+def run(cmd, latency_us: int, work: str, shell: bool = False) -> tuple[float, dict, dict]:
+    """(wall s, the sweep's JSON summary or {}, per-kind counts); the summary goes through
+    a file in *work* (--work)."""
     e = _env()
-    out_file = os.path.join(HERE, "work", "workers", "out.json")
+    out_file = os.path.join(work, "out.json")
     if not shell:
         cmd = " ".join(shlex.quote(c) for c in cmd) + f" > {out_file}"
     res = md_calls.run_counted(cmd, latency_us=latency_us, env=e, shell=True)
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in contenders:
                 fresh(pristine, root)
                 if c == "tar2":
-                    wall, _, cnt = run(floor2_cmd(root, out), d, shell=True)
+                    wall, _, cnt = run(floor2_cmd(root, out), d, a.work, shell=True)
                 else:
                     wall, summary, cnt = run(sweep_cmd(root, None if c == "default" else int(c)),
-                                             d)
+                                             d, a.work)
                     assert summary.get("archived") == sessions, summary
                     if c == "default":
                         chosen[d].append(summary.get("workers", -1))
