@@ -179,11 +179,7 @@ def _pack_in(job: PackJob, opts: dict[str, Any], out: Out, dirs: fs.DirCache,
                 got = add_frame(w, path, name, lk, cutoff_ns, as_root, dst,
                                 rel_dir(root, os.path.dirname(path)), opts.get("holds"), kept,
                                 arc)
-            except single.TooRecent as e:
-                os.close(lk.fd)
-                out.append((Result(path, SKIPPED, e.reason), None))
-                continue
-            except (ArchiveError, OSError) as e:
+            except (single.TooRecent, ArchiveError, OSError) as e:
                 if frame_failed(e, lk.fd, path, w.broken, out,
                                 [q.path for q in packed] + job.paths[i + 1:]):
                     return None

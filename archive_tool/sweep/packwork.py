@@ -203,11 +203,7 @@ def _write_pack(job: PackJob, opts: dict[str, Any], out: Out, b: _Batch) -> bool
             try:
                 got = add_frame(w, path, name, lk, cutoff_ns, as_root, dst,
                            rel_dir(root, job.dir), opts.get("holds"), kept)
-            except single.TooRecent as e:
-                os.close(lk.fd)
-                out.append((Result(path, SKIPPED, e.reason), None))
-                continue
-            except (ArchiveError, OSError) as e:
+            except (single.TooRecent, ArchiveError, OSError) as e:
                 if frame_failed(e, lk.fd, path, w.broken, out,
                                 [q.path for q in packed] + job.paths[i + 1:]):
                     return not isinstance(e, DiskFull)

@@ -44,11 +44,15 @@ def fail(path: str, e: BaseException) -> Result:
 
 def frame_failed(e: BaseException, lock_fd: int, path: str, broken: bool,
                  out: list[tuple[Result, Any]], unfinished: list[str]) -> bool:
-    """A pack frame's failure *e* reported for *path* (its lock *lock_fd* closed). True
-    when the tmp pack is unusable (*broken*) or the disk full: nothing of that pack is
+    """Why a session did not become a pack frame, reported for *path* (its lock
+    *lock_fd* closed): single.TooRecent is a skip; anything else a failure. True when
+    the tmp pack is unusable (*broken*) or the disk full: nothing of that pack is
     committed, and *unfinished* (its other sessions and the job's rest) are reported not
     attempted; every source stays."""
     os.close(lock_fd)
+    if isinstance(e, single.TooRecent):
+        out.append((Result(path, SKIPPED, e.reason), None))
+        return False
     out.append((fail(path, e), None))
     if not (isinstance(e, DiskFull) or broken):
         return False
