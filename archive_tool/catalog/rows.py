@@ -39,12 +39,14 @@ def _scalar(v: Any) -> Any:
     return json.dumps(v, default=str, sort_keys=True)
 
 
-def read_config(members: bytes, top: str) -> dict[str, Any]:
+def read_config(members: bytes, top: str,
+                walked: list[tuple[str, int, int, bytes]] | None = None) -> dict[str, Any]:
     """The flattened CONFIG of one session from its tar bytes ({} if absent, unparsable or
     refused by untrusted.load_config: too big, too deep, YAML aliases). Never raises: a
-    hostile CONFIG costs its own session its parsed config, nothing else."""
+    hostile CONFIG costs its own session its parsed config, nothing else. *walked*:
+    iter_tar(members), when the caller has it."""
     wanted = {f"{top}/{c}": c for c in CONFIG_NAMES}
-    for name, off, size, typ in iter_tar(members):
+    for name, off, size, typ in walked if walked is not None else iter_tar(members):
         if name in wanted and typ in (tarfile.REGTYPE, tarfile.AREGTYPE):
             return config_of(members[off:off + size], name.endswith(".json"))
     return {}
@@ -84,9 +86,10 @@ def session_row(members: bytes, name: str, rel_dir: str, archive: str, frame: in
     below the root (``<script>_out/<STATE>``); *archive*: the file, relative to the root;
     *frame* -1 for a per-session archive; *top*: the members' top dir when it is not
     *name* (a spanning pack's entry path, pack/entrypath.py)."""
-    files = [(s, t) for _, _, s, t in iter_tar(members)]
+    walked = iter_tar(members)  # once, for the CONFIG and the counts
+    files = [(s, t) for _, _, s, t in walked]
     return make_row(name, rel_dir, archive, frame, offset, bytes_out,
-                    read_config(members, top or name),
+                    read_config(members, top or name, walked),
                     sum(s for s, t in files if t in (tarfile.REGTYPE, tarfile.AREGTYPE)),
                     len(members), len(files), listing_of(members, top or name))
 
