@@ -143,3 +143,53 @@ def test_two_workers_cost_no_start_up_calls_over_one(tmp_path: Path) -> None:
         totals[j] = sum(res["counts"].values())
     # The /proc pass of the writers' check varies with what else runs on the host.
     assert totals[2] - totals[1] < 400, totals
+
+
+_IDLE_KILL = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    from archive_tool.sweep.executors import run_batches
+
+    def task(batch):
+        if batch == 0:
+            time.sleep(2)  # one worker busy ...
+        return [batch]
+
+    def kill_the_idle_one():
+        # ... the other one idle, waiting for a task: it holds the task queue's read
+        # lock while it waits (multiprocessing.Queue.get), so the busy one, once done,
+        # waits on that lock.
+        me = os.getpid()
+        for _ in range(200):
+            kids = [p for p in os.listdir("/proc") if p.isdigit()
+                    and open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(me)]
+            idle = [p for p in kids if open(f"/proc/{p}/wchan").read() == "anon_pipe_read"]
+            if len(kids) == 2 and len(idle) == 1:
+                os.kill(int(idle[0]), signal.SIGKILL)
+                print("killed", flush=True)
+                return
+            time.sleep(0.02)
+
+    started = []
+    def before(batch):
+        if batch == 1 and not started:  # the pool's workers exist from the first submit
+            started.append(threading.Thread(target=kill_the_idle_one, daemon=True))
+            started[0].start()
+
+    got = []
+    out = run_batches([0, 1], task, (), absorb=got.extend,
+                      lost=lambda b, e: [("lost", b)], workers=2, before_submit=before)
+    print("stopped:", out.stopped is not None, sorted(map(str, got)), flush=True)
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs /proc/PID/wchan")
+def test_a_worker_killed_while_idle_does_not_leave_the_pool_joining_forever() -> None:
+    """concurrent.futures fails the batches of a broken pool, SIGTERMs the other workers
+    and joins them; the one that waits on the task queue's lock the dead worker held
+    never takes that SIGTERM (between tasks the backstop leaves multiprocessing's code
+    alone): run_batches kills what is still alive interrupt.KILL_AFTER later."""
+    r = subprocess.run([sys.executable, "-c", _IDLE_KILL], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert r.returncode == 0, r.stderr
+    assert "killed" in r.stdout, r.stdout + r.stderr  # the scenario happened
+    assert "stopped: True" in r.stdout, r.stdout

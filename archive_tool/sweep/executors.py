@@ -346,5 +346,23 @@ def run_batches(
                     _signal_workers(ex, 0, signal.SIGKILL)
                 ex.shutdown(wait=not inflight, cancel_futures=True)
             else:
+                if broken:
+                    _kill_stuck_workers(ex)
                 ex.shutdown(wait=True)
     return out
+
+
+def _kill_stuck_workers(ex: Executor) -> None:
+    """A worker died: concurrent.futures has failed the batches in flight, SIGTERMed the
+    other workers and joins them. One idle on the task queue may wait on the queue's read
+    lock, which the dead one held while it waited for a task: it never runs our code
+    again, the SIGTERM finds it between tasks (where the backstop leaves multiprocessing's
+    code alone) and the join would wait forever. What is still alive KILL_AFTER s later
+    is killed, as after a signal: a busy worker's SIGTERM has stopped it by then, and what
+    a kill leaves is what a crash leaves."""
+    manager = getattr(ex, "_executor_manager_thread", None)
+    if manager is None:
+        return
+    manager.join(interrupt.KILL_AFTER)
+    if manager.is_alive():
+        _signal_workers(ex, 0, signal.SIGKILL)
